@@ -1,0 +1,72 @@
+//! Everything the XDP programs and the agent must agree on, defined once.
+//!
+//! - [`maps`] and [`globals`]: the names of the BPF maps and load-time globals.
+//! - [`layout`]: the `#[repr(C)]` keys and values stored in those maps.
+//! - [`reason`]: why a packet got the action it got (the per-reason counters).
+//! - [`hash`]: the flow hash, so the agent (`lb-agent lookup`, tests) computes
+//!   exactly what the kernel computes.
+#![no_std]
+
+pub mod hash;
+pub mod layout;
+pub mod reason;
+
+pub use layout::*;
+pub use reason::{Action, DecapReason, Reason};
+
+/// Names of the BPF maps in the object. The kernel side declares statics with
+/// exactly these names; the agent's loader test checks that every one exists.
+pub mod maps {
+    /// `HashMap<VipKey, VipMeta>`: which (address, port, protocol) is a VIP.
+    pub const VIPS: &str = "VIPS";
+    /// `Array<u32>`: one Maglev ring of `RING_SIZE` backend ids per VIP row.
+    pub const RINGS: &str = "RINGS";
+    /// `Array<BackendEntry>`: backend id -> where to send its packets.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// `PerCpuArray<Counter>` indexed by VIP row.
+    pub const VIP_STATS: &str = "VIP_STATS";
+    /// `PerCpuArray<Counter>` indexed by backend id.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// `PerCpuArray<Counter>` indexed by [`crate::Reason`].
+    pub const REASON_STATS: &str = "REASON_STATS";
+    /// `PerCpuArray<Counter>` indexed by [`crate::DecapReason`], used by the decap program.
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+
+    /// Every map of the object, for pinning and for the loader test.
+    pub const ALL: [&str; 7] = [VIPS, RINGS, BACKENDS, VIP_STATS, BACKEND_STATS, REASON_STATS, DECAP_STATS];
+}
+
+/// Names of the XDP programs in the object.
+pub mod programs {
+    /// The load balancer, attached on the LB host's NIC.
+    pub const BALANCER: &str = "xdp_balancer";
+    /// The decapsulator, attached on each backend host's NIC.
+    pub const DECAP: &str = "xdp_decap";
+}
+
+/// Load-time globals (`EbpfLoader::override_global`). They are constants to the
+/// verifier, so changing one means loading the program again.
+pub mod globals {
+    /// `u32`: slots per Maglev ring (a prime).
+    pub const RING_SIZE: &str = "RING_SIZE";
+    /// `u32`: seed of the flow hash; must be equal on every LB host of a cluster.
+    pub const HASH_SEED: &str = "HASH_SEED";
+    /// `[u32; 4]`: outer source address for IPv4 tunnels (first word), 0 = none.
+    pub const TUNNEL_SOURCE_V4: &str = "TUNNEL_SOURCE_V4";
+    /// `[u32; 4]`: outer source address for IPv6 tunnels, all zero = none.
+    pub const TUNNEL_SOURCE_V6: &str = "TUNNEL_SOURCE_V6";
+}
+
+/// Sizes and limits shared by both sides.
+pub mod limits {
+    /// Slots per ring unless the config says otherwise (a prime, as Maglev needs).
+    pub const DEFAULT_RING_SIZE: u32 = 65_537;
+    /// The largest ring the agent accepts (a prime; 16 MiB of ring per VIP).
+    pub const MAX_RING_SIZE: u32 = 4_194_301;
+    /// VIP rows reserved in `RINGS` unless the config says otherwise.
+    pub const DEFAULT_MAX_VIPS: u32 = 64;
+    /// Backend ids reserved in `BACKENDS` unless the config says otherwise (id 0 is never used).
+    pub const DEFAULT_MAX_BACKENDS: u32 = 4_096;
+    /// Hop limit / TTL of the outer header we add.
+    pub const TUNNEL_TTL: u8 = 64;
+}

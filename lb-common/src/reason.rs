@@ -1,0 +1,101 @@
+//! Why a packet got its action. Each reason has a counter (`REASON_STATS`), and
+//! maps to exactly one action, so the counters always add up to the packets seen.
+
+/// What the XDP program returns. Values are the kernel's `XDP_*` codes.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Aborted = 0,
+    Drop = 1,
+    Pass = 2,
+    Tx = 3,
+}
+
+macro_rules! reasons {
+    ($(#[$m:meta])* $name:ident { $($(#[doc = $doc:literal])* $variant:ident = $value:literal => $action:ident, $label:literal;)* }) => {
+        $(#[$m])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name { $($(#[doc = $doc])* $variant = $value,)* }
+
+        impl $name {
+            /// Every reason, in counter-index order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+            /// Number of counters to reserve.
+            pub const COUNT: u32 = [$($value,)*].len() as u32;
+
+            /// The action taken for this reason.
+            pub const fn action(self) -> Action {
+                match self { $($name::$variant => Action::$action,)* }
+            }
+
+            /// A stable snake_case label (metrics, stats output).
+            pub const fn label(self) -> &'static str {
+                match self { $($name::$variant => $label,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Outcome of the balancer program for one packet.
+    Reason {
+        /// Encapsulated toward a backend and sent back out (`XDP_TX`).
+        Forwarded = 0 => Tx, "forwarded";
+        /// Not IPv4 or IPv6 (ARP, LLDP, ...): not ours.
+        NotIp = 1 => Pass, "not_ip";
+        /// IP, but no VIP matches (address, port, protocol).
+        NoVip = 2 => Pass, "no_vip";
+        /// Neither TCP nor UDP (ICMP, GRE, IPv6 extension headers, ...).
+        NotTcpUdp = 3 => Pass, "not_tcp_udp";
+        /// An IPv4 fragment: without ports it cannot be hashed consistently; the host stack gets it.
+        Fragment = 4 => Pass, "fragment";
+        /// Ethernet, VLAN or IP header truncated or inconsistent; the host stack (which validates
+        /// again and drops) decides, since we cannot tell whether it was meant for a VIP.
+        MalformedL3 = 5 => Pass, "malformed_l3";
+        /// TCP/UDP header truncated: without ports there is no VIP lookup, so the stack judges it.
+        MalformedL4 = 6 => Pass, "malformed_l4";
+        /// The VIP's ring slot holds no backend (no backend configured or all removed).
+        NoBackend = 7 => Drop, "no_backend";
+        /// The ring names a backend id with no entry (should not happen: the agent writes
+        /// backends before rings).
+        UnknownBackend = 8 => Drop, "unknown_backend";
+        /// No tunnel source address of the backend's family is configured.
+        NoTunnelSource = 9 => Drop, "no_tunnel_source";
+        /// `bpf_xdp_adjust_head` refused to grow the packet, or the result was too short.
+        EncapFailed = 10 => Drop, "encap_failed";
+        /// An internal map lookup failed (counter or ring index out of range).
+        MapError = 11 => Drop, "map_error";
+    }
+}
+
+reasons! {
+    /// Outcome of the decap program for one packet.
+    DecapReason {
+        /// An IPIP / IP6IP6 / 4in6 / 6in4 packet whose outer header was removed.
+        Decapsulated = 0 => Pass, "decapsulated";
+        /// Not a tunnel packet: passed untouched.
+        NotTunnel = 1 => Pass, "not_tunnel";
+        /// Truncated or inconsistent headers: passed untouched for the stack to judge.
+        Malformed = 2 => Pass, "malformed";
+        /// A tunnel packet whose outer header carries options or extension headers we do not strip.
+        Unsupported = 3 => Pass, "unsupported";
+        /// `bpf_xdp_adjust_head` failed after the packet was recognised.
+        AdjustFailed = 4 => Drop, "adjust_failed";
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_dense_indices() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{r:?}");
+        }
+        for (i, r) in DecapReason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{r:?}");
+        }
+    }
+}
