@@ -1,10 +1,43 @@
+//! The BPF object: `xdp_balancer` for LB hosts and `xdp_decap` for backends.
+//!
+//! Layout by concern: `packet` (bounds-checked access), `parse` (Ethernet,
+//! VLAN, IPv4/IPv6, TCP/UDP), `maps` (every map and load-time global),
+//! `balancer` (VIP lookup and Maglev ring), `encap` (IPIP / IP6IP6),
+//! `decap`, `counters`.
 #![no_std]
 #![no_main]
+
+mod balancer;
+mod counters;
+mod decap;
+mod encap;
+mod maps;
+mod packet;
+mod parse;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+
+#[xdp]
+pub fn xdp_balancer(ctx: XdpContext) -> u32 {
+    let reason = balancer::balance(&ctx);
+    counters::count_reason(reason, ctx.data_end() - ctx.data());
+    reason.action() as u32
+}
+
+#[xdp]
+pub fn xdp_decap(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    let reason = decap::decap(&ctx);
+    counters::count_decap(reason, len);
+    reason.action() as u32
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";

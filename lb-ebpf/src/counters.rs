@@ -1,0 +1,37 @@
+//! Per-CPU counters: no atomics needed, the agent sums the CPUs.
+
+use aya_ebpf::maps::PerCpuArray;
+use lb_common::{Counter, DecapReason, Reason};
+
+use crate::maps::{BACKEND_STATS, DECAP_STATS, REASON_STATS, VIP_STATS};
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<Counter>, index: u32, bytes: usize) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot is only touched by this CPU, and XDP does not nest.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes as u64;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_reason(reason: Reason, bytes: usize) {
+    bump(&REASON_STATS, reason as u32, bytes);
+}
+
+#[inline(always)]
+pub fn count_decap(reason: DecapReason, bytes: usize) {
+    bump(&DECAP_STATS, reason as u32, bytes);
+}
+
+#[inline(always)]
+pub fn count_vip(row: u32, bytes: usize) {
+    bump(&VIP_STATS, row, bytes);
+}
+
+#[inline(always)]
+pub fn count_backend(id: u32, bytes: usize) {
+    bump(&BACKEND_STATS, id, bytes);
+}

@@ -1,0 +1,65 @@
+//! Every map and load-time global of the object. Names and value types come
+//! from `lb_common`; sizes here are placeholders that the agent overrides at
+//! load time (`EbpfLoader::map_max_entries`) from its config.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use lb_common::{
+    limits::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE},
+    AddrWords, BackendEntry, Counter, DecapReason, Reason, VipKey, VipMeta,
+};
+
+#[map]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS * 2, 0);
+
+#[map]
+pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, 0);
+
+#[map]
+pub static BACKENDS: Array<BackendEntry> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map]
+pub static VIP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map]
+pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+#[map]
+pub static DECAP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DecapReason::COUNT, 0);
+
+// Load-time globals (see `lb_common::globals`). `read_volatile` keeps the
+// compiler from folding the defaults; the verifier sees the loaded values as
+// constants and prunes accordingly.
+#[unsafe(no_mangle)]
+static RING_SIZE: u32 = DEFAULT_RING_SIZE;
+#[unsafe(no_mangle)]
+static HASH_SEED: u32 = 0;
+#[unsafe(no_mangle)]
+static TUNNEL_SOURCE_V4: AddrWords = [0; 4];
+#[unsafe(no_mangle)]
+static TUNNEL_SOURCE_V6: AddrWords = [0; 4];
+
+#[inline(always)]
+pub fn ring_size() -> u32 {
+    unsafe { core::ptr::read_volatile(&RING_SIZE) }
+}
+
+#[inline(always)]
+pub fn hash_seed() -> u32 {
+    unsafe { core::ptr::read_volatile(&HASH_SEED) }
+}
+
+#[inline(always)]
+pub fn tunnel_source_v4() -> u32 {
+    unsafe { core::ptr::read_volatile(&TUNNEL_SOURCE_V4[0]) }
+}
+
+#[inline(always)]
+pub fn tunnel_source_v6() -> AddrWords {
+    unsafe { core::ptr::read_volatile(&TUNNEL_SOURCE_V6) }
+}
