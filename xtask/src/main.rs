@@ -1,1 +1,174 @@
-fn main() {}
+//! `cargo xtask`: the project's entry points. Every command bootstraps what it
+//! needs first (see `setup`), so a fresh machine needs only the repository.
+
+mod setup;
+
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and demo the XDP Maglev load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install prerequisites: nightly rust-src, bpf-linker (against nightly's LLVM), apt packages.
+    Setup,
+    /// Build the BPF object, lb-agent and the test binaries.
+    Build,
+    /// Run every test: unit tests, packet fixtures (BPF_PROG_TEST_RUN) and namespace end-to-end tests. Needs root.
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Build a client, an LB and three backends in network namespaces and send traffic through the LB. Needs root.
+    Demo {
+        /// Extra arguments for lb-demo (see `--help` after `--`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Setup => setup::all(),
+        Cmd::Build => {
+            setup::all()?;
+            build()
+        }
+        Cmd::Test { args } => {
+            require_root("the tests load BPF programs and create network namespaces")?;
+            setup::all()?;
+            build()?;
+            test(&args)
+        }
+        Cmd::Demo { args } => {
+            require_root("the demo loads BPF programs and creates network namespaces")?;
+            setup::all()?;
+            build()?;
+            step("running the demo");
+            let status = Command::new(root.join("target/debug/lb-demo"))
+                .args(&args)
+                .env("LB_AGENT_BIN", root.join("target/debug/lb-agent"))
+                .status()
+                .context("starting target/debug/lb-demo")?;
+            if !status.success() {
+                bail!("the demo failed ({status})");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+pub fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+fn require_root(why: &str) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{why}: run as root, e.g. `sudo -E env PATH=$PATH cargo xtask ...`");
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    step("building the BPF object, lb-agent and the test binaries");
+    run(Command::new("cargo").args(["build", "--workspace", "--bins"]))
+}
+
+/// Runs the unit tests in parallel, then the kernel-touching tests of
+/// lb-tests one at a time, and prints one summary line for everything.
+fn test(args: &[String]) -> Result<()> {
+    let mut total = Totals { ok: true, ..Totals::default() };
+    step("unit tests");
+    let mut unit = Command::new("cargo");
+    unit.args(["test", "--workspace", "--exclude", "lb-tests", "--no-fail-fast", "--"]).args(args);
+    total.add(run_counting(&mut unit)?);
+    step("packet fixtures and end-to-end tests (one at a time: they share the kernel)");
+    let mut kernel = Command::new("cargo");
+    kernel
+        .args(["test", "-p", "lb-tests", "--no-fail-fast", "--", "--test-threads=1"])
+        .args(args)
+        .env("LB_AGENT_BIN", workspace_root().join("target/debug/lb-agent"));
+    total.add(run_counting(&mut kernel)?);
+    println!();
+    println!("all: {} passed, {} failed, {} skipped", total.passed, total.failed, total.ignored);
+    if total.failed > 0 || !total.ok {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    ok: bool,
+}
+
+impl Totals {
+    fn add(&mut self, other: Totals) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+        self.ok &= other.ok;
+    }
+}
+
+/// Streams a `cargo test` run and adds up its `test result:` lines.
+fn run_counting(cmd: &mut Command) -> Result<Totals> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |key: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(key).map(|n| n.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ")))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            totals.passed += num("passed");
+            totals.failed += num("failed");
+            totals.ignored += num("ignored");
+        }
+    }
+    let status = child.wait()?;
+    totals.ok = status.success();
+    Ok(totals)
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}

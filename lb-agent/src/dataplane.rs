@@ -1,0 +1,300 @@
+//! The kernel side as seen from the agent: loading the BPF object with the
+//! config's sizes and switches, attaching it, writing the plan into its maps,
+//! pinning the maps so `lb-agent stats` can read them from another shell.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    globals, limits, maps, v4_words, v6_words, BackendEntry, Counter, DecapReason, Reason, NO_BACKEND,
+};
+
+use crate::{
+    config::{MacAddr, XdpMode as ConfigXdpMode},
+    plan::Plan,
+};
+
+/// The BPF object built by build.rs (lb-ebpf compiled for the BPF target).
+pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// What the balancer is loaded with. Changing any of these means loading the
+/// program again: they size maps or are constants to the verifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub ring_size: u32,
+    pub hash_seed: u32,
+    pub max_vips: u32,
+    pub max_backends: u32,
+    pub tunnel_source_v4: Option<Ipv4Addr>,
+    pub tunnel_source_v6: Option<Ipv6Addr>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            ring_size: limits::DEFAULT_RING_SIZE,
+            hash_seed: 0,
+            max_vips: limits::DEFAULT_MAX_VIPS,
+            max_backends: limits::DEFAULT_MAX_BACKENDS,
+            tunnel_source_v4: None,
+            tunnel_source_v6: None,
+        }
+    }
+}
+
+/// Loads the object with the balancer's maps sized and its globals set.
+/// The programs are not loaded into the kernel yet (see [`load_program`]).
+pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
+    let v4 = opts.tunnel_source_v4.map(v4_words).unwrap_or([0; 4]);
+    let v6 = opts.tunnel_source_v6.map(v6_words).unwrap_or([0; 4]);
+    let ring_entries = opts
+        .ring_size
+        .checked_mul(opts.max_vips)
+        .context("ring_size * max_vips does not fit in 32 bits")?;
+    EbpfLoader::new()
+        .map_max_entries(maps::VIPS, opts.max_vips * 2)
+        .map_max_entries(maps::RINGS, ring_entries)
+        .map_max_entries(maps::BACKENDS, opts.max_backends)
+        .map_max_entries(maps::VIP_STATS, opts.max_vips)
+        .map_max_entries(maps::BACKEND_STATS, opts.max_backends)
+        .override_global(globals::RING_SIZE, &opts.ring_size, true)
+        .override_global(globals::HASH_SEED, &opts.hash_seed, true)
+        .override_global(globals::TUNNEL_SOURCE_V4, &v4, true)
+        .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
+        .load(BPF_OBJECT)
+        .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
+}
+
+/// Loads the object for a backend host: only the decap program is used, so
+/// the balancer's big maps are shrunk to one entry.
+pub fn load_decap_object() -> Result<Ebpf> {
+    EbpfLoader::new()
+        .map_max_entries(maps::VIPS, 1)
+        .map_max_entries(maps::RINGS, 1)
+        .map_max_entries(maps::BACKENDS, 1)
+        .map_max_entries(maps::VIP_STATS, 1)
+        .map_max_entries(maps::BACKEND_STATS, 1)
+        .load(BPF_OBJECT)
+        .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
+}
+
+/// Verifies and loads one XDP program of the object into the kernel.
+pub fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the BPF object"))?
+        .try_into()?;
+    program.load().with_context(|| format!("the kernel refused program {name}"))?;
+    Ok(program)
+}
+
+/// The attach mode actually used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+impl std::fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+        })
+    }
+}
+
+/// Attaches `program` to `iface`; `auto` tries native (driver) XDP first and
+/// falls back to generic XDP for drivers without it.
+pub fn attach(program: &mut Xdp, iface: &str, mode: ConfigXdpMode) -> Result<(XdpLinkId, AttachedMode)> {
+    let try_mode = |program: &mut Xdp, m: XdpMode| program.attach(iface, m);
+    match mode {
+        ConfigXdpMode::Native => Ok((
+            try_mode(program, XdpMode::Driver).with_context(|| format!("attaching native XDP to {iface}"))?,
+            AttachedMode::Native,
+        )),
+        ConfigXdpMode::Generic => Ok((
+            try_mode(program, XdpMode::Skb).with_context(|| format!("attaching generic XDP to {iface}"))?,
+            AttachedMode::Generic,
+        )),
+        ConfigXdpMode::Auto => match try_mode(program, XdpMode::Driver) {
+            Ok(link) => Ok((link, AttachedMode::Native)),
+            Err(native) => {
+                log::warn!("native XDP on {iface} failed ({native}); falling back to generic XDP");
+                let link = try_mode(program, XdpMode::Skb)
+                    .with_context(|| format!("attaching XDP to {iface} (native failed first: {native})"))?;
+                Ok((link, AttachedMode::Generic))
+            }
+        },
+    }
+}
+
+/// Where a backend's frames go: its address and the next hop's MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedBackend {
+    pub address: IpAddr,
+    pub next_hop_mac: MacAddr,
+}
+
+fn backend_entry(b: &ResolvedBackend) -> BackendEntry {
+    let (addr, family) = lb_common::addr_words(b.address);
+    BackendEntry { addr, next_hop_mac: b.next_hop_mac.0, family, _pad: 0 }
+}
+
+/// Writes a whole plan into freshly loaded maps: backends first, then rings,
+/// then VIPs, so the kernel never sees a VIP whose ring or backends are missing.
+pub fn write_plan(ebpf: &mut Ebpf, plan: &Plan, resolved: &HashMap<u32, ResolvedBackend>) -> Result<()> {
+    {
+        let mut backends: Array<_, BackendEntry> = Array::try_from(map_mut(ebpf, maps::BACKENDS)?)?;
+        for b in &plan.backends {
+            let r = resolved.get(&b.id).with_context(|| format!("backend {} has no resolved next hop", b.address))?;
+            backends.set(b.id, backend_entry(r), 0).with_context(|| format!("writing backend {}", b.address))?;
+        }
+    }
+    {
+        let mut rings: Array<_, u32> = Array::try_from(map_mut(ebpf, maps::RINGS)?)?;
+        for vip in &plan.vips {
+            let base = vip.row * plan.ring_size;
+            // A fresh array is all NO_BACKEND, so only the other slots need writing.
+            for (slot, &id) in vip.ring.iter().enumerate().filter(|(_, id)| **id != NO_BACKEND) {
+                rings.set(base + slot as u32, id, 0).with_context(|| format!("writing ring of VIP {}", vip.name))?;
+            }
+        }
+    }
+    let mut vips: BpfHashMap<_, lb_common::VipKey, lb_common::VipMeta> =
+        BpfHashMap::try_from(map_mut(ebpf, maps::VIPS)?)?;
+    for vip in &plan.vips {
+        vips.insert(vip.key, vip.meta, 0).with_context(|| format!("writing VIP {}", vip.name))?;
+    }
+    Ok(())
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
+    ebpf.map_mut(name).with_context(|| format!("map {name} missing from the BPF object"))
+}
+
+/// Pins every map under `dir` (creating it), replacing stale pins of an
+/// agent that did not exit cleanly.
+pub fn pin_maps(ebpf: &Ebpf, dir: &Path) -> Result<()> {
+    ensure_bpffs(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    for name in maps::ALL {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing stale pin {}", path.display()))?;
+        }
+        ebpf.map(name)
+            .with_context(|| format!("map {name} missing from the BPF object"))?
+            .pin(&path)
+            .with_context(|| format!("pinning {name} at {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes what [`pin_maps`] created.
+pub fn unpin_maps(dir: &Path) {
+    for name in maps::ALL {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Mounts bpffs at /sys/fs/bpf when a pin directory lives there and nothing is
+/// mounted yet (fresh hosts and containers often lack it).
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let default_root = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(default_root) || is_bpffs(default_root) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(default_root).ok();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(default_root)
+        .status()
+        .context("running mount -t bpf")?;
+    if !status.success() {
+        bail!("{} is not a bpffs and mounting one there failed; mount it with `mount -t bpf bpf /sys/fs/bpf`", default_root.display());
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Counters of a running agent, read from its pinned maps and summed over CPUs.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    /// Indexed by VIP row.
+    pub vips: Vec<Counter>,
+    /// Indexed by backend id.
+    pub backends: Vec<Counter>,
+    /// Indexed by [`Reason`].
+    pub reasons: Vec<Counter>,
+    /// Indexed by [`DecapReason`].
+    pub decap: Vec<Counter>,
+}
+
+impl Counters {
+    pub fn reason(&self, r: Reason) -> Counter {
+        self.reasons.get(r as usize).copied().unwrap_or_default()
+    }
+    pub fn decap_reason(&self, r: DecapReason) -> Counter {
+        self.decap.get(r as usize).copied().unwrap_or_default()
+    }
+}
+
+/// Reads every counter map of a loaded object (used by fixtures and tests).
+pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
+    let read = |name: &str| -> Result<Vec<Counter>> {
+        let map = ebpf.map(name).with_context(|| format!("map {name} missing"))?;
+        sum_per_cpu(&PerCpuArray::try_from(map)?)
+    };
+    Ok(Counters {
+        vips: read(maps::VIP_STATS)?,
+        backends: read(maps::BACKEND_STATS)?,
+        reasons: read(maps::REASON_STATS)?,
+        decap: read(maps::DECAP_STATS)?,
+    })
+}
+
+/// Reads the counters pinned under `dir` by a running agent.
+pub fn read_pinned_counters(dir: &Path) -> Result<Counters> {
+    let read = |name: &str| -> Result<Vec<Counter>> {
+        let path: PathBuf = dir.join(name);
+        let data = MapData::from_pin(&path).with_context(|| {
+            format!("opening {} (is `lb-agent run` running with this config's bpffs_dir?)", path.display())
+        })?;
+        sum_per_cpu(&PerCpuArray::try_from(Map::PerCpuArray(data))?)
+    };
+    Ok(Counters {
+        vips: read(maps::VIP_STATS)?,
+        backends: read(maps::BACKEND_STATS)?,
+        reasons: read(maps::REASON_STATS)?,
+        decap: read(maps::DECAP_STATS)?,
+    })
+}
+
+fn sum_per_cpu<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, Counter>) -> Result<Vec<Counter>> {
+    let mut out = Vec::with_capacity(map.len() as usize);
+    for i in 0..map.len() {
+        let mut total = Counter::default();
+        for c in map.get(&i, 0)?.iter() {
+            total.add(c);
+        }
+        out.push(total);
+    }
+    Ok(out)
+}

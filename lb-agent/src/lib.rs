@@ -1,0 +1,10 @@
+//! lb-agent as a library: the pure parts (config, Maglev, plan, summary) that
+//! the binary, the tests crate and `lb-agent check` share.
+
+pub mod config;
+pub mod maglev;
+pub mod plan;
+pub mod summary;
+pub mod dataplane;
+pub mod nexthop;
+pub mod stats;

@@ -1,0 +1,353 @@
+//! The config turned into exactly what the dataplane writes: backend ids,
+//! VIP rows, keys, flags and Maglev rings. Pure: no kernel, no I/O, so
+//! `lb-agent check`, `lb-agent lookup` and the tests see what the kernel sees.
+//!
+//! Everything here is a function of the config's *content*, never of the
+//! order of tables in the file: backend ids follow the sorted backend
+//! addresses, VIP rows the sorted (address, port, protocol), and Maglev hashes
+//! each backend by its address. Two LB hosts with equivalent configs write
+//! identical maps.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use lb_common::hash::{flow_hash, source_hash};
+use lb_common::{NO_BACKEND, VIP_FLAG_SOURCE_HASH, VipKey, VipMeta, addr_words};
+
+use crate::config::{Config, HashMode, MacAddr};
+use crate::maglev::{self, EMPTY, Member, backend_identity};
+
+/// What the dataplane is to hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Slots per ring (`RING_SIZE` global).
+    pub ring_size: u32,
+    /// Flow hash seed (`HASH_SEED` global).
+    pub hash_seed: u32,
+    /// Every distinct backend address of the config, by id (ids 1, 2, ...).
+    pub backends: Vec<PlannedBackend>,
+    /// Every VIP, by row (rows 0, 1, ...).
+    pub vips: Vec<PlannedVip>,
+}
+
+/// One `BACKENDS` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedBackend {
+    /// Index in `BACKENDS`, from 1 (0 is [`NO_BACKEND`]), in address order.
+    pub id: u32,
+    pub address: IpAddr,
+    /// The config's static next-hop MAC. If VIPs disagree (they cannot in a
+    /// sane config, but they may), the first one in VIP row order wins.
+    pub mac: Option<MacAddr>,
+}
+
+/// One VIP: its `VIPS` entry and its row of `RINGS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedVip {
+    pub name: String,
+    /// Row in `RINGS` and index in `VIP_STATS`, from 0, in (address, port,
+    /// protocol) order.
+    pub row: u32,
+    pub key: VipKey,
+    pub meta: VipMeta,
+    /// `ring_size` backend ids; [`NO_BACKEND`] only if no backend has weight.
+    pub ring: Vec<u32>,
+    /// (backend id, weight) of every configured backend, drained ones
+    /// included, sorted by id.
+    pub members: Vec<(u32, u32)>,
+}
+
+impl PlannedVip {
+    /// The VIP's address.
+    pub fn address(&self) -> IpAddr {
+        lb_common::words_addr(&self.key.addr, self.key.family).expect("VipKey built from an IpAddr")
+    }
+
+    /// The VIP's port (host order; 0 = every port).
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.key.port_be)
+    }
+}
+
+impl Plan {
+    /// The backend with this id.
+    pub fn backend(&self, id: u32) -> Option<&PlannedBackend> {
+        id.checked_sub(1).and_then(|i| self.backends.get(i as usize))
+    }
+
+    /// The id of the backend with this address.
+    pub fn backend_id(&self, address: IpAddr) -> Option<u32> {
+        self.backends.binary_search_by(|b| b.address.cmp(&address)).ok().map(|i| self.backends[i].id)
+    }
+
+    /// The VIP with this name.
+    pub fn vip(&self, name: &str) -> Option<&PlannedVip> {
+        self.vips.iter().find(|v| v.name == name)
+    }
+}
+
+/// Builds the plan of a validated config.
+pub fn plan(config: &Config) -> Plan {
+    let ring_size = config.lb.ring_size;
+
+    let mut vips: Vec<_> = config.vips.iter().collect();
+    vips.sort_by_key(|v| (v.address, v.port, v.protocol));
+
+    // Ids in address order; MACs from the first VIP (in row order) naming one.
+    let mut macs: BTreeMap<IpAddr, Option<MacAddr>> = BTreeMap::new();
+    for v in &vips {
+        for b in &v.backends {
+            let e = macs.entry(b.address).or_insert(None);
+            if e.is_none() {
+                *e = b.mac;
+            }
+        }
+    }
+    let backends: Vec<PlannedBackend> =
+        macs.into_iter().enumerate().map(|(i, (address, mac))| PlannedBackend { id: i as u32 + 1, address, mac }).collect();
+    let id_of = |a: IpAddr| backends[backends.binary_search_by(|b| b.address.cmp(&a)).expect("every backend has an id")].id;
+
+    let planned = vips
+        .iter()
+        .enumerate()
+        .map(|(row, v)| {
+            let mut members: Vec<(u32, u32)> = v.backends.iter().map(|b| (id_of(b.address), b.weight)).collect();
+            members.sort_unstable();
+            let ring_members: Vec<Member> =
+                v.backends.iter().map(|b| Member { identity: backend_identity(b.address), weight: b.weight }).collect();
+            let ring = maglev::build(&ring_members, ring_size)
+                .into_iter()
+                .map(|o| if o == EMPTY { NO_BACKEND } else { id_of(v.backends[o as usize].address) })
+                .collect();
+            let flags = match v.hash {
+                HashMode::Flow => 0,
+                HashMode::Source => VIP_FLAG_SOURCE_HASH,
+            };
+            PlannedVip {
+                name: v.name.clone(),
+                row: row as u32,
+                key: VipKey::new(v.address, v.port, v.protocol.number()),
+                meta: VipMeta { row: row as u32, flags },
+                ring,
+                members,
+            }
+        })
+        .collect();
+
+    Plan { ring_size, hash_seed: config.lb.hash_seed, backends, vips: planned }
+}
+
+/// The VIP the kernel matches for a packet to (`addr`, `port`, `proto`): the
+/// exact port first, then the VIP with port 0.
+pub fn find_vip(plan: &Plan, addr: IpAddr, port: u16, proto: u8) -> Option<&PlannedVip> {
+    let exact = VipKey::new(addr, port, proto);
+    let any = VipKey::new(addr, 0, proto);
+    plan.vips.iter().find(|v| v.key == exact).or_else(|| plan.vips.iter().find(|v| v.key == any))
+}
+
+/// The slot of `vip`'s ring the kernel reads for a packet from `src`:`src_port`
+/// to the VIP's address, port `dst_port` (the packet's port, which for a
+/// port-0 VIP is not the VIP's).
+pub fn slot(plan: &Plan, vip: &PlannedVip, src: IpAddr, src_port: u16, dst_port: u16) -> Option<u32> {
+    let (src_words, family) = addr_words(src);
+    if family != vip.key.family || plan.ring_size == 0 {
+        // The kernel never sees such a packet: a VIP matches its own family only.
+        return None;
+    }
+    let hash = if vip.meta.flags & VIP_FLAG_SOURCE_HASH != 0 {
+        source_hash(plan.hash_seed, family, &src_words)
+    } else {
+        flow_hash(plan.hash_seed, family, &src_words, &vip.key.addr, src_port.to_be(), dst_port.to_be(), vip.key.proto)
+    };
+    Some(hash % plan.ring_size)
+}
+
+/// The backend id the kernel picks for a new flow (before its flow table
+/// remembers it); [`NO_BACKEND`] if the ring slot is empty or `src` is not of
+/// the VIP's family.
+pub fn lookup(plan: &Plan, vip: &PlannedVip, src: IpAddr, src_port: u16, dst_port: u16) -> u32 {
+    slot(plan, vip, src, src_port, dst_port).and_then(|s| vip.ring.get(s as usize).copied()).unwrap_or(NO_BACKEND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use std::net::Ipv4Addr;
+
+    const A: &str = r#"
+[lb]
+interface = "eth0"
+ring_size = 4099
+hash_seed = 7
+
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+  [[vip.backend]]
+  address = "198.51.100.11"
+  [[vip.backend]]
+  address = "198.51.100.12"
+  weight = 2
+  [[vip.backend]]
+  address = "2001:db8::13"
+  mac = "02:00:00:00:00:13"
+
+[[vip]]
+name = "dns"
+address = "192.0.2.10"
+port = 53
+protocol = "udp"
+hash = "source"
+  [[vip.backend]]
+  address = "198.51.100.12"
+  [[vip.backend]]
+  address = "198.51.100.14"
+  weight = 0
+  [[vip.backend]]
+  address = "198.51.100.11"
+
+[[vip]]
+name = "any6"
+address = "2001:db8:f::10"
+port = 0
+  [[vip.backend]]
+  address = "2001:db8::13"
+"#;
+
+    /// The same config with VIPs and backends in another order.
+    const B: &str = r#"
+[lb]
+hash_seed = 7
+ring_size = 4099
+interface = "eth0"
+
+[[vip]]
+name = "any6"
+address = "2001:db8:f::10"
+port = 0
+  [[vip.backend]]
+  address = "2001:db8::13"
+
+[[vip]]
+protocol = "udp"
+name = "dns"
+address = "192.0.2.10"
+port = 53
+hash = "source"
+  [[vip.backend]]
+  address = "198.51.100.11"
+  [[vip.backend]]
+  weight = 0
+  address = "198.51.100.14"
+  [[vip.backend]]
+  address = "198.51.100.12"
+
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+  [[vip.backend]]
+  address = "2001:db8::13"
+  mac = "02:00:00:00:00:13"
+  [[vip.backend]]
+  weight = 2
+  address = "198.51.100.12"
+  [[vip.backend]]
+  address = "198.51.100.11"
+"#;
+
+    fn rings_as_addresses(p: &Plan) -> Vec<(String, u32, Vec<Option<IpAddr>>)> {
+        p.vips.iter().map(|v| (v.name.clone(), v.row, v.ring.iter().map(|&id| p.backend(id).map(|b| b.address)).collect())).collect()
+    }
+
+    #[test]
+    fn stable_under_reordering() {
+        let a = plan(&parse(A, "a.toml").unwrap());
+        let b = plan(&parse(B, "b.toml").unwrap());
+        assert_eq!(rings_as_addresses(&a), rings_as_addresses(&b));
+        // In fact the whole plan is identical: ids and rows too.
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn ids_rows_keys_and_flags() {
+        let p = plan(&parse(A, "a.toml").unwrap());
+        let addrs: Vec<String> = p.backends.iter().map(|b| b.address.to_string()).collect();
+        assert_eq!(addrs, ["198.51.100.11", "198.51.100.12", "198.51.100.14", "2001:db8::13"]);
+        assert_eq!(p.backends.iter().map(|b| b.id).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(p.backends[3].mac.unwrap().to_string(), "02:00:00:00:00:13");
+        // Rows: (192.0.2.10, 53), (192.0.2.10, 80), (2001:db8:f::10, 0).
+        let names: Vec<&str> = p.vips.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["dns", "web", "any6"]);
+        for (i, v) in p.vips.iter().enumerate() {
+            assert_eq!((v.row, v.meta.row), (i as u32, i as u32));
+            assert_eq!(v.ring.len(), 4099);
+            assert!(v.ring.iter().all(|&id| id != NO_BACKEND));
+        }
+        let dns = p.vip("dns").unwrap();
+        assert_eq!(dns.meta.flags, VIP_FLAG_SOURCE_HASH);
+        assert_eq!(dns.key, VipKey::new("192.0.2.10".parse().unwrap(), 53, lb_common::PROTO_UDP));
+        assert_eq!(dns.members, [(1, 1), (2, 1), (3, 0)]);
+        assert!(!dns.ring.contains(&3), "drained backend owns no slot");
+        assert_eq!(p.vip("web").unwrap().meta.flags, 0);
+        assert_eq!(p.vip("any6").unwrap().port(), 0);
+        assert_eq!(p.backend_id("2001:db8::13".parse().unwrap()), Some(4));
+    }
+
+    #[test]
+    fn find_vip_prefers_exact_port() {
+        let p = plan(&parse(A, "a.toml").unwrap());
+        let v4: IpAddr = "192.0.2.10".parse().unwrap();
+        let v6: IpAddr = "2001:db8:f::10".parse().unwrap();
+        assert_eq!(find_vip(&p, v4, 80, lb_common::PROTO_TCP).unwrap().name, "web");
+        assert_eq!(find_vip(&p, v4, 53, lb_common::PROTO_UDP).unwrap().name, "dns");
+        assert!(find_vip(&p, v4, 53, lb_common::PROTO_TCP).is_none());
+        assert!(find_vip(&p, v4, 443, lb_common::PROTO_TCP).is_none());
+        assert_eq!(find_vip(&p, v6, 443, lb_common::PROTO_TCP).unwrap().name, "any6");
+        assert!(find_vip(&p, v6, 443, lb_common::PROTO_UDP).is_none());
+    }
+
+    #[test]
+    fn lookup_matches_the_kernel_formula_and_spreads() {
+        let p = plan(&parse(A, "a.toml").unwrap());
+        let web = p.vip("web").unwrap();
+        let mut counts = BTreeMap::new();
+        for i in 0..10_000u32 {
+            let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 7));
+            let sport = 1024 + (i % 50_000) as u16;
+            let id = lookup(&p, web, src, sport, 80);
+            assert_eq!(id, lookup(&p, web, src, sport, 80), "deterministic");
+            // The kernel's computation, restated.
+            let (s, f) = addr_words(src);
+            let h = flow_hash(7, f, &s, &web.key.addr, sport.to_be(), 80u16.to_be(), lb_common::PROTO_TCP);
+            assert_eq!(id, web.ring[(h % 4099) as usize]);
+            *counts.entry(id).or_insert(0u32) += 1;
+        }
+        // Weights 1:2:1 over ids 1, 2, 4.
+        assert_eq!(counts.keys().copied().collect::<Vec<_>>(), [1, 2, 4]);
+        for (id, share) in [(1, 0.25), (2, 0.5), (4, 0.25)] {
+            let got = f64::from(counts[&id]) / 10_000.0;
+            assert!((got - share).abs() < 0.03, "backend {id}: {got} vs {share}; {counts:?}");
+        }
+        // A v6 source cannot reach a v4 VIP.
+        assert_eq!(lookup(&p, web, "2001:db8::1".parse().unwrap(), 1, 80), NO_BACKEND);
+    }
+
+    #[test]
+    fn source_hash_ignores_ports() {
+        let p = plan(&parse(A, "a.toml").unwrap());
+        let dns = p.vip("dns").unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..1000u32 {
+            let src = IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i));
+            let id = lookup(&p, dns, src, 1000, 53);
+            for port in [1, 2, 40_000, 65_535] {
+                assert_eq!(lookup(&p, dns, src, port, 53), id);
+            }
+            seen.insert(id);
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2]);
+    }
+}

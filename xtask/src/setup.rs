@@ -1,0 +1,86 @@
+//! Bootstrap: everything a fresh machine lacks, installed idempotently and
+//! quickly skipped when present.
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{run, step, workspace_root};
+
+/// Debian packages the tests and the demo use, with the command that shows
+/// each is present.
+const APT_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("ethtool", "ethtool")];
+
+pub fn all() -> Result<()> {
+    apt_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()
+}
+
+
+fn have(command: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {command} >/dev/null 2>&1")]).status().is_ok_and(|s| s.success())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES.iter().filter(|(_, cmd)| !have(cmd)).map(|(pkg, _)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    if !have("apt-get") {
+        bail!("missing {}; install them with your package manager", missing.join(", "));
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("running rustup (is rustup installed?)")?;
+    if !installed.status.success() {
+        bail!("no nightly toolchain: the BPF object needs `rustup toolchain install nightly --component rust-src`");
+    }
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    step("adding rust-src to the nightly toolchain (the BPF target builds core from source)");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker must use the same LLVM as nightly rustc: we link it against
+/// nightly's own libLLVM, so no system LLVM is needed.
+fn bpf_linker() -> Result<()> {
+    if Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    let sysroot = String::from_utf8(
+        Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output().context("rustc +nightly")?.stdout,
+    )?;
+    let lib_dir = std::path::Path::new(sysroot.trim()).join("lib");
+    let version = String::from_utf8(Command::new("rustc").args(["+nightly", "-vV"]).output()?.stdout)?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc +nightly -vV does not name its LLVM version")?
+        .to_string();
+    let libllvm = std::fs::read_dir(&lib_dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("libLLVM.so.{major}"))))
+        .with_context(|| format!("no libLLVM.so.{major}* in {}", lib_dir.display()))?;
+    let prefix = workspace_root().join("target/llvm-prefix");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)?;
+    step(&format!("installing bpf-linker against nightly's LLVM {major} (about a minute)"));
+    run(Command::new("cargo")
+        .args(["+nightly", "install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix)
+        .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", lib_dir.display())))
+}
