@@ -74,9 +74,10 @@ pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
 }
 
-/// Loads the object for a backend host: only the decap program is used, so
-/// the balancer's big maps are shrunk to one entry.
-pub fn load_decap_object() -> Result<Ebpf> {
+/// Loads the object for a host that does not balance (a backend running
+/// `xdp_decap`, or a test port running `xdp_pass`): the balancer's big maps
+/// are shrunk to one entry.
+pub fn load_minimal_object() -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries(maps::VIPS, 1)
         .map_max_entries(maps::RINGS, 1)

@@ -247,7 +247,7 @@ async fn resolve_backends(
 }
 
 async fn decap(iface: String, mode: XdpMode) -> Result<()> {
-    let mut ebpf = dataplane::load_decap_object()?;
+    let mut ebpf = dataplane::load_minimal_object()?;
     dataplane::load_program(&mut ebpf, programs::DECAP)?;
     let (link, mode) = dataplane::attach(ebpf_program(&mut ebpf, programs::DECAP)?, &iface, mode)?;
     ready(&format!("attached {} to {iface} in {mode} mode", programs::DECAP));

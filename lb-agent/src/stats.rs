@@ -1,38 +1,43 @@
 //! `lb-agent stats`: the counters of a running agent, named after the config.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::SocketAddr};
 
 use lb_common::{Counter, Reason};
 use serde_json::{json, Value};
 
 use crate::{dataplane::Counters, plan::Plan};
 
-/// JSON: `{"vips":[{name, address, port, protocol, packets, bytes, backends:[{address, packets, bytes}]}],
-/// "reasons":{label:{packets, bytes}}}`.
+/// JSON: `{"vips":[{name, address, port, protocol, packets, bytes, backends:[{address, weight}]}],
+/// "backends":[{address, packets, bytes}], "reasons":{label:{packets, bytes}}}`.
+/// Backend counters are per backend address, summed over the VIPs that share it.
 pub fn to_json(plan: &Plan, counters: &Counters) -> Value {
     let vips: Vec<Value> = plan
         .vips
         .iter()
         .map(|vip| {
             let c = counters.vips.get(vip.row as usize).copied().unwrap_or_default();
-            let backends: Vec<Value> = vip
+            let members: Vec<Value> = vip
                 .members
                 .iter()
-                .filter_map(|(id, _)| plan.backends.iter().find(|b| b.id == *id))
-                .map(|b| {
-                    let bc = counters.backends.get(b.id as usize).copied().unwrap_or_default();
-                    json!({"address": b.address.to_string(), "packets": bc.packets, "bytes": bc.bytes})
-                })
+                .filter_map(|(id, weight)| plan.backend(*id).map(|b| json!({"address": b.address.to_string(), "weight": weight})))
                 .collect();
             json!({
                 "name": vip.name,
-                "address": vip_address(vip).to_string(),
-                "port": u16::from_be(vip.key.port_be),
+                "address": vip.address().to_string(),
+                "port": vip.port(),
                 "protocol": protocol_name(vip.key.proto),
                 "packets": c.packets,
                 "bytes": c.bytes,
-                "backends": backends,
+                "backends": members,
             })
+        })
+        .collect();
+    let backends: Vec<Value> = plan
+        .backends
+        .iter()
+        .map(|b| {
+            let c = counters.backends.get(b.id as usize).copied().unwrap_or_default();
+            json!({"address": b.address.to_string(), "packets": c.packets, "bytes": c.bytes})
         })
         .collect();
     let reasons: serde_json::Map<String, Value> = Reason::ALL
@@ -42,41 +47,42 @@ pub fn to_json(plan: &Plan, counters: &Counters) -> Value {
             (r.label().to_string(), json!({"packets": c.packets, "bytes": c.bytes}))
         })
         .collect();
-    json!({"vips": vips, "reasons": reasons})
+    json!({"vips": vips, "backends": backends, "reasons": reasons})
 }
 
-/// A human table. Backend counters are per backend address: a backend shared
-/// by several VIPs shows the same totals under each.
+/// A human table: VIPs with their members, then backends (counted over all
+/// the VIPs that share them), then every packet outcome.
 pub fn to_text(plan: &Plan, counters: &Counters) -> String {
     let mut out = String::new();
+    let _ = writeln!(out, "{:<24} {:<28} {:>12} {:>14}  backends (weight)", "VIP", "address", "packets", "bytes");
     for vip in &plan.vips {
         let c = counters.vips.get(vip.row as usize).copied().unwrap_or_default();
+        let members: Vec<String> = vip
+            .members
+            .iter()
+            .filter_map(|(id, weight)| plan.backend(*id).map(|b| format!("{} ({weight})", b.address)))
+            .collect();
         let _ = writeln!(
             out,
-            "VIP {} {}:{}/{}  {} packets  {} bytes",
+            "{:<24} {:<28} {:>12} {:>14}  {}",
             vip.name,
-            vip_address(vip),
-            u16::from_be(vip.key.port_be),
-            protocol_name(vip.key.proto),
+            format!("{}/{}", SocketAddr::new(vip.address(), vip.port()), protocol_name(vip.key.proto)),
             c.packets,
-            c.bytes
+            c.bytes,
+            members.join(", ")
         );
-        for (id, weight) in &vip.members {
-            let Some(b) = plan.backends.iter().find(|b| b.id == *id) else { continue };
-            let bc = counters.backends.get(*id as usize).copied().unwrap_or_default();
-            let _ = writeln!(out, "  backend {:<40} weight {:<4} {:>10} packets {:>12} bytes", b.address, weight, bc.packets, bc.bytes);
-        }
     }
-    let _ = writeln!(out, "Packets by outcome:");
+    let _ = writeln!(out, "\n{:<24} {:>12} {:>14}", "backend (all VIPs)", "packets", "bytes");
+    for b in &plan.backends {
+        let c = counters.backends.get(b.id as usize).copied().unwrap_or_default();
+        let _ = writeln!(out, "{:<24} {:>12} {:>14}", b.address.to_string(), c.packets, c.bytes);
+    }
+    let _ = writeln!(out, "\n{:<24} {:>12} {:>14}  action", "outcome", "packets", "bytes");
     for r in Reason::ALL {
         let Counter { packets, bytes } = counters.reason(*r);
-        let _ = writeln!(out, "  {:<18} {:<5} {:>10} packets {:>12} bytes", r.label(), format!("{:?}", r.action()), packets, bytes);
+        let _ = writeln!(out, "{:<24} {:>12} {:>14}  {}", r.label(), packets, bytes, r.action().label());
     }
     out
-}
-
-fn vip_address(vip: &crate::plan::PlannedVip) -> std::net::IpAddr {
-    lb_common::words_addr(&vip.key.addr, vip.key.family).expect("planned VIPs have a known family")
 }
 
 fn protocol_name(proto: u8) -> &'static str {

@@ -42,6 +42,9 @@ pub mod programs {
     pub const BALANCER: &str = "xdp_balancer";
     /// The decapsulator, attached on each backend host's NIC.
     pub const DECAP: &str = "xdp_decap";
+    /// Passes everything: gives a veth the XDP program it needs to receive
+    /// `XDP_TX` frames (tests), and is the floor of the benchmarks.
+    pub const PASS: &str = "xdp_pass";
 }
 
 /// Load-time globals (`EbpfLoader::override_global`). They are constants to the

@@ -11,6 +11,18 @@ pub enum Action {
     Tx = 3,
 }
 
+impl Action {
+    /// The kernel's name for the action, lowercase without the `XDP_` prefix.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Action::Aborted => "aborted",
+            Action::Drop => "drop",
+            Action::Pass => "pass",
+            Action::Tx => "tx",
+        }
+    }
+}
+
 macro_rules! reasons {
     ($(#[$m:meta])* $name:ident { $($(#[doc = $doc:literal])* $variant:ident = $value:literal => $action:ident, $label:literal;)* }) => {
         $(#[$m])*

@@ -32,6 +32,12 @@ pub fn xdp_decap(ctx: XdpContext) -> u32 {
     reason.action() as u32
 }
 
+/// Passes every packet untouched (see `lb_common::programs::PASS`).
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    lb_common::Action::Pass as u32
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -1,1 +1,14 @@
+//! Test harness of the load balancer.
+//!
+//! - [`topology`]: network namespaces (client, LB, backends, a bridge) built and torn down by the tests.
+//! - [`lab`]: a topology plus test servers, decap programs and a running `lb-agent`, used by the
+//!   end-to-end tests (`tests/e2e.rs`) and by the `lb-demo` binary.
+//! - [`agent`]: locating `lb-agent`, writing its config, reading `stats --json` and `lookup`.
+//! - [`client`]: the JSON lines printed by `lb-testclient` and the replies of `lb-testsrv`.
+//! - [`sock`]: the few socket operations std lacks (bind before connect, dual-stack listen).
 
+pub mod agent;
+pub mod client;
+pub mod lab;
+pub mod sock;
+pub mod topology;

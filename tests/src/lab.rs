@@ -1,0 +1,364 @@
+//! A [`Topology`] with the whole system running on it: a test server and the
+//! decap program on every backend, `lb-agent run` on the LB. Shared by the
+//! end-to-end tests and `lb-demo`.
+
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::agent::{self, Proto, Stats, VipSpec};
+use crate::client::{ClientRecord, parse_records};
+use crate::topology::{CLIENT, CLIENT_V4, CLIENT_V6, LB, Proc, Topology, TopologyOptions};
+
+/// How long a program may take to print `ready:`.
+pub const SERVER_READY: Duration = Duration::from_secs(10);
+pub const AGENT_READY: Duration = Duration::from_secs(30);
+
+/// The programs a lab runs.
+#[derive(Clone, Debug)]
+pub struct LabBins {
+    pub agent: PathBuf,
+    pub testsrv: PathBuf,
+    pub testclient: PathBuf,
+}
+
+impl LabBins {
+    /// The agent from [`agent::agent_bin`], the test programs next to the
+    /// running executable (for `lb-demo`, which cargo builds beside them).
+    pub fn beside_current_exe() -> Result<LabBins> {
+        let exe = std::env::current_exe()?;
+        let dir = exe.parent().context("executable without a directory")?;
+        let find = |name: &str| -> Result<PathBuf> {
+            // Integration tests live one level down, in target/<profile>/deps.
+            [dir.join(name), dir.join("..").join(name)]
+                .into_iter()
+                .find(|p| p.is_file())
+                .with_context(|| format!("{name} not found beside {}: build the lb-tests package (`cargo build -p lb-tests`)", exe.display()))
+        };
+        Ok(LabBins {
+            agent: agent::agent_bin()?,
+            testsrv: find("lb-testsrv")?,
+            testclient: find("lb-testclient")?,
+        })
+    }
+}
+
+pub struct Lab {
+    pub bins: LabBins,
+    pub config: toml::Table,
+    pub config_path: PathBuf,
+    pub vips: Vec<VipSpec>,
+    pub servers: Vec<Proc>,
+    pub decaps: Vec<Proc>,
+    pub agent: Proc,
+    /// Last field: dropped (torn down) after the process handles.
+    pub topo: Topology,
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+impl Lab {
+    /// Builds the topology (the config's VIP addresses on every backend's lo),
+    /// starts `lb-testsrv` and `lb-agent decap` on every backend, writes the
+    /// config with the run's bpffs as `bpffs_dir`, starts `lb-agent run` on
+    /// the LB and waits for each `ready:` line. `progress` gets one line per step.
+    pub fn start(
+        bins: LabBins,
+        backends: usize,
+        mut config: toml::Table,
+        progress: &dyn Fn(&str),
+    ) -> Result<Lab> {
+        let vips = agent::vips_of(&config)?;
+        let mut backend_vips: Vec<IpAddr> = Vec::new();
+        for v in &vips {
+            if !backend_vips.contains(&v.address) {
+                backend_vips.push(v.address);
+            }
+        }
+        progress(&format!("building topology ({backends} backends)..."));
+        let topo = Topology::build(TopologyOptions {
+            backends,
+            backend_vips,
+            ..Default::default()
+        })?;
+        progress(&format!(
+            "topology {} up; logs in {}",
+            topo.run_id(),
+            topo.log_dir().display()
+        ));
+        match Self::start_programs(&bins, &topo, &vips, &mut config, progress) {
+            Ok((servers, decaps, agent, config_path)) => Ok(Lab {
+                bins,
+                config,
+                config_path,
+                vips,
+                servers,
+                decaps,
+                agent,
+                topo,
+            }),
+            Err(e) => {
+                // The error quotes log paths: keep them.
+                topo.keep_logs();
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_programs(
+        bins: &LabBins,
+        topo: &Topology,
+        vips: &[VipSpec],
+        config: &mut toml::Table,
+        progress: &dyn Fn(&str),
+    ) -> Result<(Vec<Proc>, Vec<Proc>, Proc, PathBuf)> {
+        let tcp_ports: BTreeSet<u16> = vips
+            .iter()
+            .filter(|v| v.protocol == Proto::Tcp)
+            .map(|v| v.test_port())
+            .collect();
+        let udp_ports: BTreeSet<u16> = vips
+            .iter()
+            .filter(|v| v.protocol == Proto::Udp)
+            .map(|v| v.test_port())
+            .collect();
+        let mut srv_args: Vec<String> = Vec::new();
+        for p in &tcp_ports {
+            srv_args.extend(["--tcp-port".into(), p.to_string()]);
+        }
+        for p in &udp_ports {
+            srv_args.extend(["--udp-port".into(), p.to_string()]);
+        }
+
+        progress("starting test servers and decap on the backends...");
+        let mut servers = Vec::new();
+        let mut decaps = Vec::new();
+        for b in topo.backends().to_vec() {
+            let mut args = vec!["--name".to_string(), b.clone()];
+            args.extend(srv_args.iter().cloned());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let srv = topo.spawn(&b, &s(&bins.testsrv), &args)?;
+            srv.wait_for_line("ready:", SERVER_READY)?;
+            servers.push(srv);
+            let decap = topo.spawn(
+                &b,
+                &s(&bins.agent),
+                &["decap", "--iface", crate::topology::IFACE],
+            )?;
+            decap
+                .wait_for_line("ready:", AGENT_READY)
+                .context("lb-agent decap did not get ready")?;
+            decaps.push(decap);
+        }
+
+        agent::set_bpffs_dir(config, topo.bpffs_dir())?;
+        let config_path = topo.log_dir().join("lb-agent.toml");
+        std::fs::write(&config_path, toml::to_string(&*config)?)
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        progress(&format!(
+            "starting lb-agent run --config {}...",
+            config_path.display()
+        ));
+        let agent = topo.spawn(LB, &s(&bins.agent), &["run", "--config", &s(&config_path)])?;
+        agent
+            .wait_for_line("ready:", AGENT_READY)
+            .context("lb-agent run did not get ready")?;
+        progress("load balancer ready");
+        Ok((servers, decaps, agent, config_path))
+    }
+
+    /// The VIP of the config with this address, port and protocol.
+    pub fn vip(&self, address: IpAddr, port: u16, protocol: Proto) -> Result<&VipSpec> {
+        self.vips
+            .iter()
+            .find(|v| v.address == address && v.test_port() == port && v.protocol == protocol)
+            .with_context(|| {
+                format!(
+                    "no VIP {address} port {port} {protocol} in {}",
+                    self.config_path.display()
+                )
+            })
+    }
+
+    /// Runs `lb-testclient` in the client namespace: `count` requests to
+    /// `target`, request i from source port `src_port_base + i` if given.
+    pub fn client(
+        &self,
+        protocol: Proto,
+        target: SocketAddr,
+        count: u32,
+        src_port_base: Option<u16>,
+        timeout_ms: u64,
+    ) -> Result<Vec<ClientRecord>> {
+        run_client(
+            &self.topo,
+            &self.bins.testclient,
+            protocol,
+            target,
+            count,
+            src_port_base,
+            timeout_ms,
+        )
+    }
+
+    /// `lb-agent lookup`: the backend address the data path picks for this flow.
+    pub fn lookup(
+        &self,
+        vip: IpAddr,
+        port: u16,
+        protocol: Proto,
+        src: IpAddr,
+        src_port: u16,
+    ) -> Result<IpAddr> {
+        let mut cmd = std::process::Command::new(&self.bins.agent);
+        cmd.arg("lookup")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args([
+                "--vip",
+                &vip.to_string(),
+                "--port",
+                &port.to_string(),
+                "--protocol",
+                protocol.as_str(),
+            ])
+            .args([
+                "--src",
+                &src.to_string(),
+                "--src-port",
+                &src_port.to_string(),
+            ]);
+        let desc = format!("{cmd:?}");
+        let out = crate::topology::run_with_timeout(cmd, Duration::from_secs(30))?;
+        if !out.status.success() {
+            bail!(
+                "{desc} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        agent::parse_lookup(&String::from_utf8_lossy(&out.stdout)).with_context(|| desc)
+    }
+
+    /// The backend host name (`b1`, ...) `lookup` predicts for this flow.
+    pub fn predicted_backend(
+        &self,
+        vip: IpAddr,
+        port: u16,
+        protocol: Proto,
+        src: SocketAddr,
+    ) -> Result<String> {
+        let addr = self.lookup(vip, port, protocol, src.ip().to_canonical(), src.port())?;
+        self.topo
+            .host_by_addr(addr)
+            .map(str::to_string)
+            .with_context(|| format!("lookup answered {addr}, which is no host of the topology"))
+    }
+
+    /// `lb-agent stats --config FILE [--json]` run in the LB namespace.
+    pub fn stats_output(&self, json: bool) -> Result<String> {
+        let mut args = vec!["stats".to_string(), "--config".into(), s(&self.config_path)];
+        if json {
+            args.push("--json".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.topo.exec_ok(LB, &s(&self.bins.agent), &args)
+    }
+
+    /// The agent's counters once they stop moving (two equal reads 200 ms
+    /// apart, at most 3 s): packets of finished connections can still be in
+    /// flight when the client returns.
+    pub fn settled_stats(&self) -> Result<Stats> {
+        let mut last = Stats::parse(&self.stats_output(true)?)?;
+        for _ in 0..15 {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = Stats::parse(&self.stats_output(true)?)?;
+            if now == last {
+                return Ok(now);
+            }
+            last = now;
+        }
+        Ok(last)
+    }
+
+    /// Fails if the agent or a backend program has exited.
+    pub fn check_running(&self) -> Result<()> {
+        for p in self
+            .servers
+            .iter()
+            .chain(&self.decaps)
+            .chain(std::iter::once(&self.agent))
+        {
+            if let Some(st) = p.try_status() {
+                bail!(
+                    "{} exited ({st}); log {}:\n{}",
+                    p.label(),
+                    p.log_path().display(),
+                    p.log_tail(30)
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The client's own address of `target`'s family.
+pub fn client_addr_for(target: &SocketAddr) -> IpAddr {
+    if target.is_ipv4() {
+        CLIENT_V4.into()
+    } else {
+        CLIENT_V6.into()
+    }
+}
+
+/// A client run stops after this many failed requests: a broken path should
+/// fail a test in seconds, not after every request's timeout.
+pub const MAX_FAILURES: u32 = 5;
+
+/// Runs `lb-testclient` in the client namespace and parses its output. It
+/// stops early after [`MAX_FAILURES`] failures, so check the number of records.
+pub fn run_client(
+    topo: &Topology,
+    testclient: &Path,
+    protocol: Proto,
+    target: SocketAddr,
+    count: u32,
+    src_port_base: Option<u16>,
+    timeout_ms: u64,
+) -> Result<Vec<ClientRecord>> {
+    let mut args = vec![
+        format!("--{protocol}"),
+        target.to_string(),
+        "--count".into(),
+        count.to_string(),
+        "--timeout-ms".into(),
+        timeout_ms.to_string(),
+        "--max-failures".into(),
+        MAX_FAILURES.to_string(),
+    ];
+    if let Some(b) = src_port_base {
+        args.extend(["--src-port-base".into(), b.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Each request takes at most ~3 timeouts (connect, write, read).
+    let limit = Duration::from_millis(timeout_ms * 3 * count as u64) + Duration::from_secs(10);
+    let out = topo.exec_timeout(CLIENT, &s(testclient), &args, limit)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let records = parse_records(&stdout)
+        .with_context(|| format!("stderr: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let stopped_early = records.iter().filter(|r| !r.ok).count() >= MAX_FAILURES as usize;
+    if records.len() != count as usize && !stopped_early {
+        bail!(
+            "lb-testclient printed {} records for {count} requests ({}); stderr: {}",
+            records.len(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(records)
+}
