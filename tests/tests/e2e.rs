@@ -300,6 +300,30 @@ fn non_vip_traffic_untouched() {
     lab.check_running().unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// SIGTERM: the agent exits 0, the XDP program leaves the interface and the
+/// pinned maps are removed (a later agent starts from a clean slate).
+#[test]
+fn sigterm_detaches_and_unpins() {
+    if !can_run("sigterm_detaches_and_unpins") {
+        return;
+    }
+    let lab = start_lab();
+    let link = |lab: &Lab| lab.topo.exec_ok(LB, "ip", &["-details", "link", "show", "dev", topology::IFACE]).unwrap();
+    assert!(link(&lab).contains("prog/xdp"), "balancer attached while running:\n{}", link(&lab));
+    let pins = lab.topo.bpffs_dir().to_path_buf();
+    let ours = |dir: &Path| -> Vec<PathBuf> {
+        lb_common::maps::ALL.iter().map(|m| dir.join(m)).filter(|p| p.exists()).collect()
+    };
+    assert_eq!(ours(&pins).len(), lb_common::maps::ALL.len(), "every map pinned under {} while running", pins.display());
+
+    let status = lab.agent.stop().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(status.success(), "lb-agent exit status after SIGTERM: {status}\n{}", lab.agent.log_tail(20));
+    assert!(!link(&lab).contains("prog/xdp"), "balancer still attached after SIGTERM:\n{}", link(&lab));
+    let left = ours(&pins);
+    assert!(left.is_empty(), "pins left behind after SIGTERM: {left:?}");
+}
+
+
 // --- Harness self-tests (root only; no agent needed) ------------------------
 
 fn direct(
