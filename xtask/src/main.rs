@@ -68,11 +68,12 @@ fn real_main() -> Result<()> {
             setup::all()?;
             build()?;
             step("running the demo");
-            let status = Command::new(root.join("target/debug/lb-demo"))
+            let demo = debug_dir().join("lb-demo");
+            let status = Command::new(&demo)
                 .args(&args)
-                .env("LB_AGENT_BIN", root.join("target/debug/lb-agent"))
+                .env("LB_AGENT_BIN", debug_dir().join("lb-agent"))
                 .status()
-                .context("starting target/debug/lb-demo")?;
+                .with_context(|| format!("starting {}", demo.display()))?;
             if !status.success() {
                 bail!("the demo failed ({status})");
             }
@@ -83,6 +84,11 @@ fn real_main() -> Result<()> {
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Where cargo puts debug binaries (honours CARGO_TARGET_DIR).
+fn debug_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from).join("debug")
 }
 
 pub fn step(what: &str) {
@@ -114,7 +120,7 @@ fn test(args: &[String]) -> Result<()> {
     kernel
         .args(["test", "-p", "lb-tests", "--no-fail-fast", "--", "--test-threads=1"])
         .args(args)
-        .env("LB_AGENT_BIN", workspace_root().join("target/debug/lb-agent"));
+        .env("LB_AGENT_BIN", debug_dir().join("lb-agent"));
     total.add(run_counting(&mut kernel)?);
     println!();
     println!("all: {} passed, {} failed, {} skipped", total.passed, total.failed, total.ignored);
