@@ -45,6 +45,8 @@ pub mod programs {
     /// Passes everything: gives a veth the XDP program it needs to receive
     /// `XDP_TX` frames (tests), and is the floor of the benchmarks.
     pub const PASS: &str = "xdp_pass";
+    /// Benchmark floor: parse Ethernet/IPv4/TCP, swap MACs, `XDP_TX`.
+    pub const FLOOR_TX: &str = "xdp_floor_tx";
 }
 
 /// Load-time globals (`EbpfLoader::override_global`). They are constants to the

@@ -11,6 +11,7 @@ mod balancer;
 mod counters;
 mod decap;
 mod encap;
+mod floors;
 mod maps;
 mod packet;
 mod parse;

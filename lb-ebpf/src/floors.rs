@@ -1,0 +1,36 @@
+//! Benchmark floors: the least an XDP load balancer can do, measured in the
+//! same run as our programs so that `cargo xtask bench` reports ratios that
+//! do not drift with the machine. (`xdp_pass`, the other floor, lives in main.)
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use lb_common::{Action, PROTO_TCP};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+    tcp::TcpHdr,
+};
+
+use crate::packet::{ptr_at, ptr_at_mut};
+
+/// Parses Ethernet / IPv4 / TCP, swaps the MACs and bounces the frame
+/// (`XDP_TX`): the cheapest program that both reads the headers and sends.
+#[xdp]
+pub fn xdp_floor_tx(ctx: XdpContext) -> u32 {
+    floor_tx(&ctx).unwrap_or(Action::Pass) as u32
+}
+
+#[inline(always)]
+fn floor_tx(ctx: &XdpContext) -> Option<Action> {
+    let eth: *mut EthHdr = ptr_at_mut(ctx, 0)?;
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return None;
+    }
+    let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
+    let header_len = ((unsafe { (*ip).vihl } & 0x0f) as usize) * 4;
+    if unsafe { (*ip).proto } != PROTO_TCP {
+        return None;
+    }
+    let _tcp: *const TcpHdr = ptr_at(ctx, EthHdr::LEN + header_len)?;
+    unsafe { core::mem::swap(&mut (*eth).dst_addr, &mut (*eth).src_addr) };
+    Some(Action::Tx)
+}
