@@ -32,6 +32,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Benchmarks: per-packet cost of every path against floors, Maglev ring builds. Needs root.
+    Bench {
+        /// Extra arguments for lb-bench (`--runs N`, `--json PATH`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
     /// Build a client, an LB and three backends in network namespaces and send traffic through the LB. Needs root.
     Demo {
         /// Extra arguments for lb-demo (see `--help` after `--`).
@@ -63,6 +69,14 @@ fn real_main() -> Result<()> {
             build()?;
             test(&args)
         }
+        Cmd::Bench { args } => {
+            require_root("the benchmarks load BPF programs")?;
+            setup::all()?;
+            step("building lb-bench (release)");
+            run(Command::new("cargo").args(["build", "--release", "-p", "lb-tests", "--bin", "lb-bench"]))?;
+            step("benchmarking");
+            run(Command::new(target_dir().join("release/lb-bench")).args(&args))
+        }
         Cmd::Demo { args } => {
             require_root("the demo loads BPF programs and creates network namespaces")?;
             setup::all()?;
@@ -86,9 +100,13 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-/// Where cargo puts debug binaries (honours CARGO_TARGET_DIR).
+/// Cargo's target directory (honours CARGO_TARGET_DIR).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
 fn debug_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from).join("debug")
+    target_dir().join("debug")
 }
 
 pub fn step(what: &str) {

@@ -1,0 +1,384 @@
+//! `cargo xtask bench`: what every packet path and every ring build costs,
+//! against floors measured in the same run (absolute times drift on shared
+//! machines; ratios do not). Prints a table and writes JSON
+//! (`--json PATH`, default `target/bench/latest.json`).
+//!
+//! Per-packet method: `BPF_PROG_TEST_RUN` with `repeat = 1`, many times, each
+//! on a fresh copy of the input (with `repeat > 1` the kernel reuses the
+//! buffer, so an encapsulating program would measure its own output), taking
+//! the median of the kernel-reported durations. Every measured run's action
+//! and output are checked. The floors go through the very same harness, so
+//! its fixed cost is in both sides of every ratio.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use aya::{
+    maps::Array,
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use etherparse::PacketBuilder;
+use lb_agent::{
+    config,
+    dataplane::{self, LoadOptions, ResolvedBackend},
+    maglev::{self, Member},
+    plan,
+};
+use lb_common::{maps, programs, Action};
+use serde_json::{json, Value};
+
+// ------------------------------------------------------------ allocation meter
+
+/// Counts live heap bytes so ring builds can report their peak memory.
+struct Meter;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Meter {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(now, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Meter = Meter;
+
+/// Peak heap growth (bytes) while `f` runs.
+fn peak_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let out = f();
+    (out, PEAK.load(Ordering::Relaxed) - base)
+}
+
+// ------------------------------------------------------------ setup
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const CLIENT_V4: [u8; 4] = [198, 51, 100, 10];
+const CLIENT_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const VIP_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
+/// Room for the largest header the balancer prepends.
+const OUT_SLACK: usize = 64;
+
+/// The benchmark's data plane: the production ring size, three backends per VIP.
+const CONFIG: &str = r#"
+[lb]
+interface = "bench0"
+tunnel_source_v4 = "198.51.100.2"
+tunnel_source_v6 = "2001:db8::2"
+max_vips = 4
+max_backends = 16
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+  [[vip.backend]]
+  address = "198.51.100.11"
+  mac = "02:00:00:00:00:11"
+  [[vip.backend]]
+  address = "198.51.100.12"
+  mac = "02:00:00:00:00:12"
+  [[vip.backend]]
+  address = "198.51.100.13"
+  mac = "02:00:00:00:00:13"
+[[vip]]
+name = "dns"
+address = "192.0.2.10"
+port = 53
+protocol = "udp"
+  [[vip.backend]]
+  address = "198.51.100.11"
+  mac = "02:00:00:00:00:11"
+  [[vip.backend]]
+  address = "198.51.100.12"
+  mac = "02:00:00:00:00:12"
+[[vip]]
+name = "web6"
+address = "2001:db8:f::10"
+port = 80
+  [[vip.backend]]
+  address = "2001:db8::11"
+  mac = "02:00:00:00:01:11"
+  [[vip.backend]]
+  address = "2001:db8::12"
+  mac = "02:00:00:00:01:12"
+"#;
+
+fn load() -> Result<Ebpf> {
+    let config = config::parse(CONFIG, "bench.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plan = plan::plan(&config);
+    let mut ebpf = dataplane::load_balancer_object(&LoadOptions {
+        ring_size: config.lb.ring_size,
+        hash_seed: config.lb.hash_seed,
+        max_vips: config.lb.max_vips,
+        max_backends: config.lb.max_backends,
+        tunnel_source_v4: config.lb.tunnel_source_v4,
+        tunnel_source_v6: config.lb.tunnel_source_v6,
+    })?;
+    for p in [programs::BALANCER, programs::DECAP, programs::PASS, programs::FLOOR_TX] {
+        dataplane::load_program(&mut ebpf, p)?;
+    }
+    let resolved = plan
+        .backends
+        .iter()
+        .map(|b| (b.id, ResolvedBackend { address: b.address, next_hop_mac: b.mac.expect("bench backends have MACs") }))
+        .collect();
+    dataplane::write_plan(&mut ebpf, &plan, &resolved)?;
+    Ok(ebpf)
+}
+
+fn write(builder: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut v = Vec::new();
+    builder(&mut v);
+    v
+}
+
+fn tcp4_syn(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    write(|v| {
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv4(CLIENT_V4, dst.octets(), 64)
+            .tcp(40000, dport, 1, 65535)
+            .syn()
+            .write_to_vec(v, &[])
+            .unwrap()
+    })
+}
+
+fn tcp6_syn(dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+    write(|v| {
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv6(CLIENT_V6, dst.octets(), 64)
+            .tcp(40000, dport, 1, 65535)
+            .syn()
+            .write_to_vec(v, &[])
+            .unwrap()
+    })
+}
+
+fn udp4(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    write(|v| {
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv4(CLIENT_V4, dst.octets(), 64)
+            .udp(40000, dport)
+            .write_to_vec(v, b"0123456789abcdef")
+            .unwrap()
+    })
+}
+
+// ------------------------------------------------------------ per-packet cost
+
+/// What a measured run must return and how its output must look.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// `XDP_PASS` with the packet unchanged.
+    PassUnchanged,
+    /// `XDP_PASS` with a packet of this length (decap).
+    PassWithLen(usize),
+    /// `XDP_TX`, `grows_by` bytes longer than the input.
+    Tx { grows_by: usize },
+}
+
+struct PacketCase {
+    name: &'static str,
+    program: &'static str,
+    input: Vec<u8>,
+    expect: Expect,
+}
+
+/// Median kernel-reported ns of `runs` single runs, each checked.
+fn median_ns(ebpf: &Ebpf, case: &PacketCase, runs: usize) -> Result<f64> {
+    let xdp: &Xdp = ebpf.program(case.program).context("program")?.try_into()?;
+    let mut out = vec![0u8; case.input.len() + OUT_SLACK];
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let r = xdp.test_run(TestRunOptions { data_in: Some(&case.input), data_out: Some(&mut out), ..TestRunOptions::new() })?;
+        let len = r.data_size_out as usize;
+        match case.expect {
+            Expect::PassUnchanged => ensure!(
+                r.return_value == Action::Pass as u32 && out[..len] == case.input[..],
+                "{}: expected PASS and an unchanged packet, got action {}",
+                case.name,
+                r.return_value
+            ),
+            Expect::PassWithLen(want) => ensure!(
+                r.return_value == Action::Pass as u32 && len == want,
+                "{}: expected PASS and {want} bytes, got action {} and {len} bytes",
+                case.name,
+                r.return_value
+            ),
+            Expect::Tx { grows_by } => ensure!(
+                r.return_value == Action::Tx as u32 && len == case.input.len() + grows_by,
+                "{}: expected TX and {} bytes, got action {} and {len} bytes",
+                case.name,
+                case.input.len() + grows_by,
+                r.return_value
+            ),
+        }
+        samples.push(r.duration.as_nanos() as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+fn packet_costs(runs: usize) -> Result<Value> {
+    let ebpf = load()?;
+    // An encapsulated packet for the decap case: run the balancer once.
+    let syn = tcp4_syn(VIP_V4, 80);
+    let encapsulated = {
+        let xdp: &Xdp = ebpf.program(programs::BALANCER).unwrap().try_into()?;
+        let mut out = vec![0u8; syn.len() + OUT_SLACK];
+        let r = xdp.test_run(TestRunOptions { data_in: Some(&syn), data_out: Some(&mut out), ..TestRunOptions::new() })?;
+        ensure!(r.return_value == Action::Tx as u32, "the balancer did not forward the SYN");
+        out.truncate(r.data_size_out as usize);
+        out
+    };
+    let ipv4_outer = 20;
+    let ipv6_outer = 40;
+    let cases = vec![
+        PacketCase { name: "floor: xdp_pass", program: programs::PASS, input: syn.clone(), expect: Expect::PassUnchanged },
+        PacketCase { name: "floor: parse + swap MACs + tx", program: programs::FLOOR_TX, input: syn.clone(), expect: Expect::Tx { grows_by: 0 } },
+        PacketCase { name: "ipv4 tcp syn to vip (hash)", program: programs::BALANCER, input: syn.clone(), expect: Expect::Tx { grows_by: ipv4_outer } },
+        PacketCase { name: "ipv6 tcp syn to vip (hash)", program: programs::BALANCER, input: tcp6_syn(VIP_V6, 80), expect: Expect::Tx { grows_by: ipv6_outer } },
+        PacketCase { name: "ipv4 udp to vip (hash)", program: programs::BALANCER, input: udp4(VIP_V4, 53), expect: Expect::Tx { grows_by: ipv4_outer } },
+        PacketCase { name: "ipv4 tcp, no vip (pass)", program: programs::BALANCER, input: tcp4_syn(Ipv4Addr::new(198, 51, 100, 2), 22), expect: Expect::PassUnchanged },
+        PacketCase { name: "decap ipip", program: programs::DECAP, input: encapsulated, expect: Expect::PassWithLen(syn.len()) },
+    ];
+    let mut rows = Vec::new();
+    let mut ns = std::collections::BTreeMap::new();
+    for case in &cases {
+        ns.insert(case.name, median_ns(&ebpf, case, runs)?);
+    }
+    let pass_floor = ns["floor: xdp_pass"];
+    let tx_floor = ns["floor: parse + swap MACs + tx"];
+    println!("\nPer packet (BPF_PROG_TEST_RUN, repeat=1, median of {runs} checked runs)");
+    println!("{:<34} {:>8} {:>10} {:>10}", "path", "ns", "x pass", "x tx floor");
+    for case in &cases {
+        let v = ns[case.name];
+        println!("{:<34} {:>8.0} {:>10.2} {:>10.2}", case.name, v, v / pass_floor, v / tx_floor);
+        rows.push(json!({"path": case.name, "ns": v, "ratio_to_pass_floor": v / pass_floor, "ratio_to_tx_floor": v / tx_floor}));
+    }
+    println!("{:<34} {:>8}", "ipv4 tcp ack, known flow", "n/a (the flow table does not exist yet)");
+    Ok(json!({"runs": runs, "paths": rows}))
+}
+
+// ------------------------------------------------------------ rings
+
+fn members(n: u32) -> Vec<Member> {
+    (0..n)
+        .map(|i| Member {
+            identity: maglev::backend_identity(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, (i >> 16) as u16, i as u16))),
+            // Weights 1..=10: realistic mixes of machine sizes.
+            weight: 1 + i % 10,
+        })
+        .collect()
+}
+
+/// Best of `tries`: the least disturbed measurement of a deterministic computation.
+fn best<T>(tries: usize, mut f: impl FnMut() -> T) -> (T, Duration) {
+    let mut best = Duration::MAX;
+    let mut out = None;
+    for _ in 0..tries {
+        let t = Instant::now();
+        let v = f();
+        best = best.min(t.elapsed());
+        out = Some(v);
+    }
+    (out.unwrap(), best)
+}
+
+fn ring_costs() -> Result<Value> {
+    let size = lb_common::limits::DEFAULT_RING_SIZE;
+    println!("\nMaglev ring of {size} slots (best of 20; weights 1..=10)");
+    println!("{:<44} {:>10} {:>12}", "operation", "time", "peak heap");
+    let mut rows = Vec::new();
+    for n in [10u32, 100, 1000] {
+        let m = members(n);
+        let ((_, t), peak) = peak_bytes(|| best(20, || maglev::build(&m, size)));
+        println!("{:<44} {:>8.3}ms {:>10}KiB", format!("build, {n} backends"), t.as_secs_f64() * 1e3, peak / 1024);
+        rows.push(json!({"operation": "build", "backends": n, "ms": t.as_secs_f64() * 1e3, "peak_heap_bytes": peak}));
+    }
+    // One backend of 100 goes down: rebuild without it and diff.
+    let all = members(100);
+    let before = maglev::build(&all, size);
+    let mut without = all.clone();
+    without[42].weight = 0;
+    let ((changes, _), t) = best(20, || {
+        let after = maglev::build(&without, size);
+        (maglev::changed_slots(&before, &after), after)
+    });
+    println!(
+        "{:<44} {:>8.3}ms   {} slots change ({:.2}% of the ring; the backend owned {})",
+        "one of 100 down: rebuild + diff",
+        t.as_secs_f64() * 1e3,
+        changes.len(),
+        100.0 * changes.len() as f64 / size as f64,
+        before.iter().filter(|&&o| o == 42).count()
+    );
+    rows.push(json!({"operation": "one_of_100_down_rebuild_and_diff", "ms": t.as_secs_f64() * 1e3, "changed_slots": changes.len()}));
+
+    // Kernel map writes: the changed slots, and a whole ring.
+    let mut ebpf = load()?;
+    let mut rings: Array<_, u32> = Array::try_from(ebpf.map_mut(maps::RINGS).context("RINGS")?)?;
+    let t = Instant::now();
+    for (slot, owner) in &changes {
+        rings.set(*slot, owner + 1, 0)?;
+    }
+    let changed_write = t.elapsed();
+    let t = Instant::now();
+    for slot in 0..size {
+        rings.set(slot, 1, 0)?;
+    }
+    let full_write = t.elapsed();
+    println!("{:<44} {:>8.3}ms", format!("write the {} changed slots to the kernel", changes.len()), changed_write.as_secs_f64() * 1e3);
+    println!("{:<44} {:>8.3}ms   (one bpf() call per slot)", "write a whole ring to the kernel", full_write.as_secs_f64() * 1e3);
+    rows.push(json!({"operation": "write_changed_slots", "ms": changed_write.as_secs_f64() * 1e3, "slots": changes.len()}));
+    rows.push(json!({"operation": "write_whole_ring", "ms": full_write.as_secs_f64() * 1e3, "slots": size}));
+    Ok(json!(rows))
+}
+
+// ------------------------------------------------------------ main
+
+fn main() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads BPF programs: run it as root (`cargo xtask bench`)");
+    }
+    let mut args = std::env::args().skip(1);
+    let mut runs = 20_000usize;
+    let mut json_path = PathBuf::from("target/bench/latest.json");
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().context("--runs N")?.parse()?,
+            "--json" => json_path = args.next().context("--json PATH")?.into(),
+            other => bail!("unknown argument {other:?}; usage: lb-bench [--runs N] [--json PATH]"),
+        }
+    }
+    let machine = json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    });
+    let packets = packet_costs(runs)?;
+    let rings = ring_costs()?;
+    println!("\nNot measured yet: reload time and agent footprint (need hitless reload), end-to-end pps in namespaces.");
+    let report = json!({"machine": machine, "per_packet": packets, "rings": rings});
+    if let Some(dir) = json_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
+    println!("\nwritten to {}", json_path.display());
+    Ok(())
+}
