@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod hash;
+pub mod health;
 pub mod layout;
 pub mod reason;
 
@@ -32,8 +33,12 @@ pub mod maps {
     /// `PerCpuArray<Counter>` indexed by [`crate::DecapReason`], used by the decap program.
     pub const DECAP_STATS: &str = "DECAP_STATS";
 
+    /// `HashMap<HealthKey, HealthEntry>`: health of each (VIP row, backend id),
+    /// written by the agent, read by `lb-agent stats`; no program uses it.
+    pub const HEALTH: &str = "HEALTH";
+
     /// Every map of the object, for pinning and for the loader test.
-    pub const ALL: [&str; 7] = [VIPS, RINGS, BACKENDS, VIP_STATS, BACKEND_STATS, REASON_STATS, DECAP_STATS];
+    pub const ALL: [&str; 8] = [VIPS, RINGS, BACKENDS, VIP_STATS, BACKEND_STATS, REASON_STATS, DECAP_STATS, HEALTH];
 }
 
 /// Names of the XDP programs in the object.

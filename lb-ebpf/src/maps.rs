@@ -8,6 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     limits::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE},
+    health::{HealthEntry, HealthKey},
     AddrWords, BackendEntry, Counter, DecapReason, Reason, VipKey, VipMeta,
 };
 
@@ -31,6 +32,10 @@ pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Re
 
 #[map]
 pub static DECAP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DecapReason::COUNT, 0);
+
+/// Written by the agent only (see `lb_common::maps::HEALTH`); the agent sizes it.
+#[map]
+pub static HEALTH: HashMap<HealthKey, HealthEntry> = HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 // Load-time globals (see `lb_common::globals`). `read_volatile` keeps the
 // compiler from folding the defaults; the verifier sees the loaded values as
