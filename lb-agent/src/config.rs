@@ -32,6 +32,7 @@ use std::str::FromStr;
 use lb_common::limits;
 use serde::Deserialize;
 
+use crate::health::settings::{self as health, AllDownPolicy, HealthCheck, RawHealth};
 use crate::maglev::is_prime;
 
 // ---------------------------------------------------------------------------
@@ -180,6 +181,9 @@ pub struct VipConfig {
     /// The `[[vip.backend]]` tables: at least one, distinct addresses, and at
     /// least one with weight > 0.
     pub backends: Vec<BackendConfig>,
+    /// `health.all_down`: what the VIP does when no backend is up. Default
+    /// [`AllDownPolicy::Drop`].
+    pub all_down: AllDownPolicy,
 }
 
 /// One `[[vip.backend]]` table.
@@ -197,6 +201,12 @@ pub struct BackendConfig {
     /// to this backend. Default `None`: resolved from the kernel's routing and
     /// neighbour tables at runtime. Must be a unicast, non-zero MAC.
     pub mac: Option<MacAddr>,
+    /// `backup`: default false. A backup takes traffic only while no primary
+    /// of the VIP is up (HAProxy's `backup`).
+    pub backup: bool,
+    /// The effective health check: the VIP's `[vip.health]` table with this
+    /// backend's `[vip.backend.health]` fields over it (see [`crate::health`]).
+    pub check: HealthCheck,
 }
 
 /// How the program is attached (`xdp_mode`).
@@ -456,6 +466,7 @@ struct RawVip {
     port: Option<i64>,
     protocol: Option<String>,
     hash: Option<String>,
+    health: Option<RawHealth>,
     #[serde(default, rename = "backend")]
     backends: Vec<RawBackend>,
 }
@@ -466,6 +477,8 @@ struct RawBackend {
     address: Option<String>,
     weight: Option<i64>,
     mac: Option<String>,
+    backup: Option<bool>,
+    health: Option<RawHealth>,
 }
 
 // ---------------------------------------------------------------------------
@@ -820,7 +833,10 @@ impl Validator {
                 },
             };
             match (address, weight, mac) {
-                (Some(address), Some(weight), Some(mac)) => backends.push(BackendConfig { address, weight, mac }),
+                (Some(address), Some(weight), Some(mac)) => match self.health_check(v, b, label, &at) {
+                    Some(check) => backends.push(BackendConfig { address, weight, mac, backup: b.backup.unwrap_or(false), check }),
+                    None => backends_ok = false,
+                },
                 _ => backends_ok = false,
             }
         }
@@ -851,7 +867,27 @@ impl Validator {
         if !backends_ok {
             return None;
         }
-        Some(VipConfig { name: name?, address: address?, port: port?, protocol: protocol?, hash: hash?, backends })
+        let mut health_problems = Vec::new();
+        let all_down = health::all_down_policy(v.health.as_ref(), label, &mut health_problems);
+        self.problems.extend(health_problems);
+        Some(VipConfig { name: name?, address: address?, port: port?, protocol: protocol?, hash: hash?, backends, all_down: all_down? })
+    }
+
+    /// A backend's effective health check; a problem of the VIP's own table
+    /// is reported once, not once per backend.
+    fn health_check(&mut self, v: &RawVip, b: &RawBackend, label: &str, at: &str) -> Option<HealthCheck> {
+        let protocol = v.protocol.as_deref().map_or(Some(Protocol::Tcp), |p| p.parse().ok());
+        let port = v.port.and_then(|p| u16::try_from(p).ok());
+        // Without a readable protocol and port the VIP's own problems say enough.
+        let service = health::Service { protocol: protocol?, port: port? };
+        let mut found = Vec::new();
+        let check = health::resolve(v.health.as_ref(), b.health.as_ref(), label, at, service, &mut found);
+        for p in found {
+            if !self.problems.contains(&p) {
+                self.problems.push(p);
+            }
+        }
+        check
     }
 
     /// An address that can be a flow's destination: a VIP or a backend.

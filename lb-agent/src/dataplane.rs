@@ -54,6 +54,12 @@ impl Default for LoadOptions {
 /// Loads the object with the balancer's maps sized and its globals set.
 /// The programs are not loaded into the kernel yet (see [`load_program`]).
 pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
+    load_balancer_object_with_health(opts, opts.max_backends)
+}
+
+/// [`load_balancer_object`] with room for `health_pairs` (VIP, backend)
+/// entries in `HEALTH` (the agent gives its config's count).
+pub fn load_balancer_object_with_health(opts: &LoadOptions, health_pairs: u32) -> Result<Ebpf> {
     let v4 = opts.tunnel_source_v4.map(v4_words).unwrap_or([0; 4]);
     let v6 = opts.tunnel_source_v6.map(v6_words).unwrap_or([0; 4]);
     let ring_entries = opts
@@ -66,6 +72,7 @@ pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
         .map_max_entries(maps::BACKENDS, opts.max_backends)
         .map_max_entries(maps::VIP_STATS, opts.max_vips)
         .map_max_entries(maps::BACKEND_STATS, opts.max_backends)
+        .map_max_entries(maps::HEALTH, health_pairs.max(1))
         .override_global(globals::RING_SIZE, &opts.ring_size, true)
         .override_global(globals::HASH_SEED, &opts.hash_seed, true)
         .override_global(globals::TUNNEL_SOURCE_V4, &v4, true)
@@ -84,6 +91,7 @@ pub fn load_minimal_object() -> Result<Ebpf> {
         .map_max_entries(maps::BACKENDS, 1)
         .map_max_entries(maps::VIP_STATS, 1)
         .map_max_entries(maps::BACKEND_STATS, 1)
+        .map_max_entries(maps::HEALTH, 1)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
 }

@@ -2,6 +2,7 @@
 //! the binary, the tests crate and `lb-agent check` share.
 
 pub mod config;
+pub mod health;
 pub mod maglev;
 pub mod plan;
 pub mod summary;

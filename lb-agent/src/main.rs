@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use lb_agent::{
     config::{self, Config, MacAddr, Protocol, XdpMode},
     dataplane::{self, LoadOptions, ResolvedBackend},
-    nexthop, plan, stats, summary,
+    health, nexthop, plan, stats, summary,
 };
 use lb_common::{programs, DecapReason, Reason};
 
@@ -119,10 +119,14 @@ fn real_main(cli: Cli) -> Result<()> {
             let config = load_config(&config)?;
             let plan = plan::plan(&config);
             let counters = dataplane::read_pinned_counters(&config.lb.bpffs_dir)?;
+            let health = health::report::read_pinned(&config.lb.bpffs_dir)?;
             if json {
-                println!("{}", stats::to_json(&plan, &counters));
+                let mut out = stats::to_json(&plan, &counters);
+                health::report::add_to_json(&mut out, &config, &plan, &health);
+                println!("{out}");
             } else {
                 print!("{}", stats::to_text(&plan, &counters));
+                print!("{}", health::report::to_text(&config, &plan, &health));
             }
             Ok(())
         }
@@ -161,10 +165,19 @@ async fn run(config: Config) -> Result<()> {
     };
     let resolved = resolve_backends(&handle, &iface, &config, &plan, &opts).await?;
 
-    let mut ebpf = dataplane::load_balancer_object(&opts)?;
+    let health_pairs: usize = config.vips.iter().map(|v| v.backends.len()).sum();
+    let mut ebpf = dataplane::load_balancer_object_with_health(&opts, u32::try_from(health_pairs)?)?;
     dataplane::load_program(&mut ebpf, programs::BALANCER)?;
     dataplane::write_plan(&mut ebpf, &plan, &resolved)?;
     dataplane::pin_maps(&ebpf, &config.lb.bpffs_dir)?;
+    // Before attaching: backends configured to start down are out of the rings.
+    let supervisor = match start_health(&mut ebpf, &config, &plan) {
+        Ok(s) => s,
+        Err(e) => {
+            dataplane::unpin_maps(&config.lb.bpffs_dir);
+            return Err(e);
+        }
+    };
     let program = ebpf_program(&mut ebpf, programs::BALANCER)?;
     let (link, mode) = match dataplane::attach(program, &iface.name, config.lb.xdp_mode) {
         Ok(attached) => attached,
@@ -181,9 +194,13 @@ async fn run(config: Config) -> Result<()> {
         plan.ring_size,
         config.lb.bpffs_dir.display()
     );
+    let checkers = health::supervisor::spawn(&config, supervisor);
     ready(&format!("attached {} to {} in {mode} mode", programs::BALANCER, iface.name));
 
     let signal = wait_for_shutdown().await;
+    for task in checkers {
+        task.abort();
+    }
     log::info!("{signal}: detaching from {}", iface.name);
     let counters = dataplane::read_counters(&ebpf)?;
     log::info!(
@@ -195,6 +212,22 @@ async fn run(config: Config) -> Result<()> {
     ebpf_program(&mut ebpf, programs::BALANCER)?.detach(link)?;
     dataplane::unpin_maps(&config.lb.bpffs_dir);
     Ok(())
+}
+
+/// The health supervisor over the live `RINGS` and `HEALTH` maps (taken out
+/// of the object: from now on only the supervisor writes them).
+fn start_health(
+    ebpf: &mut aya::Ebpf,
+    config: &Config,
+    plan: &plan::Plan,
+) -> Result<health::supervisor::Supervisor<health::supervisor::MapWriter>> {
+    let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing from the BPF object"));
+    let writer = health::supervisor::MapWriter {
+        rings: aya::maps::Array::try_from(take(lb_common::maps::RINGS)?)?,
+        health: aya::maps::HashMap::try_from(take(lb_common::maps::HEALTH)?)?,
+        ring_size: plan.ring_size,
+    };
+    health::supervisor::Supervisor::new(config, plan, writer)
 }
 
 /// Next-hop MACs for every backend: the static `mac` if the config has one,

@@ -15,7 +15,7 @@ use lb_common::hash::{flow_hash, source_hash};
 use lb_common::{NO_BACKEND, VIP_FLAG_SOURCE_HASH, VipKey, VipMeta, addr_words};
 
 use crate::config::{Config, HashMode, MacAddr};
-use crate::maglev::{self, EMPTY, Member, backend_identity};
+use crate::health::select;
 
 /// What the dataplane is to hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,12 +113,8 @@ pub fn plan(config: &Config) -> Plan {
         .map(|(row, v)| {
             let mut members: Vec<(u32, u32)> = v.backends.iter().map(|b| (id_of(b.address), b.weight)).collect();
             members.sort_unstable();
-            let ring_members: Vec<Member> =
-                v.backends.iter().map(|b| Member { identity: backend_identity(b.address), weight: b.weight }).collect();
-            let ring = maglev::build(&ring_members, ring_size)
-                .into_iter()
-                .map(|o| if o == EMPTY { NO_BACKEND } else { id_of(v.backends[o as usize].address) })
-                .collect();
+            // Every backend up: the primaries' ring (backups serve only without them).
+            let ring = select::ring(v, ring_size, &id_of, &|_| true).ring;
             let flags = match v.hash {
                 HashMode::Flow => 0,
                 HashMode::Source => VIP_FLAG_SOURCE_HASH,

@@ -1,0 +1,17 @@
+//! Health checks: which backends are up, and the rings that follow.
+//!
+//! - [`settings`]: the `health` tables of the config, defaults and validation.
+//! - [`tracker`]: the consecutive-results state machine of one backend.
+//! - [`probe`]: one TCP or HTTP check.
+//! - [`checker`]: one tokio task per checked backend (jitter, timeout).
+//! - [`select`]: the ring of a VIP for a set of healthy backends (backups, policy).
+//! - [`supervisor`]: applies reports to the `HEALTH` and `RINGS` maps, logs changes.
+//! - [`report`]: the health part of `lb-agent stats`.
+
+pub mod checker;
+pub mod probe;
+pub mod report;
+pub mod select;
+pub mod settings;
+pub mod supervisor;
+pub mod tracker;
