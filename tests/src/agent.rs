@@ -222,6 +222,9 @@ pub struct VipStats {
     /// The VIP's configured backends (counters are per backend, in [`Stats::backends`]).
     #[serde(default)]
     pub backends: Vec<Member>,
+    /// `up`, `degraded`, `backup`, `down`, `down_fail_open` (health checks).
+    #[serde(default)]
+    pub health: Option<String>,
 }
 
 /// A backend of a VIP, as listed under the VIP.
@@ -230,6 +233,17 @@ pub struct Member {
     pub address: String,
     #[serde(default)]
     pub weight: u32,
+    #[serde(default)]
+    pub backup: bool,
+    /// `up`, `down` or `unchecked`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Of the last check: `passed`, `timeout`, `refused`, `http_status 500`, ...
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Wall-clock time of the last state change (ms since the epoch).
+    #[serde(default)]
+    pub since_unix_ms: Option<u64>,
 }
 
 impl VipStats {

@@ -117,23 +117,7 @@ impl Lab {
         config: &mut toml::Table,
         progress: &dyn Fn(&str),
     ) -> Result<(Vec<Proc>, Vec<Proc>, Proc, PathBuf)> {
-        let tcp_ports: BTreeSet<u16> = vips
-            .iter()
-            .filter(|v| v.protocol == Proto::Tcp)
-            .map(|v| v.test_port())
-            .collect();
-        let udp_ports: BTreeSet<u16> = vips
-            .iter()
-            .filter(|v| v.protocol == Proto::Udp)
-            .map(|v| v.test_port())
-            .collect();
-        let mut srv_args: Vec<String> = Vec::new();
-        for p in &tcp_ports {
-            srv_args.extend(["--tcp-port".into(), p.to_string()]);
-        }
-        for p in &udp_ports {
-            srv_args.extend(["--udp-port".into(), p.to_string()]);
-        }
+        let srv_args = server_args(vips);
 
         progress("starting test servers and decap on the backends...");
         let mut servers = Vec::new();
@@ -170,6 +154,28 @@ impl Lab {
             .context("lb-agent run did not get ready")?;
         progress("load balancer ready");
         Ok((servers, decaps, agent, config_path))
+    }
+
+    /// Stops the test server of backend `index` (0 = `b1`); the host, its
+    /// decap program and the LB keep running.
+    pub fn stop_server(&mut self, index: usize) -> Result<()> {
+        let srv = &self.servers[index];
+        srv.stop().with_context(|| format!("stopping {}", srv.label()))?;
+        Ok(())
+    }
+
+    /// Starts the test server of backend `index` again (after
+    /// [`Lab::stop_server`]), with `extra` arguments such as `--hang`.
+    pub fn start_server(&mut self, index: usize, extra: &[&str]) -> Result<()> {
+        let host = self.topo.backends()[index].clone();
+        let mut args = vec!["--name".to_string(), host.clone()];
+        args.extend(server_args(&self.vips));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let srv = self.topo.spawn(&host, &s(&self.bins.testsrv), &args)?;
+        srv.wait_for_line("ready:", SERVER_READY)?;
+        self.servers[index] = srv;
+        Ok(())
     }
 
     /// The VIP of the config with this address, port and protocol.
@@ -305,6 +311,19 @@ impl Lab {
         }
         Ok(())
     }
+}
+
+/// `lb-testsrv` arguments serving every VIP's test port.
+fn server_args(vips: &[VipSpec]) -> Vec<String> {
+    let ports = |proto: Proto| -> BTreeSet<u16> { vips.iter().filter(|v| v.protocol == proto).map(|v| v.test_port()).collect() };
+    let mut args: Vec<String> = Vec::new();
+    for p in ports(Proto::Tcp) {
+        args.extend(["--tcp-port".into(), p.to_string()]);
+    }
+    for p in ports(Proto::Udp) {
+        args.extend(["--udp-port".into(), p.to_string()]);
+    }
+    args
 }
 
 /// The client's own address of `target`'s family.

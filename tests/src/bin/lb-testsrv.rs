@@ -12,6 +12,11 @@
 //! the namespace at start, lo's VIPs included, or the `--udp-bind` ones):
 //! the kernel then picks the right source address by construction.
 //!
+//! Health-check test modes (default off): `--http-status CODE` answers every
+//! TCP request with that status (e.g. 500 to fail an HTTP check); `--hang`
+//! accepts TCP connections and never answers (a hung backend), until the
+//! peer closes.
+//!
 //! Prints `ready: ...` on stdout once everything listens. Exits after
 //! `--max-secs` (default 600) or `--max-requests` (default 100000), whichever
 //! comes first, so a forgotten server cannot run for ever.
@@ -25,7 +30,7 @@ use std::time::Duration;
 use lb_tests::client::format_reply;
 use lb_tests::sock;
 
-const USAGE: &str = "usage: lb-testsrv --name NAME [--tcp-port P]... [--udp-port P]... [--udp-bind ADDR]... [--max-secs S] [--max-requests N]";
+const USAGE: &str = "usage: lb-testsrv --name NAME [--tcp-port P]... [--udp-port P]... [--udp-bind ADDR]... [--max-secs S] [--max-requests N] [--http-status CODE] [--hang]";
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -36,6 +41,16 @@ struct Opts {
     udp_bind: Vec<IpAddr>,
     max_secs: u64,
     max_requests: u64,
+    tcp: TcpMode,
+}
+
+/// How TCP requests are answered.
+#[derive(Clone, Copy)]
+enum TcpMode {
+    /// `HTTP/1.0 CODE` with the usual body (200 by default).
+    Status(u16),
+    /// Never answer.
+    Hang,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -46,6 +61,7 @@ fn parse_args() -> Result<Opts, String> {
         udp_bind: vec![],
         max_secs: 600,
         max_requests: 100_000,
+        tcp: TcpMode::Status(200),
     };
     let mut explicit_ports = false;
     let mut it = std::env::args().skip(1);
@@ -68,6 +84,8 @@ fn parse_args() -> Result<Opts, String> {
             "--udp-bind" => o.udp_bind.push(val()?.parse().map_err(|e| bad(&e))?),
             "--max-secs" => o.max_secs = val()?.parse().map_err(|e| bad(&e))?,
             "--max-requests" => o.max_requests = val()?.parse().map_err(|e| bad(&e))?,
+            "--http-status" => o.tcp = TcpMode::Status(val()?.parse().map_err(|e| bad(&e))?),
+            "--hang" => o.tcp = TcpMode::Hang,
             "-h" | "--help" => return Err(USAGE.into()),
             _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
         }
@@ -85,7 +103,21 @@ fn parse_args() -> Result<Opts, String> {
     Ok(o)
 }
 
-fn handle_tcp(mut s: TcpStream, name: &str) {
+/// `--hang`: reads and discards until the peer gives up.
+fn hang(mut s: TcpStream) {
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn handle_tcp(mut s: TcpStream, name: &str, mode: TcpMode) {
+    let status = match mode {
+        TcpMode::Hang => return hang(s),
+        TcpMode::Status(code) => code,
+    };
     let Ok(peer) = s.peer_addr() else { return };
     let _ = s.set_read_timeout(Some(IO_TIMEOUT));
     let _ = s.set_write_timeout(Some(IO_TIMEOUT));
@@ -110,7 +142,8 @@ fn handle_tcp(mut s: TcpStream, name: &str) {
     let resp = if complete && (head.starts_with(b"GET ") || head.starts_with(b"HEAD ")) {
         let body = format!("{}\n", format_reply(name, peer));
         format!(
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.0 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            if status == 200 { "OK" } else { "Status" },
             body.len()
         )
     } else {
@@ -145,6 +178,7 @@ fn main() {
         }
     };
 
+    let tcp_mode = o.tcp;
     let mut listening = Vec::new();
     for port in &o.tcp_ports {
         let l = match sock::tcp_listen_dual_stack(*port) {
@@ -163,7 +197,7 @@ fn main() {
                     Ok(s) => {
                         count();
                         let name = name.clone();
-                        std::thread::spawn(move || handle_tcp(s, &name));
+                        std::thread::spawn(move || handle_tcp(s, &name, tcp_mode));
                     }
                     Err(e) => eprintln!("lb-testsrv: accept: {e}"),
                 }
