@@ -21,6 +21,7 @@ use lb_common::{
 use crate::{
     config::{MacAddr, XdpMode as ConfigXdpMode},
     plan::Plan,
+    rings::MappedRings,
 };
 
 /// The BPF object built by build.rs (lb-ebpf compiled for the BPF target).
@@ -170,12 +171,12 @@ pub fn write_plan(ebpf: &mut Ebpf, plan: &Plan, resolved: &HashMap<u32, Resolved
         }
     }
     {
-        let mut rings: Array<_, u32> = Array::try_from(map_mut(ebpf, maps::RINGS)?)?;
+        let rings = MappedRings::new(ebpf)?;
         for vip in &plan.vips {
             let base = vip.row * plan.ring_size;
             // A fresh array is all NO_BACKEND, so only the other slots need writing.
             for (slot, &id) in vip.ring.iter().enumerate().filter(|(_, id)| **id != NO_BACKEND) {
-                rings.set(base + slot as u32, id, 0).with_context(|| format!("writing ring of VIP {}", vip.name))?;
+                rings.set(base + slot as u32, id).with_context(|| format!("writing ring of VIP {}", vip.name))?;
             }
         }
     }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod health;
 pub mod maglev;
 pub mod plan;
+pub mod rings;
 pub mod summary;
 pub mod dataplane;
 pub mod nexthop;

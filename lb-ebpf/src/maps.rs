@@ -15,8 +15,10 @@ use lb_common::{
 #[map]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS * 2, 0);
 
+/// Mappable, so the agent writes ring slots with plain stores (lb-agent rings.rs).
 #[map]
-pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, 0);
+pub static RINGS: Array<u32> =
+    Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, aya_ebpf::bindings::BPF_F_MMAPABLE as u32);
 
 #[map]
 pub static BACKENDS: Array<BackendEntry> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);

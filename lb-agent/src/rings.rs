@@ -1,0 +1,100 @@
+//! The `RINGS` map mapped into the agent's memory (the map is created with
+//! `BPF_F_MMAPABLE`). Writing a slot is one store instead of one `bpf()`
+//! call: a whole 65,537-slot ring goes in well under a millisecond, which is
+//! what lets health changes and reloads apply many rings quickly. The BPF
+//! program reads the same pages, and each 4-byte slot store is atomic, so
+//! the kernel sees either the old or the new backend id of a slot, never a
+//! torn value.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{maps::Map, Ebpf};
+use lb_common::maps;
+
+/// The kernel stores array elements `round_up(value_size, 8)` bytes apart
+/// (`array_map_alloc`), so a `u32` slot occupies 8 bytes: its value is the
+/// first 4 (the BPF program reads exactly those).
+const ELEMENT_STRIDE: usize = 8;
+const WORDS_PER_ELEMENT: usize = ELEMENT_STRIDE / size_of::<u32>();
+
+pub struct MappedRings {
+    words: NonNull<AtomicU32>,
+    len: usize,
+    map_bytes: usize,
+}
+
+// SAFETY: the mapping is plain shared memory accessed through atomics.
+unsafe impl Send for MappedRings {}
+
+impl MappedRings {
+    /// Maps the `RINGS` map of a loaded object.
+    pub fn new(ebpf: &Ebpf) -> Result<Self> {
+        let Some(Map::Array(data)) = ebpf.map(maps::RINGS) else {
+            bail!("map {} missing from the BPF object or not an array", maps::RINGS);
+        };
+        let info = data.info().context("reading RINGS map info")?;
+        let len = info.max_entries() as usize;
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let map_bytes = (len * ELEMENT_STRIDE).div_ceil(page) * page;
+        // SAFETY: a shared mapping of the map's fd at offset 0, no larger
+        // than the map's (page-rounded) value area; unmapped in Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!(
+                "mmap of the {} map failed: {} (the object must create it with BPF_F_MMAPABLE)",
+                maps::RINGS,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Self { words: NonNull::new(ptr.cast()).context("mmap returned null")?, len, map_bytes })
+    }
+
+    /// Slot `index`: the first word of its element.
+    fn slot(&self, index: u32) -> Option<&AtomicU32> {
+        let index = index as usize;
+        // SAFETY: `len` elements of ELEMENT_STRIDE bytes live in the mapping for as long as `self`.
+        (index < self.len).then(|| unsafe { &*self.words.as_ptr().add(index * WORDS_PER_ELEMENT) })
+    }
+
+    /// Number of slots (all rows).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, index: u32) -> Option<u32> {
+        self.slot(index).map(|s| s.load(Ordering::Relaxed))
+    }
+
+    pub fn set(&self, index: u32, backend_id: u32) -> Result<()> {
+        let slot = self.slot(index).with_context(|| {
+            format!("ring slot {index} beyond the {} slots of {}", self.len, maps::RINGS)
+        })?;
+        slot.store(backend_id, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Drop for MappedRings {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `new`.
+        unsafe { libc::munmap(self.words.as_ptr().cast(), self.map_bytes) };
+    }
+}
