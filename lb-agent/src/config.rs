@@ -34,6 +34,7 @@ use serde::Deserialize;
 
 use crate::health::settings::{self as health, AllDownPolicy, HealthCheck, RawHealth};
 use crate::maglev::is_prime;
+use crate::packet_policy::{self as packets, FragmentPolicy, PacketPolicy};
 
 // ---------------------------------------------------------------------------
 // Defaults and limits, with their reasons.
@@ -153,6 +154,10 @@ pub struct LbSection {
     /// [`DEFAULT_BPFFS_DIR`]; must be an absolute path. Use a different
     /// directory per agent instance on one host.
     pub bpffs_dir: PathBuf,
+    /// `icmp_echo`, `too_big`, `unknown_port`: what happens to ICMP echo,
+    /// too-big packets and unconfigured ports of VIP addresses (defaults in
+    /// [`PacketPolicy::default`]).
+    pub packets: PacketPolicy,
 }
 
 /// One `[[vip]]` table: a virtual service.
@@ -178,6 +183,8 @@ pub struct VipConfig {
     /// connections over all backends) or `"source"` (source address only:
     /// client affinity, all of a client's flows go to one backend).
     pub hash: HashMode,
+    /// `fragments`: `"drop"` (default) or `"forward"`; see [`FragmentPolicy`].
+    pub fragments: FragmentPolicy,
     /// The `[[vip.backend]]` tables: at least one, distinct addresses, and at
     /// least one with weight > 0.
     pub backends: Vec<BackendConfig>,
@@ -456,6 +463,9 @@ struct RawLb {
     max_vips: Option<i64>,
     max_backends: Option<i64>,
     bpffs_dir: Option<String>,
+    icmp_echo: Option<String>,
+    too_big: Option<String>,
+    unknown_port: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -466,6 +476,7 @@ struct RawVip {
     port: Option<i64>,
     protocol: Option<String>,
     hash: Option<String>,
+    fragments: Option<String>,
     health: Option<RawHealth>,
     #[serde(default, rename = "backend")]
     backends: Vec<RawBackend>,
@@ -622,6 +633,8 @@ impl Validator {
             }
         };
 
+        let packets = self.packet_policy(raw.icmp_echo.as_deref(), raw.too_big.as_deref(), raw.unknown_port.as_deref());
+
         Some(LbSection {
             interface: interface?,
             xdp_mode: xdp_mode?,
@@ -632,7 +645,22 @@ impl Validator {
             max_vips: max_vips?,
             max_backends: max_backends?,
             bpffs_dir: bpffs_dir?,
+            packets: packets?,
         })
+    }
+
+    /// `lb.icmp_echo`, `lb.too_big`, `lb.unknown_port`.
+    fn packet_policy(&mut self, icmp_echo: Option<&str>, too_big: Option<&str>, unknown_port: Option<&str>) -> Option<PacketPolicy> {
+        let d = PacketPolicy::default();
+        let icmp_echo = self.choice("lb.icmp_echo", icmp_echo, d.icmp_echo, packets::ECHO_CHOICES);
+        let too_big = self.choice("lb.too_big", too_big, d.too_big, packets::TOO_BIG_CHOICES);
+        let unknown_port = self.choice("lb.unknown_port", unknown_port, d.unknown_port, packets::UNKNOWN_PORT_CHOICES);
+        Some(PacketPolicy { icmp_echo: icmp_echo?, too_big: too_big?, unknown_port: unknown_port? })
+    }
+
+    /// One of `options` by name (`default` if absent), or a problem naming them.
+    fn choice<T: Copy>(&mut self, field: &str, value: Option<&str>, default: T, options: &[(&str, T)]) -> Option<T> {
+        packets::choice(value, default, options).map_err(|why| self.add(field, why)).ok()
     }
 
     fn vips(&mut self, raw: Vec<RawVip>, lb: Option<&LbSection>) -> Option<Vec<VipConfig>> {
@@ -709,6 +737,11 @@ impl Validator {
             }
         }
 
+        for (field, why) in packets::fragment_conflicts(&vips) {
+            self.add(field, why);
+            ok = false;
+        }
+
         ok.then_some(vips)
     }
 
@@ -781,6 +814,8 @@ impl Validator {
                 None
             }
         };
+
+        let fragments = self.choice(&format!("{label}.fragments"), v.fragments.as_deref(), FragmentPolicy::Drop, packets::FRAGMENT_CHOICES);
 
         let mut backends_ok = true;
         let mut backends = Vec::with_capacity(v.backends.len());
@@ -870,7 +905,7 @@ impl Validator {
         let mut health_problems = Vec::new();
         let all_down = health::all_down_policy(v.health.as_ref(), label, &mut health_problems);
         self.problems.extend(health_problems);
-        Some(VipConfig { name: name?, address: address?, port: port?, protocol: protocol?, hash: hash?, backends, all_down: all_down? })
+        Some(VipConfig { name: name?, address: address?, port: port?, protocol: protocol?, hash: hash?, fragments: fragments?, backends, all_down: all_down? })
     }
 
     /// A backend's effective health check; a problem of the VIP's own table

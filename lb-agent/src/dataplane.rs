@@ -37,6 +37,23 @@ pub struct LoadOptions {
     pub max_backends: u32,
     pub tunnel_source_v4: Option<Ipv4Addr>,
     pub tunnel_source_v6: Option<Ipv6Addr>,
+    /// MTU and packet policies (`MTU` and `POLICY` globals).
+    pub packets: PacketOptions,
+}
+
+/// The `MTU` and `POLICY` globals (see `lb_common::packet_policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketOptions {
+    /// The interface MTU; 0 = unknown, no check.
+    pub mtu: u32,
+    /// `POLICY_*` bits.
+    pub policy: u32,
+}
+
+impl Default for PacketOptions {
+    fn default() -> Self {
+        Self { mtu: 0, policy: lb_common::packet_policy::DEFAULT_POLICY }
+    }
 }
 
 impl Default for LoadOptions {
@@ -48,6 +65,7 @@ impl Default for LoadOptions {
             max_backends: limits::DEFAULT_MAX_BACKENDS,
             tunnel_source_v4: None,
             tunnel_source_v6: None,
+            packets: PacketOptions::default(),
         }
     }
 }
@@ -78,6 +96,8 @@ pub fn load_balancer_object_with_health(opts: &LoadOptions, health_pairs: u32) -
         .override_global(globals::HASH_SEED, &opts.hash_seed, true)
         .override_global(globals::TUNNEL_SOURCE_V4, &v4, true)
         .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
+        .override_global(globals::MTU, &opts.packets.mtu, true)
+        .override_global(globals::POLICY, &opts.packets.policy, true)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
 }
@@ -184,6 +204,11 @@ pub fn write_plan(ebpf: &mut Ebpf, plan: &Plan, resolved: &HashMap<u32, Resolved
         BpfHashMap::try_from(map_mut(ebpf, maps::VIPS)?)?;
     for vip in &plan.vips {
         vips.insert(vip.key, vip.meta, 0).with_context(|| format!("writing VIP {}", vip.name))?;
+    }
+    // After the VIPs: an address entry without its VIPs would only make the
+    // kernel drop fragments it would otherwise pass.
+    for (key, meta) in crate::packet_policy::address_entries(plan) {
+        vips.insert(key, meta, 0).context("writing VIP address entries")?;
     }
     Ok(())
 }

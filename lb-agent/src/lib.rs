@@ -9,4 +9,5 @@ pub mod rings;
 pub mod summary;
 pub mod dataplane;
 pub mod nexthop;
+pub mod packet_policy;
 pub mod stats;

@@ -162,6 +162,10 @@ async fn run(config: Config) -> Result<()> {
         max_backends: config.lb.max_backends,
         tunnel_source_v4: config.lb.tunnel_source_v4.or_else(|| iface.ipv4.first().copied()),
         tunnel_source_v6: config.lb.tunnel_source_v6.or_else(|| iface.ipv6.first().copied()),
+        packets: dataplane::PacketOptions {
+            mtu: lb_agent::packet_policy::interface_mtu(&iface.name)?,
+            policy: config.lb.packets.bits(),
+        },
     };
     let resolved = resolve_backends(&handle, &iface, &config, &plan, &opts).await?;
 

@@ -118,7 +118,7 @@ pub fn plan(config: &Config) -> Plan {
             let flags = match v.hash {
                 HashMode::Flow => 0,
                 HashMode::Source => VIP_FLAG_SOURCE_HASH,
-            };
+            } | crate::packet_policy::fragment_flags(v.fragments);
             PlannedVip {
                 name: v.name.clone(),
                 row: row as u32,

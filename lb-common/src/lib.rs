@@ -10,6 +10,7 @@
 pub mod hash;
 pub mod health;
 pub mod layout;
+pub mod packet_policy;
 pub mod reason;
 
 pub use layout::*;
@@ -65,6 +66,10 @@ pub mod globals {
     pub const TUNNEL_SOURCE_V4: &str = "TUNNEL_SOURCE_V4";
     /// `[u32; 4]`: outer source address for IPv6 tunnels, all zero = none.
     pub const TUNNEL_SOURCE_V6: &str = "TUNNEL_SOURCE_V6";
+    /// `u32`: the interface MTU (largest IP packet we may send); 0 = unknown, no check.
+    pub const MTU: &str = "MTU";
+    /// `u32`: packet policies, `packet_policy::POLICY_*` bits.
+    pub const POLICY: &str = "POLICY";
 }
 
 /// Sizes and limits shared by both sides.
@@ -79,4 +84,6 @@ pub mod limits {
     pub const DEFAULT_MAX_BACKENDS: u32 = 4_096;
     /// Hop limit / TTL of the outer header we add.
     pub const TUNNEL_TTL: u8 = 64;
+    /// IPv6 extension headers (hop-by-hop, routing, destination options) skipped to find TCP/UDP.
+    pub const MAX_IPV6_EXT_HEADERS: usize = 4;
 }

@@ -1,16 +1,19 @@
-//! VIP lookup and backend choice through the VIP's Maglev ring.
+//! Per-packet dispatch, VIP lookup and backend choice through the VIP's Maglev
+//! ring, the MTU check, and the hand-off to encapsulation.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     hash::{flow_hash_v4, flow_hash_v6, ports_word, source_hash},
+    packet_policy::{address_key, POLICY_TOO_BIG_ICMP, POLICY_UNKNOWN_PORT_DROP},
     BackendEntry, Reason, VipKey, VipMeta, FAMILY_V4, NO_BACKEND, VIP_FLAG_SOURCE_HASH,
 };
 
 use crate::{
     counters::{count_backend, count_vip},
-    encap,
-    maps::{hash_seed, ring_size, BACKENDS, RINGS, VIPS},
-    parse::{parse_flow, Flow},
+    encap, fragment, icmp,
+    maps::{hash_seed, mtu, policy, ring_size, BACKENDS, RINGS, VIPS},
+    parse::{is_tcp_udp, parse_ip, parse_ports, Flow, Ip},
+    reply,
 };
 
 /// Decides what happens to one packet; the caller counts the reason and
@@ -24,20 +27,71 @@ pub fn balance(ctx: &XdpContext) -> Reason {
 
 #[inline(always)]
 fn try_balance(ctx: &XdpContext) -> Result<Reason, Reason> {
-    let flow = parse_flow(ctx)?;
-    let vip = lookup_vip(&flow).ok_or(Reason::NoVip)?;
+    let ip = parse_ip(ctx)?;
+    if ip.fragment {
+        return fragment::handle(ctx, &ip);
+    }
+    if is_tcp_udp(ip.proto) {
+        return balance_flow(ctx, &ip);
+    }
+    if icmp::is_icmp(&ip) {
+        return icmp::handle(ctx, &ip);
+    }
+    Err(Reason::NotTcpUdp)
+}
+
+#[inline(always)]
+fn balance_flow(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
+    let (src_port_be, dst_port_be) = parse_ports(ctx, ip.l4_offset, ip.l4_len, ip.proto)?;
+    let flow = Flow::of(ip, src_port_be, dst_port_be);
+    let Some(vip) = lookup_vip(&flow) else {
+        // The address lookup costs a map access, so it is made only when the
+        // answer changes the action (the verifier prunes it otherwise).
+        if policy(POLICY_UNKNOWN_PORT_DROP) && is_vip_address(ip) {
+            return Err(Reason::UnknownPortDropped);
+        }
+        return Err(Reason::NoVip);
+    };
+    if ip.ttl == 0 {
+        return Err(Reason::TtlZero);
+    }
     let hash = flow_hash(&flow, &vip);
-    let (backend_id, backend) = pick_backend(&vip, hash)?;
+    forward(ctx, &flow, &vip, hash, TooBig::Answer)?;
+    Ok(Reason::Forwarded)
+}
+
+/// What to do with a packet that would exceed the MTU once encapsulated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum TooBig {
+    /// A TCP/UDP packet: answer per `POLICY_TOO_BIG_ICMP`.
+    Answer,
+    /// ICMP errors and fragments: never answered with ICMP (RFC 1122 3.2.2).
+    Drop,
+}
+
+/// Picks the backend from the VIP's ring, checks the MTU and encapsulates.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, flow: &Flow, vip: &VipMeta, hash: u32, too_big: TooBig) -> Result<(), Reason> {
+    let (backend_id, backend) = pick_backend(vip, hash)?;
+    let overhead = encap::overhead(&backend);
+    let limit = mtu() as usize;
+    if limit != 0 && flow.ip_len + overhead > limit {
+        if too_big == TooBig::Answer && policy(POLICY_TOO_BIG_ICMP) {
+            reply::too_big(ctx, flow, (limit - overhead) as u32)?;
+            return Err(Reason::TooBigIcmp);
+        }
+        return Err(Reason::TooBigDropped);
+    }
     let frame_len = ctx.data_end() - ctx.data();
-    encap::encapsulate(ctx, &flow, &backend, hash)?;
+    encap::encapsulate(ctx, flow, &backend, hash)?;
     count_vip(vip.row, frame_len);
     count_backend(backend_id, frame_len);
-    Ok(Reason::Forwarded)
+    Ok(())
 }
 
 /// Exact (address, port, protocol) first, then the VIP's all-ports entry.
 #[inline(always)]
-fn lookup_vip(flow: &Flow) -> Option<VipMeta> {
+pub fn lookup_vip(flow: &Flow) -> Option<VipMeta> {
     let mut key = VipKey { addr: flow.dst, port_be: flow.dst_port_be, proto: flow.proto, family: flow.family };
     if let Some(meta) = unsafe { VIPS.get(&key) } {
         return Some(*meta);
@@ -46,8 +100,19 @@ fn lookup_vip(flow: &Flow) -> Option<VipMeta> {
     unsafe { VIPS.get(&key) }.copied()
 }
 
+/// The address entry of the packet's destination, if it is a VIP address.
 #[inline(always)]
-fn flow_hash(flow: &Flow, vip: &VipMeta) -> u32 {
+pub fn lookup_address(ip: &Ip) -> Option<VipMeta> {
+    unsafe { VIPS.get(&address_key(ip.dst, ip.family)) }.copied()
+}
+
+#[inline(always)]
+pub fn is_vip_address(ip: &Ip) -> bool {
+    lookup_address(ip).is_some()
+}
+
+#[inline(always)]
+pub fn flow_hash(flow: &Flow, vip: &VipMeta) -> u32 {
     let seed = hash_seed();
     if vip.flags & VIP_FLAG_SOURCE_HASH != 0 {
         return source_hash(seed, flow.family, &flow.src);

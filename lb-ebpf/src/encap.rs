@@ -12,6 +12,7 @@ use network_types::{
 };
 
 use crate::{
+    checksum,
     maps::{tunnel_source_v4, tunnel_source_v6},
     packet::ptr_at_mut,
     parse::Flow,
@@ -24,6 +25,16 @@ const ETHER_TYPE_OFFSET: usize = 12;
 /// IPv4 version 4, header length 5 words (we add no options).
 const IPV4_VIHL: u8 = 0x45;
 const IPV6_FLOW_LABEL_MASK: u32 = 0x000f_ffff;
+
+/// Bytes the outer header adds for `backend` (what the MTU check adds).
+#[inline(always)]
+pub fn overhead(backend: &BackendEntry) -> usize {
+    if backend.family == FAMILY_V4 {
+        Ipv4Hdr::LEN
+    } else {
+        Ipv6Hdr::LEN
+    }
+}
 
 #[inline(always)]
 pub fn encapsulate(ctx: &XdpContext, flow: &Flow, backend: &BackendEntry, flow_hash: u32) -> Result<(), Reason> {
@@ -104,7 +115,7 @@ fn write_ipv4(
         (*ip).check = [0, 0];
         (*ip).src_addr = source.to_ne_bytes();
         (*ip).dst_addr = backend.addr[0].to_ne_bytes();
-        (*ip).check = ipv4_checksum(&*(ip as *const [u16; 10])).to_ne_bytes();
+        (*ip).check = checksum::ipv4_header(ip as *const [u16; 10]).to_ne_bytes();
     }
     Ok(())
 }
@@ -135,22 +146,8 @@ fn write_ipv6(
     Ok(())
 }
 
-/// RFC 1071 checksum of a 20-byte header whose checksum field is zero. Summing
-/// native-order words and storing the result natively is correct on either
-/// byte order (RFC 1071, section 2(B)).
 #[inline(always)]
-fn ipv4_checksum(words: &[u16; 10]) -> u16 {
-    let mut sum: u32 = 0;
-    for w in words {
-        sum += *w as u32;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
-#[inline(always)]
-fn words_bytes(w: &[u32; 4]) -> [u8; 16] {
+pub fn words_bytes(w: &[u32; 4]) -> [u8; 16] {
     let mut out = [0u8; 16];
     let mut i = 0;
     while i < 4 {

@@ -3,18 +3,23 @@
 //! Layout by concern: `packet` (bounds-checked access), `parse` (Ethernet,
 //! VLAN, IPv4/IPv6, TCP/UDP), `maps` (every map and load-time global),
 //! `balancer` (VIP lookup and Maglev ring), `encap` (IPIP / IP6IP6),
-//! `decap`, `counters`.
+//! `fragment` and `icmp` (their policies), `reply` (ICMP answers to the
+//! client), `checksum`, `decap`, `counters`.
 #![no_std]
 #![no_main]
 
 mod balancer;
+mod checksum;
 mod counters;
 mod decap;
 mod encap;
+mod fragment;
+mod icmp;
 mod floors;
 mod maps;
 mod packet;
 mod parse;
+mod reply;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 

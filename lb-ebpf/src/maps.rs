@@ -50,6 +50,10 @@ static HASH_SEED: u32 = 0;
 static TUNNEL_SOURCE_V4: AddrWords = [0; 4];
 #[unsafe(no_mangle)]
 static TUNNEL_SOURCE_V6: AddrWords = [0; 4];
+#[unsafe(no_mangle)]
+static MTU: u32 = 0;
+#[unsafe(no_mangle)]
+static POLICY: u32 = lb_common::packet_policy::DEFAULT_POLICY;
 
 #[inline(always)]
 pub fn ring_size() -> u32 {
@@ -69,4 +73,17 @@ pub fn tunnel_source_v4() -> u32 {
 #[inline(always)]
 pub fn tunnel_source_v6() -> AddrWords {
     unsafe { core::ptr::read_volatile(&TUNNEL_SOURCE_V6) }
+}
+
+/// The largest IP packet the interface sends; 0 = unknown (no check).
+#[inline(always)]
+pub fn mtu() -> u32 {
+    unsafe { core::ptr::read_volatile(&MTU) }
+}
+
+/// Whether a `lb_common::packet_policy::POLICY_*` bit is set.
+#[inline(always)]
+pub fn policy(bit: u32) -> bool {
+    let bits = unsafe { core::ptr::read_volatile(&POLICY) };
+    bits & bit != 0
 }

@@ -1,8 +1,9 @@
 //! Header parsing: Ethernet with at most one 802.1Q tag, IPv4 (any IHL) or
-//! IPv6, then the TCP/UDP ports. Every read goes through `packet::ptr_at`.
+//! IPv6 (skipping a bounded number of extension headers), then the TCP/UDP
+//! ports. Every read goes through `packet::ptr_at`.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{AddrWords, Reason, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use lb_common::{limits::MAX_IPV6_EXT_HEADERS, AddrWords, Reason, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -14,7 +15,19 @@ use network_types::{
 use crate::packet::ptr_at;
 
 /// IPv4 "more fragments" flag and fragment offset, in host order.
-const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
+pub const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
+/// The group bit of a MAC address (first octet): multicast or broadcast.
+const MAC_GROUP_BIT: u8 = 0x01;
+
+/// IPv6 extension headers we skip (RFC 8200 section 4.1).
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTIONS: u8 = 60;
+/// Extension header length unit (`Hdr Ext Len` counts 8-octet units beyond the first).
+const IPV6_EXT_UNIT: usize = 8;
+/// Bytes of the fixed part of an extension header we read: next header and length.
+const IPV6_EXT_MIN: usize = 8;
 
 /// Where the network header starts and what it is.
 #[derive(Clone, Copy)]
@@ -25,7 +38,34 @@ pub struct L2 {
     pub ether_type_be: u16,
 }
 
-/// What the balancer needs to know about a TCP/UDP packet.
+/// A consistent IP header and what follows it.
+#[derive(Clone, Copy)]
+pub struct Ip {
+    pub l2: L2,
+    pub family: u8,
+    pub src: AddrWords,
+    pub dst: AddrWords,
+    /// The upper-layer protocol: after IPv6 extension headers, or the one
+    /// after the fragment header of a fragment.
+    pub proto: u8,
+    /// IPv4 TOS / IPv6 traffic class, copied to the outer header.
+    pub tos: u8,
+    /// TTL / hop limit.
+    pub ttl: u8,
+    /// Length of the IP packet (header + payload) according to its header;
+    /// Ethernet padding after it is not part of it.
+    pub ip_len: usize,
+    /// Offset of the upper-layer header in the frame.
+    pub l4_offset: usize,
+    /// Bytes from `l4_offset` to the end of the IP packet.
+    pub l4_len: usize,
+    /// Any fragment (first or later, IPv4 or IPv6): its ports cannot be trusted.
+    pub fragment: bool,
+}
+
+/// What the balancer needs to know about a packet it may forward: the outer
+/// packet's framing and the flow it belongs to (for ICMP errors, the flow the
+/// quoted header describes, not the ICMP packet's own addresses).
 #[derive(Clone, Copy)]
 pub struct Flow {
     pub l2: L2,
@@ -37,9 +77,26 @@ pub struct Flow {
     pub proto: u8,
     /// IPv4 TOS / IPv6 traffic class, copied to the outer header.
     pub tos: u8,
-    /// Length of the IP packet (header + payload) according to its header;
-    /// Ethernet padding after it is not part of it.
+    /// Length of the IP packet that will be encapsulated.
     pub ip_len: usize,
+}
+
+impl Flow {
+    /// The flow of a TCP/UDP packet.
+    #[inline(always)]
+    pub fn of(ip: &Ip, src_port_be: u16, dst_port_be: u16) -> Self {
+        Flow {
+            l2: ip.l2,
+            family: ip.family,
+            src: ip.src,
+            dst: ip.dst,
+            src_port_be,
+            dst_port_be,
+            proto: ip.proto,
+            tos: ip.tos,
+            ip_len: ip.ip_len,
+        }
+    }
 }
 
 #[inline(always)]
@@ -53,54 +110,56 @@ pub fn parse_l2(ctx: &XdpContext) -> Result<L2, Reason> {
     Ok(L2 { len: EthHdr::LEN + VlanHdr::LEN, ether_type_be: unsafe { (*vlan).ether_type } })
 }
 
-/// Parses a packet up to its ports. `Err` carries the reason it is not a
-/// TCP/UDP flow we can balance.
+/// Parses Ethernet and a consistent IPv4/IPv6 header. `Err` carries the
+/// reason the packet is not an IP packet we look at.
 #[inline(always)]
-pub fn parse_flow(ctx: &XdpContext) -> Result<Flow, Reason> {
+pub fn parse_ip(ctx: &XdpContext) -> Result<Ip, Reason> {
     let l2 = parse_l2(ctx)?;
-    if l2.ether_type_be == EtherType::Ipv4 as u16 {
+    let is_v4 = l2.ether_type_be == EtherType::Ipv4 as u16;
+    if !is_v4 && l2.ether_type_be != EtherType::Ipv6 as u16 {
+        return Err(Reason::NotIp);
+    }
+    // A group-addressed frame is never balanced: its destination MAC would
+    // become the outer source MAC.
+    let dst_mac: *const [u8; 6] = ptr_at(ctx, 0).ok_or(Reason::MalformedL3)?;
+    if unsafe { (*dst_mac)[0] } & MAC_GROUP_BIT != 0 {
+        return Err(Reason::L2Multicast);
+    }
+    if is_v4 {
         parse_ipv4(ctx, l2)
-    } else if l2.ether_type_be == EtherType::Ipv6 as u16 {
-        parse_ipv6(ctx, l2)
     } else {
-        Err(Reason::NotIp)
+        parse_ipv6(ctx, l2)
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Flow, Reason> {
+fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l2.len).ok_or(Reason::MalformedL3)?;
-    let (vihl, tos, proto) = unsafe { ((*ip).vihl, (*ip).tos, (*ip).proto) };
+    let (vihl, tos, proto, ttl) = unsafe { ((*ip).vihl, (*ip).tos, (*ip).proto, (*ip).ttl) };
     let header_len = ((vihl & 0x0f) as usize) * 4;
     let ip_len = u16::from_be_bytes(unsafe { (*ip).tot_len }) as usize;
     let available = ctx.data_end() - ctx.data() - l2.len;
     if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || ip_len < header_len || ip_len > available {
         return Err(Reason::MalformedL3);
     }
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Err(Reason::NotTcpUdp);
-    }
-    if u16::from_be_bytes(unsafe { (*ip).frags }) & IPV4_MF_AND_OFFSET != 0 {
-        return Err(Reason::Fragment);
-    }
-    let src = unsafe { u32::from_ne_bytes((*ip).src_addr) };
-    let dst = unsafe { u32::from_ne_bytes((*ip).dst_addr) };
-    let (src_port_be, dst_port_be) = parse_ports(ctx, l2.len + header_len, ip_len - header_len, proto)?;
-    Ok(Flow {
+    let fragment = u16::from_be_bytes(unsafe { (*ip).frags }) & IPV4_MF_AND_OFFSET != 0;
+    Ok(Ip {
         l2,
         family: FAMILY_V4,
-        src: [src, 0, 0, 0],
-        dst: [dst, 0, 0, 0],
-        src_port_be,
-        dst_port_be,
+        src: [unsafe { u32::from_ne_bytes((*ip).src_addr) }, 0, 0, 0],
+        dst: [unsafe { u32::from_ne_bytes((*ip).dst_addr) }, 0, 0, 0],
         proto,
         tos,
+        ttl,
         ip_len,
+        l4_offset: l2.len + header_len,
+        l4_len: ip_len - header_len,
+        fragment,
     })
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Flow, Reason> {
+fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l2.len).ok_or(Reason::MalformedL3)?;
     let vcf = unsafe { (*ip).vcf };
     let payload_len = u16::from_be_bytes(unsafe { (*ip).payload_len }) as usize;
@@ -108,31 +167,63 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Flow, Reason> {
     if vcf[0] >> 4 != 6 || Ipv6Hdr::LEN + payload_len > available {
         return Err(Reason::MalformedL3);
     }
-    // Extension headers (hop-by-hop, fragment, ...) land here too: not balanced.
-    let proto = unsafe { (*ip).next_hdr };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Err(Reason::NotTcpUdp);
-    }
-    let tos = (vcf[0] << 4) | (vcf[1] >> 4);
     let (src, dst) = unsafe { (words16(&(*ip).src_addr), words16(&(*ip).dst_addr)) };
-    let (src_port_be, dst_port_be) = parse_ports(ctx, l2.len + Ipv6Hdr::LEN, payload_len, proto)?;
-    Ok(Flow {
+    let ip_end = l2.len + Ipv6Hdr::LEN + payload_len;
+    let (proto, l4_offset, fragment) = skip_ipv6_ext_headers(ctx, unsafe { (*ip).next_hdr }, l2.len + Ipv6Hdr::LEN, ip_end)?;
+    Ok(Ip {
         l2,
         family: FAMILY_V6,
         src,
         dst,
-        src_port_be,
-        dst_port_be,
         proto,
-        tos,
+        tos: (vcf[0] << 4) | (vcf[1] >> 4),
+        ttl: unsafe { (*ip).hop_limit },
         ip_len: Ipv6Hdr::LEN + payload_len,
+        l4_offset,
+        l4_len: ip_end - l4_offset,
+        fragment,
     })
+}
+
+/// Skips up to `MAX_IPV6_EXT_HEADERS` hop-by-hop, routing and destination
+/// options headers. Returns the upper-layer protocol, its offset, and whether
+/// a fragment header was met (the walk stops there: later fragments have no
+/// upper-layer header, and all fragments are treated alike).
+#[inline(always)]
+fn skip_ipv6_ext_headers(ctx: &XdpContext, first: u8, start: usize, ip_end: usize) -> Result<(u8, usize, bool), Reason> {
+    let mut next = first;
+    let mut offset = start;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if next != IPV6_HOP_BY_HOP && next != IPV6_ROUTING && next != IPV6_DEST_OPTIONS && next != IPV6_FRAGMENT {
+            return Ok((next, offset, false));
+        }
+        // Bounds check first: LLVM would drop it as implied by the check
+        // against the IP length, which the verifier cannot follow.
+        let hdr: *const [u8; IPV6_EXT_MIN] = ptr_at(ctx, offset).ok_or(Reason::MalformedL3)?;
+        if offset + IPV6_EXT_MIN > ip_end {
+            return Err(Reason::MalformedL3);
+        }
+        let (following, ext_len) = unsafe { ((*hdr)[0], (*hdr)[1]) };
+        if next == IPV6_FRAGMENT {
+            // The fragment header is 8 bytes; its length field is reserved.
+            return Ok((following, offset + IPV6_EXT_MIN, true));
+        }
+        next = following;
+        offset += (ext_len as usize + 1) * IPV6_EXT_UNIT;
+    }
+    if next == IPV6_HOP_BY_HOP || next == IPV6_ROUTING || next == IPV6_DEST_OPTIONS || next == IPV6_FRAGMENT {
+        return Err(Reason::TooManyExtHeaders);
+    }
+    if offset > ip_end {
+        return Err(Reason::MalformedL3);
+    }
+    Ok((next, offset, false))
 }
 
 /// The ports of a TCP or UDP header at `offset`, which must fit both in the
 /// frame and in the `payload_len` the IP header announces.
 #[inline(always)]
-fn parse_ports(ctx: &XdpContext, offset: usize, payload_len: usize, proto: u8) -> Result<(u16, u16), Reason> {
+pub fn parse_ports(ctx: &XdpContext, offset: usize, payload_len: usize, proto: u8) -> Result<(u16, u16), Reason> {
     if proto == PROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(ctx, offset).ok_or(Reason::MalformedL4)?;
         if payload_len < TcpHdr::LEN {
@@ -148,8 +239,14 @@ fn parse_ports(ctx: &XdpContext, offset: usize, payload_len: usize, proto: u8) -
     }
 }
 
+/// Whether `proto` is one the balancer forwards flows of.
 #[inline(always)]
-fn words16(a: &[u8; 16]) -> AddrWords {
+pub fn is_tcp_udp(proto: u8) -> bool {
+    proto == PROTO_TCP || proto == PROTO_UDP
+}
+
+#[inline(always)]
+pub fn words16(a: &[u8; 16]) -> AddrWords {
     [
         u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
         u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),

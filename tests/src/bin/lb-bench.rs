@@ -130,6 +130,7 @@ fn load() -> Result<Ebpf> {
         max_backends: config.lb.max_backends,
         tunnel_source_v4: config.lb.tunnel_source_v4,
         tunnel_source_v6: config.lb.tunnel_source_v6,
+        packets: Default::default(),
     })?;
     for p in [programs::BALANCER, programs::DECAP, programs::PASS, programs::FLOOR_TX] {
         dataplane::load_program(&mut ebpf, p)?;

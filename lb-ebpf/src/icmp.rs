@@ -1,0 +1,149 @@
+//! ICMP and ICMPv6 to VIP addresses.
+//!
+//! - Echo requests are answered by the LB itself (`POLICY_ECHO_REPLY`) or
+//!   passed to the host stack.
+//! - Errors (destination unreachable including fragmentation-needed, time
+//!   exceeded; ICMPv6 destination unreachable, packet-too-big, time exceeded)
+//!   about a VIP flow are sent to that flow's backend. The error quotes the
+//!   packet the backend sent (VIP -> client), so the quoted header with source
+//!   and destination swapped is the client's flow, and hashing it gives the
+//!   client's backend: the one whose socket needs the news (PMTU discovery).
+//! - Everything else to a VIP address passes (`icmp_to_vip`); ICMP to other
+//!   addresses passes untouched (`not_tcp_udp`).
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{packet_policy::POLICY_ECHO_REPLY, Reason, FAMILY_V4, FAMILY_V6};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+
+use crate::{
+    balancer::{flow_hash, forward, is_vip_address, lookup_vip, TooBig},
+    maps::policy,
+    packet::ptr_at,
+    parse::{is_tcp_udp, words16, Flow, Ip},
+    reply,
+};
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+/// Type, code, checksum and 4 type-specific bytes.
+pub const ICMP_HEADER_LEN: usize = 8;
+
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+/// Destination unreachable code: fragmentation needed and DF set.
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// Bytes of the quoted TCP/UDP header we read: the two ports.
+const QUOTED_PORTS_LEN: usize = 4;
+/// IPv4 fragment offset bits: a quoted later fragment has no ports.
+const IPV4_OFFSET_MASK: u16 = 0x1fff;
+
+#[inline(always)]
+pub fn is_icmp(ip: &Ip) -> bool {
+    (ip.family == FAMILY_V4 && ip.proto == PROTO_ICMP) || (ip.family == FAMILY_V6 && ip.proto == PROTO_ICMPV6)
+}
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
+    // Bounds check before the length check, which LLVM would otherwise use to drop it.
+    let Some(header) = ptr_at::<[u8; ICMP_HEADER_LEN]>(ctx, ip.l4_offset) else { return Err(unclaimed(ip)) };
+    if ip.l4_len < ICMP_HEADER_LEN {
+        return Err(unclaimed(ip));
+    }
+    let icmp_type = unsafe { (*header)[0] };
+    let (echo, error) = if ip.family == FAMILY_V4 {
+        (icmp_type == ICMP_ECHO_REQUEST, icmp_type == ICMP_DEST_UNREACH || icmp_type == ICMP_TIME_EXCEEDED)
+    } else {
+        (
+            icmp_type == ICMPV6_ECHO_REQUEST,
+            icmp_type == ICMPV6_DEST_UNREACH || icmp_type == ICMPV6_PACKET_TOO_BIG || icmp_type == ICMPV6_TIME_EXCEEDED,
+        )
+    };
+    if echo {
+        if !is_vip_address(ip) {
+            return Err(Reason::NotTcpUdp);
+        }
+        if !policy(POLICY_ECHO_REPLY) {
+            return Err(Reason::IcmpToVip);
+        }
+        if ip.ttl == 0 {
+            return Err(Reason::TtlZero);
+        }
+        reply::echo(ctx, ip)?;
+        return Ok(Reason::IcmpEchoReply);
+    }
+    if !error {
+        return Err(unclaimed(ip));
+    }
+    let Some(flow) = quoted_flow(ctx, ip) else { return Err(unclaimed(ip)) };
+    let Some(vip) = lookup_vip(&flow) else { return Err(unclaimed(ip)) };
+    if ip.ttl == 0 {
+        return Err(Reason::TtlZero);
+    }
+    forward(ctx, &flow, &vip, flow_hash(&flow, &vip), TooBig::Drop)?;
+    Ok(Reason::IcmpErrorForwarded)
+}
+
+/// ICMP we do not act on: `icmp_to_vip` if addressed to a VIP address.
+#[inline(always)]
+fn unclaimed(ip: &Ip) -> Reason {
+    if is_vip_address(ip) {
+        Reason::IcmpToVip
+    } else {
+        Reason::NotTcpUdp
+    }
+}
+
+/// The client's flow from the header an ICMP error quotes: the quoted packet
+/// went VIP -> client, so source and destination (addresses and ports) are
+/// swapped back. Framing (L2, length, TOS) is the ICMP packet's, which is
+/// what gets encapsulated. `None` unless the quote holds a TCP/UDP header
+/// (at least its ports) of a packet sent from the address the error is for.
+#[inline(always)]
+fn quoted_flow(ctx: &XdpContext, ip: &Ip) -> Option<Flow> {
+    let quote = ip.l4_offset + ICMP_HEADER_LEN;
+    let ip_end = ip.l4_offset + ip.l4_len;
+    let (src, dst, proto, ports_at) = if ip.family == FAMILY_V4 {
+        let q: *const Ipv4Hdr = ptr_at(ctx, quote)?;
+        let (vihl, proto, frags) = unsafe { ((*q).vihl, (*q).proto, u16::from_be_bytes((*q).frags)) };
+        let header_len = ((vihl & 0x0f) as usize) * 4;
+        if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || frags & IPV4_OFFSET_MASK != 0 {
+            return None;
+        }
+        let src = [unsafe { u32::from_ne_bytes((*q).src_addr) }, 0, 0, 0];
+        let dst = [unsafe { u32::from_ne_bytes((*q).dst_addr) }, 0, 0, 0];
+        (src, dst, proto, quote + header_len)
+    } else {
+        let q: *const Ipv6Hdr = ptr_at(ctx, quote)?;
+        if unsafe { (*q).vcf[0] } >> 4 != 6 {
+            return None;
+        }
+        let (src, dst) = unsafe { (words16(&(*q).src_addr), words16(&(*q).dst_addr)) };
+        (src, dst, unsafe { (*q).next_hdr }, quote + Ipv6Hdr::LEN)
+    };
+    // Only errors about packets we would have sent: from the address the error is for.
+    let ports: *const [u16; 2] = ptr_at(ctx, ports_at)?;
+    if !is_tcp_udp(proto) || src != ip.dst || ports_at + QUOTED_PORTS_LEN > ip_end {
+        return None;
+    }
+    let (quoted_src_port_be, quoted_dst_port_be) = unsafe { ((*ports)[0], (*ports)[1]) };
+    Some(Flow {
+        l2: ip.l2,
+        family: ip.family,
+        src: dst,
+        dst: src,
+        src_port_be: quoted_dst_port_be,
+        dst_port_be: quoted_src_port_be,
+        proto,
+        tos: ip.tos,
+        ip_len: ip.ip_len,
+    })
+}
