@@ -13,7 +13,7 @@ use aya::{
 use etherparse::{Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, VlanId};
 use lb_agent::{
     config::{self, MacAddr},
-    dataplane::{self, LoadOptions, ResolvedBackend},
+    dataplane::{self, LoadOptions, PacketOptions, ResolvedBackend},
     plan::{self, Plan},
 };
 use lb_common::{programs, Action, DecapReason, Reason, PROTO_TCP, PROTO_UDP};
@@ -24,6 +24,8 @@ const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 const TUNNEL_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const TUNNEL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x2);
+/// The interface MTU the balancer is loaded with.
+const FIXTURE_MTU: u32 = 1500;
 /// Room the kernel must be able to prepend (largest outer header).
 const OUT_SLACK: usize = 64;
 
@@ -112,6 +114,22 @@ protocol = "tcp"
   mac = "02:00:00:00:01:21"
 
 [[vip]]
+name = "frag-dns"
+address = "192.0.2.50"
+port = 53
+protocol = "udp"
+fragments = "forward"
+  [[vip.backend]]
+  address = "198.51.100.11"
+  mac = "02:00:00:00:00:11"
+  [[vip.backend]]
+  address = "198.51.100.12"
+  mac = "02:00:00:00:00:12"
+  [[vip.backend]]
+  address = "198.51.100.13"
+  mac = "02:00:00:00:00:13"
+
+[[vip]]
 name = "v6-to-v4"
 address = "2001:db8:f::20"
 port = 53
@@ -130,11 +148,17 @@ struct Harness {
 
 impl Harness {
     fn new() -> Option<Self> {
+        Self::with_policy("")
+    }
+
+    /// A harness whose `[lb]` table also has `policy_lines` (packet policies).
+    fn with_policy(policy_lines: &str) -> Option<Self> {
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("SKIPPED: packet fixtures load BPF programs and need root");
             return None;
         }
-        let config = config::parse(CONFIG, "fixtures.toml").expect("fixture config is valid");
+        let text = CONFIG.replacen("[lb]\n", &format!("[lb]\n{policy_lines}"), 1);
+        let config = config::parse(&text, "fixtures.toml").expect("fixture config is valid");
         let plan = plan::plan(&config);
         let opts = LoadOptions {
             ring_size: config.lb.ring_size,
@@ -143,6 +167,7 @@ impl Harness {
             max_backends: config.lb.max_backends,
             tunnel_source_v4: config.lb.tunnel_source_v4,
             tunnel_source_v6: config.lb.tunnel_source_v6,
+            packets: PacketOptions { mtu: FIXTURE_MTU, policy: config.lb.packets.bits() },
         };
         let mut ebpf = dataplane::load_balancer_object(&opts).expect("load BPF object");
         dataplane::load_program(&mut ebpf, programs::BALANCER).expect("verifier accepts the balancer");
@@ -425,9 +450,9 @@ fn packets_not_for_a_vip_pass_untouched_with_a_reason() {
         ("ipv6 not a vip", tcp6(CLIENT_V6, 1, 80, b""), Reason::NoVip),
         ("arp", arp, Reason::NotIp),
         ("gre to vip", gre, Reason::NotTcpUdp),
-        ("ipv6 extension header", hop_by_hop, Reason::NotTcpUdp),
-        ("ipv4 first fragment", first_fragment, Reason::Fragment),
-        ("ipv4 later fragment", later_fragment, Reason::Fragment),
+        ("ipv6 hop-by-hop header running past the packet", hop_by_hop, Reason::MalformedL3),
+        ("ipv4 first fragment to a vip address (fragments = drop)", first_fragment, Reason::FragmentDropped),
+        ("ipv4 later fragment to a vip address (fragments = drop)", later_fragment, Reason::FragmentDropped),
         ("ipv4 ihl 4", bad_ihl, Reason::MalformedL3),
         ("ipv4 total length beyond frame", long_tot_len, Reason::MalformedL3),
         ("tcp header cut short inside a consistent ip packet", short_tcp, Reason::MalformedL4),
@@ -486,4 +511,395 @@ fn decap_passes_other_traffic_untouched() {
     assert_eq!(counters.decap_reason(DecapReason::Malformed).packets, 1);
     assert_eq!(h.decap_runs, 2);
     assert_eq!(h.balancer_runs, 0);
+}
+
+// ---------------------------------------------------------------- hardening: ICMP, MTU, fragments, extension headers
+
+const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const FRAG_VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+const IPV4_HEADER: usize = 20;
+const IPV6_HEADER: usize = 40;
+/// Bytes of the offending packet a too-big answer quotes (`reply.rs`).
+const QUOTE_LEN: usize = 128;
+
+/// RFC 1071 sum of `data` (big-endian words), not yet complemented.
+fn ones_sum(data: &[u8], mut sum: u32) -> u32 {
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    !(ones_sum(data, 0) as u16)
+}
+
+/// ICMPv6 checksum of `message` between `src` and `dst` (RFC 8200 8.1).
+fn icmpv6_checksum(src: &[u8], dst: &[u8], message: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(src);
+    pseudo.extend_from_slice(dst);
+    pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, ICMPV6]);
+    !(ones_sum(message, ones_sum(&pseudo, 0)) as u16)
+}
+
+/// An ICMP message: type, code, checksum (filled in), 4 more header bytes, body.
+fn icmp_message(ty: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(body);
+    let c = checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+fn icmpv6_message(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(body);
+    let c = icmpv6_checksum(&src.octets(), &dst.octets(), &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+fn ip4_raw(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    eth().ipv4(src.octets(), dst.octets(), ttl).write_to_vec(&mut v, IpNumber(proto), payload).unwrap();
+    v
+}
+
+fn ip6_raw(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    eth().ipv6(src.octets(), dst.octets(), hop_limit).write_to_vec(&mut v, IpNumber(proto), payload).unwrap();
+    v
+}
+
+/// The IP packet (no L2) a backend sends back to the client: VIP:vport -> client:cport.
+fn backend_reply4(vip: Ipv4Addr, vport: u16, cport: u16, len: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(vip.octets(), CLIENT_V4.octets(), 64).tcp(vport, cport, 9, 1000).write(&mut v, &vec![0u8; len]).unwrap();
+    v
+}
+
+fn backend_reply6(vip: Ipv6Addr, vport: u16, cport: u16, len: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv6(vip.octets(), CLIENT_V6.octets(), 64).tcp(vport, cport, 9, 1000).write(&mut v, &vec![0u8; len]).unwrap();
+    v
+}
+
+/// A router's ICMP error to the VIP about a backend's reply to the client.
+fn icmp4_error(router: Ipv4Addr, vip: Ipv4Addr, ty: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    ip4_raw(router, vip, 64, ICMP, &icmp_message(ty, code, rest, quoted))
+}
+
+fn icmp6_error(router: Ipv6Addr, vip: Ipv6Addr, ty: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    ip6_raw(router, vip, 64, ICMPV6, &icmpv6_message(router, vip, ty, 0, rest, quoted))
+}
+
+/// Marks an IPv4 frame as a fragment (`flags_offset` in host order) and fixes its checksum.
+fn fragment4(mut p: Vec<u8>, flags_offset: u16) -> Vec<u8> {
+    p[v4::FRAGS..v4::FRAGS + 2].copy_from_slice(&flags_offset.to_be_bytes());
+    p[L2 + 10..L2 + 12].copy_from_slice(&[0, 0]);
+    let c = checksum(&p[L2..L2 + IPV4_HEADER]);
+    p[L2 + 10..L2 + 12].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// IPv6 to `dst` with the given extension headers (8 bytes each, PadN
+/// options) in front of a TCP header from `sport` to `dport`.
+fn ip6_with_ext(dst: Ipv6Addr, exts: &[u8], sport: u16, dport: u16) -> Vec<u8> {
+    let mut tcp = Vec::new();
+    etherparse::TcpHeader::new(sport, dport, 1, 1024).write(&mut tcp).unwrap();
+    let mut payload = Vec::new();
+    for (i, _) in exts.iter().enumerate() {
+        let next = exts.get(i + 1).copied().unwrap_or(PROTO_TCP);
+        if exts[i] == 44 {
+            // Fragment header: next, reserved, offset 0 + M flag, identification.
+            payload.extend_from_slice(&[next, 0, 0, 1, 0, 0, 0, 7]);
+        } else {
+            payload.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+        }
+    }
+    payload.extend_from_slice(&tcp);
+    // etherparse insists on building extension headers itself: write "no next
+    // header" and patch the first next-header field.
+    let mut p = ip6_raw(CLIENT_V6, dst, 64, NO_NEXT_HEADER, &payload);
+    p[L2 + 6] = exts.first().copied().unwrap_or(PROTO_TCP);
+    p
+}
+
+const NO_NEXT_HEADER: u8 = 59;
+
+impl Harness {
+    /// Runs the balancer and checks the action and the reason counted.
+    fn expect(&mut self, name: &str, input: &[u8], reason: Reason) -> Vec<u8> {
+        let before = self.reason_packets(reason);
+        let (action, out) = self.balance(input);
+        assert_eq!(action, reason.action() as u32, "{name}: action");
+        assert_eq!(self.reason_packets(reason), before + 1, "{name}: counted as {}", reason.label());
+        if reason.action() != Action::Tx {
+            assert_eq!(out, input, "{name}: not forwarded, so unchanged");
+        }
+        out
+    }
+
+    /// The backend of a fragment: the VIP's ring at the hash of the addresses and protocol.
+    fn predicted_fragment_backend(&self, vip: Ipv4Addr, proto: u8) -> IpAddr {
+        let planned = plan::find_vip(&self.plan, vip.into(), 53, proto).unwrap();
+        let (src, family) = lb_common::addr_words(CLIENT_V4.into());
+        let (dst, _) = lb_common::addr_words(vip.into());
+        let h = lb_common::hash::flow_hash(self.plan.hash_seed, family, &src, &dst, 0, 0, proto);
+        let id = planned.ring[(h % self.plan.ring_size) as usize];
+        self.plan.backend(id).unwrap().address
+    }
+}
+
+/// Checks an echo reply made from `request` in place.
+fn assert_echo_reply(name: &str, request: &[u8], reply: &[u8], v6: bool) {
+    assert_eq!(reply.len(), request.len(), "{name}: same length");
+    assert_eq!(&reply[..6], &request[6..12], "{name}: back to the sender's MAC");
+    assert_eq!(&reply[6..12], &request[..6], "{name}: from our MAC");
+    if v6 {
+        assert_eq!(&reply[L2 + 8..L2 + 24], &request[L2 + 24..L2 + 40], "{name}: source = the VIP");
+        assert_eq!(&reply[L2 + 24..L2 + 40], &request[L2 + 8..L2 + 24], "{name}: destination = the client");
+        assert_eq!(reply[L2 + 7], 64, "{name}: fresh hop limit");
+        let m = &reply[L2 + IPV6_HEADER..];
+        assert_eq!(m[0], 129, "{name}: echo reply type");
+        assert_eq!(icmpv6_checksum(&reply[L2 + 8..L2 + 24], &reply[L2 + 24..L2 + 40], m), 0, "{name}: ICMPv6 checksum");
+        assert_eq!(&m[4..], &request[L2 + IPV6_HEADER + 4..], "{name}: id, sequence and data echoed");
+    } else {
+        assert_eq!(&reply[L2 + 12..L2 + 16], &request[L2 + 16..L2 + 20], "{name}: source = the VIP");
+        assert_eq!(&reply[L2 + 16..L2 + 20], &request[L2 + 12..L2 + 16], "{name}: destination = the client");
+        assert_eq!(reply[L2 + 8], 64, "{name}: fresh TTL");
+        assert_eq!(checksum(&reply[L2..L2 + IPV4_HEADER]), 0, "{name}: IPv4 checksum");
+        let m = &reply[L2 + IPV4_HEADER..];
+        assert_eq!(m[0], 0, "{name}: echo reply type");
+        assert_eq!(checksum(m), 0, "{name}: ICMP checksum");
+        assert_eq!(&m[4..], &request[L2 + IPV4_HEADER + 4..], "{name}: id, sequence and data echoed");
+    }
+}
+
+#[test]
+fn icmp_echo_to_a_vip_is_answered_and_other_echo_passes() {
+    let Some(mut h) = Harness::new() else { return };
+    let echo4 = ip4_raw(CLIENT_V4, VIP4, 1, ICMP, &icmp_message(8, 0, [0x12, 0x34, 0, 1], b"ping data"));
+    let out = h.expect("icmp echo to a vip (ttl 1)", &echo4, Reason::IcmpEchoReply);
+    assert_echo_reply("icmp echo to a vip", &echo4, &out, false);
+
+    let echo6 = ip6_raw(CLIENT_V6, VIP6, 64, ICMPV6, &icmpv6_message(CLIENT_V6, VIP6, 128, 0, [0, 7, 0, 1], b"ping6"));
+    let out = h.expect("icmpv6 echo to a vip", &echo6, Reason::IcmpEchoReply);
+    assert_echo_reply("icmpv6 echo to a vip", &echo6, &out, true);
+
+    let vlan_echo = {
+        let mut v = Vec::new();
+        eth()
+            .single_vlan(VlanId::try_new(42).unwrap())
+            .ipv4(CLIENT_V4.octets(), VIP4.octets(), 64)
+            .write_to_vec(&mut v, IpNumber(ICMP), &icmp_message(8, 0, [0, 1, 0, 1], b"x"))
+            .unwrap();
+        v
+    };
+    let out = h.expect("icmp echo to a vip in vlan 42", &vlan_echo, Reason::IcmpEchoReply);
+    assert_eq!(&out[12..16], &vlan_echo[12..16], "vlan tag kept");
+
+    let to_host = ip4_raw(CLIENT_V4, TUNNEL_V4, 64, ICMP, &icmp_message(8, 0, [0, 1, 0, 1], b"x"));
+    h.expect("icmp echo to a host address", &to_host, Reason::NotTcpUdp);
+    let ttl0 = ip4_raw(CLIENT_V4, VIP4, 0, ICMP, &icmp_message(8, 0, [0, 1, 0, 1], b"x"));
+    h.expect("icmp echo to a vip with ttl 0", &ttl0, Reason::TtlZero);
+    let unreach_other = ip4_raw(CLIENT_V4, VIP4, 64, ICMP, &icmp_message(13, 0, [0; 4], &[0; 12]));
+    h.expect("icmp timestamp to a vip", &unreach_other, Reason::IcmpToVip);
+    let short = ip4_raw(CLIENT_V4, VIP4, 64, ICMP, &[8, 0, 0]);
+    h.expect("icmp header cut short", &short, Reason::IcmpToVip);
+
+    let Some(mut pass) = Harness::with_policy("icmp_echo = \"pass\"\n") else { return };
+    pass.expect("icmp echo to a vip, icmp_echo = pass", &echo4, Reason::IcmpToVip);
+    pass.expect("icmpv6 echo to a vip, icmp_echo = pass", &echo6, Reason::IcmpToVip);
+}
+
+#[test]
+fn icmp_errors_about_vip_flows_reach_the_flows_backend() {
+    let Some(mut h) = Harness::new() else { return };
+    let router4 = Ipv4Addr::new(198, 51, 100, 1);
+    let router6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let mtu = 1400u32.to_be_bytes();
+    let cases: Vec<(&str, Vec<u8>, IpAddr, u16)> = vec![
+        (
+            "ipv4 fragmentation needed",
+            icmp4_error(router4, VIP4, 3, 4, [0, 0, mtu[2], mtu[3]], &backend_reply4(VIP4, 80, 41000, 100)[..28]),
+            VIP4.into(),
+            41000,
+        ),
+        ("ipv4 time exceeded", icmp4_error(router4, VIP4, 11, 0, [0; 4], &backend_reply4(VIP4, 80, 41001, 10)), VIP4.into(), 41001),
+        ("ipv4 port unreachable", icmp4_error(router4, VIP4, 3, 3, [0; 4], &backend_reply4(VIP4, 80, 41002, 10)[..28]), VIP4.into(), 41002),
+        ("ipv6 packet too big", icmp6_error(router6, VIP6, 2, mtu, &backend_reply6(VIP6, 80, 41003, 100)), VIP6.into(), 41003),
+        ("ipv6 time exceeded", icmp6_error(router6, VIP6, 3, [0; 4], &backend_reply6(VIP6, 80, 41004, 0)[..48]), VIP6.into(), 41004),
+        ("ipv6 destination unreachable", icmp6_error(router6, VIP6, 1, [0; 4], &backend_reply6(VIP6, 80, 41005, 0)), VIP6.into(), 41005),
+    ];
+    for (name, input, vip, cport) in cases {
+        let out = h.expect(name, &input, Reason::IcmpErrorForwarded);
+        let client = if vip.is_ipv4() { IpAddr::V4(CLIENT_V4) } else { IpAddr::V6(CLIENT_V6) };
+        // Exactly the backend of the client's flow client:cport -> VIP:80.
+        let (backend, backend_mac) = h.predicted(vip, PROTO_TCP, client, cport, 80);
+        assert_encapsulated(name, &out, &Expected { input: &input, input_l2: L2, backend, backend_mac });
+        let (action, restored) = h.decap(&out);
+        assert_eq!(action, Action::Pass as u32, "{name}: decap");
+        assert_eq!(&restored[L2..], &input[L2..], "{name}: decap gives back the ICMP packet");
+    }
+
+    // Not ours: errors about flows that are not VIP flows, or not sent from the VIP.
+    let other_port = icmp4_error(router4, VIP4, 3, 4, [0; 4], &backend_reply4(VIP4, 8080, 41000, 10)[..28]);
+    h.expect("icmp error about a non-vip port of a vip address", &other_port, Reason::IcmpToVip);
+    let to_host = icmp4_error(router4, TUNNEL_V4, 3, 4, [0; 4], &backend_reply4(TUNNEL_V4, 80, 41000, 10)[..28]);
+    h.expect("icmp error about the host's own flow", &to_host, Reason::NotTcpUdp);
+    let not_from_vip = icmp4_error(router4, VIP4, 3, 4, [0; 4], &backend_reply4(Ipv4Addr::new(198, 51, 100, 99), 80, 41000, 10)[..28]);
+    h.expect("icmp error to a vip quoting another source", &not_from_vip, Reason::IcmpToVip);
+    let short_quote = icmp4_error(router4, VIP4, 3, 4, [0; 4], &backend_reply4(VIP4, 80, 41000, 10)[..22]);
+    h.expect("icmp error quoting too little to find ports", &short_quote, Reason::IcmpToVip);
+}
+
+#[test]
+fn packets_too_big_for_the_tunnel_get_an_icmp_answer_or_a_drop() {
+    let Some(mut h) = Harness::new() else { return };
+    // IPv4: 1480 + 20 fits the 1500 MTU exactly; one byte more does not.
+    let fits = bytes!(eth().ipv4(CLIENT_V4.octets(), VIP4.octets(), 64).tcp(42000, 80, 1, 1000), &vec![7u8; 1440]);
+    h.expect("ipv4 encapsulated to exactly the mtu", &fits, Reason::Forwarded);
+    let big = bytes!(eth().ipv4(CLIENT_V4.octets(), VIP4.octets(), 64).tcp(42000, 80, 1, 1000), &vec![7u8; 1441]);
+    let out = h.expect("ipv4 one byte too big once encapsulated", &big, Reason::TooBigIcmp);
+    assert_eq!(out.len(), L2 + IPV4_HEADER + 8 + QUOTE_LEN, "answer length");
+    assert_eq!(&out[..6], &CLIENT_MAC, "to the client's MAC");
+    assert_eq!(&out[6..12], &LB_MAC, "from ours");
+    let (ip, rest) = Ipv4Header::from_slice(&out[L2..]).unwrap();
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 checksum");
+    assert_eq!((ip.source, ip.destination), (VIP4.octets(), CLIENT_V4.octets()), "from the VIP to the client");
+    assert_eq!(ip.protocol, IpNumber(ICMP));
+    assert_eq!(ip.total_len as usize, IPV4_HEADER + 8 + QUOTE_LEN);
+    assert_eq!(&rest[..2], &[3, 4], "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([rest[6], rest[7]]), 1500 - 20, "next-hop MTU = MTU - IPIP header");
+    assert_eq!(checksum(rest), 0, "ICMP checksum");
+    assert_eq!(&rest[8..], &big[L2..L2 + QUOTE_LEN], "quotes the start of the client's packet");
+
+    // IPv6 VIP with IPv6 backends: 40 bytes of tunnel.
+    let big6 = tcp6(VIP6, 42001, 80, &vec![7u8; 1500 - 40 - 20 - 40 + 1]);
+    let out = h.expect("ipv6 too big once encapsulated", &big6, Reason::TooBigIcmp);
+    assert_eq!(out.len(), L2 + IPV6_HEADER + 8 + QUOTE_LEN);
+    let (ip, rest) = Ipv6Header::from_slice(&out[L2..]).unwrap();
+    assert_eq!((ip.source, ip.destination), (VIP6.octets(), CLIENT_V6.octets()));
+    assert_eq!(ip.next_header, IpNumber(ICMPV6));
+    assert_eq!(ip.payload_length as usize, 8 + QUOTE_LEN);
+    assert_eq!(&rest[..2], &[2, 0], "packet too big");
+    assert_eq!(u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]), 1500 - 40, "MTU = MTU - IP6IP6 header");
+    assert_eq!(icmpv6_checksum(&ip.source, &ip.destination, rest), 0, "ICMPv6 checksum");
+    assert_eq!(&rest[8..], &big6[L2..L2 + QUOTE_LEN]);
+    let fits6 = tcp6(VIP6, 42001, 80, &vec![7u8; 1500 - 40 - 20 - 40]);
+    h.expect("ipv6 encapsulated to exactly the mtu", &fits6, Reason::Forwarded);
+
+    // A too-big ICMP error is never answered with ICMP.
+    let big_error = icmp4_error(Ipv4Addr::new(198, 51, 100, 1), VIP4, 11, 0, [0; 4], &backend_reply4(VIP4, 80, 41000, 1460));
+    h.expect("too-big icmp error", &big_error, Reason::TooBigDropped);
+
+    let Some(mut drop) = Harness::with_policy("too_big = \"drop\"\n") else { return };
+    drop.expect("too big, too_big = drop", &big, Reason::TooBigDropped);
+    drop.expect("fits, too_big = drop", &fits, Reason::Forwarded);
+}
+
+#[test]
+fn fragments_follow_the_vip_policy_and_other_fragments_pass() {
+    let Some(mut h) = Harness::new() else { return };
+    let first = fragment4(udp4(FRAG_VIP4, 5353, 53, &[1u8; 64]), 0x2000);
+    let later = fragment4(ip4_raw(CLIENT_V4, FRAG_VIP4, 64, PROTO_UDP, &[2u8; 48]), 0x0009);
+    let predicted = h.predicted_fragment_backend(FRAG_VIP4, PROTO_UDP);
+    let mut backends = Vec::new();
+    for (name, input) in [("first fragment (fragments = forward)", &first), ("later fragment (fragments = forward)", &later)] {
+        let out = h.expect(name, input, Reason::FragmentForwarded);
+        let mac = h.plan.backends.iter().find(|b| b.address == predicted).unwrap().mac.unwrap();
+        assert_encapsulated(name, &out, &Expected { input, input_l2: L2, backend: predicted, backend_mac: mac });
+        backends.push(out[30..34].to_vec());
+    }
+    assert_eq!(backends[0], backends[1], "both fragments of the datagram reach one backend");
+    let tcp_frag = fragment4(tcp4(FRAG_VIP4, 1, 53), 0x2000);
+    h.expect("tcp fragment to an address forwarding udp fragments", &tcp_frag, Reason::FragmentDropped);
+    h.expect("fragment to a vip with fragments = drop", &fragment4(udp4(VIP4, 5353, 53, &[0; 16]), 0x2000), Reason::FragmentDropped);
+    h.expect("fragment to a host address", &fragment4(udp4(TUNNEL_V4, 5353, 53, &[0; 16]), 0x2000), Reason::Fragment);
+    h.expect("later fragment to a host address", &fragment4(udp4(TUNNEL_V4, 5353, 53, &[0; 16]), 0x0020), Reason::Fragment);
+    h.expect("ipv6 fragment to a vip", &ip6_with_ext(VIP6, &[44], 1, 80), Reason::FragmentDropped);
+    h.expect("ipv6 fragment to a host", &ip6_with_ext(TUNNEL_V6, &[44], 1, 80), Reason::Fragment);
+}
+
+#[test]
+fn ipv6_extension_headers_are_skipped_up_to_the_bound() {
+    let Some(mut h) = Harness::new() else { return };
+    let max = lb_common::limits::MAX_IPV6_EXT_HEADERS;
+    for exts in [vec![0u8], vec![0, 60], vec![0, 43, 60], vec![60; max]] {
+        let name = format!("ipv6 tcp behind extension headers {exts:?}");
+        let input = ip6_with_ext(VIP6, &exts, 43000, 80);
+        let out = h.expect(&name, &input, Reason::Forwarded);
+        let (backend, backend_mac) = h.predicted(VIP6.into(), PROTO_TCP, CLIENT_V6.into(), 43000, 80);
+        assert_encapsulated(&name, &out, &Expected { input: &input, input_l2: L2, backend, backend_mac });
+    }
+    h.expect("one extension header beyond the bound", &ip6_with_ext(VIP6, &vec![60; max + 1], 43000, 80), Reason::TooManyExtHeaders);
+    h.expect("extension headers to a host", &ip6_with_ext(TUNNEL_V6, &[0, 60], 43000, 80), Reason::NoVip);
+}
+
+#[test]
+fn unknown_ports_ttl_multicast_and_other_protocols_get_defined_actions() {
+    let Some(mut h) = Harness::new() else { return };
+    h.expect("vip address, unknown port (pass)", &tcp4(VIP4, 1, 443), Reason::NoVip);
+    let ttl0 = {
+        let mut p = bytes!(eth().ipv4(CLIENT_V4.octets(), VIP4.octets(), 0).tcp(44000, 80, 1, 1000), &[]);
+        p[L2 + 10..L2 + 12].copy_from_slice(&[0, 0]);
+        p
+    };
+    h.expect("ttl 0 to a vip", &ttl0, Reason::TtlZero);
+    let ttl1 = bytes!(eth().ipv4(CLIENT_V4.octets(), VIP4.octets(), 1).tcp(44000, 80, 1, 1000), &[]);
+    h.expect("ttl 1 to a vip: we are its destination", &ttl1, Reason::Forwarded);
+    h.expect("hop limit 0 to a vip", &bytes!(eth().ipv6(CLIENT_V6.octets(), VIP6.octets(), 0).tcp(1, 80, 1, 1), &[]), Reason::TtlZero);
+    h.expect("ttl 0 to a host", &bytes!(eth().ipv4(CLIENT_V4.octets(), TUNNEL_V4.octets(), 0).tcp(1, 22, 1, 1), &[]), Reason::NoVip);
+    let mut broadcast = tcp4(VIP4, 44001, 80);
+    broadcast[..6].copy_from_slice(&[0xff; 6]);
+    h.expect("broadcast frame to a vip", &broadcast, Reason::L2Multicast);
+    let mut multicast = tcp6(VIP6, 44002, 80, b"");
+    multicast[..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
+    h.expect("multicast frame to a vip", &multicast, Reason::L2Multicast);
+    let mut lldp = vec![0x01, 0x80, 0xc2, 0, 0, 0x0e];
+    lldp.extend_from_slice(&CLIENT_MAC);
+    lldp.extend_from_slice(&[0x88, 0xcc]);
+    lldp.extend_from_slice(&[0u8; 46]);
+    h.expect("lldp", &lldp, Reason::NotIp);
+    h.expect("esp to a vip", &ip4_raw(CLIENT_V4, VIP4, 64, 50, &[0; 32]), Reason::NotTcpUdp);
+    h.expect("ipv6 udp to a tcp vip", &udp6(VIP6, 1, 80, b"x"), Reason::NoVip);
+
+    let Some(mut strict) = Harness::with_policy("unknown_port = \"drop\"\n") else { return };
+    strict.expect("vip address, unknown port (drop)", &tcp4(VIP4, 1, 443), Reason::UnknownPortDropped);
+    strict.expect("vip address, other protocol on a vip port (drop)", &udp4(VIP4, 1, 80, b"x"), Reason::UnknownPortDropped);
+    strict.expect("host address, unknown port", &tcp4(TUNNEL_V4, 1, 443), Reason::NoVip);
+    strict.expect("vip port still forwarded", &tcp4(VIP4, 1, 80), Reason::Forwarded);
+}
+
+#[test]
+fn decap_leaves_what_the_balancer_never_sends() {
+    let Some(mut h) = Harness::new() else { return };
+    let (_, tunnelled) = h.balance(&tcp4(VIP4, 45000, 80));
+    // Outer IPv4 header with options (IHL 6): not stripped.
+    let mut options = tunnelled.clone();
+    options[L2] = 0x46;
+    let (action, out) = h.decap(&options);
+    assert_eq!((action, &out), (Action::Pass as u32, &options));
+    // Outer header marked as a fragment: not stripped.
+    let mut fragment = tunnelled.clone();
+    fragment[L2 + 6] = 0x20;
+    let (action, out) = h.decap(&fragment);
+    assert_eq!((action, &out), (Action::Pass as u32, &fragment));
+    let truncated = &tunnelled[..L2 + IPV4_HEADER];
+    let (action, out) = h.decap(truncated);
+    assert_eq!((action, out.as_slice()), (Action::Pass as u32, truncated));
+    let counters = dataplane::read_counters(&h.ebpf).unwrap();
+    assert_eq!(counters.decap_reason(DecapReason::Unsupported).packets, 2);
+    assert_eq!(counters.decap_reason(DecapReason::Malformed).packets, 1);
 }
