@@ -77,6 +77,10 @@ pub fn handle(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
         if ip.ttl == 0 {
             return Err(Reason::TtlZero);
         }
+        if !reply::echo_request_is_sound(ctx, ip) {
+            // The stack judges (and drops) what we could only answer wrongly.
+            return Err(Reason::IcmpToVip);
+        }
         reply::echo(ctx, ip)?;
         return Ok(Reason::IcmpEchoReply);
     }

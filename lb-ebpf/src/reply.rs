@@ -18,6 +18,7 @@ use network_types::{
 use crate::{
     checksum,
     encap::words_bytes,
+    maps::mtu,
     icmp::{
         ICMPV6_ECHO_REPLY, ICMPV6_PACKET_TOO_BIG, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_FRAG_NEEDED,
         ICMP_HEADER_LEN, PROTO_ICMP, PROTO_ICMPV6,
@@ -42,6 +43,30 @@ const IPV6_ADDRS_OFFSET: usize = 8;
 const IPV6_VERSION_WORD: u32 = 6 << 28;
 /// The ICMP message of a too-big answer, in 16-bit words.
 const ICMP_MESSAGE_WORDS: usize = (ICMP_HEADER_LEN + QUOTE_LEN) / 2;
+
+/// Whether an echo request can be answered in place with incremental
+/// checksum updates: an IPv4 header without options and with a valid
+/// checksum (an update would carry a bad one into the reply), no longer
+/// than the MTU. IPv6 has no
+/// header checksum; ICMP checksums stay valid exactly when they were.
+#[inline(always)]
+pub fn echo_request_is_sound(ctx: &XdpContext, ip: &Ip) -> bool {
+    // A reply is as long as its request: never answer with more than the MTU.
+    let limit = mtu() as usize;
+    if limit != 0 && ip.ip_len > limit {
+        return false;
+    }
+    if ip.family != FAMILY_V4 {
+        return true;
+    }
+    match ptr_at::<[u16; 10]>(ctx, ip.l2.len) {
+        Some(header) => ip.l4_offset == ip.l2.len + Ipv4Hdr::LEN && checksum::fold(checksum::sum_words(0, header)) == VALID_SUM,
+        None => false,
+    }
+}
+
+/// The folded sum of a header whose checksum is right.
+const VALID_SUM: u16 = 0xffff;
 
 /// Turns an echo request into its reply in place: MACs and addresses
 /// swapped, type changed, fresh TTL; checksums updated incrementally
