@@ -69,6 +69,17 @@ impl Lab {
     pub fn start(
         bins: LabBins,
         backends: usize,
+        config: toml::Table,
+        progress: &dyn Fn(&str),
+    ) -> Result<Lab> {
+        Self::start_with(bins, TopologyOptions { backends, ..Default::default() }, config, progress)
+    }
+
+    /// Like [`Lab::start`] on a topology built with `options` (for instance a
+    /// lower `underlay_mtu`); its `backend_vips` are the config's VIP addresses.
+    pub fn start_with(
+        bins: LabBins,
+        options: TopologyOptions,
         mut config: toml::Table,
         progress: &dyn Fn(&str),
     ) -> Result<Lab> {
@@ -79,12 +90,9 @@ impl Lab {
                 backend_vips.push(v.address);
             }
         }
+        let backends = options.backends;
         progress(&format!("building topology ({backends} backends)..."));
-        let topo = Topology::build(TopologyOptions {
-            backends,
-            backend_vips,
-            ..Default::default()
-        })?;
+        let topo = Topology::build(TopologyOptions { backend_vips, ..options })?;
         progress(&format!(
             "topology {} up; logs in {}",
             topo.run_id(),
