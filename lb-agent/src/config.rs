@@ -914,7 +914,13 @@ impl Validator {
         let protocol = v.protocol.as_deref().map_or(Some(Protocol::Tcp), |p| p.parse().ok());
         let port = v.port.and_then(|p| u16::try_from(p).ok());
         // Without a readable protocol and port the VIP's own problems say enough.
-        let service = health::Service { protocol: protocol?, port: port? };
+        let vip_is_v4 = v.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()).map(|a| a.is_ipv4());
+        let backend_is_v4 = b.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()).map(|a| a.is_ipv4());
+        let service = health::Service {
+            protocol: protocol?,
+            port: port?,
+            backend_in_vip_family: vip_is_v4.is_none() || vip_is_v4 == backend_is_v4,
+        };
         let mut found = Vec::new();
         let check = health::resolve(v.health.as_ref(), b.health.as_ref(), label, at, service, &mut found);
         for p in found {

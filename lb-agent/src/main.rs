@@ -198,6 +198,15 @@ async fn run(config: Config) -> Result<()> {
         plan.ring_size,
         config.lb.bpffs_dir.display()
     );
+    let dsr_pairs = dsr_check_pairs(&config, &plan);
+    let dsr_routing = match health::dsr::install(&handle, &iface, &dsr_pairs, &mut ebpf).await {
+        Ok(routing) => routing,
+        Err(e) => {
+            ebpf_program(&mut ebpf, programs::BALANCER)?.detach(link)?;
+            dataplane::unpin_maps(&config.lb.bpffs_dir);
+            return Err(e);
+        }
+    };
     let checkers = health::supervisor::spawn(&config, supervisor);
     ready(&format!("attached {} to {} in {mode} mode", programs::BALANCER, iface.name));
 
@@ -205,6 +214,7 @@ async fn run(config: Config) -> Result<()> {
     for task in checkers {
         task.abort();
     }
+    dsr_routing.remove(&mut ebpf).await;
     log::info!("{signal}: detaching from {}", iface.name);
     let counters = dataplane::read_counters(&ebpf)?;
     log::info!(
@@ -232,6 +242,20 @@ fn start_health(
         ring_size: plan.ring_size,
     };
     health::supervisor::Supervisor::new(config, plan, writer)
+}
+
+/// The (backend, VIP) pairs whose checks are DSR-aware.
+fn dsr_check_pairs(config: &Config, plan: &plan::Plan) -> Vec<health::dsr::DsrPair> {
+    config
+        .vips
+        .iter()
+        .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+        .filter(|(_, b)| b.check.dsr)
+        .filter_map(|(v, b)| {
+            let backend_id = plan.backend_id(b.address)?;
+            Some(health::dsr::DsrPair { backend_id, backend: b.address, vip: v.address })
+        })
+        .collect()
 }
 
 /// Next-hop MACs for every backend: the static `mac` if the config has one,

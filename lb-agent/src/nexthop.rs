@@ -116,7 +116,7 @@ pub async fn resolve(handle: &Handle, iface: &Interface, backend: IpAddr) -> Res
 
 /// The gateway toward `dest`, or `dest` itself when it is on-link. Fails if
 /// the route leaves through another interface.
-async fn next_hop(handle: &Handle, iface: &Interface, dest: IpAddr) -> Result<IpAddr> {
+pub async fn next_hop(handle: &Handle, iface: &Interface, dest: IpAddr) -> Result<IpAddr> {
     let message = match dest {
         IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(a, 32).build(),
         IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(a, 128).build(),

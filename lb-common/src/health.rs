@@ -115,3 +115,31 @@ mod tests {
         assert_eq!(HealthReason::from_u8(200), None);
     }
 }
+
+/// DSR-aware health checks: the agent marks each check socket with
+/// `DSR_MARK_BASE | backend id` (`SO_MARK`); policy routing sends marked
+/// packets for the VIP toward that backend, and the `tc_health_encap` egress
+/// program encapsulates them exactly as the balancer does. So a check passes
+/// only if the backend decapsulates and owns the VIP, like real traffic.
+pub mod dsr {
+    /// High half of the mark: "LB".
+    pub const MARK_BASE: u32 = 0x4c42_0000;
+    /// The part of the mark that says "DSR check"; the rest is the backend id.
+    pub const MARK_MASK: u32 = 0xffff_0000;
+    /// Routing table of backend `id` is `TABLE_BASE + id` (clear of the
+    /// kernel's reserved tables 253..=255 and of common operator choices).
+    pub const TABLE_BASE: u32 = 0x4c42_0000;
+    /// Priority of the policy routing rules (before the main table's 32766).
+    pub const RULE_PRIORITY: u32 = 1_000;
+
+    /// The mark of backend `id`'s check sockets (ids fit in the low half:
+    /// the config allows at most 65,536 backends).
+    pub const fn mark(id: u32) -> u32 {
+        MARK_BASE | (id & !MARK_MASK)
+    }
+
+    /// The backend id of a marked packet, if it is a DSR check.
+    pub const fn backend_of(mark: u32) -> Option<u32> {
+        if mark & MARK_MASK == MARK_BASE { Some(mark & !MARK_MASK) } else { None }
+    }
+}

@@ -7,6 +7,7 @@
 //!   exactly what the kernel computes.
 #![no_std]
 
+pub mod checksum;
 pub mod hash;
 pub mod health;
 pub mod layout;
@@ -53,6 +54,8 @@ pub mod programs {
     pub const PASS: &str = "xdp_pass";
     /// Benchmark floor: parse Ethernet/IPv4/TCP, swap MACs, `XDP_TX`.
     pub const FLOOR_TX: &str = "xdp_floor_tx";
+    /// tc egress on the LB host: encapsulates DSR-aware health checks.
+    pub const HEALTH_ENCAP: &str = "tc_health_encap";
 }
 
 /// Load-time globals (`EbpfLoader::override_global`). They are constants to the

@@ -16,6 +16,7 @@ mod encap;
 mod fragment;
 mod icmp;
 mod floors;
+mod health_encap;
 mod maps;
 mod packet;
 mod parse;

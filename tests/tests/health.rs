@@ -179,3 +179,28 @@ fn http_500_and_hung_backend_are_marked_down() {
     let t = connect_all(&lab, 23000, 20, "only b1 healthy");
     assert!(t.values().all(|b| b == "b1"), "{t:?}");
 }
+
+/// DSR-aware checks go to the VIP, encapsulated toward each backend like real
+/// traffic: a backend whose server answers on its own address but which does
+/// not own the VIP fails them; backends with the VIP on lo pass.
+#[test]
+fn dsr_checks_fail_a_backend_without_the_vip() {
+    const TEST: &str = "dsr_checks_fail_a_backend_without_the_vip";
+    if !can_run(TEST) {
+        return;
+    }
+    let lab = start(TEST, config("dsr = true", &[]));
+    let b1 = topology::backend_name(1);
+    lab.topo.exec_ok(&b1, "ip", &["addr", "del", &format!("{VIP_V4}/32"), "dev", "lo"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let took = wait_until(&lab, down_bound() + SLACK, "b1 down, b2 and b3 up by DSR checks", |s| {
+        member(s, 1).0 == "down" && member(s, 2) == ("up".into(), "passed".into()) && member(s, 3) == ("up".into(), "passed".into())
+    });
+    eprintln!("[{TEST}] b1 marked down {took:?} after losing the VIP");
+    // A check of b1's own address would still pass: its server is fine.
+    let direct = lab
+        .client(Proto::Tcp, SocketAddr::new(backend_v4(1).into(), PORT), 1, None, TIMEOUT_MS)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(direct.iter().all(|r| r.ok), "b1 answers on its own address: {direct:?}");
+    let t = connect_all(&lab, 24000, 20, "b1 out of the ring");
+    assert!(t.values().all(|b| *b != b1), "no new connection reaches b1: {t:?}");
+}

@@ -9,6 +9,7 @@
 //! - [`report`]: the health part of `lb-agent stats`.
 
 pub mod checker;
+pub mod dsr;
 pub mod probe;
 pub mod report;
 pub mod select;

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 
 use lb_common::health::HealthReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::os::fd::AsRawFd as _;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::health::settings::{CheckKind, HealthCheck, StatusSet};
 
@@ -78,6 +79,8 @@ pub trait Probe: Send + 'static {
 /// The real probe of one backend.
 pub struct NetProbe {
     target: SocketAddr,
+    /// `SO_MARK` of the check socket (DSR-aware checks), if any.
+    mark: Option<u32>,
     /// The whole request for HTTP checks, `None` for TCP.
     request: Option<Vec<u8>>,
     status: StatusSet,
@@ -97,13 +100,41 @@ impl NetProbe {
             )
             .into_bytes()
         });
-        NetProbe { target: backend, request, status: check.status.clone() }
+        NetProbe { target: backend, mark: None, request, status: check.status.clone() }
     }
+
+    /// A DSR-aware probe: the check goes to `vip` (the VIP address and check
+    /// port) from a socket marked for `backend_id`, which policy routing and
+    /// the tc egress program turn into an encapsulated packet to that backend.
+    pub fn dsr(vip: SocketAddr, backend_id: u32, check: &HealthCheck) -> NetProbe {
+        NetProbe { mark: Some(lb_common::health::dsr::mark(backend_id)), ..NetProbe::new(vip, check) }
+    }
+}
+
+async fn connect(target: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(mark) = mark {
+        let value = mark as libc::c_int;
+        // SAFETY: setsockopt on our own socket with a c_int option value.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                (&value as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    socket.connect(target).await
 }
 
 impl Probe for NetProbe {
     async fn check(&mut self) -> Outcome {
-        let mut stream = match TcpStream::connect(self.target).await {
+        let mut stream = match connect(self.target, self.mark).await {
             Ok(s) => s,
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Outcome::Refused,
             Err(e) => return Outcome::Error(e.to_string()),

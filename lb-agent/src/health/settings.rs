@@ -170,6 +170,10 @@ pub struct HealthCheck {
     pub host: Option<String>,
     pub status: StatusSet,
     pub initial: InitialState,
+    /// DSR-aware: check the service on the VIP address, sent encapsulated to
+    /// the backend like real traffic (see `lb_common::health::dsr`), instead
+    /// of on the backend's own address.
+    pub dsr: bool,
 }
 
 impl HealthCheck {
@@ -186,6 +190,7 @@ impl HealthCheck {
             host: None,
             status: StatusSet::parse(DEFAULT_STATUS).expect("the default status list parses"),
             initial: InitialState::Up,
+            dsr: false,
         }
     }
 }
@@ -205,6 +210,7 @@ pub struct RawHealth {
     status: Option<String>,
     initial: Option<String>,
     all_down: Option<String>,
+    dsr: Option<bool>,
 }
 
 /// `"250ms"`, `"5s"`, `"1m"`.
@@ -230,6 +236,9 @@ pub struct Service {
     pub protocol: Protocol,
     /// 0 = every port.
     pub port: u16,
+    /// The backend's address family is the VIP's (DSR-aware checks need it:
+    /// the check is routed to the VIP through the backend as gateway).
+    pub backend_in_vip_family: bool,
 }
 
 /// One field's value and the config path it came from (the backend's table
@@ -389,6 +398,14 @@ pub fn resolve(
         add(format!("{vip_at}.health.port"), format!("missing: {why}; give the TCP port to check, e.g. port = 8080, or check = \"none\""));
     }
 
+    let dsr = pick(vip, backend, vip_at, backend_at, "dsr", |r| r.dsr.as_ref()).map(|(d, at)| (*d, at));
+    if let Some((true, at)) = &dsr
+        && kind != Some(CheckKind::None)
+        && !service.backend_in_vip_family
+    {
+        add(at.clone(), "dsr = true needs the backend in the VIP's address family (the check is routed through the backend)".into());
+    }
+
     if problems.len() > start {
         return None;
     }
@@ -403,6 +420,7 @@ pub fn resolve(
         host: host?,
         status: status?,
         initial: initial?,
+        dsr: dsr.is_some_and(|(d, _)| d),
     })
 }
 
@@ -449,6 +467,16 @@ mod tests {
         }
         let e = problems("all_down = \"panic\"", "tcp");
         assert!(e.contains("vip \"web\".health.all_down: \"panic\""), "{e}");
+    }
+
+    #[test]
+    fn dsr_checks() {
+        assert_eq!(problems("dsr = true", "tcp"), "ok [Tcp, None]");
+        let t = "[lb]\ninterface = \"eth0\"\n[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\n  [vip.health]\n  dsr = true\n  [[vip.backend]]\n  address = \"2001:db8::11\"\n";
+        let e = crate::config::parse(t, "lb.toml").unwrap_err().to_string();
+        assert!(e.contains("lb.toml: vip \"web\".health.dsr: dsr = true needs the backend in the VIP's address family"), "{e}");
+        let ok = crate::config::parse(&t.replace("2001:db8::11", "198.51.100.11"), "lb.toml").unwrap();
+        assert!(ok.vips[0].backends[0].check.dsr);
     }
 
     #[test]

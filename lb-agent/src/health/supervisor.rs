@@ -214,8 +214,12 @@ pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, mut supervisor: 
             if b.check.kind == CheckKind::None {
                 continue;
             }
-            let target = SocketAddr::new(b.address, b.check.port.unwrap_or(v.port));
-            let probe = NetProbe::new(target, &b.check);
+            let port = b.check.port.unwrap_or(v.port);
+            let probe = if b.check.dsr {
+                NetProbe::dsr(SocketAddr::new(v.address, port), supervisor.vips[vi].ids[bi], &b.check)
+            } else {
+                NetProbe::new(SocketAddr::new(b.address, port), &b.check)
+            };
             // Seeded by the pair, so restarts and LB hosts spread checks alike.
             let seed = lb_common::hash::hash_words(vi as u32, &crate::maglev::backend_identity(b.address)) as u64
                 | ((bi as u64) << 32);
