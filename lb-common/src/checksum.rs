@@ -1,8 +1,17 @@
 //! Internet checksums (RFC 1071) both sides compute: the kernel for headers it
 //! builds, the tests to verify them.
 
-/// The checksum of a 20-byte IPv4 header whose checksum field is zero, in
-/// host order (store it big-endian).
+/// Folds a 32-bit one's complement sum to 16 bits.
+#[inline(always)]
+pub const fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// The checksum of a 20-byte IPv4 header (as bytes) whose checksum field is
+/// zero, in host order (store it big-endian). The kernel's packet-memory
+/// variant is `lb-ebpf`'s `checksum::ipv4_header`.
 pub const fn ipv4_header(header: &[u8; 20]) -> u16 {
     let mut sum: u32 = 0;
     let mut i = 0;
@@ -10,9 +19,7 @@ pub const fn ipv4_header(header: &[u8; 20]) -> u16 {
         sum += ((header[i] as u32) << 8) | header[i + 1] as u32;
         i += 2;
     }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
+    !fold(sum)
 }
 
 #[cfg(test)]

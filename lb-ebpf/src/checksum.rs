@@ -2,13 +2,7 @@
 //! the result stored natively, which is correct on either byte order (RFC 1071
 //! section 2(B)); incremental updates follow RFC 1624 (eqn. 3).
 
-/// Folds a 32-bit one's complement sum to 16 bits.
-#[inline(always)]
-pub fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
+pub use lb_common::checksum::fold;
 
 /// Adds `N` native-order 16-bit words at `words` to a running sum (bounded
 /// loop). Volatile reads keep LLVM from hoisting every load of the unrolled

@@ -17,11 +17,14 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `$LB_AGENT_BIN`, else `<workspace>/target/debug/lb-agent`; not checked.
+/// `$LB_AGENT_BIN`, else `<target dir>/debug/lb-agent`; not checked.
 pub fn agent_bin_path() -> PathBuf {
     match std::env::var_os("LB_AGENT_BIN") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => workspace_root().join("target/debug/lb-agent"),
+        // Like cargo: CARGO_TARGET_DIR if set, else the workspace's target/.
+        _ => std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+            .join("debug/lb-agent"),
     }
 }
 
