@@ -85,6 +85,18 @@ pub const MAX_RINGS_BYTES: u64 = 1 << 30;
 /// `/sys/fs/bpf` is the conventional bpffs mount.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/lb";
 
+/// Where a running agent keeps its lock file and control socket
+/// (`<run_dir>/<interface>.lock`, `<run_dir>/<interface>.sock`): a tmpfs that a
+/// reboot empties, like the agent's state.
+pub const DEFAULT_RUN_DIR: &str = "/run/lb";
+
+/// Flows the kernel remembers (see `lb_common::flows`).
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = lb_common::flows::DEFAULT_FLOW_TABLE_SIZE;
+
+/// `MEMBERS` holds `max_vips × max_backends` entries, allocated up front
+/// (8 bytes each): at most 64 Mi entries (512 MiB).
+pub const MAX_MEMBER_ENTRIES: u64 = 1 << 26;
+
 /// 1: all backends equal unless the config says otherwise.
 pub const DEFAULT_WEIGHT: u32 = 1;
 
@@ -154,6 +166,13 @@ pub struct LbSection {
     /// [`DEFAULT_BPFFS_DIR`]; must be an absolute path. Use a different
     /// directory per agent instance on one host.
     pub bpffs_dir: PathBuf,
+    /// `run_dir`: where the running agent's lock file and control socket
+    /// live. Default [`DEFAULT_RUN_DIR`]; must be an absolute path.
+    pub run_dir: PathBuf,
+    /// `flow_table_size`: flows the kernel remembers (an LRU table: the least
+    /// recently used flow is forgotten first). Default
+    /// [`DEFAULT_FLOW_TABLE_SIZE`], range `MIN_FLOW_TABLE_SIZE..=MAX_FLOW_TABLE_SIZE`.
+    pub flow_table_size: u32,
     /// `icmp_echo`, `too_big`, `unknown_port`: what happens to ICMP echo,
     /// too-big packets and unconfigured ports of VIP addresses (defaults in
     /// [`PacketPolicy::default`]).
@@ -185,6 +204,10 @@ pub struct VipConfig {
     pub hash: HashMode,
     /// `fragments`: `"drop"` (default) or `"forward"`; see [`FragmentPolicy`].
     pub fragments: FragmentPolicy,
+    /// `flow_table`: default true: established flows stay on their backend
+    /// while it is usable, whatever happens to the ring. `false`: stateless
+    /// (every packet follows the ring).
+    pub flow_table: bool,
     /// The `[[vip.backend]]` tables: at least one, distinct addresses, and at
     /// least one with weight > 0.
     pub backends: Vec<BackendConfig>,
@@ -463,6 +486,8 @@ struct RawLb {
     max_vips: Option<i64>,
     max_backends: Option<i64>,
     bpffs_dir: Option<String>,
+    run_dir: Option<String>,
+    flow_table_size: Option<i64>,
     icmp_echo: Option<String>,
     too_big: Option<String>,
     unknown_port: Option<String>,
@@ -477,6 +502,7 @@ struct RawVip {
     protocol: Option<String>,
     hash: Option<String>,
     fragments: Option<String>,
+    flow_table: Option<bool>,
     health: Option<RawHealth>,
     #[serde(default, rename = "backend")]
     backends: Vec<RawBackend>,
@@ -633,6 +659,30 @@ impl Validator {
             }
         };
 
+        let run_dir = match raw.run_dir {
+            None => Some(PathBuf::from(DEFAULT_RUN_DIR)),
+            Some(d) if Path::new(&d).is_absolute() => Some(PathBuf::from(d)),
+            Some(d) => {
+                self.add("lb.run_dir", format!("{d:?} is not an absolute path"));
+                None
+            }
+        };
+        let flow_table_size = self.int(
+            "lb.flow_table_size",
+            raw.flow_table_size,
+            DEFAULT_FLOW_TABLE_SIZE,
+            lb_common::flows::MIN_FLOW_TABLE_SIZE,
+            lb_common::flows::MAX_FLOW_TABLE_SIZE,
+        );
+        if let (Some(v), Some(b)) = (max_vips, max_backends) {
+            if u64::from(v) * u64::from(b) > MAX_MEMBER_ENTRIES {
+                self.add(
+                    "lb.max_backends",
+                    format!("max_vips {v} × max_backends {b} exceeds {MAX_MEMBER_ENTRIES} member entries; lower one of them"),
+                );
+            }
+        }
+
         let packets = self.packet_policy(raw.icmp_echo.as_deref(), raw.too_big.as_deref(), raw.unknown_port.as_deref());
 
         Some(LbSection {
@@ -645,6 +695,8 @@ impl Validator {
             max_vips: max_vips?,
             max_backends: max_backends?,
             bpffs_dir: bpffs_dir?,
+            run_dir: run_dir?,
+            flow_table_size: flow_table_size?,
             packets: packets?,
         })
     }
@@ -905,7 +957,7 @@ impl Validator {
         let mut health_problems = Vec::new();
         let all_down = health::all_down_policy(v.health.as_ref(), label, &mut health_problems);
         self.problems.extend(health_problems);
-        Some(VipConfig { name: name?, address: address?, port: port?, protocol: protocol?, hash: hash?, fragments: fragments?, backends, all_down: all_down? })
+        Some(VipConfig { name: name?, address: address?, port: port?, protocol: protocol?, hash: hash?, fragments: fragments?, flow_table: v.flow_table.unwrap_or(true), backends, all_down: all_down? })
     }
 
     /// A backend's effective health check; a problem of the VIP's own table
@@ -1293,6 +1345,16 @@ port = 80
         let c = parse(&with_lb("tunnel_source_v4 = \"198.51.100.2\"\ntunnel_source_v6 = \"2001:db8::2\""), "x").unwrap();
         assert_eq!(c.lb.tunnel_source_v4, Some("198.51.100.2".parse().unwrap()));
         assert_eq!(c.lb.tunnel_source_v6, Some("2001:db8::2".parse().unwrap()));
+    }
+
+    #[test]
+    fn run_dir_and_flow_table() {
+        let c = parse(&with_lb(""), "t.toml").unwrap();
+        assert_eq!((c.lb.run_dir.clone(), c.lb.flow_table_size), (PathBuf::from(DEFAULT_RUN_DIR), DEFAULT_FLOW_TABLE_SIZE));
+        assert!(c.vips.iter().all(|v| v.flow_table), "VIPs use the flow table by default");
+        assert_problem(&with_lb("run_dir = \"run/lb\""), "lb.run_dir", &["\"run/lb\"", "absolute"]);
+        assert_problem(&with_lb("flow_table_size = 10"), "lb.flow_table_size", &["10", "out of range"]);
+        assert_problem(&with_lb("max_vips = 4096\nmax_backends = 65536"), "lb.max_backends", &["member entries"]);
     }
 
     #[test]

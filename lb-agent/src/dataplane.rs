@@ -35,6 +35,8 @@ pub struct LoadOptions {
     pub hash_seed: u32,
     pub max_vips: u32,
     pub max_backends: u32,
+    /// Entries of the flow table (`FLOWS`).
+    pub flow_table_size: u32,
     pub tunnel_source_v4: Option<Ipv4Addr>,
     pub tunnel_source_v6: Option<Ipv6Addr>,
     /// MTU and packet policies (`MTU` and `POLICY` globals).
@@ -63,6 +65,7 @@ impl Default for LoadOptions {
             hash_seed: 0,
             max_vips: limits::DEFAULT_MAX_VIPS,
             max_backends: limits::DEFAULT_MAX_BACKENDS,
+            flow_table_size: lb_common::flows::DEFAULT_FLOW_TABLE_SIZE,
             tunnel_source_v4: None,
             tunnel_source_v6: None,
             packets: PacketOptions::default(),
@@ -73,26 +76,24 @@ impl Default for LoadOptions {
 /// Loads the object with the balancer's maps sized and its globals set.
 /// The programs are not loaded into the kernel yet (see [`load_program`]).
 pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
-    load_balancer_object_with_health(opts, opts.max_backends)
-}
-
-/// [`load_balancer_object`] with room for `health_pairs` (VIP, backend)
-/// entries in `HEALTH` (the agent gives its config's count).
-pub fn load_balancer_object_with_health(opts: &LoadOptions, health_pairs: u32) -> Result<Ebpf> {
     let v4 = opts.tunnel_source_v4.map(v4_words).unwrap_or([0; 4]);
     let v6 = opts.tunnel_source_v6.map(v6_words).unwrap_or([0; 4]);
     let ring_entries = opts
         .ring_size
         .checked_mul(opts.max_vips)
         .context("ring_size * max_vips does not fit in 32 bits")?;
+    let member_entries = member_entries(opts)?;
     EbpfLoader::new()
         .map_max_entries(maps::VIPS, opts.max_vips * 2)
         .map_max_entries(maps::RINGS, ring_entries)
         .map_max_entries(maps::BACKENDS, opts.max_backends)
         .map_max_entries(maps::VIP_STATS, opts.max_vips)
         .map_max_entries(maps::BACKEND_STATS, opts.max_backends)
-        .map_max_entries(maps::HEALTH, health_pairs.max(1))
+        .map_max_entries(maps::HEALTH, member_entries)
+        .map_max_entries(maps::MEMBERS, member_entries)
+        .map_max_entries(maps::FLOWS, opts.flow_table_size)
         .override_global(globals::RING_SIZE, &opts.ring_size, true)
+        .override_global(globals::MAX_BACKENDS, &opts.max_backends, true)
         .override_global(globals::HASH_SEED, &opts.hash_seed, true)
         .override_global(globals::TUNNEL_SOURCE_V4, &v4, true)
         .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
@@ -101,6 +102,56 @@ pub fn load_balancer_object_with_health(opts: &LoadOptions, health_pairs: u32) -
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
 }
+
+/// Entries of `MEMBERS` (and the most `HEALTH` can hold): one per (row, id).
+fn member_entries(opts: &LoadOptions) -> Result<u32> {
+    opts.max_vips.checked_mul(opts.max_backends).context("max_vips * max_backends does not fit in 32 bits")
+}
+
+/// What [`LoadOptions`] become in the pinned `LOADED` map (and what a
+/// restarting agent compares its config with).
+pub fn loaded_state(opts: &LoadOptions, ifindex: u32) -> lb_common::flows::LoadedState {
+    lb_common::flows::LoadedState {
+        version: lb_common::flows::LOADED_STATE_VERSION,
+        ring_size: opts.ring_size,
+        hash_seed: opts.hash_seed,
+        max_vips: opts.max_vips,
+        max_backends: opts.max_backends,
+        flow_table_size: opts.flow_table_size,
+        mtu: opts.packets.mtu,
+        policy: opts.packets.policy,
+        ifindex,
+        tunnel_source_v4: opts.tunnel_source_v4.map(v4_words).unwrap_or([0; 4]),
+        tunnel_source_v6: opts.tunnel_source_v6.map(v6_words).unwrap_or([0; 4]),
+    }
+}
+
+/// Loads the object for the tc program of DSR-aware health checks
+/// (`tc_health_encap`): it reads the running balancer's `BACKENDS`, opened
+/// from its pin under `dir`, and the tunnel sources; every other map is
+/// shrunk to one entry.
+pub fn load_health_encap_object(opts: &LoadOptions, dir: &Path) -> Result<Ebpf> {
+    let v4 = opts.tunnel_source_v4.map(v4_words).unwrap_or([0; 4]);
+    let v6 = opts.tunnel_source_v6.map(v6_words).unwrap_or([0; 4]);
+    EbpfLoader::new()
+        .map_pin_path(maps::BACKENDS, dir.join(maps::BACKENDS))
+        .map_max_entries(maps::BACKENDS, opts.max_backends)
+        .map_max_entries(maps::VIPS, 1)
+        .map_max_entries(maps::RINGS, 1)
+        .map_max_entries(maps::VIP_STATS, 1)
+        .map_max_entries(maps::BACKEND_STATS, 1)
+        .map_max_entries(maps::HEALTH, 1)
+        .map_max_entries(maps::MEMBERS, 1)
+        .map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE)
+        .override_global(globals::TUNNEL_SOURCE_V4, &v4, true)
+        .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
+        .load(BPF_OBJECT)
+        .context("loading the BPF object for DSR-aware health checks")
+}
+
+/// The flow table of an object that never balances: the kernel rounds a
+/// per-CPU LRU up to one entry per CPU anyway.
+const MINIMAL_FLOW_TABLE: u32 = 1;
 
 /// Loads the object for a host that does not balance (a backend running
 /// `xdp_decap`, or a test port running `xdp_pass`): the balancer's big maps
@@ -113,6 +164,8 @@ pub fn load_minimal_object() -> Result<Ebpf> {
         .map_max_entries(maps::VIP_STATS, 1)
         .map_max_entries(maps::BACKEND_STATS, 1)
         .map_max_entries(maps::HEALTH, 1)
+        .map_max_entries(maps::MEMBERS, 1)
+        .map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
 }
@@ -175,7 +228,7 @@ pub struct ResolvedBackend {
     pub next_hop_mac: MacAddr,
 }
 
-fn backend_entry(b: &ResolvedBackend) -> BackendEntry {
+pub fn backend_entry(b: &ResolvedBackend) -> BackendEntry {
     let (addr, family) = lb_common::addr_words(b.address);
     BackendEntry { addr, next_hop_mac: b.next_hop_mac.0, family, _pad: 0 }
 }
@@ -197,6 +250,16 @@ pub fn write_plan(ebpf: &mut Ebpf, plan: &Plan, resolved: &HashMap<u32, Resolved
             // A fresh array is all NO_BACKEND, so only the other slots need writing.
             for (slot, &id) in vip.ring.iter().enumerate().filter(|(_, id)| **id != NO_BACKEND) {
                 rings.set(base + slot as u32, id).with_context(|| format!("writing ring of VIP {}", vip.name))?;
+            }
+        }
+    }
+    {
+        let max_backends = Array::<_, BackendEntry>::try_from(map_mut(ebpf, maps::BACKENDS)?)?.len();
+        let mut members: Array<_, u32> = Array::try_from(map_mut(ebpf, maps::MEMBERS)?)?;
+        for vip in &plan.vips {
+            for &(id, _) in &vip.members {
+                let index = lb_common::flows::member_index(vip.row, id, max_backends);
+                members.set(index, lb_common::flows::MEMBER_USABLE, 0).with_context(|| format!("writing members of VIP {}", vip.name))?;
             }
         }
     }
@@ -245,7 +308,7 @@ pub fn unpin_maps(dir: &Path) {
 
 /// Mounts bpffs at /sys/fs/bpf when a pin directory lives there and nothing is
 /// mounted yet (fresh hosts and containers often lack it).
-fn ensure_bpffs(dir: &Path) -> Result<()> {
+pub(crate) fn ensure_bpffs(dir: &Path) -> Result<()> {
     let default_root = Path::new("/sys/fs/bpf");
     if !dir.starts_with(default_root) || is_bpffs(default_root) {
         return Ok(());
@@ -280,6 +343,8 @@ pub struct Counters {
     pub reasons: Vec<Counter>,
     /// Indexed by [`DecapReason`].
     pub decap: Vec<Counter>,
+    /// Indexed by [`lb_common::flows::FlowEvent`].
+    pub flows: Vec<Counter>,
 }
 
 impl Counters {
@@ -288,6 +353,9 @@ impl Counters {
     }
     pub fn decap_reason(&self, r: DecapReason) -> Counter {
         self.decap.get(r as usize).copied().unwrap_or_default()
+    }
+    pub fn flow_event(&self, e: lb_common::flows::FlowEvent) -> Counter {
+        self.flows.get(e as usize).copied().unwrap_or_default()
     }
 }
 
@@ -302,6 +370,7 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
         backends: read(maps::BACKEND_STATS)?,
         reasons: read(maps::REASON_STATS)?,
         decap: read(maps::DECAP_STATS)?,
+        flows: read(maps::FLOW_STATS)?,
     })
 }
 
@@ -319,6 +388,7 @@ pub fn read_pinned_counters(dir: &Path) -> Result<Counters> {
         backends: read(maps::BACKEND_STATS)?,
         reasons: read(maps::REASON_STATS)?,
         decap: read(maps::DECAP_STATS)?,
+        flows: read(maps::FLOW_STATS)?,
     })
 }
 

@@ -3,6 +3,9 @@
 
 pub mod config;
 pub mod health;
+pub mod ids;
+pub mod instance;
+pub mod live;
 pub mod maglev;
 pub mod plan;
 pub mod rings;
@@ -10,4 +13,7 @@ pub mod summary;
 pub mod dataplane;
 pub mod nexthop;
 pub mod packet_policy;
+pub mod pins;
+pub mod reconcile;
+pub mod runtime;
 pub mod stats;

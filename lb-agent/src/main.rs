@@ -1,16 +1,15 @@
 //! lb-agent: loads the XDP balancer, fills its maps from the config, and
 //! reports its counters. See `lb-agent --help`.
 
-use std::{collections::HashMap, io::Write as _, net::IpAddr, path::PathBuf};
+use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_agent::{
-    config::{self, Config, MacAddr, Protocol, XdpMode},
-    dataplane::{self, LoadOptions, ResolvedBackend},
-    health, nexthop, plan, stats, summary,
+    config::{Config, Protocol, XdpMode},
+    dataplane, health, instance, plan, runtime, stats, summary,
 };
-use lb_common::{programs, DecapReason, Reason};
+use lb_common::{programs, DecapReason};
 
 #[derive(Parser)]
 #[command(version, about = "Maglev XDP layer-4 load balancer agent")]
@@ -21,8 +20,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach the balancer to the configured interface and forward until SIGINT/SIGTERM.
+    /// Attach the balancer (or adopt the one a previous agent left pinned) and
+    /// manage it until SIGINT/SIGTERM; the balancer keeps forwarding after exit.
+    /// SIGHUP re-reads the config.
     Run {
+        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
+        config: PathBuf,
+        /// Replace a pinned balancer loaded with other ring/map sizes, seed,
+        /// tunnel sources or packet policies (its flow table is lost).
+        #[arg(long)]
+        full_restart: bool,
+        /// Detach and remove the pins on exit instead of leaving the balancer running.
+        #[arg(long)]
+        unload_on_exit: bool,
+    },
+    /// Make the running agent re-read its config and apply the difference in
+    /// place; exits non-zero with the errors if the config is refused.
+    Reload {
+        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
+        config: PathBuf,
+    },
+    /// Detach the balancer and remove its pins (no agent may be running for the interface).
+    Detach {
         #[arg(long, short, default_value = "/etc/lb/lb.toml")]
         config: PathBuf,
     },
@@ -117,7 +136,12 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Command::Stats { config, json } => {
             let config = load_config(&config)?;
-            let plan = plan::plan(&config);
+            // The ids and rows the kernel uses (reloads keep ids, so they may
+            // differ from a fresh plan's).
+            let kept = lb_agent::live::LiveMaps::open(&config.lb.bpffs_dir)
+                .and_then(|live| live.kept())
+                .context("reading the running balancer's maps (is `lb-agent run` running with this config's bpffs_dir?)")?;
+            let plan = plan::plan_keeping(&config, &kept).map_err(anyhow::Error::msg)?;
             let counters = dataplane::read_pinned_counters(&config.lb.bpffs_dir)?;
             let health = health::report::read_pinned(&config.lb.bpffs_dir)?;
             if json {
@@ -130,14 +154,37 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { config } => runtime()?.block_on(run(load_config(&config)?)),
+        Command::Run { config, full_restart, unload_on_exit } => {
+            let options = runtime::RunOptions { config_path: config, full_restart, unload_on_exit };
+            runtime()?.block_on(runtime::run(options))
+        }
+        Command::Reload { config } => {
+            // Validated here first: the errors then come with this file's name.
+            let config = load_config(&config)?;
+            let answer = instance::request(&config.lb.run_dir, &config.lb.interface, instance::RELOAD_REQUEST)?;
+            let answer = answer.trim();
+            if !answer.starts_with(instance::OK_PREFIX) {
+                bail!("the running agent refused the reload (it keeps the old config):\n{answer}");
+            }
+            println!("{answer}");
+            Ok(())
+        }
+        Command::Detach { config } => {
+            let config = load_config(&config)?;
+            if runtime::detach(&config)? {
+                println!("detached from {} and removed the pins in {}", config.lb.interface, config.lb.bpffs_dir.display());
+            } else {
+                println!("nothing attached; removed any pins left in {}", config.lb.bpffs_dir.display());
+            }
+            Ok(())
+        }
         Command::Decap { iface, xdp_mode } => runtime()?.block_on(decap(iface, xdp_mode.into())),
     }
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config> {
     // ConfigError prints one line per problem, each naming file, field and value.
-    config::load(path).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))
+    runtime::load_config(path)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -146,165 +193,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")
-}
-
-async fn run(config: Config) -> Result<()> {
-    let plan = plan::plan(&config);
-    let handle = nexthop::connect()?;
-    let iface = nexthop::interface(&handle, &config.lb.interface)
-        .await
-        .with_context(|| format!("lb.interface = {:?}", config.lb.interface))?;
-
-    let opts = LoadOptions {
-        ring_size: config.lb.ring_size,
-        hash_seed: config.lb.hash_seed,
-        max_vips: config.lb.max_vips,
-        max_backends: config.lb.max_backends,
-        tunnel_source_v4: config.lb.tunnel_source_v4.or_else(|| iface.ipv4.first().copied()),
-        tunnel_source_v6: config.lb.tunnel_source_v6.or_else(|| iface.ipv6.first().copied()),
-        packets: dataplane::PacketOptions {
-            mtu: lb_agent::packet_policy::interface_mtu(&iface.name)?,
-            policy: config.lb.packets.bits(),
-        },
-    };
-    let resolved = resolve_backends(&handle, &iface, &config, &plan, &opts).await?;
-
-    let health_pairs: usize = config.vips.iter().map(|v| v.backends.len()).sum();
-    let mut ebpf = dataplane::load_balancer_object_with_health(&opts, u32::try_from(health_pairs)?)?;
-    dataplane::load_program(&mut ebpf, programs::BALANCER)?;
-    dataplane::write_plan(&mut ebpf, &plan, &resolved)?;
-    dataplane::pin_maps(&ebpf, &config.lb.bpffs_dir)?;
-    // Before attaching: backends configured to start down are out of the rings.
-    let supervisor = match start_health(&mut ebpf, &config, &plan) {
-        Ok(s) => s,
-        Err(e) => {
-            dataplane::unpin_maps(&config.lb.bpffs_dir);
-            return Err(e);
-        }
-    };
-    let program = ebpf_program(&mut ebpf, programs::BALANCER)?;
-    let (link, mode) = match dataplane::attach(program, &iface.name, config.lb.xdp_mode) {
-        Ok(attached) => attached,
-        Err(e) => {
-            dataplane::unpin_maps(&config.lb.bpffs_dir);
-            return Err(e);
-        }
-    };
-    log::info!(
-        "balancing {} VIP(s) over {} backend(s) on {} ({mode} XDP, ring size {}, maps pinned in {})",
-        plan.vips.len(),
-        plan.backends.len(),
-        iface.name,
-        plan.ring_size,
-        config.lb.bpffs_dir.display()
-    );
-    let dsr_pairs = dsr_check_pairs(&config, &plan);
-    let dsr_routing = match health::dsr::install(&handle, &iface, &dsr_pairs, &mut ebpf).await {
-        Ok(routing) => routing,
-        Err(e) => {
-            ebpf_program(&mut ebpf, programs::BALANCER)?.detach(link)?;
-            dataplane::unpin_maps(&config.lb.bpffs_dir);
-            return Err(e);
-        }
-    };
-    let checkers = health::supervisor::spawn(&config, supervisor);
-    ready(&format!("attached {} to {} in {mode} mode", programs::BALANCER, iface.name));
-
-    let signal = wait_for_shutdown().await;
-    for task in checkers {
-        task.abort();
-    }
-    dsr_routing.remove(&mut ebpf).await;
-    log::info!("{signal}: detaching from {}", iface.name);
-    let counters = dataplane::read_counters(&ebpf)?;
-    log::info!(
-        "forwarded {} packets; no VIP {}; dropped without backend {}",
-        counters.reason(Reason::Forwarded).packets,
-        counters.reason(Reason::NoVip).packets,
-        counters.reason(Reason::NoBackend).packets
-    );
-    ebpf_program(&mut ebpf, programs::BALANCER)?.detach(link)?;
-    dataplane::unpin_maps(&config.lb.bpffs_dir);
-    Ok(())
-}
-
-/// The health supervisor over the live `RINGS` and `HEALTH` maps (taken out
-/// of the object: from now on only the supervisor writes them).
-fn start_health(
-    ebpf: &mut aya::Ebpf,
-    config: &Config,
-    plan: &plan::Plan,
-) -> Result<health::supervisor::Supervisor<health::supervisor::MapWriter>> {
-    let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing from the BPF object"));
-    let writer = health::supervisor::MapWriter {
-        rings: aya::maps::Array::try_from(take(lb_common::maps::RINGS)?)?,
-        health: aya::maps::HashMap::try_from(take(lb_common::maps::HEALTH)?)?,
-        ring_size: plan.ring_size,
-    };
-    health::supervisor::Supervisor::new(config, plan, writer)
-}
-
-/// The (backend, VIP) pairs whose checks are DSR-aware.
-fn dsr_check_pairs(config: &Config, plan: &plan::Plan) -> Vec<health::dsr::DsrPair> {
-    config
-        .vips
-        .iter()
-        .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
-        .filter(|(_, b)| b.check.dsr)
-        .filter_map(|(v, b)| {
-            let backend_id = plan.backend_id(b.address)?;
-            Some(health::dsr::DsrPair { backend_id, backend: b.address, vip: v.address })
-        })
-        .collect()
-}
-
-/// Next-hop MACs for every backend: the static `mac` if the config has one,
-/// else netlink (all backends resolved concurrently).
-async fn resolve_backends(
-    handle: &rtnetlink::Handle,
-    iface: &nexthop::Interface,
-    config: &Config,
-    plan: &plan::Plan,
-    opts: &LoadOptions,
-) -> Result<HashMap<u32, ResolvedBackend>> {
-    let static_macs: HashMap<IpAddr, MacAddr> = config
-        .vips
-        .iter()
-        .flat_map(|v| v.backends.iter())
-        .filter_map(|b| b.mac.map(|m| (b.address, m)))
-        .collect();
-    let mut tasks = Vec::new();
-    for b in &plan.backends {
-        match b.address {
-            IpAddr::V4(_) if opts.tunnel_source_v4.is_none() => bail!(
-                "backend {} is IPv4 but {} has no IPv4 address and lb.tunnel_source_v4 is not set",
-                b.address,
-                iface.name
-            ),
-            IpAddr::V6(_) if opts.tunnel_source_v6.is_none() => bail!(
-                "backend {} is IPv6 but {} has no global IPv6 address and lb.tunnel_source_v6 is not set",
-                b.address,
-                iface.name
-            ),
-            _ => {}
-        }
-        let (id, address, fixed) = (b.id, b.address, static_macs.get(&b.address).copied());
-        let (handle, iface) = (handle.clone(), iface.clone());
-        tasks.push(tokio::spawn(async move {
-            let mac = match fixed {
-                Some(mac) => mac,
-                None => nexthop::resolve(&handle, &iface, address).await?,
-            };
-            anyhow::Ok((id, ResolvedBackend { address, next_hop_mac: mac }))
-        }));
-    }
-    let mut out = HashMap::new();
-    for t in tasks {
-        let (id, r) = t.await.context("next-hop task")??;
-        log::info!("backend {} via next hop {}", r.address, r.next_hop_mac);
-        out.insert(id, r);
-    }
-    Ok(out)
 }
 
 async fn decap(iface: String, mode: XdpMode) -> Result<()> {
@@ -327,10 +215,8 @@ fn ebpf_program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut aya::
     Ok(ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
 }
 
-/// One line on stdout that supervisors and tests wait for.
 fn ready(what: &str) {
-    println!("ready: {what}");
-    let _ = std::io::stdout().flush();
+    runtime::ready(what);
 }
 
 async fn wait_for_shutdown() -> &'static str {

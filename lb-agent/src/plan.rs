@@ -3,12 +3,14 @@
 //! `lb-agent check`, `lb-agent lookup` and the tests see what the kernel sees.
 //!
 //! Everything here is a function of the config's *content*, never of the
-//! order of tables in the file: backend ids follow the sorted backend
-//! addresses, VIP rows the sorted (address, port, protocol), and Maglev hashes
-//! each backend by its address. Two LB hosts with equivalent configs write
-//! identical maps.
+//! order of tables in the file: on a fresh start backend ids follow the
+//! sorted backend addresses, VIP rows the sorted (address, port, protocol),
+//! and Maglev hashes each backend by its address. Two LB hosts with
+//! equivalent configs write identical maps. On a reload or a restart the ids
+//! and rows in use are kept ([`plan_keeping`], see [`crate::ids`]): the flow
+//! table stores ids.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use lb_common::hash::{flow_hash, source_hash};
@@ -16,6 +18,7 @@ use lb_common::{NO_BACKEND, VIP_FLAG_SOURCE_HASH, VipKey, VipMeta, addr_words};
 
 use crate::config::{Config, HashMode, MacAddr};
 use crate::health::select;
+use crate::ids::{self, Kept, VipIdentity};
 
 /// What the dataplane is to hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,16 +27,17 @@ pub struct Plan {
     pub ring_size: u32,
     /// Flow hash seed (`HASH_SEED` global).
     pub hash_seed: u32,
-    /// Every distinct backend address of the config, by id (ids 1, 2, ...).
+    /// Every distinct backend address of the config, in address order (ids
+    /// from 1; in address order too on a fresh start).
     pub backends: Vec<PlannedBackend>,
-    /// Every VIP, by row (rows 0, 1, ...).
+    /// Every VIP, by row (rows from 0).
     pub vips: Vec<PlannedVip>,
 }
 
 /// One `BACKENDS` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedBackend {
-    /// Index in `BACKENDS`, from 1 (0 is [`NO_BACKEND`]), in address order.
+    /// Index in `BACKENDS`, from 1 (0 is [`NO_BACKEND`]).
     pub id: u32,
     pub address: IpAddr,
     /// The config's static next-hop MAC. If VIPs disagree (they cannot in a
@@ -45,8 +49,8 @@ pub struct PlannedBackend {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedVip {
     pub name: String,
-    /// Row in `RINGS` and index in `VIP_STATS`, from 0, in (address, port,
-    /// protocol) order.
+    /// Row in `RINGS` and index in `VIP_STATS`, from 0 (in (address, port,
+    /// protocol) order on a fresh start).
     pub row: u32,
     pub key: VipKey,
     pub meta: VipMeta,
@@ -72,7 +76,7 @@ impl PlannedVip {
 impl Plan {
     /// The backend with this id.
     pub fn backend(&self, id: u32) -> Option<&PlannedBackend> {
-        id.checked_sub(1).and_then(|i| self.backends.get(i as usize))
+        self.backends.iter().find(|b| b.id == id)
     }
 
     /// The id of the backend with this address.
@@ -84,14 +88,40 @@ impl Plan {
     pub fn vip(&self, name: &str) -> Option<&PlannedVip> {
         self.vips.iter().find(|v| v.name == name)
     }
+
+    /// The ids and rows of this plan, for the next one to keep.
+    pub fn kept(&self) -> Kept {
+        Kept {
+            backend_ids: self.backends.iter().map(|b| (b.address, b.id)).collect(),
+            vip_rows: self.vips.iter().map(|v| (v.identity(), v.row)).collect(),
+        }
+    }
 }
 
-/// Builds the plan of a validated config.
+impl PlannedVip {
+    /// (address, port, protocol number): what identifies the VIP across reloads.
+    pub fn identity(&self) -> VipIdentity {
+        (self.address(), self.port(), self.key.proto)
+    }
+}
+
+/// Builds the plan of a validated config on a fresh start.
 pub fn plan(config: &Config) -> Plan {
+    plan_keeping(config, &Kept::default()).expect("a validated config fits its own max_vips and max_backends")
+}
+
+/// Builds the plan of a validated config keeping the ids and rows of `kept`
+/// (the running dataplane's). Fails only if the new ids or rows do not fit
+/// `max_backends` / `max_vips`.
+pub fn plan_keeping(config: &Config, kept: &Kept) -> Result<Plan, String> {
     let ring_size = config.lb.ring_size;
 
+    let identities: BTreeSet<VipIdentity> = config.vips.iter().map(|v| (v.address, v.port, v.protocol.number())).collect();
+    let rows = ids::allocate(&identities, &kept.vip_rows, 0..config.lb.max_vips)
+        .ok_or_else(|| format!("{} VIPs do not fit lb.max_vips = {}", identities.len(), config.lb.max_vips))?;
+    let row_of = |v: &crate::config::VipConfig| rows[&(v.address, v.port, v.protocol.number())];
     let mut vips: Vec<_> = config.vips.iter().collect();
-    vips.sort_by_key(|v| (v.address, v.port, v.protocol));
+    vips.sort_by_key(|v| row_of(v));
 
     // Ids in address order; MACs from the first VIP (in row order) naming one.
     let mut macs: BTreeMap<IpAddr, Option<MacAddr>> = BTreeMap::new();
@@ -103,14 +133,18 @@ pub fn plan(config: &Config) -> Plan {
             }
         }
     }
+    let addresses: BTreeSet<IpAddr> = macs.keys().copied().collect();
+    let backend_ids = ids::allocate(&addresses, &kept.backend_ids, 1..config.lb.max_backends).ok_or_else(|| {
+        format!("{} backends do not fit lb.max_backends = {} (id 0 is reserved)", addresses.len(), config.lb.max_backends)
+    })?;
     let backends: Vec<PlannedBackend> =
-        macs.into_iter().enumerate().map(|(i, (address, mac))| PlannedBackend { id: i as u32 + 1, address, mac }).collect();
+        macs.into_iter().map(|(address, mac)| PlannedBackend { id: backend_ids[&address], address, mac }).collect();
     let id_of = |a: IpAddr| backends[backends.binary_search_by(|b| b.address.cmp(&a)).expect("every backend has an id")].id;
 
     let planned = vips
         .iter()
-        .enumerate()
-        .map(|(row, v)| {
+        .map(|v| {
+            let row = row_of(v);
             let mut members: Vec<(u32, u32)> = v.backends.iter().map(|b| (id_of(b.address), b.weight)).collect();
             members.sort_unstable();
             // Every backend up: the primaries' ring (backups serve only without them).
@@ -118,19 +152,20 @@ pub fn plan(config: &Config) -> Plan {
             let flags = match v.hash {
                 HashMode::Flow => 0,
                 HashMode::Source => VIP_FLAG_SOURCE_HASH,
-            } | crate::packet_policy::fragment_flags(v.fragments);
+            } | crate::packet_policy::fragment_flags(v.fragments)
+                | if v.flow_table { 0 } else { lb_common::flows::VIP_FLAG_STATELESS };
             PlannedVip {
                 name: v.name.clone(),
-                row: row as u32,
+                row,
                 key: VipKey::new(v.address, v.port, v.protocol.number()),
-                meta: VipMeta { row: row as u32, flags },
+                meta: VipMeta { row, flags },
                 ring,
                 members,
             }
         })
         .collect();
 
-    Plan { ring_size, hash_seed: config.lb.hash_seed, backends, vips: planned }
+    Ok(Plan { ring_size, hash_seed: config.lb.hash_seed, backends, vips: planned })
 }
 
 /// The VIP the kernel matches for a packet to (`addr`, `port`, `proto`): the
@@ -290,6 +325,39 @@ port = 80
         assert_eq!(p.vip("web").unwrap().meta.flags, 0);
         assert_eq!(p.vip("any6").unwrap().port(), 0);
         assert_eq!(p.backend_id("2001:db8::13".parse().unwrap()), Some(4));
+    }
+
+    #[test]
+    fn reloads_keep_ids_and_rows() {
+        let before = plan(&parse(A, "a.toml").unwrap());
+        // 198.51.100.11 leaves, 198.51.100.10 (sorting first) arrives, VIP dns leaves, a VIP arrives.
+        let text = A.replace("198.51.100.11", "198.51.100.10").replace("name = \"dns\"", "name = \"dns2\"").replace("port = 53", "port = 54");
+        let after = plan_keeping(&parse(&text, "a.toml").unwrap(), &before.kept()).unwrap();
+        for address in ["198.51.100.12", "198.51.100.14", "2001:db8::13"] {
+            let a: IpAddr = address.parse().unwrap();
+            assert_eq!(after.backend_id(a), before.backend_id(a), "{address} keeps its id");
+        }
+        assert_eq!(after.backend_id("198.51.100.10".parse().unwrap()), Some(5), "a new backend takes an id never used");
+        for name in ["web", "any6"] {
+            assert_eq!(after.vip(name).unwrap().row, before.vip(name).unwrap().row, "{name} keeps its row");
+        }
+        assert_eq!(after.vip("dns2").unwrap().row, 3, "a new VIP takes a row never used");
+        // The rings, as addresses, are what a fresh start would build.
+        let fresh = plan(&parse(&text, "a.toml").unwrap());
+        let by_name = |p: &Plan| {
+            let mut v = rings_as_addresses(p).into_iter().map(|(n, _, r)| (n, r)).collect::<Vec<_>>();
+            v.sort();
+            v
+        };
+        assert_eq!(by_name(&after), by_name(&fresh));
+    }
+
+    #[test]
+    fn stateless_vips_are_flagged() {
+        let text = A.replace("hash = \"source\"", "hash = \"source\"\nflow_table = false");
+        let p = plan(&parse(&text, "a.toml").unwrap());
+        assert_eq!(p.vip("dns").unwrap().meta.flags, VIP_FLAG_SOURCE_HASH | lb_common::flows::VIP_FLAG_STATELESS);
+        assert_eq!(p.vip("web").unwrap().meta.flags, 0);
     }
 
     #[test]

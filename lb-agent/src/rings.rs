@@ -37,6 +37,12 @@ impl MappedRings {
         let Some(Map::Array(data)) = ebpf.map(maps::RINGS) else {
             bail!("map {} missing from the BPF object or not an array", maps::RINGS);
         };
+        Self::from_map(data)
+    }
+
+    /// Maps a `RINGS` map opened any other way (e.g. from its pin). The
+    /// mapping keeps the map alive on its own.
+    pub fn from_map(data: &aya::maps::MapData) -> Result<Self> {
         let info = data.info().context("reading RINGS map info")?;
         let len = info.max_entries() as usize;
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;

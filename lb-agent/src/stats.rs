@@ -2,7 +2,7 @@
 
 use std::{fmt::Write as _, net::SocketAddr};
 
-use lb_common::{Counter, Reason};
+use lb_common::{flows::FlowEvent, Counter, Reason};
 use serde_json::{json, Value};
 
 use crate::{dataplane::Counters, plan::Plan};
@@ -10,6 +10,7 @@ use crate::{dataplane::Counters, plan::Plan};
 /// JSON: `{"vips":[{name, address, port, protocol, packets, bytes, backends:[{address, weight}]}],
 /// "backends":[{address, packets, bytes}], "reasons":{label:{packets, bytes}}}`.
 /// Backend counters are per backend address, summed over the VIPs that share it.
+/// Also `"flows":{hit, miss, rehash}`: what the flow table did.
 pub fn to_json(plan: &Plan, counters: &Counters) -> Value {
     let vips: Vec<Value> = plan
         .vips
@@ -47,7 +48,14 @@ pub fn to_json(plan: &Plan, counters: &Counters) -> Value {
             (r.label().to_string(), json!({"packets": c.packets, "bytes": c.bytes}))
         })
         .collect();
-    json!({"vips": vips, "backends": backends, "reasons": reasons})
+    let flows: serde_json::Map<String, Value> = FlowEvent::ALL
+        .iter()
+        .map(|e| {
+            let c = counters.flow_event(*e);
+            (e.label().to_string(), json!({"packets": c.packets, "bytes": c.bytes}))
+        })
+        .collect();
+    json!({"vips": vips, "backends": backends, "reasons": reasons, "flows": flows})
 }
 
 /// A human table: VIPs with their members, then backends (counted over all
@@ -81,6 +89,11 @@ pub fn to_text(plan: &Plan, counters: &Counters) -> String {
     for r in Reason::ALL {
         let Counter { packets, bytes } = counters.reason(*r);
         let _ = writeln!(out, "{:<24} {:>12} {:>14}  {}", r.label(), packets, bytes, r.action().label());
+    }
+    let _ = writeln!(out, "\n{:<24} {:>12} {:>14}", "flow table", "packets", "bytes");
+    for e in FlowEvent::ALL {
+        let Counter { packets, bytes } = counters.flow_event(*e);
+        let _ = writeln!(out, "{:<24} {:>12} {:>14}", e.label(), packets, bytes);
     }
     out
 }

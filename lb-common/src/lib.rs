@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod checksum;
+pub mod flows;
 pub mod hash;
 pub mod health;
 pub mod layout;
@@ -39,8 +40,22 @@ pub mod maps {
     /// written by the agent, read by `lb-agent stats`; no program uses it.
     pub const HEALTH: &str = "HEALTH";
 
+    /// `LruHashMap<FlowKey, FlowEntry>` (`BPF_F_NO_COMMON_LRU`): the backend of each flow.
+    pub const FLOWS: &str = "FLOWS";
+    /// `Array<u32>` indexed by `flows::member_index(row, id)`: `MEMBER_USABLE` while a
+    /// recorded flow of that VIP may stay on that backend.
+    pub const MEMBERS: &str = "MEMBERS";
+    /// `PerCpuArray<Counter>` indexed by [`crate::flows::FlowEvent`].
+    pub const FLOW_STATS: &str = "FLOW_STATS";
+    /// `Array<LoadedState>` with one entry: what the object was loaded with (see
+    /// [`crate::flows::LoadedState`]); no program reads it.
+    pub const LOADED: &str = "LOADED";
+
     /// Every map of the object, for pinning and for the loader test.
-    pub const ALL: [&str; 8] = [VIPS, RINGS, BACKENDS, VIP_STATS, BACKEND_STATS, REASON_STATS, DECAP_STATS, HEALTH];
+    pub const ALL: [&str; 12] = [
+        VIPS, RINGS, BACKENDS, VIP_STATS, BACKEND_STATS, REASON_STATS, DECAP_STATS, HEALTH, FLOWS, MEMBERS, FLOW_STATS,
+        LOADED,
+    ];
 }
 
 /// Names of the XDP programs in the object.
@@ -73,6 +88,8 @@ pub mod globals {
     pub const MTU: &str = "MTU";
     /// `u32`: packet policies, `packet_policy::POLICY_*` bits.
     pub const POLICY: &str = "POLICY";
+    /// `u32`: backend ids per VIP row in `MEMBERS` (the config's `max_backends`).
+    pub const MAX_BACKENDS: &str = "MAX_BACKENDS";
 }
 
 /// Sizes and limits shared by both sides.

@@ -10,7 +10,7 @@ use lb_common::{
 
 use crate::{
     counters::{count_backend, count_vip},
-    encap, fragment, icmp,
+    encap, flows, fragment, icmp,
     maps::{hash_seed, mtu, policy, ring_size, BACKENDS, RINGS, VIPS},
     parse::{is_tcp_udp, parse_ip, parse_ports, Flow, Ip},
     reply,
@@ -56,7 +56,8 @@ fn balance_flow(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
         return Err(Reason::TtlZero);
     }
     let hash = flow_hash(&flow, &vip);
-    forward(ctx, &flow, &vip, hash, TooBig::Answer)?;
+    let (backend_id, backend) = flows::choose(ctx, ip, &flow, &vip, hash, ctx.data_end() - ctx.data())?;
+    forward_to(ctx, &flow, &vip, hash, TooBig::Answer, backend_id, backend)?;
     Ok(Reason::Forwarded)
 }
 
@@ -73,6 +74,20 @@ pub enum TooBig {
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, flow: &Flow, vip: &VipMeta, hash: u32, too_big: TooBig) -> Result<(), Reason> {
     let (backend_id, backend) = pick_backend(vip, hash)?;
+    forward_to(ctx, flow, vip, hash, too_big, backend_id, backend)
+}
+
+/// Checks the MTU and encapsulates toward a backend already chosen.
+#[inline(always)]
+pub fn forward_to(
+    ctx: &XdpContext,
+    flow: &Flow,
+    vip: &VipMeta,
+    hash: u32,
+    too_big: TooBig,
+    backend_id: u32,
+    backend: BackendEntry,
+) -> Result<(), Reason> {
     let overhead = encap::overhead(&backend);
     let limit = mtu() as usize;
     if limit != 0 && flow.ip_len + overhead > limit {
@@ -127,7 +142,7 @@ pub fn flow_hash(flow: &Flow, vip: &VipMeta) -> u32 {
 
 /// `ring[hash % M]` in the VIP's row of `RINGS`.
 #[inline(always)]
-fn pick_backend(vip: &VipMeta, hash: u32) -> Result<(u32, BackendEntry), Reason> {
+pub fn pick_backend(vip: &VipMeta, hash: u32) -> Result<(u32, BackendEntry), Reason> {
     let size = ring_size();
     // checked: a zero size (never loaded by the agent) must not be a division trap.
     let slot = vip.row.wrapping_mul(size) + hash.checked_rem(size).ok_or(Reason::MapError)?;
@@ -135,9 +150,13 @@ fn pick_backend(vip: &VipMeta, hash: u32) -> Result<(u32, BackendEntry), Reason>
     if id == NO_BACKEND {
         return Err(Reason::NoBackend);
     }
-    let backend = *BACKENDS.get(id).ok_or(Reason::UnknownBackend)?;
-    if backend.family == 0 {
-        return Err(Reason::UnknownBackend);
-    }
+    let backend = backend_entry(id).ok_or(Reason::UnknownBackend)?;
     Ok((id, backend))
+}
+
+/// The entry of backend `id`, if it is in use (family set).
+#[inline(always)]
+pub fn backend_entry(id: u32) -> Option<BackendEntry> {
+    let backend = *BACKENDS.get(id)?;
+    (backend.family != 0).then_some(backend)
 }

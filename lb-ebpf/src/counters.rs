@@ -35,3 +35,8 @@ pub fn count_vip(row: u32, bytes: usize) {
 pub fn count_backend(id: u32, bytes: usize) {
     bump(&BACKEND_STATS, id, bytes);
 }
+
+#[inline(always)]
+pub fn count_flow(event: lb_common::flows::FlowEvent, bytes: usize) {
+    bump(&crate::maps::FLOW_STATS, event as u32, bytes);
+}

@@ -2,7 +2,7 @@
 //!
 //! Layout by concern: `packet` (bounds-checked access), `parse` (Ethernet,
 //! VLAN, IPv4/IPv6, TCP/UDP), `maps` (every map and load-time global),
-//! `balancer` (VIP lookup and Maglev ring), `encap` (IPIP / IP6IP6),
+//! `balancer` (VIP lookup and Maglev ring), `flows` (the flow table), `encap` (IPIP / IP6IP6),
 //! `fragment` and `icmp` (their policies), `reply` (ICMP answers to the
 //! client), `checksum`, `decap`, `counters`.
 #![no_std]
@@ -13,6 +13,7 @@ mod checksum;
 mod counters;
 mod decap;
 mod encap;
+mod flows;
 mod fragment;
 mod icmp;
 mod floors;

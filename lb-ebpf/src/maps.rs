@@ -4,10 +4,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     limits::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE},
+    flows::{FlowEntry, FlowEvent, FlowKey, LoadedState, DEFAULT_FLOW_TABLE_SIZE},
     health::{HealthEntry, HealthKey},
     AddrWords, BackendEntry, Counter, DecapReason, Reason, VipKey, VipMeta,
 };
@@ -35,9 +36,27 @@ pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Re
 #[map]
 pub static DECAP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DecapReason::COUNT, 0);
 
-/// Written by the agent only (see `lb_common::maps::HEALTH`); the agent sizes it.
+/// Written by the agent only (see `lb_common::maps::HEALTH`); the agent sizes
+/// it for every possible pair, allocated on use (so reloads never outgrow it).
 #[map]
-pub static HEALTH: HashMap<HealthKey, HealthEntry> = HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static HEALTH: HashMap<HealthKey, HealthEntry> =
+    HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// The flow table: shared entries, one LRU list per CPU (no cross-CPU lock on updates).
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, aya_ebpf::bindings::BPF_F_NO_COMMON_LRU);
+
+/// Whether a recorded flow of (VIP row, backend id) may stay (see `lb_common::flows`).
+#[map]
+pub static MEMBERS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_MAX_BACKENDS, 0);
+
+#[map]
+pub static FLOW_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(FlowEvent::COUNT, 0);
+
+/// Written by the agent only (see `lb_common::maps::LOADED`).
+#[map]
+pub static LOADED: Array<LoadedState> = Array::with_max_entries(1, 0);
 
 // Load-time globals (see `lb_common::globals`). `read_volatile` keeps the
 // compiler from folding the defaults; the verifier sees the loaded values as
@@ -54,6 +73,8 @@ static TUNNEL_SOURCE_V6: AddrWords = [0; 4];
 static MTU: u32 = 0;
 #[unsafe(no_mangle)]
 static POLICY: u32 = lb_common::packet_policy::DEFAULT_POLICY;
+#[unsafe(no_mangle)]
+static MAX_BACKENDS: u32 = DEFAULT_MAX_BACKENDS;
 
 #[inline(always)]
 pub fn ring_size() -> u32 {
@@ -86,4 +107,10 @@ pub fn mtu() -> u32 {
 pub fn policy(bit: u32) -> bool {
     let bits = unsafe { core::ptr::read_volatile(&POLICY) };
     bits & bit != 0
+}
+
+/// Backend ids per VIP row in `MEMBERS`.
+#[inline(always)]
+pub fn max_backends() -> u32 {
+    unsafe { core::ptr::read_volatile(&MAX_BACKENDS) }
 }

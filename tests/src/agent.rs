@@ -163,6 +163,14 @@ pub fn set_bpffs_dir(config: &mut toml::Table, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Sets `[lb] run_dir` (lock file and control socket of the agent).
+pub fn set_run_dir(config: &mut toml::Table, dir: &Path) -> Result<()> {
+    let lb = config.entry("lb").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let lb = lb.as_table_mut().context("`lb` is not a table")?;
+    lb.insert("run_dir".into(), toml::Value::String(dir.to_string_lossy().into_owned()));
+    Ok(())
+}
+
 /// The config of the end-to-end tests: TCP VIPs 192.0.2.10:80 and
 /// [2001:db8:f::10]:80 and UDP VIP 192.0.2.10:53, each on all `backends`
 /// (of the VIP's family), weight 1. `bpffs_dir` is set by the lab.
@@ -272,6 +280,9 @@ pub struct Stats {
     pub backends: Vec<BackendStats>,
     #[serde(default)]
     pub reasons: BTreeMap<String, Count>,
+    /// The flow table's `hit`, `miss` and `rehash` counts.
+    #[serde(default)]
+    pub flows: BTreeMap<String, Count>,
 }
 
 impl Stats {
@@ -295,6 +306,11 @@ impl Stats {
     /// Packets of the backend with `address`, 0 if it is not listed.
     pub fn backend_packets(&self, address: IpAddr) -> u64 {
         self.backends.iter().filter(|b| b.address.parse::<IpAddr>().ok() == Some(address)).map(|b| b.packets).sum()
+    }
+
+    /// Packets counted under a flow-table event (`hit`, `miss`, `rehash`), 0 if absent.
+    pub fn flow(&self, label: &str) -> u64 {
+        self.flows.get(label).map(|c| c.packets).unwrap_or(0)
     }
 
     pub fn vip_packets_total(&self) -> u64 {
@@ -363,6 +379,7 @@ mod tests {
             backends: vec![Default::default(); plan.backends.len() + 1],
             reasons: vec![Default::default(); lb_common::Reason::COUNT as usize],
             decap: Vec::new(),
+            flows: Vec::new(),
         };
         counters.vips[web.row as usize] = lb_common::Counter { packets: 200, bytes: 9000 };
         counters.backends[b12 as usize] = lb_common::Counter { packets: 80, bytes: 4000 };

@@ -201,3 +201,47 @@ mod tests {
         assert!(parse_http_response(b"SSH-2.0\r\n\r\n").is_err());
     }
 }
+
+/// One long-lived connection of `lb-testclient --hold-ms`, as printed on its
+/// stdout when the run ends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HoldRecord {
+    /// The client's own address and port.
+    pub src: String,
+    /// Every backend that answered, in order of first answer (one when the
+    /// connection stayed where it started).
+    pub backends: Vec<String>,
+    /// Messages sent and answered.
+    pub sent: u32,
+    pub answered: u32,
+    /// Slowest answer (ms): a lost packet shows as a retransmission delay.
+    pub max_ms: f64,
+    /// Why the connection broke, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl HoldRecord {
+    /// Kept: never broke, every message answered, by one backend.
+    pub fn kept(&self) -> bool {
+        self.error.is_none() && self.sent == self.answered && self.backends.len() == 1
+    }
+
+    pub fn backend(&self) -> Option<&str> {
+        self.backends.first().map(String::as_str)
+    }
+
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("a HoldRecord always serialises")
+    }
+}
+
+/// The connection records among `lb-testclient --hold-ms` stdout lines
+/// (its `ready:` line and blank lines are skipped).
+pub fn parse_hold_records(lines: &[String]) -> Result<Vec<HoldRecord>> {
+    lines
+        .iter()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not a connection record: {l:?}")))
+        .collect()
+}

@@ -45,8 +45,26 @@ impl LabBins {
     }
 }
 
+/// How a lab runs its programs.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// `lb-agent run --unload-on-exit` (default): stopping the agent detaches
+    /// the balancer, as most tests expect. Off: the balancer outlives the
+    /// agent, and the test detaches (see [`Lab::detach`]).
+    pub unload_on_exit: bool,
+    /// Extra `lb-testsrv` arguments on every backend (e.g. `--echo-port 7`).
+    pub server_extra: Vec<String>,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self { unload_on_exit: true, server_extra: Vec::new() }
+    }
+}
+
 pub struct Lab {
     pub bins: LabBins,
+    pub options: LabOptions,
     pub config: toml::Table,
     pub config_path: PathBuf,
     pub vips: Vec<VipSpec>,
@@ -80,7 +98,18 @@ impl Lab {
     pub fn start_with(
         bins: LabBins,
         options: TopologyOptions,
+        config: toml::Table,
+        progress: &dyn Fn(&str),
+    ) -> Result<Lab> {
+        Self::start_with_options(bins, options, config, LabOptions::default(), progress)
+    }
+
+    /// [`Lab::start_with`] with [`LabOptions`].
+    pub fn start_with_options(
+        bins: LabBins,
+        topology: TopologyOptions,
         mut config: toml::Table,
+        options: LabOptions,
         progress: &dyn Fn(&str),
     ) -> Result<Lab> {
         let vips = agent::vips_of(&config)?;
@@ -90,17 +119,18 @@ impl Lab {
                 backend_vips.push(v.address);
             }
         }
-        let backends = options.backends;
+        let backends = topology.backends;
         progress(&format!("building topology ({backends} backends)..."));
-        let topo = Topology::build(TopologyOptions { backend_vips, ..options })?;
+        let topo = Topology::build(TopologyOptions { backend_vips, ..topology })?;
         progress(&format!(
             "topology {} up; logs in {}",
             topo.run_id(),
             topo.log_dir().display()
         ));
-        match Self::start_programs(&bins, &topo, &vips, &mut config, progress) {
+        match Self::start_programs(&bins, &topo, &vips, &mut config, &options, progress) {
             Ok((servers, decaps, agent, config_path)) => Ok(Lab {
                 bins,
+                options,
                 config,
                 config_path,
                 vips,
@@ -123,9 +153,11 @@ impl Lab {
         topo: &Topology,
         vips: &[VipSpec],
         config: &mut toml::Table,
+        options: &LabOptions,
         progress: &dyn Fn(&str),
     ) -> Result<(Vec<Proc>, Vec<Proc>, Proc, PathBuf)> {
-        let srv_args = server_args(vips);
+        let mut srv_args = server_args(vips);
+        srv_args.extend(options.server_extra.iter().cloned());
 
         progress("starting test servers and decap on the backends...");
         let mut servers = Vec::new();
@@ -149,6 +181,7 @@ impl Lab {
         }
 
         agent::set_bpffs_dir(config, topo.bpffs_dir())?;
+        agent::set_run_dir(config, &topo.agent_run_dir())?;
         let config_path = topo.log_dir().join("lb-agent.toml");
         std::fs::write(&config_path, toml::to_string(&*config)?)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -156,12 +189,88 @@ impl Lab {
             "starting lb-agent run --config {}...",
             config_path.display()
         ));
-        let agent = topo.spawn(LB, &s(&bins.agent), &["run", "--config", &s(&config_path)])?;
-        agent
-            .wait_for_line("ready:", AGENT_READY)
-            .context("lb-agent run did not get ready")?;
+        let agent = spawn_agent(bins, topo, &config_path, options)?;
         progress("load balancer ready");
         Ok((servers, decaps, agent, config_path))
+    }
+
+    /// Kills the agent with SIGKILL (a crash: no cleanup of any kind).
+    pub fn kill_agent(&self) -> Result<()> {
+        self.agent.kill().map(|_| ())
+    }
+
+    /// Starts `lb-agent run` again with the lab's config and waits for its
+    /// `ready:` line, which it returns.
+    pub fn restart_agent(&mut self) -> Result<String> {
+        if self.agent.try_status().is_none() {
+            bail!("the agent (pid {}) is still running", self.agent.pid());
+        }
+        self.agent = spawn_agent(&self.bins, &self.topo, &self.config_path, &self.options)?;
+        self.agent.wait_for_line("ready:", AGENT_READY)
+    }
+
+    /// Writes `config` (bpffs_dir and run_dir set to the lab's) over the
+    /// agent's config file and runs `lb-agent reload`; returns its output
+    /// whether it succeeded or not. The lab's VIP list follows the config
+    /// only if the reload succeeded.
+    pub fn reload(&mut self, mut config: toml::Table) -> Result<std::process::Output> {
+        agent::set_bpffs_dir(&mut config, self.topo.bpffs_dir())?;
+        agent::set_run_dir(&mut config, &self.topo.agent_run_dir())?;
+        self.write_config_text(&toml::to_string(&config)?)?;
+        let out = self.agent_command(&["reload", "--config", &s(&self.config_path)])?;
+        if out.status.success() {
+            self.vips = agent::vips_of(&config)?;
+            self.config = config;
+        }
+        Ok(out)
+    }
+
+    /// Overwrites the agent's config file with `text` (which may be invalid).
+    pub fn write_config_text(&self, text: &str) -> Result<()> {
+        std::fs::write(&self.config_path, text).with_context(|| format!("cannot write {}", self.config_path.display()))
+    }
+
+    /// `lb-agent ARGS` in the LB namespace, bounded in time.
+    pub fn agent_command(&self, args: &[&str]) -> Result<std::process::Output> {
+        self.topo.exec_timeout(LB, &s(&self.bins.agent), args, AGENT_READY)
+    }
+
+    /// Stops the agent (SIGTERM) if it runs, then `lb-agent detach`: nothing
+    /// of the balancer is left attached or pinned.
+    pub fn detach(&self) -> Result<()> {
+        if self.agent.try_status().is_none() {
+            self.agent.stop()?;
+        }
+        let out = self.agent_command(&["detach", "--config", &s(&self.config_path)])?;
+        if !out.status.success() {
+            bail!("lb-agent detach failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Starts `lb-testclient` in long-lived mode in the client namespace:
+    /// `connections` connections to `target` from `src_port_base` on, each
+    /// sending a message every `interval_ms` for `hold_ms`. Returns once
+    /// every connection is open.
+    pub fn hold_client(&self, target: SocketAddr, connections: u32, src_port_base: u16, hold_ms: u64, interval_ms: u64) -> Result<Proc> {
+        let args = [
+            "--tcp".to_string(),
+            target.to_string(),
+            "--hold-ms".into(),
+            hold_ms.to_string(),
+            "--connections".into(),
+            connections.to_string(),
+            "--interval-ms".into(),
+            interval_ms.to_string(),
+            "--src-port-base".into(),
+            src_port_base.to_string(),
+            "--timeout-ms".into(),
+            HOLD_TIMEOUT_MS.to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = self.topo.spawn(CLIENT, &s(&self.bins.testclient), &args)?;
+        p.wait_for_line("ready:", SERVER_READY).context("lb-testclient --hold-ms did not connect")?;
+        Ok(p)
     }
 
     /// Stops the test server of backend `index` (0 = `b1`); the host, its
@@ -319,6 +428,36 @@ impl Lab {
         }
         Ok(())
     }
+}
+
+/// A long-lived connection's answer may take this long before it counts as broken.
+pub const HOLD_TIMEOUT_MS: u64 = 3000;
+
+/// Waits for a [`Lab::hold_client`] to finish and returns its records.
+pub fn hold_records(client: &Proc, limit: Duration) -> Result<Vec<crate::client::HoldRecord>> {
+    client.wait_exit(limit)?;
+    // The reader thread may still be collecting the last lines.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let lines = client.stdout_lines();
+        let records = crate::client::parse_hold_records(&lines)?;
+        if !records.is_empty() || std::time::Instant::now() >= deadline {
+            return Ok(records);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_agent(bins: &LabBins, topo: &Topology, config_path: &Path, options: &LabOptions) -> Result<Proc> {
+    let mut args = vec!["run", "--config"];
+    let path = s(config_path);
+    args.push(&path);
+    if options.unload_on_exit {
+        args.push("--unload-on-exit");
+    }
+    let agent = topo.spawn(LB, &s(&bins.agent), &args)?;
+    agent.wait_for_line("ready:", AGENT_READY).context("lb-agent run did not get ready")?;
+    Ok(agent)
 }
 
 /// `lb-testsrv` arguments serving every VIP's test port.

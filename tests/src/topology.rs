@@ -226,6 +226,40 @@ impl Proc {
         }
     }
 
+    /// Sends SIGKILL (no chance to clean up, like a crash) and waits for the
+    /// exit, at most [`KILL_WAIT`].
+    pub fn kill(&self) -> Result<ExitStatus> {
+        {
+            let mut child = self.0.child.lock().unwrap();
+            if matches!(child.try_wait(), Ok(None)) {
+                // SAFETY: the child is not reaped yet, so its pid is still ours.
+                unsafe { libc::kill(self.0.pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+        let deadline = Instant::now() + KILL_WAIT;
+        while Instant::now() < deadline {
+            if let Some(st) = self.try_status() {
+                return Ok(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{} (pid {}) still running {KILL_WAIT:?} after SIGKILL", self.0.label, self.0.pid)
+    }
+
+    /// Waits at most `limit` for the process to exit on its own.
+    pub fn wait_exit(&self, limit: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.try_status() {
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} (pid {}) still running after {limit:?}; log {}:\n{}", self.0.label, self.0.pid, self.0.log_path.display(), self.log_tail(20));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM, waits up to 2 s, then SIGKILL; returns the exit status.
     pub fn stop(&self) -> Result<ExitStatus> {
         stop_all(std::slice::from_ref(&self.0));
@@ -237,6 +271,9 @@ impl Proc {
         })
     }
 }
+
+/// How long a SIGKILLed process may take to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Signals every process still running (only while it is unreaped, so the
 /// pid cannot have been reused), waits `STOP_GRACE`, then kills the rest.
@@ -551,6 +588,10 @@ fn is_mountpoint(path: &Path) -> bool {
         .any(|l| l.split_whitespace().nth(4) == Some(&*p))
 }
 
+fn agent_run_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("agent")
+}
+
 fn unmount_and_remove(bpffs: &Path, run_dir: &Path) -> Result<()> {
     if is_mountpoint(bpffs) {
         let c = std::ffi::CString::new(bpffs.as_os_str().as_encoded_bytes()).unwrap();
@@ -562,6 +603,11 @@ fn unmount_and_remove(bpffs: &Path, run_dir: &Path) -> Result<()> {
                 bail!("cannot unmount {}: {e}", bpffs.display());
             }
         }
+    }
+    // An agent killed with SIGKILL leaves its lock file and socket here.
+    let agent_dir = agent_run_dir(run_dir);
+    if agent_dir.exists() {
+        fs::remove_dir_all(&agent_dir).with_context(|| format!("cannot remove {}", agent_dir.display()))?;
     }
     for d in [bpffs, run_dir] {
         if d.exists() {
@@ -1057,6 +1103,12 @@ impl Topology {
     /// The per-run bpffs mount, to be used as (or under) the agent's `bpffs_dir`.
     pub fn bpffs_dir(&self) -> &Path {
         &self.inner.bpffs
+    }
+
+    /// The per-run directory for the agent's lock file and control socket
+    /// (its `run_dir`); removed with everything in it on cleanup.
+    pub fn agent_run_dir(&self) -> PathBuf {
+        agent_run_dir(&self.inner.run_dir)
     }
 
     /// The per-run directory of logs and generated files.

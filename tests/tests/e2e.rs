@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use lb_tests::agent::{self, Proto};
 use lb_tests::client::{ClientRecord, tally};
-use lb_tests::lab::{Lab, LabBins, MAX_FAILURES, client_addr_for, run_client};
+use lb_tests::lab::{Lab, LabBins, LabOptions, MAX_FAILURES, client_addr_for, run_client};
 use lb_tests::topology::{
     self, CLIENT, LB, LB_V4, Topology, TopologyOptions, VIP_V4, VIP_V6, backend_v4, backend_v6,
 };
@@ -300,29 +300,66 @@ fn non_vip_traffic_untouched() {
     lab.check_running().unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-/// SIGTERM: the agent exits 0, the XDP program leaves the interface and the
-/// pinned maps are removed (a later agent starts from a clean slate).
+fn pinned(dir: &Path) -> Vec<PathBuf> {
+    lb_common::maps::ALL
+        .iter()
+        .copied()
+        .chain([lb_agent::pins::PROGRAM_PIN, lb_agent::pins::LINK_PIN])
+        .map(|m| dir.join(m))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+fn xdp_attached(lab: &Lab) -> bool {
+    let link = lab.topo.exec_ok(LB, "ip", &["-details", "link", "show", "dev", topology::IFACE]).unwrap();
+    link.contains("prog/xdp")
+}
+
+/// SIGTERM: the agent exits 0 and the balancer keeps forwarding (program
+/// attached, everything pinned); `lb-agent detach` then removes it all.
 #[test]
-fn sigterm_detaches_and_unpins() {
-    if !can_run("sigterm_detaches_and_unpins") {
+fn sigterm_keeps_forwarding_and_detach_removes_everything() {
+    if !can_run("sigterm_keeps_forwarding_and_detach_removes_everything") {
         return;
     }
-    let lab = start_lab();
-    let link = |lab: &Lab| lab.topo.exec_ok(LB, "ip", &["-details", "link", "show", "dev", topology::IFACE]).unwrap();
-    assert!(link(&lab).contains("prog/xdp"), "balancer attached while running:\n{}", link(&lab));
+    let bins = LabBins { agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")), testsrv: testsrv(), testclient: testclient() };
+    let options = LabOptions { unload_on_exit: false, ..LabOptions::default() };
+    let lab = Lab::start_with_options(bins, TopologyOptions { backends: BACKENDS, ..Default::default() }, agent::e2e_config(BACKENDS), options, &|m| eprintln!("[e2e] {m}"))
+        .unwrap_or_else(|e| panic!("starting the lab: {e:#}"));
     let pins = lab.topo.bpffs_dir().to_path_buf();
-    let ours = |dir: &Path| -> Vec<PathBuf> {
-        lb_common::maps::ALL.iter().map(|m| dir.join(m)).filter(|p| p.exists()).collect()
-    };
-    assert_eq!(ours(&pins).len(), lb_common::maps::ALL.len(), "every map pinned under {} while running", pins.display());
+    assert!(xdp_attached(&lab), "balancer attached while running");
+    let all = lb_common::maps::ALL.len() + 2;
+    assert_eq!(pinned(&pins).len(), all, "maps, program and link pinned under {}", pins.display());
 
     let status = lab.agent.stop().unwrap_or_else(|e| panic!("{e:#}"));
     assert!(status.success(), "lb-agent exit status after SIGTERM: {status}\n{}", lab.agent.log_tail(20));
-    assert!(!link(&lab).contains("prog/xdp"), "balancer still attached after SIGTERM:\n{}", link(&lab));
-    let left = ours(&pins);
-    assert!(left.is_empty(), "pins left behind after SIGTERM: {left:?}");
+    assert!(xdp_attached(&lab), "balancer detached by SIGTERM");
+    assert_eq!(pinned(&pins).len(), all, "pins removed by SIGTERM");
+    let target = SocketAddr::new(VIP_V4.into(), 80);
+    let records = lab.client(Proto::Tcp, target, 10, None, TIMEOUT_MS).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(failures(&records).is_empty() && records.len() == 10, "forwarding without the agent: {records:?}");
+
+    lab.detach().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!xdp_attached(&lab), "balancer still attached after `lb-agent detach`");
+    let left = pinned(&pins);
+    assert!(left.is_empty(), "pins left behind after `lb-agent detach`: {left:?}");
 }
 
+/// `run --unload-on-exit` (what the other tests use): SIGTERM detaches and unpins.
+#[test]
+fn unload_on_exit_detaches_and_unpins_on_sigterm() {
+    if !can_run("unload_on_exit_detaches_and_unpins_on_sigterm") {
+        return;
+    }
+    let lab = start_lab();
+    assert!(xdp_attached(&lab), "balancer attached while running");
+    let pins = lab.topo.bpffs_dir().to_path_buf();
+    let status = lab.agent.stop().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(status.success(), "lb-agent exit status after SIGTERM: {status}\n{}", lab.agent.log_tail(20));
+    assert!(!xdp_attached(&lab), "balancer still attached after SIGTERM with --unload-on-exit");
+    let left = pinned(&pins);
+    assert!(left.is_empty(), "pins left behind after SIGTERM with --unload-on-exit: {left:?}");
+}
 
 // --- Harness self-tests (root only; no agent needed) ------------------------
 

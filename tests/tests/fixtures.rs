@@ -26,6 +26,8 @@ const TUNNEL_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const TUNNEL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x2);
 /// The interface MTU the balancer is loaded with.
 const FIXTURE_MTU: u32 = 1500;
+/// Flows the fixtures' flow table holds (a few hundred are used).
+const FIXTURE_FLOW_TABLE: u32 = 4096;
 /// Room the kernel must be able to prepend (largest outer header).
 const OUT_SLACK: usize = 64;
 
@@ -165,6 +167,7 @@ impl Harness {
             hash_seed: config.lb.hash_seed,
             max_vips: config.lb.max_vips,
             max_backends: config.lb.max_backends,
+            flow_table_size: FIXTURE_FLOW_TABLE,
             tunnel_source_v4: config.lb.tunnel_source_v4,
             tunnel_source_v6: config.lb.tunnel_source_v6,
             packets: PacketOptions { mtu: FIXTURE_MTU, policy: config.lb.packets.bits() },

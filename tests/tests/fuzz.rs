@@ -126,6 +126,9 @@ impl Rng {
     }
 }
 
+/// Flow table entries of the fuzz target.
+const FUZZ_FLOW_TABLE: u32 = 65_536;
+
 struct Target {
     ebpf: Ebpf,
     backends: BTreeSet<IpAddr>,
@@ -142,6 +145,8 @@ impl Target {
             hash_seed: config.lb.hash_seed,
             max_vips: config.lb.max_vips,
             max_backends: config.lb.max_backends,
+            // Random flows: the LRU evicts the oldest once full.
+            flow_table_size: FUZZ_FLOW_TABLE,
             tunnel_source_v4: config.lb.tunnel_source_v4,
             tunnel_source_v6: config.lb.tunnel_source_v6,
             packets: PacketOptions { mtu: MTU, policy: config.lb.packets.bits() },

@@ -1,13 +1,19 @@
 //! Turns checker reports into the dataplane: the `HEALTH` entry of the pair
-//! after every check, and on a state change the VIP's new ring, of which only
-//! the slots that differ are written (a 65,537-slot ring rewritten whole
-//! would be 65,537 syscalls and a window where readers see a mix anyway).
+//! after every check, and on a state change the pair's `MEMBERS` entry (a
+//! down backend's recorded flows re-hash) and the VIP's new ring, of which
+//! only the slots that differ from the kernel's are written.
+//!
+//! A supervisor starts from the kernel's current rings and the previous
+//! health entries (after a reload or an agent restart), so a backend keeps
+//! its state and an unchanged VIP gets zero ring writes.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+use lb_common::flows::{member_index, MEMBER_UNUSABLE, MEMBER_USABLE};
 use lb_common::health::{HEALTH_DOWN, HEALTH_UNCHECKED, HEALTH_UP, HealthEntry, HealthKey, HealthReason};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -20,29 +26,54 @@ use crate::health::settings::{CheckKind, InitialState};
 use crate::health::tracker::State;
 use crate::maglev::changed_slots;
 use crate::plan::Plan;
+use crate::rings::MappedRings;
 
 /// Reports in flight before checkers wait for the supervisor.
 const REPORT_QUEUE: usize = 256;
 
 /// Where the supervisor writes (the kernel maps, or a recorder in tests).
 pub trait HealthWriter {
+    /// The ring of VIP row `row` as the kernel has it now.
+    fn read_ring(&self, row: u32, ring_size: u32) -> Result<Vec<u32>>;
     /// Writes `(slot, backend id)` pairs into the ring of VIP row `row`.
     fn write_slots(&mut self, row: u32, changes: &[(u32, u32)]) -> Result<()>;
     fn write_health(&mut self, key: HealthKey, entry: HealthEntry) -> Result<()>;
+    /// Whether recorded flows of (row, backend) may stay on it.
+    fn write_member(&mut self, key: HealthKey, usable: bool) -> Result<()>;
 }
 
-/// The live `RINGS` and `HEALTH` maps.
+/// The live `RINGS`, `HEALTH` and `MEMBERS` maps, opened from their pins.
 pub struct MapWriter {
-    pub rings: Array<MapData, u32>,
+    pub rings: MappedRings,
     pub health: BpfHashMap<MapData, HealthKey, HealthEntry>,
+    pub members: Array<MapData, u32>,
     pub ring_size: u32,
+    pub max_backends: u32,
+}
+
+impl MapWriter {
+    pub fn open(dir: &std::path::Path, ring_size: u32, max_backends: u32) -> Result<Self> {
+        let open = |name: &str| crate::pins::open_map(dir, name);
+        Ok(MapWriter {
+            rings: MappedRings::from_map(&open(lb_common::maps::RINGS)?)?,
+            health: BpfHashMap::try_from(Map::HashMap(open(lb_common::maps::HEALTH)?))?,
+            members: Array::try_from(Map::Array(open(lb_common::maps::MEMBERS)?))?,
+            ring_size,
+            max_backends,
+        })
+    }
 }
 
 impl HealthWriter for MapWriter {
+    fn read_ring(&self, row: u32, ring_size: u32) -> Result<Vec<u32>> {
+        let base = row * ring_size;
+        (0..ring_size).map(|slot| self.rings.get(base + slot).with_context(|| format!("ring row {row} beyond RINGS"))).collect()
+    }
+
     fn write_slots(&mut self, row: u32, changes: &[(u32, u32)]) -> Result<()> {
         let base = row * self.ring_size;
         for &(slot, id) in changes {
-            self.rings.set(base + slot, id, 0).with_context(|| format!("writing slot {slot} of ring row {row}"))?;
+            self.rings.set(base + slot, id).with_context(|| format!("writing slot {slot} of ring row {row}"))?;
         }
         Ok(())
     }
@@ -50,7 +81,17 @@ impl HealthWriter for MapWriter {
     fn write_health(&mut self, key: HealthKey, entry: HealthEntry) -> Result<()> {
         self.health.insert(key, entry, 0).with_context(|| format!("writing health of {key:?}"))
     }
+
+    fn write_member(&mut self, key: HealthKey, usable: bool) -> Result<()> {
+        let index = member_index(key.row, key.backend_id, self.max_backends);
+        let value = if usable { MEMBER_USABLE } else { MEMBER_UNUSABLE };
+        self.members.set(index, value, 0).with_context(|| format!("writing member {key:?}"))
+    }
 }
+
+/// Health entries of a previous supervisor (from the `HEALTH` map): pairs
+/// found there keep their state instead of starting from `initial`.
+pub type PriorHealth = BTreeMap<HealthKey, HealthEntry>;
 
 struct VipState {
     config: VipConfig,
@@ -75,20 +116,38 @@ fn now_unix_ms() -> u64 {
 }
 
 impl<W: HealthWriter> Supervisor<W> {
-    /// Writes the initial health entries and, if some backends start down,
-    /// the rings that follow (the plan's rings assume every backend up).
-    pub fn new(config: &Config, plan: &Plan, mut writer: W) -> Result<Self> {
+    /// Writes the health entries, the members and the rings that follow
+    /// from them (only the slots that differ from the kernel's). A pair with
+    /// a checked entry in `prior` keeps that state; others start from the
+    /// configured initial state.
+    pub fn new(config: &Config, plan: &Plan, mut writer: W, prior: &PriorHealth) -> Result<Self> {
         let since = now_unix_ms();
         let mut vips = Vec::with_capacity(config.vips.len());
         for v in &config.vips {
             let planned = plan.vip(&v.name).with_context(|| format!("VIP {} missing from the plan", v.name))?;
             let ids: Vec<u32> = v.backends.iter().map(|b| plan.backend_id(b.address).expect("every backend has an id")).collect();
-            let up: Vec<bool> = v.backends.iter().map(|b| b.check.kind == CheckKind::None || b.check.initial == InitialState::Up).collect();
+            let previous = |i: usize| {
+                prior
+                    .get(&HealthKey { row: planned.row, backend_id: ids[i] })
+                    .filter(|e| v.backends[i].check.kind != CheckKind::None && (e.state == HEALTH_UP || e.state == HEALTH_DOWN))
+            };
+            let up: Vec<bool> = v
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| match previous(i) {
+                    Some(e) => e.state == HEALTH_UP,
+                    None => b.check.kind == CheckKind::None || b.check.initial == InitialState::Up,
+                })
+                .collect();
             let entries: Vec<HealthEntry> = v
                 .backends
                 .iter()
                 .zip(&up)
-                .map(|(b, &up)| HealthEntry {
+                .enumerate()
+                .map(|(i, (b, &up))| match previous(i) {
+                    Some(e) => *e,
+                    None => HealthEntry {
                     since_unix_ms: since,
                     state: match (b.check.kind, up) {
                         (CheckKind::None, _) => HEALTH_UNCHECKED,
@@ -97,17 +156,21 @@ impl<W: HealthWriter> Supervisor<W> {
                     },
                     reason: if b.check.kind == CheckKind::None { HealthReason::NotChecked } else { HealthReason::Initial } as u8,
                     ..HealthEntry::default()
+                    },
                 })
                 .collect();
-            for (id, e) in ids.iter().zip(&entries) {
-                writer.write_health(HealthKey { row: planned.row, backend_id: *id }, *e)?;
+            for ((id, e), &up) in ids.iter().zip(&entries).zip(&up) {
+                let key = HealthKey { row: planned.row, backend_id: *id };
+                writer.write_health(key, *e)?;
+                writer.write_member(key, up)?;
             }
-            let mut state =
-                VipState { config: v.clone(), row: planned.row, ids, up, entries, ring: planned.ring.clone(), tier: Tier::Primary };
+            let ring = writer.read_ring(planned.row, plan.ring_size)?;
+            let mut state = VipState { config: v.clone(), row: planned.row, ids, up, entries, ring, tier: Tier::Primary };
             let (written, _) = Self::reselect(&mut state, plan.ring_size, &mut writer)?;
-            if written > 0 || state.tier != Tier::Primary {
-                log::warn!("vip {}: starts serving from {} ({} ring slots differ from the all-up ring)", v.name, state.tier.as_str(), written);
+            if state.tier != Tier::Primary {
+                log::warn!("vip {}: serves from {}", v.name, state.tier.as_str());
             }
+            log::info!("vip {}: {written} ring slots written", v.name);
             vips.push(state);
         }
         Ok(Supervisor { vips, ring_size: plan.ring_size, writer })
@@ -149,8 +212,17 @@ impl<W: HealthWriter> Supervisor<W> {
             return self.writer.write_health(key, entry);
         }
         vip.up[b] = r.state == State::Up;
+        // Down: its recorded flows re-hash from now on (onto the ring that
+        // still names it for a moment: they re-hash again once it changes).
+        // Up: the ring first, so new flows can be recorded on it.
+        if !vip.up[b] {
+            self.writer.write_member(key, false)?;
+        }
         // Ring first: once `stats` shows the new state, the ring has it too.
         let (written, before) = Self::reselect(vip, ring_size, &mut self.writer)?;
+        if vip.up[b] {
+            self.writer.write_member(key, true)?;
+        }
         self.writer.write_health(key, entry)?;
         let backend = &vip.config.backends[b];
         let up_count = vip.up.iter().filter(|u| **u).count();
@@ -204,11 +276,16 @@ impl<W: HealthWriter> Supervisor<W> {
     }
 }
 
+/// A supervisor shared by its report task and the reload path (which
+/// replaces it while holding the lock, so no health change lands mid-reload).
+pub type SharedSupervisor<W> = std::sync::Arc<std::sync::Mutex<Supervisor<W>>>;
+
 /// Starts one checker per checked backend of every VIP and a task applying
 /// their reports. Abort the returned handles to stop checking.
-pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, mut supervisor: Supervisor<W>) -> Vec<JoinHandle<()>> {
+pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, supervisor: SharedSupervisor<W>) -> Vec<JoinHandle<()>> {
     let (tx, mut rx) = mpsc::channel::<Report>(REPORT_QUEUE);
     let mut tasks = Vec::new();
+    let ids: Vec<Vec<u32>> = supervisor.lock().unwrap_or_else(|e| e.into_inner()).vips.iter().map(|v| v.ids.clone()).collect();
     for (vi, v) in config.vips.iter().enumerate() {
         for (bi, b) in v.backends.iter().enumerate() {
             if b.check.kind == CheckKind::None {
@@ -216,7 +293,7 @@ pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, mut supervisor: 
             }
             let port = b.check.port.unwrap_or(v.port);
             let probe = if b.check.dsr {
-                NetProbe::dsr(SocketAddr::new(v.address, port), supervisor.vips[vi].ids[bi], &b.check)
+                NetProbe::dsr(SocketAddr::new(v.address, port), ids[vi][bi], &b.check)
             } else {
                 NetProbe::new(SocketAddr::new(b.address, port), &b.check)
             };
@@ -230,7 +307,8 @@ pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, mut supervisor: 
     drop(tx);
     tasks.push(tokio::spawn(async move {
         while let Some(report) = rx.recv().await {
-            if let Err(e) = supervisor.apply(&report) {
+            let result = supervisor.lock().unwrap_or_else(|e| e.into_inner()).apply(&report);
+            if let Err(e) = result {
                 log::error!("health: {e:#}");
             }
         }
@@ -250,9 +328,23 @@ mod tests {
         rings: BTreeMap<u32, BTreeMap<u32, u32>>,
         writes: usize,
         health: BTreeMap<HealthKey, HealthEntry>,
+        members: BTreeMap<HealthKey, bool>,
+        /// The kernel's rings before the supervisor starts.
+        initial: BTreeMap<u32, Vec<u32>>,
     }
 
     impl HealthWriter for Recorder {
+        fn read_ring(&self, row: u32, ring_size: u32) -> Result<Vec<u32>> {
+            let mut ring = self.initial.get(&row).cloned().unwrap_or_else(|| vec![0; ring_size as usize]);
+            for (slot, id) in self.rings.get(&row).into_iter().flatten() {
+                ring[*slot as usize] = *id;
+            }
+            Ok(ring)
+        }
+        fn write_member(&mut self, key: HealthKey, usable: bool) -> Result<()> {
+            self.members.insert(key, usable);
+            Ok(())
+        }
         fn write_slots(&mut self, row: u32, changes: &[(u32, u32)]) -> Result<()> {
             self.writes += changes.len();
             self.rings.entry(row).or_default().extend(changes.iter().copied());
@@ -294,7 +386,9 @@ port = 80
     fn writes_only_changed_slots_and_health_entries() {
         let c = parse(CONFIG, "t.toml").unwrap();
         let p = crate::plan::plan(&c);
-        let mut s = Supervisor::new(&c, &p, Recorder::default()).unwrap();
+        // The kernel holds the all-up rings (as after `write_plan`).
+        let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.ring.clone())).collect(), ..Recorder::default() };
+        let mut s = Supervisor::new(&c, &p, recorder, &PriorHealth::new()).unwrap();
         let all_up = p.vips[0].ring.clone();
         // .13 starts down: only its slots were rewritten.
         let owned13 = all_up.iter().filter(|id| **id == 3).count();
@@ -326,5 +420,26 @@ port = 80
         s.apply(&report(2, State::Down, Outcome::HttpStatus(500))).unwrap();
         assert!(s.ring(0).iter().all(|id| *id == lb_common::NO_BACKEND), "all down: drop");
         assert_eq!(s.writer().health[&key(3)].http_status, 500);
+        assert_eq!(s.writer().members[&key(1)], false, "a down backend's flows re-hash");
+    }
+
+    #[test]
+    fn a_successor_keeps_health_states_and_writes_nothing_unchanged() {
+        let c = parse(CONFIG, "t.toml").unwrap();
+        let p = crate::plan::plan(&c);
+        let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.ring.clone())).collect(), ..Recorder::default() };
+        let mut first = Supervisor::new(&c, &p, recorder, &PriorHealth::new()).unwrap();
+        first.apply(&report(2, State::Up, Outcome::Passed { http_status: None })).unwrap();
+        first.apply(&report(0, State::Down, Outcome::Timeout)).unwrap();
+        let kernel = first.writer().read_ring(0, p.ring_size).unwrap();
+        let prior = first.writer().health.clone();
+        // What an agent restarted on the same maps sees.
+        let recorder = Recorder { initial: [(0, kernel.clone())].into(), ..Recorder::default() };
+        let second = Supervisor::new(&c, &p, recorder, &prior).unwrap();
+        assert_eq!(second.writer().writes, 0, "no ring slot rewritten");
+        assert_eq!(second.ring(0), &kernel[..]);
+        let key = |id| HealthKey { row: 0, backend_id: id };
+        assert_eq!(second.writer().members[&key(1)], false);
+        assert_eq!(second.writer().members[&key(3)], true);
     }
 }

@@ -128,6 +128,7 @@ fn load() -> Result<Ebpf> {
         hash_seed: config.lb.hash_seed,
         max_vips: config.lb.max_vips,
         max_backends: config.lb.max_backends,
+        flow_table_size: config.lb.flow_table_size,
         tunnel_source_v4: config.lb.tunnel_source_v4,
         tunnel_source_v6: config.lb.tunnel_source_v6,
         packets: Default::default(),

@@ -17,6 +17,10 @@
 //! accepts TCP connections and never answers (a hung backend), until the
 //! peer closes.
 //!
+//! Long-lived connections (`--echo-port P`, off by default): TCP port P
+//! answers every line received with `backend=NAME client=IP:PORT` and a
+//! newline, for as long as the client keeps the connection open.
+//!
 //! Prints `ready: ...` on stdout once everything listens. Exits after
 //! `--max-secs` (default 600) or `--max-requests` (default 100000), whichever
 //! comes first, so a forgotten server cannot run for ever.
@@ -30,7 +34,9 @@ use std::time::Duration;
 use lb_tests::client::format_reply;
 use lb_tests::sock;
 
-const USAGE: &str = "usage: lb-testsrv --name NAME [--tcp-port P]... [--udp-port P]... [--udp-bind ADDR]... [--max-secs S] [--max-requests N] [--http-status CODE] [--hang]";
+const USAGE: &str = "usage: lb-testsrv --name NAME [--tcp-port P]... [--udp-port P]... [--udp-bind ADDR]... [--echo-port P]... [--max-secs S] [--max-requests N] [--http-status CODE] [--hang]";
+/// A line-echo connection idle this long is closed.
+const ECHO_IDLE: Duration = Duration::from_secs(30);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -39,6 +45,7 @@ struct Opts {
     tcp_ports: Vec<u16>,
     udp_ports: Vec<u16>,
     udp_bind: Vec<IpAddr>,
+    echo_ports: Vec<u16>,
     max_secs: u64,
     max_requests: u64,
     tcp: TcpMode,
@@ -59,6 +66,7 @@ fn parse_args() -> Result<Opts, String> {
         tcp_ports: vec![],
         udp_ports: vec![],
         udp_bind: vec![],
+        echo_ports: vec![],
         max_secs: 600,
         max_requests: 100_000,
         tcp: TcpMode::Status(200),
@@ -82,6 +90,7 @@ fn parse_args() -> Result<Opts, String> {
                 o.udp_ports.push(val()?.parse().map_err(|e| bad(&e))?)
             }
             "--udp-bind" => o.udp_bind.push(val()?.parse().map_err(|e| bad(&e))?),
+            "--echo-port" => o.echo_ports.push(val()?.parse().map_err(|e| bad(&e))?),
             "--max-secs" => o.max_secs = val()?.parse().map_err(|e| bad(&e))?,
             "--max-requests" => o.max_requests = val()?.parse().map_err(|e| bad(&e))?,
             "--http-status" => o.tcp = TcpMode::Status(val()?.parse().map_err(|e| bad(&e))?),
@@ -97,8 +106,9 @@ fn parse_args() -> Result<Opts, String> {
         o.tcp_ports.push(80);
         o.udp_ports.push(53);
     }
-    // Port 0 disables that protocol.
-    o.tcp_ports.retain(|p| *p != 0);
+    // Port 0 disables that protocol; an echo port is not also an HTTP port.
+    let echo = o.echo_ports.clone();
+    o.tcp_ports.retain(|p| *p != 0 && !echo.contains(p));
     o.udp_ports.retain(|p| *p != 0);
     Ok(o)
 }
@@ -156,6 +166,21 @@ fn handle_tcp(mut s: TcpStream, name: &str, mode: TcpMode) {
     let _ = s.read(&mut buf);
 }
 
+/// `--echo-port`: one answer line per line received, until EOF or idle.
+fn echo_lines(s: TcpStream, name: &str) {
+    use std::io::BufRead as _;
+    let Ok(peer) = s.peer_addr() else { return };
+    let _ = s.set_read_timeout(Some(ECHO_IDLE));
+    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+    let Ok(mut writer) = s.try_clone() else { return };
+    let reply = format!("{}\n", format_reply(name, peer));
+    for line in std::io::BufReader::new(s).lines() {
+        if line.is_err() || writer.write_all(reply.as_bytes()).is_err() {
+            break;
+        }
+    }
+}
+
 fn main() {
     let o = match parse_args() {
         Ok(o) => o,
@@ -201,6 +226,26 @@ fn main() {
                     }
                     Err(e) => eprintln!("lb-testsrv: accept: {e}"),
                 }
+            }
+        });
+    }
+
+    for port in &o.echo_ports {
+        let l = match sock::tcp_listen_dual_stack(*port) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("lb-testsrv: cannot listen on [::]:{port}/tcp (echo): {e}");
+                std::process::exit(1);
+            }
+        };
+        listening.push(format!("echo [::]:{port}"));
+        let name = name.clone();
+        let count = count.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                count();
+                let name = name.clone();
+                std::thread::spawn(move || echo_lines(conn, &name));
             }
         });
     }

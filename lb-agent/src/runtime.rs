@@ -1,0 +1,450 @@
+//! `lb-agent run`: adopt the pinned balancer of an earlier agent or load a
+//! new one, reconcile it with the config, keep it healthy, apply reloads in
+//! place, and leave it forwarding on exit (unless told to unload).
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context as _, Result};
+use lb_common::{flows::LoadedState, programs};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
+
+use crate::{
+    config::{self, Config, MacAddr},
+    dataplane::{self, LoadOptions, ResolvedBackend},
+    health,
+    health::supervisor::{self, MapWriter, SharedSupervisor, Supervisor},
+    instance::{self, Instance},
+    live::LiveMaps,
+    nexthop, pins,
+    plan::{self, Plan},
+    reconcile,
+};
+
+/// How `lb-agent run` was asked to behave.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config_path: PathBuf,
+    /// Replace a pinned balancer whose load-time settings differ from the
+    /// config (drops its flow table) instead of refusing.
+    pub full_restart: bool,
+    /// Detach and unpin everything on exit (the old behaviour).
+    pub unload_on_exit: bool,
+}
+
+/// Loads and validates a config; the error lists every problem (file, field, value).
+pub fn load_config(path: &Path) -> Result<Config> {
+    config::load(path).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))
+}
+
+/// One line on stdout that supervisors and tests wait for.
+pub fn ready(what: &str) {
+    println!("ready: {what}");
+    let _ = std::io::stdout().flush();
+}
+
+/// The state of a running agent.
+struct Running {
+    options: RunOptions,
+    config: Config,
+    plan: Plan,
+    iface: nexthop::Interface,
+    handle: rtnetlink::Handle,
+    loaded: LoadedState,
+    live: LiveMaps,
+    supervisor: SharedSupervisor<MapWriter>,
+    checkers: Vec<JoinHandle<()>>,
+    dsr: Dsr,
+}
+
+/// DSR-aware health checks: their routing and the object of their tc
+/// program (loaded only when a check needs it). Not pinned: they matter
+/// only while an agent runs checks.
+#[derive(Default)]
+struct Dsr {
+    object: Option<aya::Ebpf>,
+    routing: Option<health::dsr::DsrRouting>,
+    pairs: Vec<health::dsr::DsrPair>,
+}
+
+impl Dsr {
+    /// Installs the routing for `config`'s DSR-aware checks (replacing what
+    /// an earlier config installed, if the pairs differ).
+    async fn install(&mut self, config: &Config, plan: &Plan, opts: &LoadOptions, handle: &rtnetlink::Handle, iface: &nexthop::Interface) -> Result<()> {
+        let pairs = dsr_check_pairs(config, plan);
+        if pairs == self.pairs && (self.routing.is_some() || pairs.is_empty()) {
+            return Ok(());
+        }
+        self.remove().await;
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let object = match self.object.as_mut() {
+            Some(o) => o,
+            None => self.object.insert(dataplane::load_health_encap_object(opts, &config.lb.bpffs_dir)?),
+        };
+        self.routing = Some(health::dsr::install(handle, iface, &pairs, object).await?);
+        self.pairs = pairs;
+        Ok(())
+    }
+
+    async fn remove(&mut self) {
+        if let (Some(routing), Some(object)) = (self.routing.take(), self.object.as_mut()) {
+            routing.remove(object).await;
+        }
+        self.pairs.clear();
+    }
+}
+
+/// The (backend, VIP) pairs whose checks are DSR-aware.
+fn dsr_check_pairs(config: &Config, plan: &Plan) -> Vec<health::dsr::DsrPair> {
+    config
+        .vips
+        .iter()
+        .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+        .filter(|(_, b)| b.check.dsr)
+        .filter_map(|(v, b)| {
+            let backend_id = plan.backend_id(b.address)?;
+            Some(health::dsr::DsrPair { backend_id, backend: b.address, vip: v.address })
+        })
+        .collect()
+}
+
+pub async fn run(options: RunOptions) -> Result<()> {
+    let config = load_config(&options.config_path)?;
+    let instance = Instance::claim(&config.lb.run_dir, &config.lb.interface)?;
+    let handle = nexthop::connect()?;
+    let iface = nexthop::interface(&handle, &config.lb.interface)
+        .await
+        .with_context(|| format!("lb.interface = {:?}", config.lb.interface))?;
+    let opts = load_options(&config, &iface)?;
+    let loaded = dataplane::loaded_state(&opts, iface.index);
+    let dir = config.lb.bpffs_dir.clone();
+
+    let adopted = adoptable(&dir, &loaded, options.full_restart)?;
+    let mut fresh = if adopted {
+        None
+    } else {
+        let mut ebpf = dataplane::load_balancer_object(&opts)?;
+        dataplane::load_program(&mut ebpf, programs::BALANCER)?;
+        pins::pin_object(&mut ebpf, &dir)?;
+        Some(ebpf)
+    };
+    let setup = async {
+        let mut live = LiveMaps::open(&dir)?;
+        if fresh.is_some() {
+            live.set_loaded_state(loaded)?;
+        }
+        let plan = plan::plan_keeping(&config, &live.kept()?).map_err(anyhow::Error::msg)?;
+        let resolved = resolve_backends(&handle, &iface, &config, &plan, &opts).await?;
+        let (supervisor, changes) = apply(&mut live, &config, &plan, &resolved)?;
+        let mut dsr = Dsr::default();
+        dsr.install(&config, &plan, &opts, &handle, &iface).await?;
+        anyhow::Ok((live, plan, supervisor, changes, dsr))
+    };
+    let (live, plan, supervisor, changes, dsr) = match setup.await {
+        Ok(s) => s,
+        Err(e) => {
+            if fresh.is_some() {
+                // Nothing was attached yet: leave no half-made pins behind.
+                let _ = pins::remove_all(&dir);
+            }
+            return Err(e);
+        }
+    };
+    let what = match fresh.as_mut() {
+        Some(ebpf) => {
+            let program: &mut aya::programs::Xdp =
+                ebpf.program_mut(programs::BALANCER).context("balancer program missing")?.try_into()?;
+            let attached = dataplane::attach(program, &iface.name, config.lb.xdp_mode).and_then(|(link, mode)| {
+                pins::pin_link(program, link, &dir)?;
+                Ok(mode)
+            });
+            match attached {
+                Ok(mode) => format!("attached {} to {} in {mode} mode", programs::BALANCER, iface.name),
+                Err(e) => {
+                    let _ = pins::remove_all(&dir);
+                    return Err(e);
+                }
+            }
+        }
+        None => format!("adopted the pinned {} on {} ({changes})", programs::BALANCER, iface.name),
+    };
+    drop(fresh);
+    log::info!(
+        "balancing {} VIP(s) over {} backend(s) on {} (ring size {}, pinned in {}): {changes}",
+        plan.vips.len(),
+        plan.backends.len(),
+        iface.name,
+        plan.ring_size,
+        dir.display()
+    );
+    let supervisor = Arc::new(Mutex::new(supervisor));
+    let checkers = supervisor::spawn(&config, supervisor.clone());
+    let listener = instance.listen()?;
+    let mut running = Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr };
+    ready(&what);
+
+    let signal = serve(&mut running, &listener).await;
+    for task in &running.checkers {
+        task.abort();
+    }
+    running.dsr.remove().await;
+    if running.options.unload_on_exit {
+        pins::remove_all(&dir)?;
+        log::info!("{signal}: detached from {} and removed the pins in {}", running.iface.name, dir.display());
+    } else {
+        log::info!(
+            "{signal}: exiting; the balancer keeps forwarding on {} (pinned in {}); `lb-agent detach` removes it",
+            running.iface.name,
+            dir.display()
+        );
+    }
+    drop(instance);
+    Ok(())
+}
+
+/// Waits for reload requests (SIGHUP, the control socket) until SIGINT/SIGTERM.
+async fn serve(running: &mut Running, listener: &tokio::net::UnixListener) -> &'static str {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return "SIGINT",
+            _ = term.recv() => return "SIGTERM",
+            _ = hup.recv() => {
+                let _ = reload(running).await;
+            }
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let Ok(stream) = stream.into_std() else { continue };
+                let _ = stream.set_nonblocking(false);
+                let request = instance::read_request(&stream).unwrap_or_default();
+                let answer = if request == instance::RELOAD_REQUEST {
+                    match reload(running).await {
+                        Ok(summary) => format!("{} {summary}\n", instance::OK_PREFIX),
+                        Err(e) => format!("error: {e:#}\n"),
+                    }
+                } else {
+                    format!("error: unknown request {request:?} (only {:?})\n", instance::RELOAD_REQUEST)
+                };
+                let _ = (&stream).write_all(answer.as_bytes());
+            }
+        }
+    }
+}
+
+/// Re-reads the config and applies the difference in place; on any error
+/// nothing has changed and the old config keeps running.
+async fn reload(running: &mut Running) -> Result<String> {
+    let result = try_reload(running).await;
+    match &result {
+        Ok(summary) => log::info!("reload of {}: {summary}", running.options.config_path.display()),
+        Err(e) => log::error!("reload of {} refused, the running config is unchanged: {e:#}", running.options.config_path.display()),
+    }
+    result
+}
+
+async fn try_reload(running: &mut Running) -> Result<String> {
+    let config = load_config(&running.options.config_path)?;
+    let problems = needs_restart(&running.config, &config, &running.loaded, &running.iface)?;
+    if !problems.is_empty() {
+        bail!(
+            "these changes cannot be applied in place:\n  {}\nrestart with `lb-agent run --full-restart` to load them (established flows may move), or undo them",
+            problems.join("\n  ")
+        );
+    }
+    let plan = plan::plan_keeping(&config, &running.live.kept()?).map_err(anyhow::Error::msg)?;
+    let opts = load_options(&config, &running.iface)?;
+    // Everything that can fail without touching the kernel comes first.
+    let resolved = resolve_backends(&running.handle, &running.iface, &config, &plan, &opts).await?;
+    let mut guard = running.supervisor.lock().unwrap_or_else(|e| e.into_inner());
+    for task in running.checkers.drain(..) {
+        task.abort();
+    }
+    let applied = apply(&mut running.live, &config, &plan, &resolved);
+    let (supervisor, changes) = match applied {
+        Ok(a) => a,
+        Err(e) => {
+            drop(guard);
+            // The maps may be partly updated: the old checkers go on with the old config.
+            running.checkers = supervisor::spawn(&running.config, running.supervisor.clone());
+            return Err(e.context("applying the new config failed part-way; fix the cause and reload again"));
+        }
+    };
+    *guard = supervisor;
+    drop(guard);
+    // Before the checks start: DSR-aware ones need their routes.
+    let dsr = running.dsr.install(&config, &plan, &opts, &running.handle, &running.iface).await;
+    running.checkers = supervisor::spawn(&config, running.supervisor.clone());
+    running.config = config;
+    running.plan = plan;
+    match dsr {
+        Ok(()) => Ok(changes.to_string()),
+        Err(e) => Ok(format!("{changes}; but the routes of DSR-aware health checks failed: {e:#} (those checks fail until the next reload)")),
+    }
+}
+
+/// Reconciles the maps with `plan` and returns the health supervisor that
+/// now owns rings and members (see [`reconcile`]).
+fn apply(
+    live: &mut LiveMaps,
+    config: &Config,
+    plan: &Plan,
+    resolved: &HashMap<u32, ResolvedBackend>,
+) -> Result<(Supervisor<MapWriter>, reconcile::Changes)> {
+    let max_backends = config.lb.max_backends;
+    let prior = live.health_entries()?;
+    let changes = reconcile::before_rings(live, plan, resolved, max_backends)?;
+    let writer = MapWriter::open(&live.dir, plan.ring_size, max_backends)?;
+    let supervisor = Supervisor::new(config, plan, writer, &prior)?;
+    reconcile::after_rings(live, plan, &changes, max_backends)?;
+    Ok((supervisor, changes))
+}
+
+/// Whether a balancer is pinned under `dir` that this config may adopt.
+/// A pinned balancer loaded with other settings is refused unless
+/// `full_restart`, in which case it is removed first.
+fn adoptable(dir: &Path, wanted: &LoadedState, full_restart: bool) -> Result<bool> {
+    if !pins::has_link(dir) {
+        return Ok(false);
+    }
+    let pinned = LiveMaps::open(dir)?.loaded_state()?;
+    let differences = loaded_differences(&pinned, wanted);
+    if differences.is_empty() {
+        return Ok(true);
+    }
+    if !full_restart {
+        bail!(
+            "the balancer pinned in {} was loaded with other settings than this config:\n  {}\nthese cannot change in place; run with --full-restart to replace it (its flow table is lost, established flows may move), or undo the changes",
+            dir.display(),
+            differences.join("\n  ")
+        );
+    }
+    log::warn!("--full-restart: replacing the pinned balancer ({})", differences.join("; "));
+    pins::remove_all(dir)?;
+    Ok(false)
+}
+
+/// Settings that size maps or are load-time constants, old -> new.
+fn loaded_differences(old: &LoadedState, new: &LoadedState) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut field = |name: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{name}: {a} -> {b}"));
+        }
+    };
+    field("object version", old.version.to_string(), new.version.to_string());
+    field("lb.ring_size", old.ring_size.to_string(), new.ring_size.to_string());
+    field("lb.hash_seed", old.hash_seed.to_string(), new.hash_seed.to_string());
+    field("lb.max_vips", old.max_vips.to_string(), new.max_vips.to_string());
+    field("lb.max_backends", old.max_backends.to_string(), new.max_backends.to_string());
+    field("lb.flow_table_size", old.flow_table_size.to_string(), new.flow_table_size.to_string());
+    field("interface MTU", old.mtu.to_string(), new.mtu.to_string());
+    field("lb.icmp_echo/too_big/unknown_port (policy bits)", format!("{:#x}", old.policy), format!("{:#x}", new.policy));
+    field("interface index", old.ifindex.to_string(), new.ifindex.to_string());
+    field("lb.tunnel_source_v4", format!("{:?}", old.tunnel_source_v4), format!("{:?}", new.tunnel_source_v4));
+    field("lb.tunnel_source_v6", format!("{:?}", old.tunnel_source_v6), format!("{:?}", new.tunnel_source_v6));
+    out
+}
+
+/// What a reload cannot change: the load-time settings and where the agent lives.
+fn needs_restart(old: &Config, new: &Config, loaded: &LoadedState, iface: &nexthop::Interface) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    if old.lb.interface != new.lb.interface {
+        out.push(format!("lb.interface: {:?} -> {:?}", old.lb.interface, new.lb.interface));
+    }
+    if old.lb.xdp_mode != new.lb.xdp_mode {
+        out.push(format!("lb.xdp_mode: {} -> {}", old.lb.xdp_mode, new.lb.xdp_mode));
+    }
+    if old.lb.bpffs_dir != new.lb.bpffs_dir {
+        out.push(format!("lb.bpffs_dir: {} -> {}", old.lb.bpffs_dir.display(), new.lb.bpffs_dir.display()));
+    }
+    if old.lb.run_dir != new.lb.run_dir {
+        out.push(format!("lb.run_dir: {} -> {}", old.lb.run_dir.display(), new.lb.run_dir.display()));
+    }
+    if !out.is_empty() {
+        return Ok(out);
+    }
+    let wanted = dataplane::loaded_state(&load_options(new, iface)?, iface.index);
+    out.extend(loaded_differences(loaded, &wanted));
+    Ok(out)
+}
+
+fn load_options(config: &Config, iface: &nexthop::Interface) -> Result<LoadOptions> {
+    Ok(LoadOptions {
+        ring_size: config.lb.ring_size,
+        hash_seed: config.lb.hash_seed,
+        max_vips: config.lb.max_vips,
+        max_backends: config.lb.max_backends,
+        flow_table_size: config.lb.flow_table_size,
+        tunnel_source_v4: config.lb.tunnel_source_v4.or_else(|| iface.ipv4.first().copied()),
+        tunnel_source_v6: config.lb.tunnel_source_v6.or_else(|| iface.ipv6.first().copied()),
+        packets: dataplane::PacketOptions {
+            mtu: crate::packet_policy::interface_mtu(&iface.name)?,
+            policy: config.lb.packets.bits(),
+        },
+    })
+}
+
+/// `lb-agent detach`: removes the balancer pinned under the config's
+/// bpffs_dir. Refused while an agent runs for the interface (it would
+/// otherwise keep writing maps nobody forwards with).
+pub fn detach(config: &Config) -> Result<bool> {
+    let _claim = Instance::claim(&config.lb.run_dir, &config.lb.interface)
+        .context("refusing to detach under a running agent: stop it (SIGTERM keeps forwarding), then detach, or run it with --unload-on-exit")?;
+    pins::remove_all(&config.lb.bpffs_dir)
+}
+
+/// Next-hop MACs for every backend: the static `mac` if the config has one,
+/// else netlink (all backends resolved concurrently).
+async fn resolve_backends(
+    handle: &rtnetlink::Handle,
+    iface: &nexthop::Interface,
+    config: &Config,
+    plan: &Plan,
+    opts: &LoadOptions,
+) -> Result<HashMap<u32, ResolvedBackend>> {
+    let static_macs: HashMap<IpAddr, MacAddr> = config
+        .vips
+        .iter()
+        .flat_map(|v| v.backends.iter())
+        .filter_map(|b| b.mac.map(|m| (b.address, m)))
+        .collect();
+    let mut tasks = Vec::new();
+    for b in &plan.backends {
+        match b.address {
+            IpAddr::V4(_) if opts.tunnel_source_v4.is_none() => bail!(
+                "backend {} is IPv4 but {} has no IPv4 address and lb.tunnel_source_v4 is not set",
+                b.address,
+                iface.name
+            ),
+            IpAddr::V6(_) if opts.tunnel_source_v6.is_none() => bail!(
+                "backend {} is IPv6 but {} has no global IPv6 address and lb.tunnel_source_v6 is not set",
+                b.address,
+                iface.name
+            ),
+            _ => {}
+        }
+        let (id, address, fixed) = (b.id, b.address, static_macs.get(&b.address).copied());
+        let (handle, iface) = (handle.clone(), iface.clone());
+        tasks.push(tokio::spawn(async move {
+            let mac = match fixed {
+                Some(mac) => mac,
+                None => nexthop::resolve(&handle, &iface, address).await?,
+            };
+            anyhow::Ok((id, ResolvedBackend { address, next_hop_mac: mac }))
+        }));
+    }
+    let mut out = HashMap::new();
+    for t in tasks {
+        let (id, r) = t.await.context("next-hop task")??;
+        log::info!("backend {} via next hop {}", r.address, r.next_hop_mac);
+        out.insert(id, r);
+    }
+    Ok(out)
+}

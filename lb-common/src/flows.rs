@@ -1,0 +1,117 @@
+//! Connection tracking: the flow table the kernel keeps (5-tuple -> backend
+//! id), the member table that says whether a recorded backend may still be
+//! used, the flow counters, and the record of what the pinned object was
+//! loaded with (so a restarted agent can tell whether it may adopt it).
+
+use crate::AddrWords;
+
+/// Flow table entries unless the config says otherwise: about a million
+/// flows (Katran's default), a few hundred MiB of kernel memory at most.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
+/// Fewer entries than this make the per-CPU LRU lists useless.
+pub const MIN_FLOW_TABLE_SIZE: u32 = 1 << 10;
+/// The largest flow table the agent accepts.
+pub const MAX_FLOW_TABLE_SIZE: u32 = 1 << 26;
+
+/// VIP flag: do not use the flow table for this VIP (pure stateless Maglev:
+/// every packet goes through the ring).
+pub const VIP_FLAG_STATELESS: u32 = 1 << 2;
+
+/// `MEMBERS` value: the backend may take (and keep) flows of this VIP row.
+pub const MEMBER_USABLE: u32 = 1;
+/// `MEMBERS` value: not a member, removed, or down: recorded flows re-hash.
+pub const MEMBER_UNUSABLE: u32 = 0;
+
+/// Index in `MEMBERS` of (VIP row, backend id).
+#[inline(always)]
+pub const fn member_index(row: u32, backend_id: u32, max_backends: u32) -> u32 {
+    row.wrapping_mul(max_backends).wrapping_add(backend_id)
+}
+
+/// Key of `FLOWS`: the packet's 5-tuple as it arrives (client -> VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: AddrWords,
+    pub dst: AddrWords,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+impl FlowKey {
+    #[inline(always)]
+    pub const fn new(src: AddrWords, dst: AddrWords, src_port_be: u16, dst_port_be: u16, proto: u8, family: u8) -> Self {
+        FlowKey { src, dst, src_port_be, dst_port_be, proto, family, _pad: [0; 2] }
+    }
+}
+
+/// Value of `FLOWS`: the backend the flow was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 8);
+
+/// What the flow table did for one packet (index in `FLOW_STATS`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowEvent {
+    /// A known flow went to its recorded backend.
+    Hit = 0,
+    /// An unknown flow or a TCP SYN: chosen by the ring and recorded.
+    Miss = 1,
+    /// A known flow whose backend is no longer usable: chosen again by the ring.
+    Rehash = 2,
+}
+
+impl FlowEvent {
+    pub const ALL: &'static [FlowEvent] = &[FlowEvent::Hit, FlowEvent::Miss, FlowEvent::Rehash];
+    pub const COUNT: u32 = 3;
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            FlowEvent::Hit => "hit",
+            FlowEvent::Miss => "miss",
+            FlowEvent::Rehash => "rehash",
+        }
+    }
+}
+
+/// Version of [`LoadedState`]'s meaning; bump when the object's maps change
+/// in a way an older pinned object cannot serve.
+pub const LOADED_STATE_VERSION: u32 = 1;
+
+/// The one entry of `LOADED`: what the pinned object was loaded with. A
+/// restarting agent compares it with its config; any difference needs a new
+/// object (map sizes and load-time globals cannot change in place).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadedState {
+    pub version: u32,
+    pub ring_size: u32,
+    pub hash_seed: u32,
+    pub max_vips: u32,
+    pub max_backends: u32,
+    pub flow_table_size: u32,
+    pub mtu: u32,
+    pub policy: u32,
+    /// `ifindex` of the interface the link attaches to.
+    pub ifindex: u32,
+    pub tunnel_source_v4: AddrWords,
+    pub tunnel_source_v6: AddrWords,
+}
+const _: () = assert!(core::mem::size_of::<LoadedState>() == 68);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)], integers only, no implicit padding (size assertions).
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::LoadedState {}
+}

@@ -1,0 +1,76 @@
+//! The flow table: a known flow keeps its recorded backend while that
+//! backend is a usable member of the VIP; a TCP SYN, an unknown flow, or a
+//! flow whose backend was removed or went down takes the ring's choice, which
+//! is then recorded. VIPs with `VIP_FLAG_STATELESS` skip the table.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    flows::{member_index, FlowEntry, FlowEvent, FlowKey, MEMBER_USABLE, VIP_FLAG_STATELESS},
+    BackendEntry, Reason, VipMeta, PROTO_TCP,
+};
+
+use crate::{
+    balancer::{backend_entry, pick_backend},
+    counters::count_flow,
+    maps::{max_backends, FLOWS, MEMBERS},
+    packet::ptr_at,
+    parse::{Flow, Ip},
+};
+
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// The backend of this packet's flow: recorded, or chosen by the ring and recorded.
+#[inline(always)]
+pub fn choose(ctx: &XdpContext, ip: &Ip, flow: &Flow, vip: &VipMeta, hash: u32, frame_len: usize) -> Result<(u32, BackendEntry), Reason> {
+    if vip.flags & VIP_FLAG_STATELESS != 0 {
+        return pick_backend(vip, hash);
+    }
+    let key = FlowKey::new(flow.src, flow.dst, flow.src_port_be, flow.dst_port_be, flow.proto, flow.family);
+    let event = if is_connection_start(ctx, ip) {
+        FlowEvent::Miss
+    } else {
+        match unsafe { FLOWS.get(&key) } {
+            None => FlowEvent::Miss,
+            Some(entry) => {
+                let id = entry.backend_id;
+                if let Some(backend) = usable(vip.row, id) {
+                    count_flow(FlowEvent::Hit, frame_len);
+                    return Ok((id, backend));
+                }
+                FlowEvent::Rehash
+            }
+        }
+    };
+    count_flow(event, frame_len);
+    let (id, backend) = pick_backend(vip, hash)?;
+    // A full table evicts its least recently used entry; failure only costs
+    // stickiness for this flow, so it does not stop the packet.
+    let _ = FLOWS.insert(&key, &FlowEntry { backend_id: id, _pad: 0 }, 0);
+    Ok((id, backend))
+}
+
+/// The backend `id` if it is still a usable member of VIP `row`.
+#[inline(always)]
+fn usable(row: u32, id: u32) -> Option<BackendEntry> {
+    let member = MEMBERS.get(member_index(row, id, max_backends()))?;
+    if *member != MEMBER_USABLE {
+        return None;
+    }
+    backend_entry(id)
+}
+
+/// A TCP SYN without ACK: a new connection, which the ring places (a reused
+/// 5-tuple must not stick to a backend chosen for an earlier connection).
+#[inline(always)]
+fn is_connection_start(ctx: &XdpContext, ip: &Ip) -> bool {
+    if ip.proto != PROTO_TCP {
+        return false;
+    }
+    match ptr_at::<u8>(ctx, ip.l4_offset + TCP_FLAGS_OFFSET) {
+        Some(flags) => unsafe { *flags & (TCP_SYN | TCP_ACK) == TCP_SYN },
+        None => false,
+    }
+}
