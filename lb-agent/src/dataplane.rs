@@ -19,7 +19,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{MacAddr, XdpMode as ConfigXdpMode},
+    config::{Config, MacAddr, XdpMode as ConfigXdpMode},
     plan::Plan,
     rings::MappedRings,
 };
@@ -55,6 +55,23 @@ pub struct PacketOptions {
 impl Default for PacketOptions {
     fn default() -> Self {
         Self { mtu: 0, policy: lb_common::packet_policy::DEFAULT_POLICY }
+    }
+}
+
+impl LoadOptions {
+    /// What `config` asks for. `mtu` is the interface's; the tunnel sources
+    /// fall back to the interface's addresses when the config names none.
+    pub fn from_config(config: &Config, mtu: u32, fallback_v4: Option<Ipv4Addr>, fallback_v6: Option<Ipv6Addr>) -> Self {
+        Self {
+            ring_size: config.lb.ring_size,
+            hash_seed: config.lb.hash_seed,
+            max_vips: config.lb.max_vips,
+            max_backends: config.lb.max_backends,
+            flow_table_size: config.lb.flow_table_size,
+            tunnel_source_v4: config.lb.tunnel_source_v4.or(fallback_v4),
+            tunnel_source_v6: config.lb.tunnel_source_v6.or(fallback_v6),
+            packets: PacketOptions { mtu, policy: config.lb.packets.bits() },
+        }
     }
 }
 

@@ -376,19 +376,8 @@ fn needs_restart(old: &Config, new: &Config, loaded: &LoadedState, iface: &nexth
 }
 
 fn load_options(config: &Config, iface: &nexthop::Interface) -> Result<LoadOptions> {
-    Ok(LoadOptions {
-        ring_size: config.lb.ring_size,
-        hash_seed: config.lb.hash_seed,
-        max_vips: config.lb.max_vips,
-        max_backends: config.lb.max_backends,
-        flow_table_size: config.lb.flow_table_size,
-        tunnel_source_v4: config.lb.tunnel_source_v4.or_else(|| iface.ipv4.first().copied()),
-        tunnel_source_v6: config.lb.tunnel_source_v6.or_else(|| iface.ipv6.first().copied()),
-        packets: dataplane::PacketOptions {
-            mtu: crate::packet_policy::interface_mtu(&iface.name)?,
-            policy: config.lb.packets.bits(),
-        },
-    })
+    let mtu = crate::packet_policy::interface_mtu(&iface.name)?;
+    Ok(LoadOptions::from_config(config, mtu, iface.ipv4.first().copied(), iface.ipv6.first().copied()))
 }
 
 /// `lb-agent detach`: removes the balancer pinned under the config's

@@ -8,6 +8,7 @@
 //! - [`sock`]: the few socket operations std lacks (bind before connect, dual-stack listen).
 
 pub mod agent;
+pub mod bpf;
 pub mod client;
 pub mod lab;
 pub mod sock;

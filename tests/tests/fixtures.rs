@@ -6,16 +6,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::{
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf,
-};
+use aya::Ebpf;
 use etherparse::{Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, VlanId};
 use lb_agent::{
-    config::{self, MacAddr},
-    dataplane::{self, LoadOptions, PacketOptions, ResolvedBackend},
+    config::MacAddr,
+    dataplane,
     plan::{self, Plan},
 };
+use lb_tests::bpf::{self, Loaded, Overrides};
 use lb_common::{programs, Action, DecapReason, Reason, PROTO_TCP, PROTO_UDP};
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
@@ -28,8 +26,6 @@ const TUNNEL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x2);
 const FIXTURE_MTU: u32 = 1500;
 /// Flows the fixtures' flow table holds (a few hundred are used).
 const FIXTURE_FLOW_TABLE: u32 = 4096;
-/// Room the kernel must be able to prepend (largest outer header).
-const OUT_SLACK: usize = 64;
 
 const CONFIG: &str = r#"
 [lb]
@@ -160,43 +156,20 @@ impl Harness {
             return None;
         }
         let text = CONFIG.replacen("[lb]\n", &format!("[lb]\n{policy_lines}"), 1);
-        let config = config::parse(&text, "fixtures.toml").expect("fixture config is valid");
-        let plan = plan::plan(&config);
-        let opts = LoadOptions {
-            ring_size: config.lb.ring_size,
-            hash_seed: config.lb.hash_seed,
-            max_vips: config.lb.max_vips,
-            max_backends: config.lb.max_backends,
-            flow_table_size: FIXTURE_FLOW_TABLE,
-            tunnel_source_v4: config.lb.tunnel_source_v4,
-            tunnel_source_v6: config.lb.tunnel_source_v6,
-            packets: PacketOptions { mtu: FIXTURE_MTU, policy: config.lb.packets.bits() },
-        };
-        let mut ebpf = dataplane::load_balancer_object(&opts).expect("load BPF object");
-        dataplane::load_program(&mut ebpf, programs::BALANCER).expect("verifier accepts the balancer");
-        dataplane::load_program(&mut ebpf, programs::DECAP).expect("verifier accepts decap");
-        let resolved = plan
-            .backends
-            .iter()
-            .map(|b| (b.id, ResolvedBackend { address: b.address, next_hop_mac: b.mac.expect("fixture backends have MACs") }))
-            .collect();
-        dataplane::write_plan(&mut ebpf, &plan, &resolved).expect("write maps");
+        let overrides = Overrides { mtu: FIXTURE_MTU, flow_table_size: Some(FIXTURE_FLOW_TABLE) };
+        let Loaded { ebpf, plan, .. } =
+            bpf::load(&text, "fixtures.toml", &[programs::BALANCER, programs::DECAP], overrides).expect("load the fixture object");
         Some(Self { ebpf, plan, balancer_runs: 0, decap_runs: 0 })
     }
 
     fn run(&mut self, program: &str, input: &[u8]) -> (u32, Vec<u8>) {
-        let xdp: &Xdp = self.ebpf.program(program).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; input.len() + OUT_SLACK];
-        let result = xdp
-            .test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
+        let (action, out, _) = bpf::run(&self.ebpf, program, input).expect("BPF_PROG_TEST_RUN");
         if program == programs::BALANCER {
             self.balancer_runs += 1;
         } else {
             self.decap_runs += 1;
         }
-        (result.return_value, out)
+        (action, out)
     }
 
     fn balance(&mut self, input: &[u8]) -> (u32, Vec<u8>) {

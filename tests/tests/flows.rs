@@ -5,18 +5,14 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use aya::{
-    maps::Array,
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf,
-};
+use aya::{maps::Array, Ebpf};
 use etherparse::PacketBuilder;
 use lb_agent::{
-    config,
-    dataplane::{self, LoadOptions, ResolvedBackend},
+    dataplane,
     plan::{self, Plan},
     rings::MappedRings,
 };
+use lb_tests::bpf::{self, Loaded, Overrides};
 use lb_common::{
     flows::{member_index, FlowEvent, MEMBER_UNUSABLE},
     maps, programs, Action, BackendEntry,
@@ -27,8 +23,6 @@ const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const STICKY_PORT: u16 = 80;
 const STATELESS_PORT: u16 = 81;
 const FLOW_TABLE: u32 = 4096;
-/// Room the kernel must be able to prepend (largest outer header).
-const OUT_SLACK: usize = 64;
 /// Offset of the outer IPv4 destination in an encapsulated frame.
 const OUTER_DST: usize = 14 + 16;
 
@@ -82,35 +76,16 @@ impl Harness {
             eprintln!("SKIPPED: flow fixtures load BPF programs and need root");
             return None;
         }
-        let config = config::parse(CONFIG, "flows.toml").expect("fixture config is valid");
-        let plan = plan::plan(&config);
-        let opts = LoadOptions {
-            ring_size: config.lb.ring_size,
-            max_vips: config.lb.max_vips,
-            max_backends: config.lb.max_backends,
-            flow_table_size: FLOW_TABLE,
-            tunnel_source_v4: config.lb.tunnel_source_v4,
-            ..LoadOptions::default()
-        };
-        let mut ebpf = dataplane::load_balancer_object(&opts).expect("load BPF object");
-        dataplane::load_program(&mut ebpf, programs::BALANCER).expect("verifier accepts the balancer");
-        let resolved = plan
-            .backends
-            .iter()
-            .map(|b| (b.id, ResolvedBackend { address: b.address, next_hop_mac: b.mac.expect("fixture MACs") }))
-            .collect();
-        dataplane::write_plan(&mut ebpf, &plan, &resolved).expect("write maps");
+        let overrides = Overrides { flow_table_size: Some(FLOW_TABLE), ..Overrides::default() };
+        let Loaded { ebpf, plan, config } =
+            bpf::load(CONFIG, "flows.toml", &[programs::BALANCER], overrides).expect("load the fixture object");
         Some(Harness { ebpf, plan, max_backends: config.lb.max_backends })
     }
 
     /// Runs one packet; returns the backend it was tunnelled to.
     fn backend_of(&self, packet: &[u8]) -> IpAddr {
-        let xdp: &Xdp = self.ebpf.program(programs::BALANCER).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; packet.len() + OUT_SLACK];
-        let result = xdp
-            .test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..TestRunOptions::new() })
-            .expect("BPF_PROG_TEST_RUN");
-        assert_eq!(result.return_value, Action::Tx as u32, "the packet is forwarded");
+        let (action, out, _) = bpf::run(&self.ebpf, programs::BALANCER, packet).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(action, Action::Tx as u32, "the packet is forwarded");
         let d = &out[OUTER_DST..OUTER_DST + 4];
         IpAddr::V4(Ipv4Addr::new(d[0], d[1], d[2], d[3]))
     }

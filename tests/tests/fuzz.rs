@@ -20,16 +20,10 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
-use aya::{
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf,
-};
+use aya::Ebpf;
 use etherparse::{IpNumber, PacketBuilder, VlanId};
-use lb_agent::{
-    config,
-    dataplane::{self, LoadOptions, PacketOptions, ResolvedBackend},
-    plan,
-};
+use lb_agent::dataplane;
+use lb_tests::bpf::{self, Loaded, Overrides};
 use lb_common::{programs, Action};
 
 const DEFAULT_PACKETS: u64 = 100_000;
@@ -37,7 +31,6 @@ const DEFAULT_SEED: u64 = 0x5eed_f022;
 const MTU: u32 = 1500;
 const L2: usize = 14;
 const L2_VLAN: usize = 18;
-const OUT_SLACK: usize = 128;
 /// Largest input: a full-size frame plus some room for appended garbage.
 const MAX_INPUT: usize = 1_600;
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
@@ -138,40 +131,17 @@ struct Target {
 impl Target {
     fn load(policy_lines: &str) -> Self {
         let text = CONFIG.replace("POLICY_LINES", policy_lines);
-        let config = config::parse(&text, "fuzz.toml").expect("fuzz config is valid");
-        let plan = plan::plan(&config);
-        let opts = LoadOptions {
-            ring_size: config.lb.ring_size,
-            hash_seed: config.lb.hash_seed,
-            max_vips: config.lb.max_vips,
-            max_backends: config.lb.max_backends,
-            // Random flows: the LRU evicts the oldest once full.
-            flow_table_size: FUZZ_FLOW_TABLE,
-            tunnel_source_v4: config.lb.tunnel_source_v4,
-            tunnel_source_v6: config.lb.tunnel_source_v6,
-            packets: PacketOptions { mtu: MTU, policy: config.lb.packets.bits() },
-        };
-        let mut ebpf = dataplane::load_balancer_object(&opts).expect("load BPF object");
-        dataplane::load_program(&mut ebpf, programs::BALANCER).expect("verifier accepts the balancer");
-        let resolved = plan
-            .backends
-            .iter()
-            .map(|b| (b.id, ResolvedBackend { address: b.address, next_hop_mac: b.mac.unwrap() }))
-            .collect();
-        dataplane::write_plan(&mut ebpf, &plan, &resolved).expect("write maps");
+        // Random flows: the LRU evicts the oldest once full.
+        let overrides = Overrides { mtu: MTU, flow_table_size: Some(FUZZ_FLOW_TABLE) };
+        let Loaded { ebpf, plan, .. } = bpf::load(&text, "fuzz.toml", &[programs::BALANCER], overrides).expect("load the fuzz object");
         let backends = plan.backends.iter().map(|b| b.address).collect();
         Target { ebpf, backends, runs: 0 }
     }
 
     fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
-        let xdp: &Xdp = self.ebpf.program(programs::BALANCER).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; input.len() + OUT_SLACK];
-        let r = xdp
-            .test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
+        let (action, out, _) = bpf::run(&self.ebpf, programs::BALANCER, input).expect("BPF_PROG_TEST_RUN");
         self.runs += 1;
-        (r.return_value, out)
+        (action, out)
     }
 
     fn counted(&self) -> u64 {

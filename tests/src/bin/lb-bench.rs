@@ -19,19 +19,14 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use aya::{
-    maps::Array,
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf,
-};
+use aya::{maps::Array, Ebpf};
 use etherparse::PacketBuilder;
 use lb_agent::{
-    config,
-    dataplane::{self, LoadOptions, ResolvedBackend},
+    dataplane,
     maglev::{self, Member},
-    plan,
     rings::MappedRings,
 };
+use lb_tests::bpf::{self, Overrides};
 use lb_common::{flows::FlowEvent, maps, programs, Action};
 use serde_json::{json, Value};
 
@@ -73,8 +68,6 @@ const CLIENT_V4: [u8; 4] = [198, 51, 100, 10];
 const CLIENT_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
 const VIP_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
-/// Room for the largest header the balancer prepends.
-const OUT_SLACK: usize = 64;
 
 /// The benchmark's data plane: the production ring size, three backends per VIP.
 const CONFIG: &str = r#"
@@ -121,28 +114,8 @@ port = 80
 "#;
 
 fn load() -> Result<Ebpf> {
-    let config = config::parse(CONFIG, "bench.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let plan = plan::plan(&config);
-    let mut ebpf = dataplane::load_balancer_object(&LoadOptions {
-        ring_size: config.lb.ring_size,
-        hash_seed: config.lb.hash_seed,
-        max_vips: config.lb.max_vips,
-        max_backends: config.lb.max_backends,
-        flow_table_size: config.lb.flow_table_size,
-        tunnel_source_v4: config.lb.tunnel_source_v4,
-        tunnel_source_v6: config.lb.tunnel_source_v6,
-        packets: Default::default(),
-    })?;
-    for p in [programs::BALANCER, programs::DECAP, programs::PASS, programs::FLOOR_TX] {
-        dataplane::load_program(&mut ebpf, p)?;
-    }
-    let resolved = plan
-        .backends
-        .iter()
-        .map(|b| (b.id, ResolvedBackend { address: b.address, next_hop_mac: b.mac.expect("bench backends have MACs") }))
-        .collect();
-    dataplane::write_plan(&mut ebpf, &plan, &resolved)?;
-    Ok(ebpf)
+    let programs = [programs::BALANCER, programs::DECAP, programs::PASS, programs::FLOOR_TX];
+    Ok(bpf::load(CONFIG, "bench.toml", &programs, Overrides::default())?.ebpf)
 }
 
 fn write(builder: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
@@ -219,34 +192,32 @@ struct PacketCase {
 
 /// Median kernel-reported ns of `runs` single runs, each checked.
 fn median_ns(ebpf: &Ebpf, case: &PacketCase, runs: usize) -> Result<f64> {
-    let xdp: &Xdp = ebpf.program(case.program).context("program")?.try_into()?;
-    let mut out = vec![0u8; case.input.len() + OUT_SLACK];
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let r = xdp.test_run(TestRunOptions { data_in: Some(&case.input), data_out: Some(&mut out), ..TestRunOptions::new() })?;
-        let len = r.data_size_out as usize;
+        let (action, out, duration) = bpf::run(ebpf, case.program, &case.input)?;
+        let len = out.len();
         match case.expect {
             Expect::PassUnchanged => ensure!(
-                r.return_value == Action::Pass as u32 && out[..len] == case.input[..],
+                action == Action::Pass as u32 && out == case.input,
                 "{}: expected PASS and an unchanged packet, got action {}",
                 case.name,
-                r.return_value
+                action
             ),
             Expect::PassWithLen(want) => ensure!(
-                r.return_value == Action::Pass as u32 && len == want,
+                action == Action::Pass as u32 && len == want,
                 "{}: expected PASS and {want} bytes, got action {} and {len} bytes",
                 case.name,
-                r.return_value
+                action
             ),
             Expect::Tx { grows_by } => ensure!(
-                r.return_value == Action::Tx as u32 && len == case.input.len() + grows_by,
+                action == Action::Tx as u32 && len == case.input.len() + grows_by,
                 "{}: expected TX and {} bytes, got action {} and {len} bytes",
                 case.name,
                 case.input.len() + grows_by,
-                r.return_value
+                action
             ),
         }
-        samples.push(r.duration.as_nanos() as f64);
+        samples.push(duration.as_nanos() as f64);
     }
     samples.sort_by(f64::total_cmp);
     Ok(samples[samples.len() / 2])
@@ -256,14 +227,8 @@ fn packet_costs(runs: usize) -> Result<Value> {
     let ebpf = load()?;
     // An encapsulated packet for the decap case: run the balancer once.
     let syn = tcp4_syn(VIP_V4, 80);
-    let encapsulated = {
-        let xdp: &Xdp = ebpf.program(programs::BALANCER).unwrap().try_into()?;
-        let mut out = vec![0u8; syn.len() + OUT_SLACK];
-        let r = xdp.test_run(TestRunOptions { data_in: Some(&syn), data_out: Some(&mut out), ..TestRunOptions::new() })?;
-        ensure!(r.return_value == Action::Tx as u32, "the balancer did not forward the SYN");
-        out.truncate(r.data_size_out as usize);
-        out
-    };
+    let (action, encapsulated, _) = bpf::run(&ebpf, programs::BALANCER, &syn)?;
+    ensure!(action == Action::Tx as u32, "the balancer did not forward the SYN");
     let ipv4_outer = 20;
     let ipv6_outer = 40;
     let cases = vec![

@@ -1,0 +1,71 @@
+//! The real BPF object, loaded from a config whose backends carry static
+//! next-hop MACs, with its maps written by the agent's own code: what the
+//! packet fixtures, the fuzzer and the benchmark run packets through with
+//! BPF_PROG_TEST_RUN. No interface and no netlink are involved.
+
+use anyhow::{Context as _, Result};
+use aya::{
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use lb_agent::{
+    config::{self, Config},
+    dataplane::{self, LoadOptions, ResolvedBackend},
+    plan::{self, Plan},
+};
+
+/// How much longer than its input an output may be: an outer IPv6 header,
+/// or an ICMP too-big answer to a small packet (headers plus a 128-byte
+/// quote), with margin.
+pub const OUT_SLACK: usize = 256;
+
+/// What a test sets that a config cannot say without an interface.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Overrides {
+    /// The interface MTU the balancer checks against (0 = no check).
+    pub mtu: u32,
+    /// Flow table entries instead of the config's (small tables load faster).
+    pub flow_table_size: Option<u32>,
+}
+
+/// A loaded object, the config it came from and the plan written into it.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub config: Config,
+    pub plan: Plan,
+}
+
+/// Parses `text`, loads the object sized and switched by it, verifies
+/// `programs`, and writes the plan (backends must all have a `mac`).
+pub fn load(text: &str, origin: &str, programs: &[&str], overrides: Overrides) -> Result<Loaded> {
+    let config = config::parse(text, origin).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plan = plan::plan(&config);
+    let mut opts = LoadOptions::from_config(&config, overrides.mtu, None, None);
+    if let Some(size) = overrides.flow_table_size {
+        opts.flow_table_size = size;
+    }
+    let mut ebpf = dataplane::load_balancer_object(&opts)?;
+    for p in programs {
+        dataplane::load_program(&mut ebpf, p)?;
+    }
+    let resolved = plan
+        .backends
+        .iter()
+        .map(|b| {
+            let mac = b.mac.with_context(|| format!("backend {} needs a static mac in {origin}", b.address))?;
+            Ok((b.id, ResolvedBackend { address: b.address, next_hop_mac: mac }))
+        })
+        .collect::<Result<_>>()?;
+    dataplane::write_plan(&mut ebpf, &plan, &resolved)?;
+    Ok(Loaded { ebpf, config, plan })
+}
+
+/// One BPF_PROG_TEST_RUN of `program` on a fresh copy of `input`: the
+/// action, the output packet and the kernel-reported duration.
+pub fn run(ebpf: &Ebpf, program: &str, input: &[u8]) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+    let xdp: &Xdp = ebpf.program(program).with_context(|| format!("no program {program}"))?.try_into()?;
+    let mut out = vec![0u8; input.len() + OUT_SLACK];
+    let r = xdp.test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() })?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out, r.duration))
+}
