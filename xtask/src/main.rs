@@ -73,9 +73,11 @@ fn real_main() -> Result<()> {
             require_root("the benchmarks load BPF programs")?;
             setup::all()?;
             step("building lb-bench (release)");
-            run(Command::new("cargo").args(["build", "--release", "-p", "lb-tests", "--bin", "lb-bench"]))?;
+            run(Command::new("cargo").args(["build", "--release", "-p", "lb-tests", "--bin", "lb-bench", "-p", "lb-agent", "--bin", "lb-agent"]))?;
             step("benchmarking");
-            run(Command::new(target_dir().join("release/lb-bench")).args(&args))
+            run(Command::new(target_dir().join("release/lb-bench"))
+                .args(&args)
+                .env("LB_AGENT_BIN", target_dir().join("release/lb-agent")))
         }
         Cmd::Demo { args } => {
             require_root("the demo loads BPF programs and creates network namespaces")?;

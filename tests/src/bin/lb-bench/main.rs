@@ -10,6 +10,8 @@
 //! and output are checked. The floors go through the very same harness, so
 //! its fixed cost is in both sides of every ratio.
 
+mod agent;
+
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -387,8 +389,9 @@ fn main() -> Result<()> {
     });
     let packets = packet_costs(runs)?;
     let rings = ring_costs()?;
-    println!("\nNot measured yet: reload time, agent footprint, end-to-end pps in namespaces.");
-    let report = json!({"machine": machine, "per_packet": packets, "rings": rings});
+    let agent = agent::measure()?;
+    println!("\nNot measured yet: end-to-end packets per second in namespaces.");
+    let report = json!({"machine": machine, "per_packet": packets, "rings": rings, "agent": agent});
     if let Some(dir) = json_path.parent() {
         std::fs::create_dir_all(dir)?;
     }

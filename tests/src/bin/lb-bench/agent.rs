@@ -1,0 +1,166 @@
+//! What the agent costs with a large config (100 VIPs x 100 backends): the
+//! time from SIGHUP to every changed ring slot being live, and its resident
+//! memory idle and with 10,000 health checks running. The agent runs for
+//! real, attached to the LB's veth in a namespace topology.
+
+use std::{
+    collections::BTreeSet,
+    fmt::Write as _,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::MapData;
+use lb_agent::{config, plan, rings::MappedRings};
+use lb_common::maps;
+use lb_tests::{
+    agent,
+    topology::{Proc, Topology, TopologyOptions, LB, LB_V4},
+};
+use serde_json::{json, Value};
+
+pub const VIPS: u32 = 100;
+pub const BACKENDS: u32 = 100;
+/// How long the agent may take to start or to apply a reload before the
+/// bench gives up (a large config, a busy machine).
+const PATIENCE: Duration = Duration::from_secs(60);
+/// Memory is read after the agent has settled for this long.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// The bench config: VIP i on 192.0.2.(i+1):80, all with the same 100
+/// backends (static MACs: no neighbour resolution needed); `weight_of_first`
+/// is the weight of the first backend (the reload changes it); `health`
+/// adds TCP checks of every (VIP, backend) pair.
+fn config_text(bpffs: &str, run_dir: &str, weight_of_first: u32, health: bool) -> String {
+    let mut s = format!(
+        "[lb]\ninterface = \"eth0\"\ntunnel_source_v4 = \"{LB_V4}\"\nbpffs_dir = \"{bpffs}\"\nrun_dir = \"{run_dir}\"\n\
+         max_vips = 128\nmax_backends = 128\n"
+    );
+    for v in 0..VIPS {
+        let _ = write!(s, "\n[[vip]]\nname = \"vip{v}\"\naddress = \"192.0.2.{}\"\nport = 80\n", v + 1);
+        if health {
+            s += "  [vip.health]\n  check = \"tcp\"\n  interval = \"5s\"\n  timeout = \"1s\"\n";
+        }
+        for b in 0..BACKENDS {
+            let weight = if b == 0 { weight_of_first } else { 1 };
+            let _ = write!(
+                s,
+                "  [[vip.backend]]\n  address = \"{}\"\n  weight = {weight}\n  mac = \"02:00:00:00:01:{:02x}\"\n",
+                backend_address(b),
+                b
+            );
+        }
+    }
+    s
+}
+
+/// Backend b: 198.51.100.100 + b, in the topology's subnet but not on any host.
+fn backend_address(b: u32) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 100 + b as u8)
+}
+
+/// Resident memory (KiB) of `pid`: the total, and the anonymous part (the
+/// agent's own heap and stacks; the rest is mostly the mmapped RINGS map,
+/// kernel memory shared with the data path, and the binary).
+fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("RssAnon:")?))
+}
+
+/// The agent's own pid: `Proc` runs it under `ip netns exec`, which execs it.
+fn start_agent(topo: &Topology, config_path: &str) -> Result<Proc> {
+    let bin = agent::agent_bin()?;
+    let agent = topo.spawn(LB, &bin.to_string_lossy(), &["run", "--config", config_path, "--unload-on-exit"])?;
+    agent.wait_for_line("ready:", PATIENCE)?;
+    Ok(agent)
+}
+
+pub fn measure() -> Result<Value> {
+    println!("\nAgent with {VIPS} VIPs x {BACKENDS} backends (release build, real attach in a namespace)");
+    let topo = Topology::build(TopologyOptions { backends: 1, ..TopologyOptions::default() })?;
+    let bpffs = topo.bpffs_dir().join("bench");
+    let run_dir = topo.log_dir().join("run");
+    std::fs::create_dir_all(&run_dir)?;
+    let config_path = topo.log_dir().join("bench.toml");
+    let (bpffs_s, run_s, config_s) =
+        (bpffs.to_string_lossy().to_string(), run_dir.to_string_lossy().to_string(), config_path.to_string_lossy().to_string());
+
+    // Idle footprint, then the reload.
+    std::fs::write(&config_path, config_text(&bpffs_s, &run_s, 1, false))?;
+    let t = Instant::now();
+    let agent = start_agent(&topo, &config_s)?;
+    let start_time = t.elapsed();
+    std::thread::sleep(SETTLE);
+    let idle_rss = rss_kib(agent.pid())?;
+    let reload = reload_time(&agent, &bpffs, &config_path, &bpffs_s, &run_s)?;
+    agent.stop()?;
+
+    // With health checks of every pair running.
+    std::fs::write(&config_path, config_text(&bpffs_s, &run_s, 1, true))?;
+    let agent = start_agent(&topo, &config_s)?;
+    std::thread::sleep(SETTLE);
+    let checking_rss = rss_kib(agent.pid())?;
+    agent.stop()?;
+
+    println!("{:<44} {:>9.1}ms", "start to ready (load, maps, attach)", start_time.as_secs_f64() * 1e3);
+    println!("{:<44} {:>9.1}ms   ({} ring slots changed in {VIPS} rings)", "reload: SIGHUP to every changed slot live", reload.0.as_secs_f64() * 1e3, reload.1);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!("{:<44} {:>9.1}MiB   ({:.1} MiB anonymous)", "resident memory, idle", mib(idle_rss.0), mib(idle_rss.1));
+    println!(
+        "{:<44} {:>9.1}MiB   ({:.1} MiB anonymous)",
+        format!("resident memory, {} health checks", VIPS * BACKENDS),
+        mib(checking_rss.0),
+        mib(checking_rss.1)
+    );
+    Ok(json!({
+        "vips": VIPS, "backends": BACKENDS,
+        "start_ms": start_time.as_secs_f64() * 1e3,
+        "reload_ms": reload.0.as_secs_f64() * 1e3, "reload_changed_slots": reload.1,
+        "rss_idle_kib": idle_rss.0, "rss_idle_anon_kib": idle_rss.1,
+        "rss_health_checks_kib": checking_rss.0, "rss_health_checks_anon_kib": checking_rss.1,
+    }))
+}
+
+/// Writes a config in which the first backend weighs 2 in every VIP, sends
+/// SIGHUP, and polls the pinned RINGS (mmapped) until every slot the new plan
+/// changes holds its new backend. Backend ids are kept across reloads and no
+/// backend is added or removed, so the new plan's ids are the live ids.
+fn reload_time(agent: &Proc, bpffs: &std::path::Path, config_path: &std::path::Path, bpffs_s: &str, run_s: &str) -> Result<(Duration, usize)> {
+    let old = plan::plan(&config::parse(&config_text(bpffs_s, run_s, 1, false), "old").map_err(|e| anyhow::anyhow!("{e}"))?);
+    let new_text = config_text(bpffs_s, run_s, 2, false);
+    let new = plan::plan(&config::parse(&new_text, "new").map_err(|e| anyhow::anyhow!("{e}"))?);
+    let mut changed = Vec::new();
+    for (o, n) in old.vips.iter().zip(&new.vips) {
+        let base = n.row * new.ring_size;
+        changed.extend(o.ring.iter().zip(&n.ring).enumerate().filter(|(_, (a, b))| a != b).map(|(s, (_, b))| (base + s as u32, *b)));
+    }
+    let data = MapData::from_pin(bpffs.join(maps::RINGS)).context("opening the pinned RINGS")?;
+    let rings = MappedRings::from_map(&data)?;
+    if changed.iter().all(|(slot, id)| rings.get(*slot) == Some(*id)) {
+        bail!("the new ring is live before the reload: the bench's change does not change the rings");
+    }
+    std::fs::write(config_path, new_text)?;
+    let t = Instant::now();
+    // SAFETY: a signal to the agent we started.
+    if unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) } != 0 {
+        bail!("SIGHUP to the agent: {}", std::io::Error::last_os_error());
+    }
+    let mut pending: BTreeSet<(u32, u32)> = changed.iter().copied().collect();
+    while !pending.is_empty() {
+        pending.retain(|(slot, id)| rings.get(*slot) != Some(*id));
+        if t.elapsed() > PATIENCE {
+            bail!("{} changed slots still not live {PATIENCE:?} after SIGHUP; agent log:\n{}", pending.len(), agent.log_tail(20));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok((t.elapsed(), changed.len()))
+}
