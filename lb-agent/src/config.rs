@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -96,6 +96,12 @@ pub const DEFAULT_FLOW_TABLE_SIZE: u32 = lb_common::flows::DEFAULT_FLOW_TABLE_SI
 /// `MEMBERS` holds `max_vips × max_backends` entries, allocated up front
 /// (8 bytes each): at most 64 Mi entries (512 MiB).
 pub const MAX_MEMBER_ENTRIES: u64 = 1 << 26;
+/// Default `lb.metrics_listen`: loopback only, so nothing is exposed beyond
+/// the host until the operator chooses an address.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9110";
+
+/// `lb.metrics_listen` value that turns the metrics endpoint off.
+pub const METRICS_OFF: &str = "off";
 
 /// 1: all backends equal unless the config says otherwise.
 pub const DEFAULT_WEIGHT: u32 = 1;
@@ -173,6 +179,10 @@ pub struct LbSection {
     /// recently used flow is forgotten first). Default
     /// [`DEFAULT_FLOW_TABLE_SIZE`], range `MIN_FLOW_TABLE_SIZE..=MAX_FLOW_TABLE_SIZE`.
     pub flow_table_size: u32,
+    /// `metrics_listen`: `ADDRESS:PORT` where `lb-agent run` serves Prometheus
+    /// metrics at `/metrics`. Default [`DEFAULT_METRICS_LISTEN`];
+    /// [`METRICS_OFF`] (`"off"`) = `None`, no endpoint.
+    pub metrics_listen: Option<SocketAddr>,
     /// `icmp_echo`, `too_big`, `unknown_port`: what happens to ICMP echo,
     /// too-big packets and unconfigured ports of VIP addresses (defaults in
     /// [`PacketPolicy::default`]).
@@ -488,6 +498,7 @@ struct RawLb {
     bpffs_dir: Option<String>,
     run_dir: Option<String>,
     flow_table_size: Option<i64>,
+    metrics_listen: Option<String>,
     icmp_echo: Option<String>,
     too_big: Option<String>,
     unknown_port: Option<String>,
@@ -682,6 +693,19 @@ impl Validator {
                 );
             }
         }
+        let metrics_listen = match raw.metrics_listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN) {
+            METRICS_OFF => Some(None),
+            s => match s.parse::<SocketAddr>() {
+                Ok(a) => Some(Some(a)),
+                Err(_) => {
+                    self.add(
+                        "lb.metrics_listen",
+                        format!("{s:?} is not ADDRESS:PORT (e.g. \"{DEFAULT_METRICS_LISTEN}\", \"[::1]:9110\") or \"{METRICS_OFF}\""),
+                    );
+                    None
+                }
+            },
+        };
 
         let packets = self.packet_policy(raw.icmp_echo.as_deref(), raw.too_big.as_deref(), raw.unknown_port.as_deref());
 
@@ -697,6 +721,7 @@ impl Validator {
             bpffs_dir: bpffs_dir?,
             run_dir: run_dir?,
             flow_table_size: flow_table_size?,
+            metrics_listen: metrics_listen?,
             packets: packets?,
         })
     }
@@ -1355,6 +1380,15 @@ port = 80
         assert_problem(&with_lb("run_dir = \"run/lb\""), "lb.run_dir", &["\"run/lb\"", "absolute"]);
         assert_problem(&with_lb("flow_table_size = 10"), "lb.flow_table_size", &["10", "out of range"]);
         assert_problem(&with_lb("max_vips = 4096\nmax_backends = 65536"), "lb.max_backends", &["member entries"]);
+    }
+
+    #[test]
+    fn metrics_listen_default_address_and_off() {
+        assert_eq!(parse(GOOD, "lb.toml").unwrap().lb.metrics_listen, Some(DEFAULT_METRICS_LISTEN.parse().unwrap()));
+        let v6 = parse(&with_lb("metrics_listen = \"[2001:db8::2]:9100\""), "lb.toml").unwrap();
+        assert_eq!(v6.lb.metrics_listen, Some("[2001:db8::2]:9100".parse().unwrap()));
+        assert_eq!(parse(&with_lb("metrics_listen = \"off\""), "lb.toml").unwrap().lb.metrics_listen, None);
+        assert_problem(&with_lb("metrics_listen = \"9110\""), "lb.metrics_listen", &["\"9110\"", "ADDRESS:PORT", "off"]);
     }
 
     #[test]

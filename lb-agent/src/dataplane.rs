@@ -229,7 +229,7 @@ pub fn attach(program: &mut Xdp, iface: &str, mode: ConfigXdpMode) -> Result<(Xd
         ConfigXdpMode::Auto => match try_mode(program, XdpMode::Driver) {
             Ok(link) => Ok((link, AttachedMode::Native)),
             Err(native) => {
-                log::warn!("native XDP on {iface} failed ({native}); falling back to generic XDP");
+                tracing::warn!("native XDP on {iface} failed ({native}); falling back to generic XDP");
                 let link = try_mode(program, XdpMode::Skb)
                     .with_context(|| format!("attaching XDP to {iface} (native failed first: {native})"))?;
                 Ok((link, AttachedMode::Generic))

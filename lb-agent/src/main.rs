@@ -7,7 +7,9 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_agent::{
     config::{Config, Protocol, XdpMode},
-    dataplane, health, instance, plan, runtime, stats, summary,
+    dataplane, instance,
+    logging::{self, LogFormat},
+    plan, runtime, stats_command, summary,
 };
 use lb_common::{programs, DecapReason};
 
@@ -16,6 +18,12 @@ use lb_common::{programs, DecapReason};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text (default) or one JSON object per line (on stderr).
+    #[arg(long, value_enum, global = true, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level or filter (`info`, `debug`, `lb_agent=debug,aya=warn`); overrides RUST_LOG. Default: RUST_LOG, else info.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -64,6 +72,12 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Seconds between the two reads that give packets/s and bytes/s; 0 = counters only.
+        #[arg(long, default_value = stats_command::DEFAULT_INTERVAL, value_parser = stats_command::parse_interval)]
+        interval: std::time::Duration,
+        /// Refresh every interval until interrupted.
+        #[arg(long)]
+        watch: bool,
     },
     /// Print the backend the data path picks for one flow (computed from the config, like the kernel does).
     Lookup {
@@ -106,8 +120,12 @@ enum ProtocolArg {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if let Err(e) = real_main(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
+        eprintln!("lb-agent: {e:#}");
+        std::process::exit(2);
+    }
+    if let Err(e) = real_main(cli) {
         eprintln!("lb-agent: {e:#}");
         std::process::exit(1);
     }
@@ -134,25 +152,8 @@ fn real_main(cli: Cli) -> Result<()> {
             println!("{}", backend.address);
             Ok(())
         }
-        Command::Stats { config, json } => {
-            let config = load_config(&config)?;
-            // The ids and rows the kernel uses (reloads keep ids, so they may
-            // differ from a fresh plan's).
-            let kept = lb_agent::live::LiveMaps::open(&config.lb.bpffs_dir)
-                .and_then(|live| live.kept())
-                .context("reading the running balancer's maps (is `lb-agent run` running with this config's bpffs_dir?)")?;
-            let plan = plan::plan_keeping(&config, &kept).map_err(anyhow::Error::msg)?;
-            let counters = dataplane::read_pinned_counters(&config.lb.bpffs_dir)?;
-            let health = health::report::read_pinned(&config.lb.bpffs_dir)?;
-            if json {
-                let mut out = stats::to_json(&plan, &counters);
-                health::report::add_to_json(&mut out, &config, &plan, &health);
-                println!("{out}");
-            } else {
-                print!("{}", stats::to_text(&plan, &counters));
-                print!("{}", health::report::to_text(&config, &plan, &health));
-            }
-            Ok(())
+        Command::Stats { config, json, interval, watch } => {
+            stats_command::run(&load_config(&config)?, &stats_command::StatsOptions { json, interval, watch })
         }
         Command::Run { config, full_restart, unload_on_exit } => {
             let options = runtime::RunOptions { config_path: config, full_restart, unload_on_exit };
@@ -202,7 +203,7 @@ async fn decap(iface: String, mode: XdpMode) -> Result<()> {
     ready(&format!("attached {} to {iface} in {mode} mode", programs::DECAP));
     let signal = wait_for_shutdown().await;
     let counters = dataplane::read_counters(&ebpf)?;
-    log::info!(
+    tracing::info!(
         "{signal}: detaching from {iface}; decapsulated {} packets, passed {} others",
         counters.decap_reason(DecapReason::Decapsulated).packets,
         counters.decap_reason(DecapReason::NotTunnel).packets

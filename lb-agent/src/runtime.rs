@@ -20,6 +20,7 @@ use crate::{
     health::supervisor::{self, MapWriter, SharedSupervisor, Supervisor},
     instance::{self, Instance},
     live::LiveMaps,
+    metrics::{self, Metrics},
     nexthop, pins,
     plan::{self, Plan},
     reconcile,
@@ -59,6 +60,8 @@ struct Running {
     supervisor: SharedSupervisor<MapWriter>,
     checkers: Vec<JoinHandle<()>>,
     dsr: Dsr,
+    /// The Prometheus endpoint's state, unless `lb.metrics_listen = "off"`.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// DSR-aware health checks: their routing and the object of their tc
@@ -117,6 +120,11 @@ fn dsr_check_pairs(config: &Config, plan: &Plan) -> Vec<health::dsr::DsrPair> {
 pub async fn run(options: RunOptions) -> Result<()> {
     let config = load_config(&options.config_path)?;
     let instance = Instance::claim(&config.lb.run_dir, &config.lb.interface)?;
+    // Bound before anything is loaded: a taken port changes nothing.
+    let metrics_listener = match config.lb.metrics_listen {
+        Some(addr) => Some(metrics::server::bind(addr).await?),
+        None => None,
+    };
     let handle = nexthop::connect()?;
     let iface = nexthop::interface(&handle, &config.lb.interface)
         .await
@@ -175,7 +183,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         None => format!("adopted the pinned {} on {} ({changes})", programs::BALANCER, iface.name),
     };
     drop(fresh);
-    log::info!(
+    tracing::info!(
         "balancing {} VIP(s) over {} backend(s) on {} (ring size {}, pinned in {}): {changes}",
         plan.vips.len(),
         plan.backends.len(),
@@ -183,22 +191,36 @@ pub async fn run(options: RunOptions) -> Result<()> {
         plan.ring_size,
         dir.display()
     );
-    let supervisor = Arc::new(Mutex::new(supervisor));
+    let mut metrics_server = None;
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let mode = crate::xdp_attach::mode(&handle, iface.index).await.unwrap_or_else(|e| {
+                tracing::warn!("cannot tell the XDP mode of {}: {e:#}", iface.name);
+                "unknown"
+            });
+            let m = Metrics::new(config.clone(), plan.clone(), metrics::Attachment { interface: iface.name.clone(), mode });
+            tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at {}", metrics::server::METRICS_PATH);
+            metrics_server = Some(metrics::server::spawn(listener, m.clone()));
+            Some(m)
+        }
+        None => None,
+    };
+    let supervisor = Arc::new(Mutex::new(observed(supervisor, &metrics)));
     let checkers = supervisor::spawn(&config, supervisor.clone());
     let listener = instance.listen()?;
-    let mut running = Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr };
+    let mut running = Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics };
     ready(&what);
 
     let signal = serve(&mut running, &listener).await;
-    for task in &running.checkers {
+    for task in running.checkers.iter().chain(&metrics_server) {
         task.abort();
     }
     running.dsr.remove().await;
     if running.options.unload_on_exit {
         pins::remove_all(&dir)?;
-        log::info!("{signal}: detached from {} and removed the pins in {}", running.iface.name, dir.display());
+        tracing::info!("{signal}: detached from {} and removed the pins in {}", running.iface.name, dir.display());
     } else {
-        log::info!(
+        tracing::info!(
             "{signal}: exiting; the balancer keeps forwarding on {} (pinned in {}); `lb-agent detach` removes it",
             running.iface.name,
             dir.display()
@@ -243,8 +265,8 @@ async fn serve(running: &mut Running, listener: &tokio::net::UnixListener) -> &'
 async fn reload(running: &mut Running) -> Result<String> {
     let result = try_reload(running).await;
     match &result {
-        Ok(summary) => log::info!("reload of {}: {summary}", running.options.config_path.display()),
-        Err(e) => log::error!("reload of {} refused, the running config is unchanged: {e:#}", running.options.config_path.display()),
+        Ok(summary) => tracing::info!("reload of {}: {summary}", running.options.config_path.display()),
+        Err(e) => tracing::error!("reload of {} refused, the running config is unchanged: {e:#}", running.options.config_path.display()),
     }
     result
 }
@@ -276,8 +298,11 @@ async fn try_reload(running: &mut Running) -> Result<String> {
             return Err(e.context("applying the new config failed part-way; fix the cause and reload again"));
         }
     };
-    *guard = supervisor;
+    *guard = observed(supervisor, &running.metrics);
     drop(guard);
+    if let Some(m) = &running.metrics {
+        m.programmed(config.clone(), plan.clone());
+    }
     // Before the checks start: DSR-aware ones need their routes.
     let dsr = running.dsr.install(&config, &plan, &opts, &running.handle, &running.iface).await;
     running.checkers = supervisor::spawn(&config, running.supervisor.clone());
@@ -287,6 +312,14 @@ async fn try_reload(running: &mut Running) -> Result<String> {
         Ok(()) => Ok(changes.to_string()),
         Err(e) => Ok(format!("{changes}; but the routes of DSR-aware health checks failed: {e:#} (those checks fail until the next reload)")),
     }
+}
+
+/// `supervisor`, feeding the health check histogram if metrics are on.
+fn observed(mut supervisor: Supervisor<MapWriter>, metrics: &Option<Arc<Metrics>>) -> Supervisor<MapWriter> {
+    if let Some(m) = metrics {
+        supervisor.observe_checks(m.check_observer());
+    }
+    supervisor
 }
 
 /// Reconciles the maps with `plan` and returns the health supervisor that
@@ -325,7 +358,7 @@ fn adoptable(dir: &Path, wanted: &LoadedState, full_restart: bool) -> Result<boo
             differences.join("\n  ")
         );
     }
-    log::warn!("--full-restart: replacing the pinned balancer ({})", differences.join("; "));
+    tracing::warn!("--full-restart: replacing the pinned balancer ({})", differences.join("; "));
     pins::remove_all(dir)?;
     Ok(false)
 }
@@ -432,7 +465,7 @@ async fn resolve_backends(
     let mut out = HashMap::new();
     for t in tasks {
         let (id, r) = t.await.context("next-hop task")??;
-        log::info!("backend {} via next hop {}", r.address, r.next_hop_mac);
+        tracing::info!("backend {} via next hop {}", r.address, r.next_hop_mac);
         out.insert(id, r);
     }
     Ok(out)

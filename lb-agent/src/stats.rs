@@ -5,7 +5,7 @@ use std::{fmt::Write as _, net::SocketAddr};
 use lb_common::{flows::FlowEvent, Counter, Reason};
 use serde_json::{json, Value};
 
-use crate::{dataplane::Counters, plan::Plan};
+use crate::{dataplane::Counters, plan::Plan, rates::Rates};
 
 /// JSON: `{"vips":[{name, address, port, protocol, packets, bytes, backends:[{address, weight}]}],
 /// "backends":[{address, packets, bytes}], "reasons":{label:{packets, bytes}}}`.
@@ -58,11 +58,24 @@ pub fn to_json(plan: &Plan, counters: &Counters) -> Value {
     json!({"vips": vips, "backends": backends, "reasons": reasons, "flows": flows})
 }
 
+/// Packets/s and bytes/s columns, blank without a window.
+fn rate_columns(rate: Option<crate::rates::Rate>) -> String {
+    match rate {
+        Some(r) => format!("{:>10.1} {:>12.1}", r.packets_per_second, r.bytes_per_second),
+        None => format!("{:>10} {:>12}", "-", "-"),
+    }
+}
+
 /// A human table: VIPs with their members, then backends (counted over all
-/// the VIPs that share them), then every packet outcome.
-pub fn to_text(plan: &Plan, counters: &Counters) -> String {
+/// the VIPs that share them), then every packet outcome; with `rates`, the
+/// packets/s and bytes/s over their window.
+pub fn to_text(plan: &Plan, counters: &Counters, rates: Option<&Rates>) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<24} {:<28} {:>12} {:>14}  backends (weight)", "VIP", "address", "packets", "bytes");
+    let _ = writeln!(
+        out,
+        "{:<24} {:<28} {:>12} {:>14} {:>10} {:>12}  backends (weight)",
+        "VIP", "address", "packets", "bytes", "packets/s", "bytes/s"
+    );
     for vip in &plan.vips {
         let c = counters.vips.get(vip.row as usize).copied().unwrap_or_default();
         let members: Vec<String> = vip
@@ -72,18 +85,20 @@ pub fn to_text(plan: &Plan, counters: &Counters) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{:<24} {:<28} {:>12} {:>14}  {}",
+            "{:<24} {:<28} {:>12} {:>14} {}  {}",
             vip.name,
             format!("{}/{}", SocketAddr::new(vip.address(), vip.port()), protocol_name(vip.key.proto)),
             c.packets,
             c.bytes,
+            rate_columns(rates.map(|r| r.vip(vip.row))),
             members.join(", ")
         );
     }
-    let _ = writeln!(out, "\n{:<24} {:>12} {:>14}", "backend (all VIPs)", "packets", "bytes");
+    let _ = writeln!(out, "\n{:<24} {:>12} {:>14} {:>10} {:>12}", "backend (all VIPs)", "packets", "bytes", "packets/s", "bytes/s");
     for b in &plan.backends {
         let c = counters.backends.get(b.id as usize).copied().unwrap_or_default();
-        let _ = writeln!(out, "{:<24} {:>12} {:>14}", b.address.to_string(), c.packets, c.bytes);
+        let rate = rate_columns(rates.map(|r| r.backend(b.id)));
+        let _ = writeln!(out, "{:<24} {:>12} {:>14} {}", b.address.to_string(), c.packets, c.bytes, rate);
     }
     let _ = writeln!(out, "\n{:<24} {:>12} {:>14}  action", "outcome", "packets", "bytes");
     for r in Reason::ALL {

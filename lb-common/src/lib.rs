@@ -3,6 +3,7 @@
 //! - [`maps`] and [`globals`]: the names of the BPF maps and load-time globals.
 //! - [`layout`]: the `#[repr(C)]` keys and values stored in those maps.
 //! - [`reason`]: why a packet got the action it got (the per-reason counters).
+//! - [`metrics`]: the names of the agent's Prometheus metrics and labels.
 //! - [`hash`]: the flow hash, so the agent (`lb-agent lookup`, tests) computes
 //!   exactly what the kernel computes.
 #![no_std]
@@ -12,6 +13,7 @@ pub mod flows;
 pub mod hash;
 pub mod health;
 pub mod layout;
+pub mod metrics;
 pub mod packet_policy;
 pub mod reason;
 

@@ -38,6 +38,8 @@ pub struct Report {
     pub changes: u32,
     /// Whether this check changed the state.
     pub changed: bool,
+    /// How long the check took (its timeout, if it timed out).
+    pub latency: Duration,
 }
 
 /// A small deterministic generator (xorshift64*): jitter needs spread, not
@@ -69,6 +71,7 @@ pub async fn run<P: Probe>(member: MemberRef, check: HealthCheck, mut probe: P, 
         sleep_until(next).await;
         let started = Instant::now();
         let outcome = timeout(check.timeout, probe.check()).await.unwrap_or(Outcome::Timeout);
+        let latency = started.elapsed();
         let changed = tracker.record(outcome.passed()).is_some();
         let report = Report {
             member,
@@ -78,6 +81,7 @@ pub async fn run<P: Probe>(member: MemberRef, check: HealthCheck, mut probe: P, 
             passes: tracker.passes,
             changes: tracker.changes,
             changed,
+            latency,
         };
         if reports.send(report).await.is_err() {
             return;

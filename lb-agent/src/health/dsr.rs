@@ -80,7 +80,7 @@ impl DsrRouting {
         }
         if let Err(e) = tc::qdisc_add_clsact(&iface.name) {
             // Already there (another program, or a previous run): fine.
-            log::debug!("clsact qdisc on {}: {e}", iface.name);
+            tracing::debug!("clsact qdisc on {}: {e}", iface.name);
         }
         let program: &mut SchedClassifier = ebpf
             .program_mut(programs::HEALTH_ENCAP)
@@ -101,16 +101,16 @@ impl DsrRouting {
             && let Some(Ok(program)) = ebpf.program_mut(programs::HEALTH_ENCAP).map(<&mut SchedClassifier>::try_from)
             && let Err(e) = program.detach(link)
         {
-            log::warn!("detaching tc_health_encap from {}: {e}", self.iface);
+            tracing::warn!("detaching tc_health_encap from {}: {e}", self.iface);
         }
         for route in self.routes.drain(..) {
             if let Err(e) = self.handle.route().del(route).execute().await {
-                log::warn!("removing a DSR check route: {e}");
+                tracing::warn!("removing a DSR check route: {e}");
             }
         }
         for rule in self.rules.drain(..) {
             if let Err(e) = self.handle.rule().del(rule).execute().await {
-                log::warn!("removing a DSR check rule: {e}");
+                tracing::warn!("removing a DSR check rule: {e}");
             }
         }
     }

@@ -32,7 +32,7 @@ pub fn read_pinned(dir: &Path) -> Result<HealthTable> {
     Ok(out)
 }
 
-fn state_label(state: u8) -> &'static str {
+pub fn state_label(state: u8) -> &'static str {
     match state {
         HEALTH_UNCHECKED => "unchecked",
         HEALTH_UP => "up",
@@ -49,33 +49,59 @@ fn reason_label(e: &HealthEntry) -> String {
     }
 }
 
-/// Per VIP (config order): its name, health label and per backend
-/// (address, backup, entry). A pair without an entry counts as up.
-struct VipHealth<'a> {
-    name: &'a str,
-    health: &'static str,
-    members: Vec<(std::net::IpAddr, bool, Option<HealthEntry>)>,
+/// One VIP (config order): its name, health label and backends. A pair
+/// without an entry counts as up.
+pub struct VipHealth<'a> {
+    pub name: &'a str,
+    /// `up`, `degraded`, `backup`, `down`, `down_fail_open`.
+    pub health: &'static str,
+    pub members: Vec<MemberHealth>,
 }
 
-fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable) -> Vec<VipHealth<'a>> {
+/// A backend as a member of one VIP.
+pub struct MemberHealth {
+    pub address: std::net::IpAddr,
+    pub backup: bool,
+    pub entry: Option<HealthEntry>,
+    /// Fraction of the VIP's ring slots it owns with the current health
+    /// (the supervisor writes exactly this ring: same `select::ring`).
+    pub ring_share: f64,
+}
+
+impl MemberHealth {
+    /// Serving as far as health goes: up, or not checked.
+    pub fn is_up(&self) -> bool {
+        self.entry.is_none_or(|e| e.state != HEALTH_DOWN)
+    }
+}
+
+/// The health of every VIP of `config` from a `HEALTH` table.
+pub fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable) -> Vec<VipHealth<'a>> {
     config
         .vips
         .iter()
         .filter_map(|v| {
             let planned = plan.vip(&v.name)?;
-            let members: Vec<_> = v
+            let id_of = |a| plan.backend_id(a).unwrap_or(lb_common::NO_BACKEND);
+            let mut members: Vec<MemberHealth> = v
                 .backends
                 .iter()
-                .map(|b| {
-                    let id = plan.backend_id(b.address).unwrap_or(lb_common::NO_BACKEND);
-                    (b.address, b.backup, table.get(&HealthKey { row: planned.row, backend_id: id }).copied())
+                .map(|b| MemberHealth {
+                    address: b.address,
+                    backup: b.backup,
+                    entry: table.get(&HealthKey { row: planned.row, backend_id: id_of(b.address) }).copied(),
+                    ring_share: 0.0,
                 })
                 .collect();
-            let id_of = |a| plan.backend_id(a).unwrap_or(lb_common::NO_BACKEND);
-            let up = |i: usize| members[i].2.is_none_or(|e| e.state != HEALTH_DOWN);
-            let tier = select::ring(v, plan.ring_size, &id_of, &up).tier;
+            let up = |i: usize| members[i].is_up();
+            let selection = select::ring(v, plan.ring_size, &id_of, &up);
             let all_up = (0..members.len()).all(up);
-            let health = match tier {
+            for m in &mut members {
+                let id = id_of(m.address);
+                let owned = selection.ring.iter().filter(|slot| **slot == id).count();
+                m.ring_share = owned as f64 / selection.ring.len().max(1) as f64;
+            }
+            let health = match selection.tier {
                 select::Tier::Primary if all_up => "up",
                 select::Tier::Primary => "degraded",
                 select::Tier::Backup => "backup",
@@ -88,7 +114,7 @@ fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable) -> Vec<V
 }
 
 /// Adds `health` to each VIP of `stats::to_json`'s output and
-/// `backup`, `state`, `reason`, `since_unix_ms`, `fails`, `passes`,
+/// `backup`, `share` (of the ring, 0..=1), `state`, `reason`, `since_unix_ms`, `fails`, `passes`,
 /// `changes`, `http_status` to each of its backends.
 pub fn add_to_json(json: &mut Value, config: &Config, plan: &Plan, table: &HealthTable) {
     let Some(vips) = json.get_mut("vips").and_then(Value::as_array_mut) else { return };
@@ -96,12 +122,13 @@ pub fn add_to_json(json: &mut Value, config: &Config, plan: &Plan, table: &Healt
         let Some(v) = vips.iter_mut().find(|v| v["name"] == vh.name) else { continue };
         v["health"] = json!(vh.health);
         let Some(members) = v.get_mut("backends").and_then(Value::as_array_mut) else { continue };
-        for (address, backup, entry) in &vh.members {
-            let Some(m) = members.iter_mut().find(|m| m["address"] == address.to_string()) else { continue };
-            m["backup"] = json!(backup);
-            if let Some(e) = entry {
+        for member in &vh.members {
+            let Some(m) = members.iter_mut().find(|m| m["address"] == member.address.to_string()) else { continue };
+            m["backup"] = json!(member.backup);
+            m["share"] = json!(member.ring_share);
+            if let Some(e) = member.entry {
                 m["state"] = json!(state_label(e.state));
-                m["reason"] = json!(reason_label(e));
+                m["reason"] = json!(reason_label(&e));
                 m["since_unix_ms"] = json!(e.since_unix_ms);
                 m["fails"] = json!(e.consecutive_fails);
                 m["passes"] = json!(e.consecutive_passes);
@@ -116,29 +143,34 @@ pub fn add_to_json(json: &mut Value, config: &Config, plan: &Plan, table: &Healt
 pub fn to_text(config: &Config, plan: &Plan, table: &HealthTable) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let mut out = String::new();
-    let _ = writeln!(out, "\n{:<24} {:<8} {:<28} {:<10} {:>9} {:>6} {:>6}  last check", "VIP health", "", "backend", "state", "since", "fails", "passes");
+    let _ = writeln!(
+        out,
+        "\n{:<24} {:<8} {:<28} {:<10} {:>7} {:>9} {:>6} {:>6}  last check",
+        "VIP health", "", "backend", "state", "share", "since", "fails", "passes"
+    );
     for vh in vip_health(config, plan, table) {
         let _ = writeln!(out, "{:<24} {:<8}", vh.name, vh.health);
-        for (address, backup, entry) in &vh.members {
-            let role = if *backup { "backup" } else { "" };
-            match entry {
+        for member in &vh.members {
+            let (address, role, share) = (member.address, if member.backup { "backup" } else { "" }, member.ring_share * 100.0);
+            match member.entry {
                 Some(e) => {
                     let since = format!("{:.1}s", now.saturating_sub(e.since_unix_ms) as f64 / 1000.0);
                     let _ = writeln!(
                         out,
-                        "{:<24} {:<8} {:<28} {:<10} {:>9} {:>6} {:>6}  {}",
+                        "{:<24} {:<8} {:<28} {:<10} {:>6.1}% {:>9} {:>6} {:>6}  {}",
                         "",
                         role,
                         address.to_string(),
                         state_label(e.state),
+                        share,
                         since,
                         e.consecutive_fails,
                         e.consecutive_passes,
-                        reason_label(e)
+                        reason_label(&e)
                     );
                 }
                 None => {
-                    let _ = writeln!(out, "{:<24} {:<8} {:<28} {:<10}", "", role, address.to_string(), "?");
+                    let _ = writeln!(out, "{:<24} {:<8} {:<28} {:<10} {:>6.1}%", "", role, address.to_string(), "?", share);
                 }
             }
         }

@@ -104,11 +104,15 @@ struct VipState {
     tier: Tier,
 }
 
+/// Told of every check: VIP name, backend address, how long it took.
+pub type CheckObserver = Box<dyn Fn(&str, IpAddr, std::time::Duration) + Send>;
+
 /// The health of every VIP's backends and the rings that follow from it.
 pub struct Supervisor<W: HealthWriter> {
     vips: Vec<VipState>,
     ring_size: u32,
     writer: W,
+    observer: Option<CheckObserver>,
 }
 
 fn now_unix_ms() -> u64 {
@@ -168,12 +172,17 @@ impl<W: HealthWriter> Supervisor<W> {
             let mut state = VipState { config: v.clone(), row: planned.row, ids, up, entries, ring, tier: Tier::Primary };
             let (written, _) = Self::reselect(&mut state, plan.ring_size, &mut writer)?;
             if state.tier != Tier::Primary {
-                log::warn!("vip {}: serves from {}", v.name, state.tier.as_str());
+                tracing::warn!("vip {}: serves from {}", v.name, state.tier.as_str());
             }
-            log::info!("vip {}: {written} ring slots written", v.name);
+            tracing::info!("vip {}: {written} ring slots written", v.name);
             vips.push(state);
         }
-        Ok(Supervisor { vips, ring_size: plan.ring_size, writer })
+        Ok(Supervisor { vips, ring_size: plan.ring_size, writer, observer: None })
+    }
+
+    /// Calls `observer` for every check from now on (the latency histogram).
+    pub fn observe_checks(&mut self, observer: CheckObserver) {
+        self.observer = Some(observer);
     }
 
     /// Recomputes a VIP's ring from its `up` set and writes the changed
@@ -196,6 +205,9 @@ impl<W: HealthWriter> Supervisor<W> {
         let ring_size = self.ring_size;
         let vip = self.vips.get_mut(r.member.vip).context("report for an unknown VIP")?;
         let b = r.member.backend;
+        if let Some(observe) = &self.observer {
+            observe(&vip.config.name, vip.config.backends[b].address, r.latency);
+        }
         let entry = &mut vip.entries[b];
         entry.consecutive_fails = r.fails;
         entry.consecutive_passes = r.passes;
@@ -228,7 +240,10 @@ impl<W: HealthWriter> Supervisor<W> {
         let up_count = vip.up.iter().filter(|u| **u).count();
         let role = if backend.backup { "backup " } else { "" };
         match r.state {
-            State::Down => log::warn!(
+            State::Down => tracing::warn!(
+                vip = %vip.config.name,
+                backend = %backend.address,
+                state = "down",
                 "vip {}: {role}backend {} DOWN: {} ({} consecutive failed checks, fails = {}); {up_count}/{} backends up, serving from {}; {written} ring slots rewritten",
                 vip.config.name,
                 backend.address,
@@ -238,7 +253,10 @@ impl<W: HealthWriter> Supervisor<W> {
                 vip.up.len(),
                 vip.tier.as_str()
             ),
-            State::Up => log::info!(
+            State::Up => tracing::info!(
+                vip = %vip.config.name,
+                backend = %backend.address,
+                state = "up",
                 "vip {}: {role}backend {} UP: {} ({} consecutive passed checks, passes = {}); {up_count}/{} backends up, serving from {}; {written} ring slots rewritten",
                 vip.config.name,
                 backend.address,
@@ -251,16 +269,16 @@ impl<W: HealthWriter> Supervisor<W> {
         }
         if vip.tier != before {
             match vip.tier {
-                Tier::Down => log::warn!(
+                Tier::Down => tracing::warn!(
                     "vip {}: no backend is up; its packets are dropped and counted as no_backend (health.all_down = \"drop\")",
                     vip.config.name
                 ),
-                Tier::FailOpen => log::warn!(
+                Tier::FailOpen => tracing::warn!(
                     "vip {}: no backend is up; sending to all primaries anyway (health.all_down = \"fail_open\")",
                     vip.config.name
                 ),
-                Tier::Backup => log::warn!("vip {}: no primary backend is up; backups take the traffic", vip.config.name),
-                Tier::Primary => log::info!("vip {}: a primary backend is up again; new flows go to the primaries", vip.config.name),
+                Tier::Backup => tracing::warn!("vip {}: no primary backend is up; backups take the traffic", vip.config.name),
+                Tier::Primary => tracing::info!("vip {}: a primary backend is up again; new flows go to the primaries", vip.config.name),
             }
         }
         Ok(())
@@ -309,7 +327,7 @@ pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, supervisor: Shar
         while let Some(report) = rx.recv().await {
             let result = supervisor.lock().unwrap_or_else(|e| e.into_inner()).apply(&report);
             if let Err(e) = result {
-                log::error!("health: {e:#}");
+                tracing::error!("health: {e:#}");
             }
         }
     }));
@@ -379,7 +397,16 @@ port = 80
 "#;
 
     fn report(backend: usize, state: State, outcome: Outcome) -> Report {
-        Report { member: MemberRef { vip: 0, backend }, outcome, state, fails: 1, passes: 0, changes: 1, changed: true }
+        Report {
+            member: MemberRef { vip: 0, backend },
+            outcome,
+            state,
+            fails: 1,
+            passes: 0,
+            changes: 1,
+            changed: true,
+            latency: std::time::Duration::from_millis(1),
+        }
     }
 
     #[test]

@@ -1,0 +1,77 @@
+//! Names of the Prometheus metrics `lb-agent run` serves, and of their labels.
+//! The agent, the tests and `contrib/` (alerts, dashboard) use these names;
+//! the kernel never sees them. Conventions: counters end in `_total`, values
+//! are in base units (bytes, seconds), info-style gauges end in `_info` and
+//! are always 1.
+
+/// Counter `{vip}`: packets the balancer forwarded for the VIP.
+pub const VIP_PACKETS: &str = "lb_vip_packets_total";
+/// Counter `{vip}`: bytes (L2 frame, before encapsulation) forwarded for the VIP.
+pub const VIP_BYTES: &str = "lb_vip_bytes_total";
+/// Counter `{backend}`: packets sent to the backend, over all VIPs that use it.
+pub const BACKEND_PACKETS: &str = "lb_backend_packets_total";
+/// Counter `{backend}`: bytes sent to the backend, over all VIPs that use it.
+pub const BACKEND_BYTES: &str = "lb_backend_bytes_total";
+/// Counter `{reason, action}`: every packet the balancer saw, by why it got its action.
+pub const PACKETS: &str = "lb_packets_total";
+/// Counter `{reason, action}`: bytes of those packets.
+pub const BYTES: &str = "lb_bytes_total";
+/// Gauge `{vip, backend}`: 1 while the backend is healthy (or not checked), 0 while down.
+pub const BACKEND_UP: &str = "lb_backend_up";
+/// Gauge `{vip, backend}`: seconds since the backend's health state last changed (or the agent started).
+pub const BACKEND_HEALTH_AGE: &str = "lb_backend_health_state_age_seconds";
+/// Counter `{vip, backend}`: health state changes since the agent started.
+pub const BACKEND_HEALTH_CHANGES: &str = "lb_backend_health_changes_total";
+/// Histogram `{vip, backend}`: duration of each health check (a timed-out check counts its timeout).
+pub const HEALTH_CHECK_DURATION: &str = "lb_health_check_duration_seconds";
+/// Gauge `{vip}`: backends of the VIP that are up (0: the VIP has no healthy backend).
+pub const VIP_BACKENDS_UP: &str = "lb_vip_backends_up";
+/// Gauge: slots of every VIP's Maglev ring.
+pub const RING_SIZE: &str = "lb_ring_size";
+/// Gauge `{vip, backend}`: fraction of the VIP's ring slots the backend owns now (0..=1).
+pub const RING_SHARE: &str = "lb_ring_share_ratio";
+/// Gauge: bumped every time the agent programs a config (1 after start).
+pub const CONFIG_GENERATION: &str = "lb_config_generation";
+/// Gauge `{fingerprint}` = 1: fingerprint of the effective config (`lb-agent check`), equal on LB hosts that forward alike.
+pub const CONFIG_INFO: &str = "lb_config_info";
+/// Gauge `{version}` = 1: the agent's version.
+pub const BUILD_INFO: &str = "lb_build_info";
+/// Gauge `{interface, mode}` = 1: where the balancer is attached and how (`native` or `generic` XDP).
+pub const XDP_ATTACH_INFO: &str = "lb_xdp_attach_info";
+
+/// Every metric name, for tests and documentation.
+pub const ALL: &[&str] = &[
+    VIP_PACKETS,
+    VIP_BYTES,
+    BACKEND_PACKETS,
+    BACKEND_BYTES,
+    PACKETS,
+    BYTES,
+    BACKEND_UP,
+    BACKEND_HEALTH_AGE,
+    BACKEND_HEALTH_CHANGES,
+    HEALTH_CHECK_DURATION,
+    VIP_BACKENDS_UP,
+    RING_SIZE,
+    RING_SHARE,
+    CONFIG_GENERATION,
+    CONFIG_INFO,
+    BUILD_INFO,
+    XDP_ATTACH_INFO,
+];
+
+/// Label names.
+pub mod labels {
+    /// A VIP's `name` from the config.
+    pub const VIP: &str = "vip";
+    /// A backend's address.
+    pub const BACKEND: &str = "backend";
+    /// A packet reason's label (`lb_common::Reason::label`).
+    pub const REASON: &str = "reason";
+    /// The XDP action of that reason (`lb_common::Action::label`).
+    pub const ACTION: &str = "action";
+    pub const FINGERPRINT: &str = "fingerprint";
+    pub const VERSION: &str = "version";
+    pub const INTERFACE: &str = "interface";
+    pub const MODE: &str = "mode";
+}
