@@ -383,9 +383,10 @@ impl Lab {
             .with_context(|| format!("lookup answered {addr}, which is no host of the topology"))
     }
 
-    /// `lb-agent stats --config FILE [--json]` run in the LB namespace.
+    /// `lb-agent stats --config FILE --interval 0 [--json]` run in the LB namespace.
     pub fn stats_output(&self, json: bool) -> Result<String> {
-        let mut args = vec!["stats".to_string(), "--config".into(), s(&self.config_path)];
+        // --interval 0: counters only, no 1 s rate window (tests poll often).
+        let mut args = vec!["stats".to_string(), "--config".into(), s(&self.config_path), "--interval".into(), "0".into()];
         if json {
             args.push("--json".into());
         }

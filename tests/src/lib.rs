@@ -4,6 +4,7 @@
 //! - [`lab`]: a topology plus test servers, decap programs and a running `lb-agent`, used by the
 //!   end-to-end tests (`tests/e2e.rs`) and by the `lb-demo` binary.
 //! - [`agent`]: locating `lb-agent`, writing its config, reading `stats --json` and `lookup`.
+//! - [`metrics`]: scraping the agent's Prometheus endpoint, promtool, sample values.
 //! - [`client`]: the JSON lines printed by `lb-testclient` and the replies of `lb-testsrv`.
 //! - [`sock`]: the few socket operations std lacks (bind before connect, dual-stack listen).
 
@@ -11,5 +12,6 @@ pub mod agent;
 pub mod bpf;
 pub mod client;
 pub mod lab;
+pub mod metrics;
 pub mod sock;
 pub mod topology;
