@@ -16,6 +16,11 @@ pub const BACKEND_BYTES: &str = "lb_backend_bytes_total";
 pub const PACKETS: &str = "lb_packets_total";
 /// Counter `{reason, action}`: bytes of those packets.
 pub const BYTES: &str = "lb_bytes_total";
+/// Counter `{result}`: flow table lookups of TCP/UDP packets to VIPs that use it
+/// (`hit`, `miss`, `rehash`: `lb_common::flows::FlowEvent::label`).
+pub const FLOW_LOOKUPS: &str = "lb_flow_table_lookups_total";
+/// Gauge: flows the table can hold (`lb.flow_table_size`; an LRU per CPU).
+pub const FLOW_TABLE_SIZE: &str = "lb_flow_table_size";
 /// Gauge `{vip, backend}`: 1 while the backend is healthy (or not checked), 0 while down.
 pub const BACKEND_UP: &str = "lb_backend_up";
 /// Gauge `{vip, backend}`: seconds since the backend's health state last changed (or the agent started).
@@ -47,6 +52,8 @@ pub const ALL: &[&str] = &[
     BACKEND_BYTES,
     PACKETS,
     BYTES,
+    FLOW_LOOKUPS,
+    FLOW_TABLE_SIZE,
     BACKEND_UP,
     BACKEND_HEALTH_AGE,
     BACKEND_HEALTH_CHANGES,
@@ -70,6 +77,8 @@ pub mod labels {
     pub const REASON: &str = "reason";
     /// The XDP action of that reason (`lb_common::Action::label`).
     pub const ACTION: &str = "action";
+    /// What the flow table did (`hit`, `miss`, `rehash`).
+    pub const RESULT: &str = "result";
     pub const FINGERPRINT: &str = "fingerprint";
     pub const VERSION: &str = "version";
     pub const INTERFACE: &str = "interface";

@@ -1,8 +1,8 @@
 //! The Prometheus endpoint end to end (see `lb_tests::lab`): after real
 //! traffic the scraped text passes `promtool check metrics`, the per-backend
 //! packet counts equal what the clients sent, `lb-agent stats --json` shows
-//! the same counters, and the health gauge flips when a backend's server
-//! stops. Also: the alert rules and scrape config in `contrib/` load in
+//! the same counters, the health gauge flips when a backend's server
+//! stops, and a reload bumps the generation and fingerprint. Also: the alert rules and scrape config in `contrib/` load in
 //! promtool and name only metrics the agent serves.
 //! Root only (namespaces, XDP), like `e2e.rs`; run with `--test-threads=1`.
 
@@ -133,6 +133,11 @@ fn metrics_count_the_traffic_match_stats_and_follow_health() {
     assert_eq!(value(&samples, names::VIP_PACKETS, &[(labels::VIP, "dns-v4")]) as u64, u64::from(UDP_REQUESTS));
     let forwarded = value(&samples, names::PACKETS, &[(labels::REASON, "forwarded"), (labels::ACTION, "tx")]) as u64;
     assert_eq!(forwarded, stats.reason("forwarded"));
+    for event in lb_common::flows::FlowEvent::ALL {
+        let label = event.label();
+        assert_eq!(value(&samples, names::FLOW_LOOKUPS, &[(labels::RESULT, label)]) as u64, stats.flow(label), "flow table {label}");
+    }
+    assert!(stats.flow("hit") > 0, "TCP packets after the SYN hit the flow table: {:?}", stats.flows);
 
     // Health and rings: all up, a third of web-v4's ring each, checks timed.
     for i in 1..=BACKENDS {
@@ -145,9 +150,8 @@ fn metrics_count_the_traffic_match_stats_and_follow_health() {
     assert_eq!(value(&samples, names::VIP_BACKENDS_UP, &[(labels::VIP, "web-v4")]), BACKENDS as f64);
     assert_eq!(value(&samples, names::RING_SIZE, &[]), f64::from(lb_common::limits::DEFAULT_RING_SIZE));
     assert_eq!(value(&samples, names::CONFIG_GENERATION, &[]), 1.0);
-    let check = lab.topo.exec_ok(LB, &lab.bins.agent.to_string_lossy(), &["check", "--config", &lab.config_path.to_string_lossy()]).unwrap();
-    let fingerprint = check.lines().find_map(|l| l.strip_prefix("fingerprint")).map(str::trim).expect("check prints the fingerprint");
-    assert_eq!(value(&samples, names::CONFIG_INFO, &[(labels::FINGERPRINT, fingerprint)]), 1.0);
+    let fingerprint = fingerprint_of(&lab);
+    assert_eq!(value(&samples, names::CONFIG_INFO, &[(labels::FINGERPRINT, &fingerprint)]), 1.0);
     let attach = samples.iter().find(|s| s.name == names::XDP_ATTACH_INFO).expect("attach info");
     assert_eq!(attach.labels[labels::INTERFACE], topology::IFACE);
     assert!(["native", "generic"].contains(&attach.labels[labels::MODE].as_str()), "{attach:?}");
@@ -180,7 +184,25 @@ fn metrics_count_the_traffic_match_stats_and_follow_health() {
     let s = Stats::parse(&lab.stats_output(true).unwrap()).unwrap();
     let member = s.vip(VIP_V4.into(), 80, Proto::Tcp).unwrap().backends.iter().find(|m| m.address == b2).cloned().unwrap();
     assert_eq!(member.state.as_deref(), Some("down"), "stats agrees: {member:?}");
+
+    // A reload that changes a weight: new generation, new fingerprint.
+    let mut reweighted = lab.config.clone();
+    let web_v4 = reweighted["vip"].as_array_mut().unwrap().iter_mut().find(|v| v["name"].as_str() == Some("web-v4")).unwrap();
+    web_v4["backend"].as_array_mut().unwrap()[0].as_table_mut().unwrap().insert("weight".into(), toml::Value::Integer(2));
+    let out = lab.reload(reweighted).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(out.status.success(), "reload failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (_, samples) = scrape(&lab);
+    assert_eq!(value(&samples, names::CONFIG_GENERATION, &[]), 2.0);
+    let reloaded = fingerprint_of(&lab);
+    assert_ne!(reloaded, fingerprint);
+    assert_eq!(value(&samples, names::CONFIG_INFO, &[(labels::FINGERPRINT, &reloaded)]), 1.0);
     assert!(lab.agent.try_status().is_none(), "the agent exited; log:\n{}", lab.agent.log_tail(30));
+}
+
+/// The fingerprint `lb-agent check` prints for the lab's config file.
+fn fingerprint_of(lab: &Lab) -> String {
+    let check = lab.topo.exec_ok(LB, &lab.bins.agent.to_string_lossy(), &["check", "--config", &lab.config_path.to_string_lossy()]).unwrap();
+    check.lines().find_map(|l| l.strip_prefix("fingerprint")).map(|f| f.trim().to_string()).expect("check prints the fingerprint")
 }
 
 /// Every `lb_*` metric an expression names, with histogram suffixes stripped.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use lb_common::metrics::{self as names, labels};
-use lb_common::Reason;
+use lb_common::{flows::FlowEvent, Reason};
 use prometheus::{Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::config::Config;
@@ -118,6 +118,12 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
         bytes.with_label_values(&l).inc_by(c.bytes);
     }
 
+    let flows = counter_vec(&r, names::FLOW_LOOKUPS, "Flow table lookups: hit (the recorded backend), miss (new flow or SYN), rehash (recorded backend unusable).", &[labels::RESULT])?;
+    for event in FlowEvent::ALL {
+        flows.with_label_values(&[event.label()]).inc_by(sample.counters.flow_event(*event).packets);
+    }
+    int_gauge(&r, names::FLOW_TABLE_SIZE, "Flows the flow table can hold (lb.flow_table_size).", i64::from(config.lb.flow_table_size))?;
+
     let pair = [labels::VIP, labels::BACKEND];
     let up = int_gauge_vec(&r, names::BACKEND_UP, "1 while the backend serves the VIP as far as health goes (up or not checked), 0 while down.", &pair)?;
     let age = gauge_vec(&r, names::BACKEND_HEALTH_AGE, "Seconds since the backend's health state last changed (or the agent started).", &pair)?;
@@ -200,7 +206,9 @@ port = 80
             backends: vec![Counter::default(); 3],
             reasons: vec![Counter::default(); Reason::COUNT as usize],
             decap: Vec::new(),
+            flows: vec![Counter::default(); FlowEvent::COUNT as usize],
         };
+        counters.flows[FlowEvent::Hit as usize] = Counter { packets: 42, bytes: 0 };
         counters.backends[b12 as usize] = Counter { packets: 7, bytes: 700 };
         counters.reasons[Reason::NoBackend as usize] = Counter { packets: 2, bytes: 120 };
         let mut health = HealthTable::new();
@@ -228,6 +236,8 @@ port = 80
         assert_eq!(value(&text, r#"lb_ring_share_ratio{backend="198.51.100.12",vip="web"}"#), 1.0);
         assert_eq!(value(&text, r#"lb_health_check_duration_seconds_count{backend="198.51.100.12",vip="web"}"#), 1.0);
         assert_eq!(value(&text, "lb_ring_size"), 1009.0);
+        assert_eq!(value(&text, r#"lb_flow_table_lookups_total{result="hit"}"#), 42.0);
+        assert_eq!(value(&text, "lb_flow_table_size"), f64::from(lb_common::flows::DEFAULT_FLOW_TABLE_SIZE));
         assert_eq!(value(&text, "lb_config_generation"), 3.0);
         assert_eq!(value(&text, &format!(r#"lb_config_info{{fingerprint="{}"}}"#, programmed.fingerprint)), 1.0);
         assert_eq!(value(&text, r#"lb_xdp_attach_info{interface="eth0",mode="generic"}"#), 1.0);
