@@ -62,15 +62,15 @@ fn render(config: &Config, plan: &Plan, counters: &Counters, rates: Option<&Rate
 }
 
 pub fn run(config: &Config, opts: &StatsOptions) -> Result<()> {
+    if opts.watch && opts.interval.is_zero() {
+        bail!("--watch needs an --interval above 0 (e.g. --interval 1)");
+    }
     // The ids and rows the kernel uses (reloads keep ids, so they may differ
     // from a fresh plan's).
     let kept = crate::live::LiveMaps::open(&config.lb.bpffs_dir)
         .and_then(|live| live.kept())
         .context("reading the running balancer's maps (is `lb-agent run` running with this config's bpffs_dir?)")?;
     let plan = plan::plan_keeping(config, &kept).map_err(anyhow::Error::msg)?;
-    if opts.watch && opts.interval.is_zero() {
-        bail!("--watch needs an --interval above 0 (e.g. --interval 1)");
-    }
     let redraw = opts.watch && !opts.json && std::io::stdout().is_terminal();
     let mut before = read(config)?;
     loop {
