@@ -130,6 +130,9 @@ pub struct Config {
     /// The `[[vip]]` tables, in file order (the plan sorts them; order in the
     /// file never matters to the dataplane).
     pub vips: Vec<VipConfig>,
+    /// The `[announce]` table: route announcement for several LB hosts
+    /// (see [`crate::announce`]). Absent: nothing is announced.
+    pub announce: Option<crate::announce::AnnounceConfig>,
 }
 
 /// The `[lb]` table.
@@ -482,6 +485,7 @@ struct RawConfig {
     lb: Option<RawLb>,
     #[serde(default, rename = "vip")]
     vips: Vec<RawVip>,
+    announce: Option<crate::announce::settings::RawAnnounce>,
 }
 
 #[derive(Deserialize, Default)]
@@ -563,7 +567,11 @@ impl Validator {
             }
         };
         let vips = self.vips(raw.vips, lb.as_ref());
-        Some(Config { lb: lb?, vips: vips? })
+        let announce = match raw.announce {
+            None => None,
+            Some(a) => Some(crate::announce::settings::resolve(a, &mut self.problems)?),
+        };
+        Some(Config { lb: lb?, vips: vips?, announce })
     }
 
     fn lb(&mut self, raw: RawLb) -> Option<LbSection> {

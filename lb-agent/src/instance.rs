@@ -13,6 +13,9 @@ use anyhow::{bail, Context as _, Result};
 
 /// The request `lb-agent reload` sends.
 pub const RELOAD_REQUEST: &str = "reload";
+/// The request `lb-agent maintenance` sends: withdraw the routes, wait for
+/// traffic to drain, then stop.
+pub const MAINTENANCE_REQUEST: &str = "maintenance";
 /// First word of a successful answer; anything else is an error.
 pub const OK_PREFIX: &str = "ok";
 
@@ -82,11 +85,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Sends one request to the agent managing `iface` and returns its answer.
 pub fn request(run_dir: &Path, iface: &str, request: &str) -> Result<String> {
+    request_within(run_dir, iface, request, REQUEST_TIMEOUT)
+}
+
+/// [`request`] with another limit for the answer.
+pub fn request_within(run_dir: &Path, iface: &str, request: &str, timeout: Duration) -> Result<String> {
     let path = socket_path(run_dir, iface);
     let mut s = UnixStream::connect(&path).with_context(|| {
         format!("no lb-agent answers on {} (is `lb-agent run` running for {iface} with this config's run_dir?)", path.display())
     })?;
-    s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    s.set_read_timeout(Some(timeout))?;
     writeln!(s, "{request}")?;
     s.shutdown(std::net::Shutdown::Write)?;
     let mut answer = String::new();

@@ -1,6 +1,7 @@
 //! lb-agent as a library: the pure parts (config, Maglev, plan, summary) that
 //! the binary, the tests crate and `lb-agent check` share.
 
+pub mod announce;
 pub mod config;
 pub mod health;
 pub mod ids;

@@ -48,6 +48,13 @@ enum Command {
         #[arg(long, short, default_value = "/etc/lb/lb.toml")]
         config: PathBuf,
     },
+    /// Take this LB host out of service: the running agent withdraws its VIP
+    /// routes (`[announce]`), waits until no VIP packet arrives for
+    /// `announce.drain_quiet` (at most `announce.drain_timeout`), then stops.
+    Maintenance {
+        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
+        config: PathBuf,
+    },
     /// Detach the balancer and remove its pins (no agent may be running for the interface).
     Detach {
         #[arg(long, short, default_value = "/etc/lb/lb.toml")]
@@ -168,6 +175,11 @@ fn real_main(cli: Cli) -> Result<()> {
                 bail!("the running agent refused the reload (it keeps the old config):\n{answer}");
             }
             println!("{answer}");
+            Ok(())
+        }
+        Command::Maintenance { config } => {
+            let config = load_config(&config)?;
+            println!("{}", lb_agent::announce::maintenance::request(&config)?);
             Ok(())
         }
         Command::Detach { config } => {

@@ -62,6 +62,8 @@ struct Running {
     dsr: Dsr,
     /// The Prometheus endpoint's state, unless `lb.metrics_listen = "off"`.
     metrics: Option<Arc<Metrics>>,
+    /// Routes the routing daemon announces (`[announce]`), if configured.
+    announcer: Option<crate::announce::Announcer>,
 }
 
 /// DSR-aware health checks: their routing and the object of their tc
@@ -208,10 +210,15 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let supervisor = Arc::new(Mutex::new(observed(supervisor, &metrics)));
     let checkers = supervisor::spawn(&config, supervisor.clone());
     let listener = instance.listen()?;
-    let mut running = Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics };
+    let announcer = crate::announce::follow(None, &config, &handle, &supervisor).await?;
+    let mut running = Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics, announcer };
     ready(&what);
 
     let signal = serve(&mut running, &listener).await;
+    // Routers first: stop sending here before anything else changes.
+    if let Some(announcer) = running.announcer.take() {
+        announcer.stop(signal).await;
+    }
     for task in running.checkers.iter().chain(&metrics_server) {
         task.abort();
     }
@@ -246,6 +253,11 @@ async fn serve(running: &mut Running, listener: &tokio::net::UnixListener) -> &'
                 let Ok(stream) = stream.into_std() else { continue };
                 let _ = stream.set_nonblocking(false);
                 let request = instance::read_request(&stream).unwrap_or_default();
+                if request == instance::MAINTENANCE_REQUEST {
+                    let answer = maintenance(running).await;
+                    let _ = (&stream).write_all(answer.as_bytes());
+                    return "maintenance";
+                }
                 let answer = if request == instance::RELOAD_REQUEST {
                     match reload(running).await {
                         Ok(summary) => format!("{} {summary}\n", instance::OK_PREFIX),
@@ -258,6 +270,19 @@ async fn serve(running: &mut Running, listener: &tokio::net::UnixListener) -> &'
             }
         }
     }
+}
+
+/// `lb-agent maintenance`: withdraw the routes, wait for traffic to drain;
+/// the caller then stops the agent.
+async fn maintenance(running: &mut Running) -> String {
+    let Some(announcer) = running.announcer.as_ref() else {
+        return format!("{} no [announce] table, nothing to withdraw; stopping\n", instance::OK_PREFIX);
+    };
+    announcer.withdraw_all("maintenance").await;
+    let settings = running.config.announce.clone().unwrap_or_else(|| unreachable!("an announcer has settings"));
+    let drained = crate::announce::drain::wait(&running.config.lb.bpffs_dir, settings.drain_timeout, settings.drain_quiet).await;
+    tracing::info!("maintenance: routes withdrawn, {drained}; stopping");
+    format!("{} routes withdrawn, {drained}; stopping\n", instance::OK_PREFIX)
 }
 
 /// Re-reads the config and applies the difference in place; on any error
@@ -306,10 +331,18 @@ async fn try_reload(running: &mut Running) -> Result<String> {
     // Before the checks start: DSR-aware ones need their routes.
     let dsr = running.dsr.install(&config, &plan, &opts, &running.handle, &running.iface).await;
     running.checkers = supervisor::spawn(&config, running.supervisor.clone());
+    let announcer = crate::announce::follow(running.announcer.take(), &config, &running.handle, &running.supervisor).await;
     running.config = config;
     running.plan = plan;
+    let changes = match announcer {
+        Ok(a) => {
+            running.announcer = a;
+            changes.to_string()
+        }
+        Err(e) => format!("{changes}; but announcing failed: {e:#} (nothing is announced until the next reload)"),
+    };
     match dsr {
-        Ok(()) => Ok(changes.to_string()),
+        Ok(()) => Ok(changes),
         Err(e) => Ok(format!("{changes}; but the routes of DSR-aware health checks failed: {e:#} (those checks fail until the next reload)")),
     }
 }
@@ -424,6 +457,10 @@ fn load_options(config: &Config, iface: &nexthop::Interface) -> Result<LoadOptio
 pub fn detach(config: &Config) -> Result<bool> {
     let _claim = Instance::claim(&config.lb.run_dir, &config.lb.interface)
         .context("refusing to detach under a running agent: stop it (SIGTERM keeps forwarding), then detach, or run it with --unload-on-exit")?;
+    let routes = crate::announce::remove_leftovers_now(config).context("removing the VIP routes a killed agent left")?;
+    if routes > 0 {
+        tracing::info!("withdrew {routes} VIP route(s) a killed agent left");
+    }
     pins::remove_all(&config.lb.bpffs_dir)
 }
 

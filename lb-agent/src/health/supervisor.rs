@@ -284,6 +284,16 @@ impl<W: HealthWriter> Supervisor<W> {
         Ok(())
     }
 
+    /// The VIP addresses with at least one VIP that has a healthy backend
+    /// (serving from its primaries or backups): what may be announced.
+    pub fn serving_addresses(&self) -> std::collections::BTreeSet<IpAddr> {
+        self.vips
+            .iter()
+            .filter(|v| matches!(v.tier, Tier::Primary | Tier::Backup))
+            .map(|v| v.config.address)
+            .collect()
+    }
+
     /// The current ring of the VIP with this index in the config (tests).
     pub fn ring(&self, vip: usize) -> &[u32] {
         &self.vips[vip].ring
