@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod client;
+pub mod ha_topology;
 pub mod lab;
 pub mod metrics;
 pub mod sock;

@@ -1233,6 +1233,29 @@ impl Topology {
             .collect()
     }
 
+    /// Adds an empty namespace for `host` (loopback up), removed with the
+    /// topology: for topologies built on top of this one (`ha_topology`).
+    pub fn add_host(&mut self, host: &str, v4: Option<Ipv4Addr>) -> Result<()> {
+        let ns = format!("{}-{host}", self.inner.run_id);
+        {
+            let mut st = self.inner.state.lock().unwrap();
+            if st.closed {
+                bail!("topology {} is torn down", self.inner.run_id);
+            }
+            st.namespaces.push(ns.clone());
+        }
+        run_ok("ip", &["netns", "add", &ns])?;
+        run_ok("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        self.hosts.push(HostInfo { name: host.into(), ns, v4, v6: None });
+        Ok(())
+    }
+
+    /// Keeps a pass-all XDP program (from [`attach_xdp_pass`]) attached
+    /// until cleanup.
+    pub fn keep_xdp(&self, program: aya::Ebpf) {
+        self.inner.state.lock().unwrap().xdp_links.push(program);
+    }
+
     /// Tears everything down now (also done by `Drop`); returns the problems met.
     pub fn cleanup(&self) -> Vec<String> {
         self.inner.cleanup()

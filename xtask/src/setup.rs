@@ -11,7 +11,8 @@ use crate::{run, step, workspace_root};
 /// each is present.
 /// `prometheus` brings `promtool`, which checks the agent's metrics and the
 /// alert rules in `contrib/` (about 20 MB, 20 s; its server is not started).
-const APT_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("ethtool", "ethtool"), ("prometheus", "promtool")];
+/// `bird2`: the routing daemon of the HA tests and of `contrib/bird`.
+const APT_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("ethtool", "ethtool"), ("prometheus", "promtool"), ("bird2", "bird")];
 
 pub fn all() -> Result<()> {
     apt_packages()?;

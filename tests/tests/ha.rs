@@ -1,0 +1,259 @@
+//! Several LB hosts as one, with real routing daemons: two LB hosts each
+//! running `lb-agent` and BIRD, a router running BIRD with ECMP over BGP,
+//! three backends (see `lb_tests::ha_topology`).
+//!
+//! - identical fingerprints for configs in another order on another interface;
+//! - active-active: an LB host crashes (link down, agent and BIRD killed);
+//!   every connection that crossed it continues through the other one, on
+//!   its original backend;
+//! - active-passive: traffic only through the active host; it crashes; the
+//!   standby takes over within the BGP hold time, connections survive;
+//! - a VIP whose backends all fail is withdrawn, and announced again when
+//!   one recovers;
+//! - `lb-agent maintenance` withdraws, drains and stops without breaking a
+//!   connection.
+//!
+//! Each prints its counts and convergence times. Needs root; run one at a time.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lb_tests::agent::{self, Stats};
+use lb_tests::client::HoldRecord;
+use lb_tests::ha_topology::{
+    self, BGP_UP, ECHO_PORT, HOLD_TIME_S, HaLab, LB1_V4, LB2_IFACE, LB2_V4, Role, VIP_ALL, VIP_SOLO,
+};
+use lb_tests::lab::{LabBins, hold_records};
+use lb_tests::topology::{self, IFACE};
+
+const CONNECTIONS: u32 = 64;
+const INTERVAL_MS: u64 = 100;
+/// Long enough to span the failure and the BGP hold time with room to spare.
+const HOLD_MS: u64 = 10_000;
+/// An answer may wait this long: the hold time plus TCP's retransmission backoff.
+const ANSWER_TIMEOUT_MS: u64 = 15_000;
+const HOLD_SLACK: Duration = Duration::from_secs(20);
+/// Connections talk for a moment before anything fails.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// Time for the routes to move once the hold time has expired.
+const CONVERGENCE_SLACK: Duration = Duration::from_secs(5);
+/// An answer slower than this waited for a TCP retransmission (Linux's minimum RTO is 200 ms).
+const STALLED_MS: f64 = 200.0;
+/// Health checks (200 ms, 2 fails/passes) plus the announcer's round.
+const HEALTH_TO_ROUTER: Duration = Duration::from_secs(10);
+
+fn can_run(test: &str) -> bool {
+    if !topology::is_root() {
+        eprintln!("SKIPPED {test}: needs root (network namespaces, XDP, BIRD); run it via `cargo xtask test`");
+        return false;
+    }
+    true
+}
+
+fn bins() -> LabBins {
+    LabBins {
+        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
+        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
+        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
+    }
+}
+
+fn start(roles: [Role; 2]) -> HaLab {
+    HaLab::start(bins(), roles, &|m| eprintln!("[ha] {m}")).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn target() -> SocketAddr {
+    SocketAddr::new(VIP_ALL.into(), ECHO_PORT)
+}
+
+fn hold(lab: &HaLab, port_base: u16) -> topology::Proc {
+    lab.hold_client(target(), CONNECTIONS, port_base, HOLD_MS, INTERVAL_MS, ANSWER_TIMEOUT_MS).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn finish(client: &topology::Proc) -> Vec<HoldRecord> {
+    let records = hold_records(client, Duration::from_millis(HOLD_MS) + HOLD_SLACK).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(records.len(), CONNECTIONS as usize, "one record per connection");
+    records
+}
+
+/// The LB host each connection crosses (by client port), from the LB
+/// hosts' flow tables; every connection must be in exactly one.
+fn lb_per_connection(lab: &HaLab) -> BTreeMap<u16, Ipv4Addr> {
+    let mut out = BTreeMap::new();
+    for (index, address) in [(0, LB1_V4), (1, LB2_V4)] {
+        for port in lab.flows_through(index, ECHO_PORT).unwrap_or_else(|e| panic!("{e:#}")) {
+            assert!(out.insert(port, address).is_none(), "client port {port} in both flow tables");
+        }
+    }
+    assert_eq!(out.len(), CONNECTIONS as usize, "every connection in one LB host's flow table: {out:?}");
+    out
+}
+
+fn port_of(r: &HoldRecord) -> u16 {
+    r.src.parse::<SocketAddr>().unwrap_or_else(|e| panic!("record source {:?}: {e}", r.src)).port()
+}
+
+/// Prints kept/broken of the connections that crossed `via` and of the others.
+fn report(what: &str, records: &[HoldRecord], lbs: &BTreeMap<u16, Ipv4Addr>, via: Ipv4Addr, convergence: Duration) {
+    let (crossed, others): (Vec<&HoldRecord>, Vec<&HoldRecord>) = records.iter().partition(|r| lbs.get(&port_of(r)) == Some(&via));
+    let kept = |rs: &[&HoldRecord]| rs.iter().filter(|r| r.kept()).count();
+    let stall = |rs: &[&HoldRecord]| rs.iter().map(|r| r.max_ms).fold(0.0, f64::max);
+    let stalled = |rs: &[&HoldRecord]| rs.iter().filter(|r| r.max_ms > STALLED_MS).count();
+    eprintln!(
+        "[ha] {what}: {} connections crossed the LB host taken out ({via}): {} survived on their original backend, {} broken ({} stalled, longest {:.0} ms); \
+         the other {}: {} survived, {} broken ({} stalled, longest {:.0} ms); router converged {:.2} s after it went (BGP hold time {HOLD_TIME_S} s)",
+        crossed.len(),
+        kept(&crossed),
+        crossed.len() - kept(&crossed),
+        stalled(&crossed),
+        stall(&crossed),
+        others.len(),
+        kept(&others),
+        others.len() - kept(&others),
+        stalled(&others),
+        stall(&others),
+        convergence.as_secs_f64()
+    );
+    let bad: Vec<&HoldRecord> = records.iter().filter(|r| !r.kept()).collect();
+    assert!(bad.is_empty(), "{what}: {} connections broken or moved to another backend: {bad:?}", bad.len());
+}
+
+fn stats(lab: &HaLab, index: usize) -> Stats {
+    let out = lab.agent_command(index, &["stats", "--json"]).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(out.status.success(), "lb-agent stats: {}", String::from_utf8_lossy(&out.stderr));
+    Stats::parse(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The `fingerprint` line of `lb-agent check`.
+fn fingerprint(config: &Path) -> String {
+    let out = std::process::Command::new(agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")))
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run lb-agent check");
+    assert!(out.status.success(), "lb-agent check {}: {}", config.display(), String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint").map(|f| f.trim().to_string()))
+        .unwrap_or_else(|| panic!("no fingerprint line in:\n{stdout}"))
+}
+
+#[test]
+fn lb_hosts_agree_whatever_the_config_order_and_interface() {
+    // Pure: `check` touches nothing in the kernel, so no root needed.
+    let dir = std::env::temp_dir().join(format!("lb-ha-fingerprint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (bpffs, run) = (Path::new("/sys/fs/bpf/unused"), Path::new("/run/unused"));
+    let a = write("a.toml", ha_topology::agent_config(IFACE, bpffs, run, Role::Active, false));
+    let b = write("b.toml", ha_topology::agent_config(LB2_IFACE, &bpffs.join("2"), &run.join("2"), Role::Standby, true));
+    let (fa, fb) = (fingerprint(&a), fingerprint(&b));
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("[ha] fingerprints: {fa} (eth0, file order) and {fb} (ens5, reversed order, standby)");
+    assert_eq!(fa, fb, "same VIPs and backends in another order, on another interface, must fingerprint the same");
+}
+
+#[test]
+fn active_active_every_connection_survives_an_lb_host_crash() {
+    if !can_run("active_active_every_connection_survives_an_lb_host_crash") {
+        return;
+    }
+    let lab = start([Role::Active, Role::Active]);
+    let up = lab.wait_next_hops(VIP_ALL, &[LB1_V4, LB2_V4], BGP_UP).unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("[ha] both LB hosts announced {VIP_ALL} after {:.1} s", up.as_secs_f64());
+    let port_base = 41_000;
+    let client = hold(&lab, port_base);
+    std::thread::sleep(WARM_UP);
+    let lbs = lb_per_connection(&lab);
+    let via_lb1 = lbs.values().filter(|v| **v == LB1_V4).count();
+    eprintln!("[ha] the router spreads the {CONNECTIONS} connections: {via_lb1} via lb, {} via lb2", lbs.len() - via_lb1);
+    assert!(via_lb1 > 0 && via_lb1 < lbs.len(), "ECMP should use both LB hosts: {lbs:?}");
+
+    let failed_at = Instant::now();
+    lab.crash_lb(0).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.wait_next_hops(VIP_ALL, &[LB2_V4], Duration::from_secs(HOLD_TIME_S) + CONVERGENCE_SLACK).unwrap_or_else(|e| panic!("{e:#}"));
+    let convergence = failed_at.elapsed();
+    let records = finish(&client);
+    report("active-active, lb crashed", &records, &lbs, LB1_V4, convergence);
+}
+
+#[test]
+fn active_passive_the_standby_takes_over_within_the_hold_time() {
+    if !can_run("active_passive_the_standby_takes_over_within_the_hold_time") {
+        return;
+    }
+    let lab = start([Role::Active, Role::Standby]);
+    lab.wait_bgp_routes(VIP_ALL, 2, BGP_UP).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.wait_next_hops(VIP_ALL, &[LB1_V4], BGP_UP).unwrap_or_else(|e| panic!("{e:#}"));
+    let port_base = 42_000;
+    let client = hold(&lab, port_base);
+    std::thread::sleep(WARM_UP);
+    let lbs = lb_per_connection(&lab);
+    assert!(lbs.values().all(|v| *v == LB1_V4), "every connection through the active host: {lbs:?}");
+    let (active, standby) = (stats(&lab, 0).vip_packets_total(), stats(&lab, 1).vip_packets_total());
+    eprintln!("[ha] before the failure: {active} VIP packets through the active host, {standby} through the standby");
+    assert!(active > 0 && standby == 0, "traffic only through the active host: {active} / {standby}");
+
+    let failed_at = Instant::now();
+    lab.crash_lb(0).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.wait_next_hops(VIP_ALL, &[LB2_V4], Duration::from_secs(HOLD_TIME_S) + CONVERGENCE_SLACK).unwrap_or_else(|e| panic!("{e:#}"));
+    let convergence = failed_at.elapsed();
+    let records = finish(&client);
+    assert!(stats(&lab, 1).vip_packets_total() > 0, "the standby carries the traffic now");
+    report("active-passive, active crashed", &records, &lbs, LB1_V4, convergence);
+}
+
+#[test]
+fn a_vip_without_healthy_backends_is_withdrawn_and_announced_again() {
+    if !can_run("a_vip_without_healthy_backends_is_withdrawn_and_announced_again") {
+        return;
+    }
+    let mut lab = start([Role::Active, Role::Active]);
+    for vip in [VIP_ALL, VIP_SOLO] {
+        lab.wait_next_hops(vip, &[LB1_V4, LB2_V4], BGP_UP).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    // b3 is VIP_SOLO's only backend (and one of VIP_ALL's three).
+    lab.stop_server(3).unwrap_or_else(|e| panic!("{e:#}"));
+    let withdrawn = lab.wait_next_hops(VIP_SOLO, &[], HEALTH_TO_ROUTER).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(lab.next_hops(VIP_ALL).unwrap().len(), 2, "{VIP_ALL} keeps two healthy backends and stays announced");
+    lab.start_server(3).unwrap_or_else(|e| panic!("{e:#}"));
+    let back = lab.wait_next_hops(VIP_SOLO, &[LB1_V4, LB2_V4], HEALTH_TO_ROUTER).unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "[ha] {VIP_SOLO}: withdrawn from the router {:.2} s after its only backend failed, announced again {:.2} s after it recovered",
+        withdrawn.as_secs_f64(),
+        back.as_secs_f64()
+    );
+}
+
+#[test]
+fn maintenance_withdraws_drains_and_stops_without_breaking_a_connection() {
+    if !can_run("maintenance_withdraws_drains_and_stops_without_breaking_a_connection") {
+        return;
+    }
+    let lab = start([Role::Active, Role::Active]);
+    lab.wait_next_hops(VIP_ALL, &[LB1_V4, LB2_V4], BGP_UP).unwrap_or_else(|e| panic!("{e:#}"));
+    let port_base = 43_000;
+    let client = hold(&lab, port_base);
+    std::thread::sleep(WARM_UP);
+    let lbs = lb_per_connection(&lab);
+
+    let started = Instant::now();
+    let out = lab.agent_command(0, &["maintenance"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "lb-agent maintenance: {}{answer}", String::from_utf8_lossy(&out.stderr));
+    assert!(answer.contains("traffic drained"), "the drain ended quietly: {answer}");
+    assert_eq!(lab.next_hops(VIP_ALL).unwrap(), [LB2_V4].into(), "lb withdrew {VIP_ALL}");
+    let status = lab.lbs[0].agent.wait_exit(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(status.success(), "the agent stops after maintenance: {status}");
+    eprintln!("[ha] lb-agent maintenance took {:.1} s: {}", took.as_secs_f64(), answer.trim());
+    let records = finish(&client);
+    report("maintenance of lb", &records, &lbs, LB1_V4, took);
+}
