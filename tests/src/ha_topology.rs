@@ -278,6 +278,20 @@ impl HaLab {
         Ok(())
     }
 
+    /// Stops the BIRD of LB host `index` (SIGTERM: it closes its BGP
+    /// session, so the router forgets the host at once).
+    pub fn stop_bird(&self, index: usize) -> Result<()> {
+        self.lbs[index].bird.stop().map(|_| ())
+    }
+
+    /// Starts the BIRD of LB host `index` again, with the same config.
+    pub fn start_bird(&mut self, index: usize) -> Result<()> {
+        let host = self.lbs[index].host;
+        let conf = bird_config_path(&self.topo, host);
+        self.lbs[index].bird = self.topo.spawn(host, "bird", &["-f", "-c", &s(&conf), "-s", &s(&bird_socket(&self.topo, host))])?;
+        Ok(())
+    }
+
     /// `lb-agent ARGS` on LB host `index` (its config appended as `--config`).
     pub fn agent_command(&self, index: usize, args: &[&str]) -> Result<std::process::Output> {
         let lb = &self.lbs[index];
@@ -423,8 +437,12 @@ fn start_server(bins: &LabBins, topo: &Topology, index: usize) -> Result<Proc> {
     Ok(srv)
 }
 
+fn bird_config_path(topo: &Topology, host: &str) -> PathBuf {
+    topo.log_dir().join(format!("bird-{host}.conf"))
+}
+
 fn spawn_bird(topo: &Topology, host: &str, config: &str) -> Result<Proc> {
-    let conf = topo.log_dir().join(format!("bird-{host}.conf"));
+    let conf = bird_config_path(topo, host);
     std::fs::write(&conf, config).with_context(|| format!("writing {}", conf.display()))?;
     let socket = bird_socket(topo, host);
     topo.spawn(host, "bird", &["-f", "-c", &s(&conf), "-s", &s(&socket)])

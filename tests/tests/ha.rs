@@ -8,8 +8,9 @@
 //!   its original backend;
 //! - active-passive: traffic only through the active host; it crashes; the
 //!   standby takes over within the BGP hold time, connections survive;
+//! - an LB host joins: the flows ECMP re-hashes onto it keep their backends;
 //! - a VIP whose backends all fail is withdrawn, and announced again when
-//!   one recovers;
+//!   one recovers; a killed agent's routes go with `lb-agent detach`;
 //! - `lb-agent maintenance` withdraws, drains and stops without breaking a
 //!   connection.
 //!
@@ -225,10 +226,18 @@ fn a_vip_without_healthy_backends_is_withdrawn_and_announced_again() {
     assert_eq!(lab.next_hops(VIP_ALL).unwrap().len(), 2, "{VIP_ALL} keeps two healthy backends and stays announced");
     lab.start_server(3).unwrap_or_else(|e| panic!("{e:#}"));
     let back = lab.wait_next_hops(VIP_SOLO, &[LB1_V4, LB2_V4], HEALTH_TO_ROUTER).unwrap_or_else(|e| panic!("{e:#}"));
+    // A killed agent leaves its routes (its pinned balancer still
+    // forwards); `lb-agent detach` removes both.
+    lab.lbs[1].agent.kill().unwrap_or_else(|e| panic!("{e:#}"));
+    let out = lab.agent_command(1, &["detach"]).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(out.status.success(), "lb-agent detach: {}", String::from_utf8_lossy(&out.stderr));
+    let detached = lab.wait_next_hops(VIP_ALL, &[LB1_V4], HEALTH_TO_ROUTER).unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!(
-        "[ha] {VIP_SOLO}: withdrawn from the router {:.2} s after its only backend failed, announced again {:.2} s after it recovered",
+        "[ha] {VIP_SOLO}: withdrawn from the router {:.2} s after its only backend failed, announced again {:.2} s after it recovered; \
+         lb2's routes left the router {:.2} s after `lb-agent detach` of its killed agent",
         withdrawn.as_secs_f64(),
-        back.as_secs_f64()
+        back.as_secs_f64(),
+        detached.as_secs_f64()
     );
 }
 
@@ -256,4 +265,38 @@ fn maintenance_withdraws_drains_and_stops_without_breaking_a_connection() {
     eprintln!("[ha] lb-agent maintenance took {:.1} s: {}", took.as_secs_f64(), answer.trim());
     let records = finish(&client);
     report("maintenance of lb", &records, &lbs, LB1_V4, took);
+}
+
+#[test]
+fn flows_that_ecmp_moves_to_a_new_lb_host_keep_their_backends() {
+    if !can_run("flows_that_ecmp_moves_to_a_new_lb_host_keep_their_backends") {
+        return;
+    }
+    let mut lab = start([Role::Active, Role::Active]);
+    lab.wait_next_hops(VIP_ALL, &[LB1_V4, LB2_V4], BGP_UP).unwrap_or_else(|e| panic!("{e:#}"));
+    // lb2 leaves the cluster (its BIRD stops; its balancer keeps running, empty).
+    lab.stop_bird(1).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.wait_next_hops(VIP_ALL, &[LB1_V4], BGP_UP).unwrap_or_else(|e| panic!("{e:#}"));
+    let client = hold(&lab, 44_000);
+    std::thread::sleep(WARM_UP);
+    let before = lb_per_connection(&lab);
+    assert!(before.values().all(|v| *v == LB1_V4), "all through lb while lb2 is out: {before:?}");
+
+    // lb2 joins: the router re-hashes some flows onto it.
+    let joined_at = Instant::now();
+    lab.start_bird(1).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.wait_next_hops(VIP_ALL, &[LB1_V4, LB2_V4], BGP_UP).unwrap_or_else(|e| panic!("{e:#}"));
+    let converged = joined_at.elapsed();
+    std::thread::sleep(WARM_UP);
+    let moved = lab.flows_through(1, ECHO_PORT).unwrap_or_else(|e| panic!("{e:#}"));
+    let records = finish(&client);
+    let moved_kept = records.iter().filter(|r| moved.contains(&port_of(r)) && r.kept()).count();
+    eprintln!(
+        "[ha] lb2 joined (router had both routes {:.2} s after its BIRD started): ECMP moved {} of {CONNECTIONS} connections onto it, {moved_kept} of them kept their backend",
+        converged.as_secs_f64(),
+        moved.len()
+    );
+    assert!(!moved.is_empty(), "the re-hash should move some connections to lb2");
+    let bad: Vec<&HoldRecord> = records.iter().filter(|r| !r.kept()).collect();
+    assert!(bad.is_empty(), "{} connections broken or moved to another backend: {bad:?}", bad.len());
 }

@@ -461,6 +461,20 @@ port = 80
     }
 
     #[test]
+    fn a_vip_is_serving_while_one_backend_is_up() {
+        let c = parse(CONFIG, "t.toml").unwrap();
+        let p = crate::plan::plan(&c);
+        let mut s = Supervisor::new(&c, &p, Recorder::default(), &PriorHealth::new()).unwrap();
+        let vip: IpAddr = "192.0.2.10".parse().unwrap();
+        assert_eq!(s.serving_addresses(), [vip].into());
+        s.apply(&report(0, State::Down, Outcome::Timeout)).unwrap();
+        s.apply(&report(1, State::Down, Outcome::Timeout)).unwrap();
+        assert!(s.serving_addresses().is_empty(), "no backend up (.13 starts down): nothing to announce");
+        s.apply(&report(2, State::Up, Outcome::Passed { http_status: None })).unwrap();
+        assert_eq!(s.serving_addresses(), [vip].into());
+    }
+
+    #[test]
     fn a_successor_keeps_health_states_and_writes_nothing_unchanged() {
         let c = parse(CONFIG, "t.toml").unwrap();
         let p = crate::plan::plan(&c);
