@@ -224,7 +224,8 @@ impl HaLab {
     pub fn wait_bgp_routes(&self, vip: Ipv4Addr, count: usize, limit: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
-            let out = self.birdc(ROUTER, &self.router_socket(), &["show", "route", "for", &format!("{vip}/32")])?;
+            // birdc fails until BIRD has opened its control socket.
+            let out = self.birdc(ROUTER, &self.router_socket(), &["show", "route", "for", &format!("{vip}/32")]).unwrap_or_else(|e| format!("{e:#}"));
             if out.matches("unicast [").count() == count {
                 return Ok(());
             }
