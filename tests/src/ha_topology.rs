@@ -68,12 +68,7 @@ const ROUTE_POLL: Duration = Duration::from_millis(50);
 /// BGP sessions come up within a few connect retries.
 pub const BGP_UP: Duration = Duration::from_secs(20);
 
-/// Whether an LB host is preferred.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Active,
-    Standby,
-}
+pub use lb_agent::announce::settings::Role;
 
 /// One LB host: its agent and its BIRD.
 pub struct LbHost {
@@ -103,10 +98,7 @@ fn s(p: &Path) -> String {
 /// The lb-agent config of an LB host. `reversed` writes VIPs and backends
 /// in the opposite order: both hosts must still build identical rings.
 pub fn agent_config(iface: &str, bpffs: &Path, run_dir: &Path, role: Role, reversed: bool) -> String {
-    let role = match role {
-        Role::Active => "active",
-        Role::Standby => "standby",
-    };
+    let role = role.as_str();
     let mut vips: Vec<(&str, Ipv4Addr, Vec<usize>)> =
         vec![("echo-all", VIP_ALL, (1..=BACKENDS).collect()), ("echo-solo", VIP_SOLO, vec![SOLO_BACKEND])];
     if reversed {

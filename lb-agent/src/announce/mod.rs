@@ -108,8 +108,28 @@ impl Announcer {
             return;
         }
         let keep: BTreeSet<IpAddr> = state.installed.keys().copied().collect();
-        reconcile(&self.handle, &mut state, &BTreeSet::new(), "[announce] changed").await;
+        let same_routes = state.config.table == config.table && state.config.protocol == config.protocol;
+        let role_changed = state.config.role != config.role;
+        if !same_routes {
+            reconcile(&self.handle, &mut state, &BTreeSet::new(), "[announce] table or protocol changed").await;
+        }
         state.config = config;
+        if same_routes && role_changed && !state.withdrawn {
+            // A role change (the metric is part of a route's identity): the
+            // new route first, then the old one goes, so nothing is withdrawn.
+            for vip in &keep {
+                if let Err(e) = routes::add(&self.handle, &state.config, *vip).await {
+                    tracing::error!("VIP {vip}: {e:#}; retrying");
+                    continue;
+                }
+                let new = routes::message(&state.config, *vip);
+                if let Some(old) = state.installed.insert(*vip, new) {
+                    if let Err(e) = routes::remove(&self.handle, old).await {
+                        tracing::error!("VIP {vip}: the route with the old role's metric stays: {e:#}");
+                    }
+                }
+            }
+        }
         if !state.withdrawn {
             reconcile(&self.handle, &mut state, &keep, "[announce] changed").await;
         }
