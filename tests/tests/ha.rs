@@ -10,7 +10,8 @@
 //!   standby takes over within the BGP hold time, connections survive;
 //! - an LB host joins: the flows ECMP re-hashes onto it keep their backends;
 //! - a VIP whose backends all fail is withdrawn, and announced again when
-//!   one recovers; a killed agent's routes go with `lb-agent detach`;
+//!   one recovers; a reload to standby re-announces with the worse
+//!   preference; a killed agent's routes go with `lb-agent detach`;
 //! - `lb-agent maintenance` withdraws, drains and stops without breaking a
 //!   connection.
 //!
@@ -226,17 +227,30 @@ fn a_vip_without_healthy_backends_is_withdrawn_and_announced_again() {
     assert_eq!(lab.next_hops(VIP_ALL).unwrap().len(), 2, "{VIP_ALL} keeps two healthy backends and stays announced");
     lab.start_server(3).unwrap_or_else(|e| panic!("{e:#}"));
     let back = lab.wait_next_hops(VIP_SOLO, &[LB1_V4, LB2_V4], HEALTH_TO_ROUTER).unwrap_or_else(|e| panic!("{e:#}"));
+    // lb2 becomes a standby by reload: its routes change metric without a
+    // withdrawal (the router keeps both), and the router prefers lb.
+    let config = std::fs::read_to_string(&lab.lbs[1].config_path).unwrap();
+    std::fs::write(&lab.lbs[1].config_path, config.replace("role = \"active\"", "role = \"standby\"")).unwrap();
+    let out = lab.agent_command(1, &["reload"]).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(out.status.success(), "lb-agent reload: {}", String::from_utf8_lossy(&out.stderr));
+    let demoted = lab.wait_next_hops(VIP_ALL, &[LB1_V4], HEALTH_TO_ROUTER).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.wait_bgp_routes(VIP_ALL, 2, HEALTH_TO_ROUTER).unwrap_or_else(|e| panic!("{e:#}"));
+
     // A killed agent leaves its routes (its pinned balancer still
     // forwards); `lb-agent detach` removes both.
     lab.lbs[1].agent.kill().unwrap_or_else(|e| panic!("{e:#}"));
     let out = lab.agent_command(1, &["detach"]).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(out.status.success(), "lb-agent detach: {}", String::from_utf8_lossy(&out.stderr));
-    let detached = lab.wait_next_hops(VIP_ALL, &[LB1_V4], HEALTH_TO_ROUTER).unwrap_or_else(|e| panic!("{e:#}"));
+    let started = Instant::now();
+    lab.wait_bgp_routes(VIP_ALL, 1, HEALTH_TO_ROUTER).unwrap_or_else(|e| panic!("{e:#}"));
+    let detached = started.elapsed();
     eprintln!(
         "[ha] {VIP_SOLO}: withdrawn from the router {:.2} s after its only backend failed, announced again {:.2} s after it recovered; \
+         lb2 demoted to standby by reload: the router preferred lb after {:.2} s; \
          lb2's routes left the router {:.2} s after `lb-agent detach` of its killed agent",
         withdrawn.as_secs_f64(),
         back.as_secs_f64(),
+        demoted.as_secs_f64(),
         detached.as_secs_f64()
     );
 }
