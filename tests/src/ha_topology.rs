@@ -298,24 +298,8 @@ impl HaLab {
     /// connections to `target` from `src_port_base` on, a message every
     /// `interval_ms` for `hold_ms`, each answer awaited up to `timeout_ms`.
     pub fn hold_client(&self, target: SocketAddr, connections: u32, src_port_base: u16, hold_ms: u64, interval_ms: u64, timeout_ms: u64) -> Result<Proc> {
-        let args = [
-            "--tcp".to_string(),
-            target.to_string(),
-            "--hold-ms".into(),
-            hold_ms.to_string(),
-            "--connections".into(),
-            connections.to_string(),
-            "--interval-ms".into(),
-            interval_ms.to_string(),
-            "--src-port-base".into(),
-            src_port_base.to_string(),
-            "--timeout-ms".into(),
-            timeout_ms.to_string(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let p = self.topo.spawn(CLIENT, &s(&self.bins.testclient), &args)?;
-        p.wait_for_line("ready:", SERVER_READY).context("lb-testclient --hold-ms did not connect")?;
-        Ok(p)
+        let hold = crate::lab::HoldClient { target, connections, src_port_base, hold_ms, interval_ms, timeout_ms };
+        crate::lab::spawn_hold_client(&self.topo, &self.bins.testclient, &hold)
     }
 
     /// Stops the echo server of backend `index` (1-based).

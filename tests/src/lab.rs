@@ -253,24 +253,8 @@ impl Lab {
     /// sending a message every `interval_ms` for `hold_ms`. Returns once
     /// every connection is open.
     pub fn hold_client(&self, target: SocketAddr, connections: u32, src_port_base: u16, hold_ms: u64, interval_ms: u64) -> Result<Proc> {
-        let args = [
-            "--tcp".to_string(),
-            target.to_string(),
-            "--hold-ms".into(),
-            hold_ms.to_string(),
-            "--connections".into(),
-            connections.to_string(),
-            "--interval-ms".into(),
-            interval_ms.to_string(),
-            "--src-port-base".into(),
-            src_port_base.to_string(),
-            "--timeout-ms".into(),
-            HOLD_TIMEOUT_MS.to_string(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let p = self.topo.spawn(CLIENT, &s(&self.bins.testclient), &args)?;
-        p.wait_for_line("ready:", SERVER_READY).context("lb-testclient --hold-ms did not connect")?;
-        Ok(p)
+        let hold = HoldClient { target, connections, src_port_base, hold_ms, interval_ms, timeout_ms: HOLD_TIMEOUT_MS };
+        spawn_hold_client(&self.topo, &self.bins.testclient, &hold)
     }
 
     /// Stops the test server of backend `index` (0 = `b1`); the host, its
@@ -433,6 +417,43 @@ impl Lab {
 
 /// A long-lived connection's answer may take this long before it counts as broken.
 pub const HOLD_TIMEOUT_MS: u64 = 3000;
+
+/// Long-lived connections of one `lb-testclient --hold-ms` run.
+#[derive(Clone, Copy, Debug)]
+pub struct HoldClient {
+    pub target: SocketAddr,
+    pub connections: u32,
+    pub src_port_base: u16,
+    /// How long each connection lives.
+    pub hold_ms: u64,
+    /// A message every this many ms.
+    pub interval_ms: u64,
+    /// How long each answer may take.
+    pub timeout_ms: u64,
+}
+
+/// Starts `lb-testclient` in hold mode in the client namespace of `topo` and
+/// returns once every connection is open.
+pub fn spawn_hold_client(topo: &Topology, testclient: &Path, h: &HoldClient) -> Result<Proc> {
+    let args = [
+        "--tcp".to_string(),
+        h.target.to_string(),
+        "--hold-ms".into(),
+        h.hold_ms.to_string(),
+        "--connections".into(),
+        h.connections.to_string(),
+        "--interval-ms".into(),
+        h.interval_ms.to_string(),
+        "--src-port-base".into(),
+        h.src_port_base.to_string(),
+        "--timeout-ms".into(),
+        h.timeout_ms.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = topo.spawn(CLIENT, &s(testclient), &args)?;
+    p.wait_for_line("ready:", SERVER_READY).context("lb-testclient --hold-ms did not connect")?;
+    Ok(p)
+}
 
 /// Waits for a [`Lab::hold_client`] to finish and returns its records.
 pub fn hold_records(client: &Proc, limit: Duration) -> Result<Vec<crate::client::HoldRecord>> {
