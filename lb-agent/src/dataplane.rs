@@ -15,7 +15,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    globals, limits, maps, v4_words, v6_words, BackendEntry, Counter, DecapReason, Reason, NO_BACKEND,
+    events, globals, limits, maps, v4_words, v6_words, BackendEntry, Counter, DecapReason, Reason, NO_BACKEND,
 };
 
 use crate::{
@@ -41,6 +41,8 @@ pub struct LoadOptions {
     pub tunnel_source_v6: Option<Ipv6Addr>,
     /// MTU and packet policies (`MTU` and `POLICY` globals).
     pub packets: PacketOptions,
+    /// aya-log records from the balancer (`run --kernel-events`).
+    pub kernel_events: bool,
 }
 
 /// The `MTU` and `POLICY` globals (see `lb_common::packet_policy`).
@@ -71,6 +73,7 @@ impl LoadOptions {
             tunnel_source_v4: config.lb.tunnel_source_v4.or(fallback_v4),
             tunnel_source_v6: config.lb.tunnel_source_v6.or(fallback_v6),
             packets: PacketOptions { mtu, policy: config.lb.packets.bits() },
+            kernel_events: false,
         }
     }
 }
@@ -86,6 +89,7 @@ impl Default for LoadOptions {
             tunnel_source_v4: None,
             tunnel_source_v6: None,
             packets: PacketOptions::default(),
+            kernel_events: false,
         }
     }
 }
@@ -116,8 +120,14 @@ pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
         .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
         .override_global(globals::MTU, &opts.packets.mtu, true)
         .override_global(globals::POLICY, &opts.packets.policy, true)
+        .override_global(events::LEVEL_GLOBAL, &events_level(opts.kernel_events), true)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
+}
+
+/// The value of aya-log's level global for `--kernel-events` on or off.
+pub fn events_level(on: bool) -> u8 {
+    if on { events::ON } else { events::OFF }
 }
 
 /// Entries of `MEMBERS` (and the most `HEALTH` can hold): one per (row, id).
@@ -140,6 +150,7 @@ pub fn loaded_state(opts: &LoadOptions, ifindex: u32) -> lb_common::flows::Loade
         ifindex,
         tunnel_source_v4: opts.tunnel_source_v4.map(v4_words).unwrap_or([0; 4]),
         tunnel_source_v6: opts.tunnel_source_v6.map(v6_words).unwrap_or([0; 4]),
+        kernel_events: u32::from(events_level(opts.kernel_events)),
     }
 }
 
@@ -162,6 +173,7 @@ pub fn load_health_encap_object(opts: &LoadOptions, dir: &Path) -> Result<Ebpf> 
         .map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE)
         .override_global(globals::TUNNEL_SOURCE_V4, &v4, true)
         .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
+        .override_global(events::LEVEL_GLOBAL, &events::OFF, true)
         .load(BPF_OBJECT)
         .context("loading the BPF object for DSR-aware health checks")
 }
@@ -183,6 +195,7 @@ pub fn load_minimal_object() -> Result<Ebpf> {
         .map_max_entries(maps::HEALTH, 1)
         .map_max_entries(maps::MEMBERS, 1)
         .map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE)
+        .override_global(events::LEVEL_GLOBAL, &events::OFF, true)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod health;
 pub mod ids;
 pub mod instance;
+pub mod kernel_events;
 pub mod live;
 pub mod logging;
 pub mod maglev;

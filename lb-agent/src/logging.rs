@@ -26,7 +26,9 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<()> {
         Some(l) => EnvFilter::try_new(l).with_context(|| format!("--log-level {l:?}: not a level or filter (try info, debug, lb_agent=debug)"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LEVEL)),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

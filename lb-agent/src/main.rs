@@ -41,6 +41,13 @@ enum Command {
         /// Detach and remove the pins on exit instead of leaving the balancer running.
         #[arg(long)]
         unload_on_exit: bool,
+        /// Debugging: load the balancer with kernel events (aya-log records of
+        /// every VIP packet not forwarded and every flow placed or moved),
+        /// logged with target lb_agent::kernel. Costs per-packet work while on;
+        /// off, the verifier removes them. Changing it on a pinned balancer
+        /// needs --full-restart.
+        #[arg(long)]
+        kernel_events: bool,
     },
     /// Make the running agent re-read its config and apply the difference in
     /// place; exits non-zero with the errors if the config is refused.
@@ -162,8 +169,8 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Stats { config, json, interval, watch } => {
             stats_command::run(&load_config(&config)?, &stats_command::StatsOptions { json, interval, watch })
         }
-        Command::Run { config, full_restart, unload_on_exit } => {
-            let options = runtime::RunOptions { config_path: config, full_restart, unload_on_exit };
+        Command::Run { config, full_restart, unload_on_exit, kernel_events } => {
+            let options = runtime::RunOptions { config_path: config, full_restart, unload_on_exit, kernel_events };
             runtime()?.block_on(runtime::run(options))
         }
         Command::Reload { config } => {

@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub full_restart: bool,
     /// Detach and unpin everything on exit (the old behaviour).
     pub unload_on_exit: bool,
+    /// Load the balancer with kernel events (`kernel_events`).
+    pub kernel_events: bool,
 }
 
 /// Loads and validates a config; the error lists every problem (file, field, value).
@@ -131,7 +133,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let iface = nexthop::interface(&handle, &config.lb.interface)
         .await
         .with_context(|| format!("lb.interface = {:?}", config.lb.interface))?;
-    let opts = load_options(&config, &iface)?;
+    let opts = LoadOptions { kernel_events: options.kernel_events, ..load_options(&config, &iface)? };
     let loaded = dataplane::loaded_state(&opts, iface.index);
     let dir = config.lb.bpffs_dir.clone();
 
@@ -185,6 +187,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         None => format!("adopted the pinned {} on {} ({changes})", programs::BALANCER, iface.name),
     };
     drop(fresh);
+    let kernel_events = follow_kernel_events(&live, &dir, options.kernel_events)?;
     tracing::info!(
         "balancing {} VIP(s) over {} backend(s) on {} (ring size {}, pinned in {}): {changes}",
         plan.vips.len(),
@@ -219,7 +222,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     if let Some(announcer) = running.announcer.take() {
         announcer.stop(signal).await;
     }
-    for task in running.checkers.iter().chain(&metrics_server) {
+    for task in running.checkers.iter().chain(&metrics_server).chain(&kernel_events) {
         task.abort();
     }
     running.dsr.remove().await;
@@ -380,8 +383,21 @@ fn adoptable(dir: &Path, wanted: &LoadedState, full_restart: bool) -> Result<boo
         return Ok(false);
     }
     let pinned = LiveMaps::open(dir)?.loaded_state()?;
-    let differences = loaded_differences(&pinned, wanted);
+    let mut differences = loaded_differences(&pinned, wanted);
+    // Kernel events are for debugging: a restart without the flag (a
+    // supervisor's) must not cost the flow table, so they change only with
+    // --full-restart.
+    let events_differ = pinned.kernel_events != wanted.kernel_events;
+    if events_differ && full_restart {
+        differences.push(format!("--kernel-events: {} -> {}", on_off(pinned.kernel_events), on_off(wanted.kernel_events)));
+    }
     if differences.is_empty() {
+        if events_differ {
+            tracing::warn!(
+                "the pinned balancer runs with kernel events {}; adopting it as it is (--full-restart would load it again, losing its flow table)",
+                on_off(pinned.kernel_events)
+            );
+        }
         return Ok(true);
     }
     if !full_restart {
@@ -394,6 +410,25 @@ fn adoptable(dir: &Path, wanted: &LoadedState, full_restart: bool) -> Result<boo
     tracing::warn!("--full-restart: replacing the pinned balancer ({})", differences.join("; "));
     pins::remove_all(dir)?;
     Ok(false)
+}
+
+fn on_off(level: u32) -> &'static str {
+    if level == u32::from(lb_common::events::OFF) { "off" } else { "on" }
+}
+
+/// Forwards the balancer's kernel events when the running program has them
+/// (asked for now, or left on by the agent that loaded it).
+fn follow_kernel_events(live: &LiveMaps, dir: &Path, asked: bool) -> Result<Option<JoinHandle<()>>> {
+    let running = live.loaded_state()?.kernel_events != u32::from(lb_common::events::OFF);
+    if !running {
+        return Ok(None);
+    }
+    if !asked {
+        tracing::warn!("forwarding the kernel events of the pinned balancer, which was loaded with --kernel-events");
+    }
+    let task = crate::kernel_events::follow(&dir.join(pins::PROGRAM_PIN))?;
+    tracing::info!("kernel events on: logged with target {}", crate::kernel_events::TARGET);
+    Ok(Some(task))
 }
 
 /// Settings that size maps or are load-time constants, old -> new.

@@ -85,7 +85,7 @@ impl FlowEvent {
 
 /// Version of [`LoadedState`]'s meaning; bump when the object's maps change
 /// in a way an older pinned object cannot serve.
-pub const LOADED_STATE_VERSION: u32 = 1;
+pub const LOADED_STATE_VERSION: u32 = 2;
 
 /// The one entry of `LOADED`: what the pinned object was loaded with. A
 /// restarting agent compares it with its config; any difference needs a new
@@ -105,8 +105,12 @@ pub struct LoadedState {
     pub ifindex: u32,
     pub tunnel_source_v4: AddrWords,
     pub tunnel_source_v6: AddrWords,
+    /// The `events::LEVEL_GLOBAL` the object was loaded with (`events::OFF`
+    /// or `events::ON`). Unlike the fields above, a difference does not stop
+    /// an adoption: the agent warns and keeps what runs.
+    pub kernel_events: u32,
 }
-const _: () = assert!(core::mem::size_of::<LoadedState>() == 68);
+const _: () = assert!(core::mem::size_of::<LoadedState>() == 72);
 
 #[cfg(feature = "user")]
 mod pod {

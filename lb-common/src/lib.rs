@@ -94,6 +94,20 @@ pub mod globals {
     pub const MAX_BACKENDS: &str = "MAX_BACKENDS";
 }
 
+/// Kernel events (aya-log records from the balancer), for debugging; off
+/// unless the agent runs with `--kernel-events`. A load-time global like the
+/// others: with it at [`events::OFF`] every event is a branch on a constant
+/// that the verifier removes, so the data path pays nothing for them.
+pub mod events {
+    /// `u8` global of aya-log-ebpf: the most verbose level that is logged.
+    pub const LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";
+    /// No event is logged.
+    pub const OFF: u8 = 0;
+    /// aya-log's `Debug` level (`Error` = 1 ... `Trace` = 5), the level every
+    /// event of the object is logged at.
+    pub const ON: u8 = 4;
+}
+
 /// Sizes and limits shared by both sides.
 pub mod limits {
     /// Slots per ring unless the config says otherwise (a prime, as Maglev needs).

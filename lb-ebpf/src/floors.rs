@@ -3,17 +3,20 @@
 //! do not drift with the machine. (`xdp_pass`, the other floor, lives in main.)
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use lb_common::{Action, PROTO_TCP};
+use lb_common::{Action, PROTO_TCP, PROTO_UDP};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
     tcp::TcpHdr,
+    udp::UdpHdr,
 };
 
 use crate::packet::{ptr_at, ptr_at_mut};
 
-/// Parses Ethernet / IPv4 / TCP, swaps the MACs and bounces the frame
-/// (`XDP_TX`): the cheapest program that both reads the headers and sends.
+/// Parses Ethernet / IPv4 / TCP or UDP, swaps the MACs and bounces the
+/// frame (`XDP_TX`): the cheapest program that both reads the headers and
+/// sends. UDP too because the bench's end-to-end forwarding test reflects a
+/// UDP load with it (the per-packet bench feeds it TCP).
 #[xdp]
 pub fn xdp_floor_tx(ctx: XdpContext) -> u32 {
     floor_tx(&ctx).unwrap_or(Action::Pass) as u32
@@ -27,10 +30,16 @@ fn floor_tx(ctx: &XdpContext) -> Option<Action> {
     }
     let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
     let header_len = ((unsafe { (*ip).vihl } & 0x0f) as usize) * 4;
-    if unsafe { (*ip).proto } != PROTO_TCP {
-        return None;
+    let l4 = EthHdr::LEN + header_len;
+    match unsafe { (*ip).proto } {
+        PROTO_TCP => {
+            let _tcp: *const TcpHdr = ptr_at(ctx, l4)?;
+        }
+        PROTO_UDP => {
+            let _udp: *const UdpHdr = ptr_at(ctx, l4)?;
+        }
+        _ => return None,
     }
-    let _tcp: *const TcpHdr = ptr_at(ctx, EthHdr::LEN + header_len)?;
     unsafe { core::mem::swap(&mut (*eth).dst_addr, &mut (*eth).src_addr) };
     Some(Action::Tx)
 }

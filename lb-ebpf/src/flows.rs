@@ -12,6 +12,7 @@ use lb_common::{
 use crate::{
     balancer::{backend_entry, pick_backend},
     counters::count_flow,
+    events,
     maps::{max_backends, FLOWS, MEMBERS},
     packet::ptr_at,
     parse::{Flow, Ip},
@@ -46,6 +47,7 @@ pub fn choose(ctx: &XdpContext, ip: &Ip, flow: &Flow, vip: &VipMeta, hash: u32, 
     };
     count_flow(event, frame_len);
     let (id, backend) = pick_backend(vip, hash)?;
+    events::flow_placed(ctx, flow, event, id);
     // A full table evicts its least recently used entry; failure only costs
     // stickiness for this flow, so it does not stop the packet.
     let _ = FLOWS.insert(&key, &FlowEntry { backend_id: id, _pad: 0 }, 0);

@@ -4,7 +4,7 @@
 //! VLAN, IPv4/IPv6, TCP/UDP), `maps` (every map and load-time global),
 //! `balancer` (VIP lookup and Maglev ring), `flows` (the flow table), `encap` (IPIP / IP6IP6),
 //! `fragment` and `icmp` (their policies), `reply` (ICMP answers to the
-//! client), `checksum`, `decap`, `counters`.
+//! client), `checksum`, `decap`, `counters`, `events` (aya-log records, off by default).
 #![no_std]
 #![no_main]
 
@@ -13,6 +13,7 @@ mod checksum;
 mod counters;
 mod decap;
 mod encap;
+mod events;
 mod flows;
 mod fragment;
 mod icmp;
@@ -28,7 +29,9 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn xdp_balancer(ctx: XdpContext) -> u32 {
     let reason = balancer::balance(&ctx);
-    counters::count_reason(reason, ctx.data_end() - ctx.data());
+    let len = ctx.data_end() - ctx.data();
+    counters::count_reason(reason, len);
+    events::decision(&ctx, reason, len);
     reason.action() as u32
 }
 

@@ -26,6 +26,8 @@ pub struct Overrides {
     pub mtu: u32,
     /// Flow table entries instead of the config's (small tables load faster).
     pub flow_table_size: Option<u32>,
+    /// Load with kernel events (aya-log records) on.
+    pub kernel_events: bool,
 }
 
 /// A loaded object, the config it came from and the plan written into it.
@@ -44,6 +46,7 @@ pub fn load(text: &str, origin: &str, programs: &[&str], overrides: Overrides) -
     if let Some(size) = overrides.flow_table_size {
         opts.flow_table_size = size;
     }
+    opts.kernel_events = overrides.kernel_events;
     let mut ebpf = dataplane::load_balancer_object(&opts)?;
     for p in programs {
         dataplane::load_program(&mut ebpf, p)?;

@@ -54,11 +54,13 @@ pub struct LabOptions {
     pub unload_on_exit: bool,
     /// Extra `lb-testsrv` arguments on every backend (e.g. `--echo-port 7`).
     pub server_extra: Vec<String>,
+    /// Extra `lb-agent run` arguments (e.g. `--kernel-events`).
+    pub agent_extra: Vec<String>,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        Self { unload_on_exit: true, server_extra: Vec::new() }
+        Self { unload_on_exit: true, server_extra: Vec::new(), agent_extra: Vec::new() }
     }
 }
 
@@ -477,6 +479,7 @@ fn spawn_agent(bins: &LabBins, topo: &Topology, config_path: &Path, options: &La
     if options.unload_on_exit {
         args.push("--unload-on-exit");
     }
+    args.extend(options.agent_extra.iter().map(String::as_str));
     let agent = topo.spawn(LB, &s(&bins.agent), &args)?;
     agent.wait_for_line("ready:", AGENT_READY).context("lb-agent run did not get ready")?;
     Ok(agent)

@@ -15,7 +15,7 @@ use lb_tests::agent::{self, Proto};
 use lb_tests::client::{ClientRecord, tally};
 use lb_tests::lab::{Lab, LabBins, LabOptions, MAX_FAILURES, client_addr_for, run_client};
 use lb_tests::topology::{
-    self, CLIENT, LB, LB_V4, Topology, TopologyOptions, VIP_V4, VIP_V6, backend_v4, backend_v6,
+    self, CLIENT, CLIENT_V4, LB, LB_V4, Topology, TopologyOptions, VIP_V4, VIP_V6, backend_v4, backend_v6,
 };
 
 const BACKENDS: usize = 3;
@@ -359,6 +359,44 @@ fn unload_on_exit_detaches_and_unpins_on_sigterm() {
     assert!(!xdp_attached(&lab), "balancer still attached after SIGTERM with --unload-on-exit");
     let left = pinned(&pins);
     assert!(left.is_empty(), "pins left behind after SIGTERM with --unload-on-exit: {left:?}");
+}
+
+/// `run --kernel-events`: the balancer's aya-log records of new flows reach
+/// the agent's log, one per connection, with the client's address and port.
+#[test]
+fn kernel_events_reach_the_agent_log() {
+    if !can_run("kernel_events_reach_the_agent_log") {
+        return;
+    }
+    const N: u32 = 5;
+    const FIRST_PORT: u16 = 21000;
+    let bins = LabBins { agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")), testsrv: testsrv(), testclient: testclient() };
+    let options = LabOptions { agent_extra: vec!["--kernel-events".into()], ..LabOptions::default() };
+    let lab = Lab::start_with_options(bins, TopologyOptions { backends: BACKENDS, ..Default::default() }, agent::e2e_config(BACKENDS), options, &|m| eprintln!("[e2e] {m}"))
+        .unwrap_or_else(|e| panic!("starting the lab: {e:#}"));
+    let target = SocketAddr::new(VIP_V4.into(), 80);
+    let records = lab.client(Proto::Tcp, target, N, Some(FIRST_PORT), TIMEOUT_MS).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(failures(&records).is_empty(), "{records:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(lab.agent.log_path()).unwrap_or_default();
+        let new_flows: Vec<&str> =
+            log.lines().filter(|l| l.contains("lb_agent::kernel") && l.contains(&format!("new flow {CLIENT_V4}:"))).collect();
+        let ports_seen = (0..N as u16)
+            .filter(|i| new_flows.iter().any(|l| l.contains(&format!("{CLIENT_V4}:{} -> {target}", FIRST_PORT + i))))
+            .count();
+        if ports_seen == N as usize {
+            eprintln!("[e2e] kernel events logged, e.g.: {}", new_flows[0]);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ports_seen} of {N} connections logged as new flows by the kernel; agent log {}:\n{}",
+            lab.agent.log_path().display(),
+            lab.agent.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 // --- Harness self-tests (root only; no agent needed) ------------------------

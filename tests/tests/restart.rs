@@ -76,7 +76,7 @@ fn start(initial: &[(usize, u32)]) -> Scenario {
         testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
         testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
     };
-    let options = LabOptions { unload_on_exit: false, server_extra: vec!["--echo-port".into(), ECHO_PORT.to_string()] };
+    let options = LabOptions { unload_on_exit: false, server_extra: vec!["--echo-port".into(), ECHO_PORT.to_string()], ..LabOptions::default() };
     let lab = Lab::start_with_options(bins, TopologyOptions { backends: HOSTS, ..Default::default() }, config(initial), options, &|m| eprintln!("[restart] {m}"))
         .unwrap_or_else(|e| panic!("starting the lab: {e:#}"));
     Scenario(lab)

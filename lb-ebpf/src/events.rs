@@ -1,0 +1,79 @@
+//! Kernel events for debugging, through aya-log's ring buffer: which VIP
+//! packets were not forwarded and why, and which flows were placed or moved.
+//! Off unless the agent loads the object with `--kernel-events`
+//! (`lb_common::events`): aya-log checks its `AYA_LOG_LEVEL` global before
+//! each record, and loaded as 0 that global is a constant to which the
+//! verifier removes every branch below, so the data path pays nothing.
+//! Packets for no VIP are never logged (they are the host's traffic).
+
+use aya_ebpf::programs::XdpContext;
+use aya_log_ebpf::debug;
+use lb_common::{flows::FlowEvent, AddrWords, Reason, FAMILY_V4};
+
+use crate::parse::Flow;
+
+/// A packet that the balancer did not forward, other than host traffic.
+#[inline(always)]
+pub fn decision(ctx: &XdpContext, reason: Reason, frame_len: usize) {
+    if matches!(reason, Reason::Forwarded | Reason::NoVip | Reason::NotIp) {
+        return;
+    }
+    debug!(ctx, "{} ({}): {} bytes", reason.label(), reason.action().label(), frame_len);
+}
+
+/// A flow placed by the ring (`Miss`: new or unknown, `Rehash`: its recorded
+/// backend is gone) on backend `id`.
+#[inline(always)]
+pub fn flow_placed(ctx: &XdpContext, flow: &Flow, event: FlowEvent, id: u32) {
+    let what = match event {
+        FlowEvent::Rehash => "moved",
+        _ => "new",
+    };
+    let (sport, dport) = (u16::from_be(flow.src_port_be), u16::from_be(flow.dst_port_be));
+    if flow.family == FAMILY_V4 {
+        debug!(
+            ctx,
+            "{} flow {:i}:{} -> {:i}:{} proto {}: backend {}",
+            what,
+            v4(&flow.src),
+            sport,
+            v4(&flow.dst),
+            dport,
+            flow.proto,
+            id
+        );
+    } else {
+        debug!(
+            ctx,
+            "{} flow [{:i}]:{} -> [{:i}]:{} proto {}: backend {}",
+            what,
+            v6(&flow.src),
+            sport,
+            v6(&flow.dst),
+            dport,
+            flow.proto,
+            id
+        );
+    }
+}
+
+/// An IPv4 address in host order, as aya-log's `{:i}` wants a `u32`.
+#[inline(always)]
+fn v4(words: &AddrWords) -> u32 {
+    u32::from_be_bytes(words[0].to_ne_bytes())
+}
+
+#[inline(always)]
+fn v6(words: &AddrWords) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
+}
