@@ -278,7 +278,7 @@ pub fn write_plan(ebpf: &mut Ebpf, plan: &Plan, resolved: &HashMap<u32, Resolved
         for vip in &plan.vips {
             let base = vip.row * plan.ring_size;
             // A fresh array is all NO_BACKEND, so only the other slots need writing.
-            for (slot, &id) in vip.ring.iter().enumerate().filter(|(_, id)| **id != NO_BACKEND) {
+            for (slot, &id) in vip.ring().iter().enumerate().filter(|(_, id)| **id != NO_BACKEND) {
                 rings.set(base + slot as u32, id).with_context(|| format!("writing ring of VIP {}", vip.name))?;
             }
         }

@@ -14,7 +14,7 @@ use lb_common::{
     BackendEntry, VipKey, VipMeta,
 };
 
-use crate::{ids::Kept, pins, rings::MappedRings};
+use crate::{ids::Kept, pins};
 
 pub struct LiveMaps {
     pub dir: PathBuf,
@@ -23,7 +23,8 @@ pub struct LiveMaps {
     pub members: Array<MapData, u32>,
     pub health: BpfHashMap<MapData, HealthKey, HealthEntry>,
     pub loaded: Array<MapData, LoadedState>,
-    pub rings: MappedRings,
+    /// `RINGS`, mapped a row at a time when written (`MappedRings::row`).
+    pub rings: MapData,
 }
 
 impl LiveMaps {
@@ -36,7 +37,7 @@ impl LiveMaps {
             members: Array::try_from(Map::Array(open(maps::MEMBERS)?))?,
             health: BpfHashMap::try_from(Map::HashMap(open(maps::HEALTH)?))?,
             loaded: Array::try_from(Map::Array(open(maps::LOADED)?))?,
-            rings: MappedRings::from_map(&open(maps::RINGS)?)?,
+            rings: open(maps::RINGS)?,
         })
     }
 

@@ -17,7 +17,7 @@ use lb_common::hash::{flow_hash, source_hash};
 use lb_common::{NO_BACKEND, VIP_FLAG_SOURCE_HASH, VipKey, VipMeta, addr_words};
 
 use crate::config::{Config, HashMode, MacAddr};
-use crate::health::select;
+use crate::health::select::{self, Selection};
 use crate::ids::{self, Kept, VipIdentity};
 
 /// What the dataplane is to hold.
@@ -54,14 +54,25 @@ pub struct PlannedVip {
     pub row: u32,
     pub key: VipKey,
     pub meta: VipMeta,
-    /// `ring_size` backend ids; [`NO_BACKEND`] only if no backend has weight.
-    pub ring: Vec<u32>,
+    /// The ring with every backend up (`ring_size` backend ids;
+    /// [`NO_BACKEND`] only if no backend has weight) and its tier. `None`
+    /// once [`Plan::forget_rings`] dropped it: the agent keeps no copy of
+    /// what the kernel's `RINGS` map holds.
+    pub all_up: Option<Selection>,
+    /// [`crate::summary::ring_digest`] of the all-up ring (kept when the
+    /// ring is dropped: the config fingerprint includes it).
+    pub ring_digest: u64,
     /// (backend id, weight) of every configured backend, drained ones
     /// included, sorted by id.
     pub members: Vec<(u32, u32)>,
 }
 
 impl PlannedVip {
+    /// The all-up ring. Panics after [`Plan::forget_rings`].
+    pub fn ring(&self) -> &[u32] {
+        &self.all_up.as_ref().expect("the plan's rings were dropped (Plan::forget_rings)").ring
+    }
+
     /// The VIP's address.
     pub fn address(&self) -> IpAddr {
         lb_common::words_addr(&self.key.addr, self.key.family).expect("VipKey built from an IpAddr")
@@ -74,6 +85,14 @@ impl PlannedVip {
 }
 
 impl Plan {
+    /// Drops the rings (what a running agent keeps would otherwise include a
+    /// copy of every ring; the kernel's `RINGS` map is the one that counts).
+    pub fn forget_rings(&mut self) {
+        for v in &mut self.vips {
+            v.all_up = None;
+        }
+    }
+
     /// The backend with this id.
     pub fn backend(&self, id: u32) -> Option<&PlannedBackend> {
         self.backends.iter().find(|b| b.id == id)
@@ -141,14 +160,21 @@ pub fn plan_keeping(config: &Config, kept: &Kept) -> Result<Plan, String> {
         macs.into_iter().map(|(address, mac)| PlannedBackend { id: backend_ids[&address], address, mac }).collect();
     let id_of = |a: IpAddr| backends[backends.binary_search_by(|b| b.address.cmp(&a)).expect("every backend has an id")].id;
 
+    // Every backend up: the primaries' ring (backups serve only without
+    // them). The Maglev builds are most of a plan's cost, so they run on
+    // every CPU.
+    let built = parallel_map(&vips, |v| {
+        let mut members: Vec<(u32, u32)> = v.backends.iter().map(|b| (id_of(b.address), b.weight)).collect();
+        members.sort_unstable();
+        let all_up = select::ring(v, ring_size, &id_of, &|_| true);
+        let digest = crate::summary::ring_digest(&all_up.ring, &members);
+        (members, all_up, digest)
+    });
     let planned = vips
         .iter()
-        .map(|v| {
+        .zip(built)
+        .map(|(v, (members, all_up, ring_digest))| {
             let row = row_of(v);
-            let mut members: Vec<(u32, u32)> = v.backends.iter().map(|b| (id_of(b.address), b.weight)).collect();
-            members.sort_unstable();
-            // Every backend up: the primaries' ring (backups serve only without them).
-            let ring = select::ring(v, ring_size, &id_of, &|_| true).ring;
             let flags = match v.hash {
                 HashMode::Flow => 0,
                 HashMode::Source => VIP_FLAG_SOURCE_HASH,
@@ -159,13 +185,28 @@ pub fn plan_keeping(config: &Config, kept: &Kept) -> Result<Plan, String> {
                 row,
                 key: VipKey::new(v.address, v.port, v.protocol.number()),
                 meta: VipMeta { row, flags },
-                ring,
+                all_up: Some(all_up),
+                ring_digest,
                 members,
             }
         })
         .collect();
 
     Ok(Plan { ring_size, hash_seed: config.lb.hash_seed, backends, vips: planned })
+}
+
+/// `f` over `items` on up to one thread per CPU, results in `items`' order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().max(1));
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = items.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a ring build panicked")).collect()
+    })
 }
 
 /// The VIP the kernel matches for a packet to (`addr`, `port`, `proto`): the
@@ -197,7 +238,7 @@ pub fn slot(plan: &Plan, vip: &PlannedVip, src: IpAddr, src_port: u16, dst_port:
 /// remembers it); [`NO_BACKEND`] if the ring slot is empty or `src` is not of
 /// the VIP's family.
 pub fn lookup(plan: &Plan, vip: &PlannedVip, src: IpAddr, src_port: u16, dst_port: u16) -> u32 {
-    slot(plan, vip, src, src_port, dst_port).and_then(|s| vip.ring.get(s as usize).copied()).unwrap_or(NO_BACKEND)
+    slot(plan, vip, src, src_port, dst_port).and_then(|s| vip.ring().get(s as usize).copied()).unwrap_or(NO_BACKEND)
 }
 
 #[cfg(test)]
@@ -290,7 +331,7 @@ port = 80
 "#;
 
     fn rings_as_addresses(p: &Plan) -> Vec<(String, u32, Vec<Option<IpAddr>>)> {
-        p.vips.iter().map(|v| (v.name.clone(), v.row, v.ring.iter().map(|&id| p.backend(id).map(|b| b.address)).collect())).collect()
+        p.vips.iter().map(|v| (v.name.clone(), v.row, v.ring().iter().map(|&id| p.backend(id).map(|b| b.address)).collect())).collect()
     }
 
     #[test]
@@ -314,14 +355,14 @@ port = 80
         assert_eq!(names, ["dns", "web", "any6"]);
         for (i, v) in p.vips.iter().enumerate() {
             assert_eq!((v.row, v.meta.row), (i as u32, i as u32));
-            assert_eq!(v.ring.len(), 4099);
-            assert!(v.ring.iter().all(|&id| id != NO_BACKEND));
+            assert_eq!(v.ring().len(), 4099);
+            assert!(v.ring().iter().all(|&id| id != NO_BACKEND));
         }
         let dns = p.vip("dns").unwrap();
         assert_eq!(dns.meta.flags, VIP_FLAG_SOURCE_HASH);
         assert_eq!(dns.key, VipKey::new("192.0.2.10".parse().unwrap(), 53, lb_common::PROTO_UDP));
         assert_eq!(dns.members, [(1, 1), (2, 1), (3, 0)]);
-        assert!(!dns.ring.contains(&3), "drained backend owns no slot");
+        assert!(!dns.ring().contains(&3), "drained backend owns no slot");
         assert_eq!(p.vip("web").unwrap().meta.flags, 0);
         assert_eq!(p.vip("any6").unwrap().port(), 0);
         assert_eq!(p.backend_id("2001:db8::13".parse().unwrap()), Some(4));
@@ -386,7 +427,7 @@ port = 80
             // The kernel's computation, restated.
             let (s, f) = addr_words(src);
             let h = flow_hash(7, f, &s, &web.key.addr, sport.to_be(), 80u16.to_be(), lb_common::PROTO_TCP);
-            assert_eq!(id, web.ring[(h % 4099) as usize]);
+            assert_eq!(id, web.ring()[(h % 4099) as usize]);
             *counts.entry(id).or_insert(0u32) += 1;
         }
         // Weights 1:2:1 over ids 1, 2, 4.

@@ -142,10 +142,11 @@ pub fn after_rings(live: &mut LiveMaps, plan: &Plan, changes: &Changes, max_back
 
     let ring_size = plan.ring_size;
     for &row in &changes.removed_rows {
+        let mapped = crate::rings::MappedRings::row(&live.rings, row, ring_size)?;
         let base = row * ring_size;
-        for slot in 0..ring_size {
-            if live.rings.get(base + slot) != Some(NO_BACKEND) {
-                live.rings.set(base + slot, NO_BACKEND)?;
+        for slot in base..base + ring_size {
+            if mapped.get(slot) != Some(NO_BACKEND) {
+                mapped.set(slot, NO_BACKEND)?;
             }
         }
         for &id in &changes.known_ids {

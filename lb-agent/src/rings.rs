@@ -5,6 +5,11 @@
 //! program reads the same pages, and each 4-byte slot store is atomic, so
 //! the kernel sees either the old or the new backend id of a slot, never a
 //! torn value.
+//!
+//! The kernel fills a mapping's page tables at mmap time, so every mapped
+//! page counts in the agent's resident memory (a 128-row map of 65,537-slot
+//! rings is 64 MiB). The agent therefore maps one row at a time
+//! ([`MappedRings::row`]) while it writes, and unmaps it after.
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -24,6 +29,9 @@ const WORDS_PER_ELEMENT: usize = ELEMENT_STRIDE / size_of::<u32>();
 
 pub struct MappedRings {
     words: NonNull<AtomicU32>,
+    /// Index of the first element of the mapping (a whole page's worth).
+    first: usize,
+    /// Elements in the mapping, from `first`.
     len: usize,
     map_bytes: usize,
 }
@@ -44,11 +52,29 @@ impl MappedRings {
     /// mapping keeps the map alive on its own.
     pub fn from_map(data: &aya::maps::MapData) -> Result<Self> {
         let info = data.info().context("reading RINGS map info")?;
-        let len = info.max_entries() as usize;
+        Self::map(data, 0, info.max_entries() as usize)
+    }
+
+    /// Maps only the slots of ring `row` (plus the rest of their first and
+    /// last pages); other slots are out of reach.
+    pub fn row(data: &aya::maps::MapData, row: u32, ring_size: u32) -> Result<Self> {
+        let info = data.info().context("reading RINGS map info")?;
+        let (start, end) = (row as usize * ring_size as usize, (row as usize + 1) * ring_size as usize);
+        if end > info.max_entries() as usize {
+            bail!("ring row {row} beyond the {} slots of {}", info.max_entries(), maps::RINGS);
+        }
+        Self::map(data, start, end - start)
+    }
+
+    /// Maps the pages holding elements `start .. start + count`.
+    fn map(data: &aya::maps::MapData, start: usize, count: usize) -> Result<Self> {
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let elements_per_page = page / ELEMENT_STRIDE;
+        let first = start / elements_per_page * elements_per_page;
+        let len = start + count - first;
         let map_bytes = (len * ELEMENT_STRIDE).div_ceil(page) * page;
-        // SAFETY: a shared mapping of the map's fd at offset 0, no larger
-        // than the map's (page-rounded) value area; unmapped in Drop.
+        // SAFETY: a shared mapping of the map's fd at a page offset inside
+        // the map's (page-rounded) value area; unmapped in Drop.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -56,7 +82,7 @@ impl MappedRings {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 data.fd().as_fd().as_raw_fd(),
-                0,
+                (first * ELEMENT_STRIDE) as libc::off_t,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -66,17 +92,17 @@ impl MappedRings {
                 std::io::Error::last_os_error()
             );
         }
-        Ok(Self { words: NonNull::new(ptr.cast()).context("mmap returned null")?, len, map_bytes })
+        Ok(Self { words: NonNull::new(ptr.cast()).context("mmap returned null")?, first, len, map_bytes })
     }
 
-    /// Slot `index`: the first word of its element.
+    /// Slot `index` (of the whole map): the first word of its element.
     fn slot(&self, index: u32) -> Option<&AtomicU32> {
-        let index = index as usize;
-        // SAFETY: `len` elements of ELEMENT_STRIDE bytes live in the mapping for as long as `self`.
+        let index = (index as usize).checked_sub(self.first)?;
+        // SAFETY: `len` elements of ELEMENT_STRIDE bytes from `first` live in the mapping for as long as `self`.
         (index < self.len).then(|| unsafe { &*self.words.as_ptr().add(index * WORDS_PER_ELEMENT) })
     }
 
-    /// Number of slots (all rows).
+    /// Number of slots mapped (all rows, unless mapped by [`Self::row`]).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -90,9 +116,7 @@ impl MappedRings {
     }
 
     pub fn set(&self, index: u32, backend_id: u32) -> Result<()> {
-        let slot = self.slot(index).with_context(|| {
-            format!("ring slot {index} beyond the {} slots of {}", self.len, maps::RINGS)
-        })?;
+        let slot = self.slot(index).with_context(|| format!("ring slot {index} not in this mapping of {}", maps::RINGS))?;
         slot.store(backend_id, Ordering::Relaxed);
         Ok(())
     }

@@ -154,6 +154,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
         let plan = plan::plan_keeping(&config, &live.kept()?).map_err(anyhow::Error::msg)?;
         let resolved = resolve_backends(&handle, &iface, &config, &plan, &opts).await?;
         let (supervisor, changes) = apply(&mut live, &config, &plan, &resolved)?;
+        let mut plan = plan;
+        plan.forget_rings();
+        release_freed_memory();
         let mut dsr = Dsr::default();
         dsr.install(&config, &plan, &opts, &handle, &iface).await?;
         anyhow::Ok((live, plan, supervisor, changes, dsr))
@@ -300,7 +303,9 @@ async fn reload(running: &mut Running) -> Result<String> {
 }
 
 async fn try_reload(running: &mut Running) -> Result<String> {
+    let mut phases = Phases::start();
     let config = load_config(&running.options.config_path)?;
+    phases.done("parse");
     let problems = needs_restart(&running.config, &config, &running.loaded, &running.iface)?;
     if !problems.is_empty() {
         bail!(
@@ -310,8 +315,10 @@ async fn try_reload(running: &mut Running) -> Result<String> {
     }
     let plan = plan::plan_keeping(&config, &running.live.kept()?).map_err(anyhow::Error::msg)?;
     let opts = load_options(&config, &running.iface)?;
+    phases.done("plan");
     // Everything that can fail without touching the kernel comes first.
     let resolved = resolve_backends(&running.handle, &running.iface, &config, &plan, &opts).await?;
+    phases.done("resolve next hops");
     let mut guard = running.supervisor.lock().unwrap_or_else(|e| e.into_inner());
     for task in running.checkers.drain(..) {
         task.abort();
@@ -328,6 +335,10 @@ async fn try_reload(running: &mut Running) -> Result<String> {
     };
     *guard = observed(supervisor, &running.metrics);
     drop(guard);
+    let mut plan = plan;
+    plan.forget_rings();
+    release_freed_memory();
+    phases.done("apply to the maps");
     if let Some(m) = &running.metrics {
         m.programmed(config.clone(), plan.clone());
     }
@@ -335,6 +346,7 @@ async fn try_reload(running: &mut Running) -> Result<String> {
     let dsr = running.dsr.install(&config, &plan, &opts, &running.handle, &running.iface).await;
     running.checkers = supervisor::spawn(&config, running.supervisor.clone());
     let announcer = crate::announce::follow(running.announcer.take(), &config, &running.handle, &running.supervisor).await;
+    phases.done("checks and routes");
     running.config = config;
     running.plan = plan;
     let changes = match announcer {
@@ -347,6 +359,28 @@ async fn try_reload(running: &mut Running) -> Result<String> {
     match dsr {
         Ok(()) => Ok(changes),
         Err(e) => Ok(format!("{changes}; but the routes of DSR-aware health checks failed: {e:#} (those checks fail until the next reload)")),
+    }
+}
+
+/// Hands the heap freed by a plan's ring builds (megabytes for a large
+/// config) back to the kernel; glibc would otherwise keep it for reuse.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// Debug log of how long each step of a reload took (what a slow reload of
+/// a large config spends its time on).
+struct Phases(std::time::Instant);
+
+impl Phases {
+    fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+    fn done(&mut self, phase: &str) {
+        let now = std::time::Instant::now();
+        tracing::debug!("reload: {phase} took {:.1} ms", (now - self.0).as_secs_f64() * 1e3);
+        self.0 = now;
     }
 }
 
@@ -367,11 +401,15 @@ fn apply(
     resolved: &HashMap<u32, ResolvedBackend>,
 ) -> Result<(Supervisor<MapWriter>, reconcile::Changes)> {
     let max_backends = config.lb.max_backends;
+    let mut phases = Phases::start();
     let prior = live.health_entries()?;
     let changes = reconcile::before_rings(live, plan, resolved, max_backends)?;
-    let writer = MapWriter::open(&live.dir, plan.ring_size, max_backends)?;
+    phases.done("backends and members");
+    let writer = MapWriter::open(&live.dir, max_backends)?;
     let supervisor = Supervisor::new(config, plan, writer, &prior)?;
+    phases.done("rings");
     reconcile::after_rings(live, plan, &changes, max_backends)?;
+    phases.done("VIPs and health entries");
     Ok((supervisor, changes))
 }
 

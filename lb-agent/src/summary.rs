@@ -39,6 +39,18 @@ impl Fnv {
     }
 }
 
+/// A digest of a VIP's all-up ring as positions in its (id-sorted, hence
+/// address-sorted) member list, so that it does not depend on id numbering.
+/// Computed with the plan, so that the fingerprint needs no copy of the ring.
+pub fn ring_digest(ring: &[u32], members: &[(u32, u32)]) -> u64 {
+    let mut h = Fnv(Fnv::OFFSET);
+    for &id in ring {
+        let pos = members.binary_search_by_key(&id, |&(m, _)| m).map_or(u32::MAX, |p| p as u32);
+        h.u32(pos);
+    }
+    h.0
+}
+
 /// A 16-hex-digit fingerprint of what the dataplane will hold: ring size,
 /// seed, and per VIP (in row order, i.e. sorted by address, port, protocol)
 /// its address, port, protocol, flags, its backends' addresses, weights and
@@ -50,7 +62,7 @@ impl Fnv {
 /// ring contents would reveal.
 pub fn fingerprint(plan: &Plan) -> String {
     let mut h = Fnv(Fnv::OFFSET);
-    h.bytes(b"lb-plan-v1");
+    h.bytes(b"lb-plan-v2");
     h.u32(plan.ring_size);
     h.u32(plan.hash_seed);
     h.u32(plan.vips.len() as u32);
@@ -70,12 +82,7 @@ pub fn fingerprint(plan: &Plan) -> String {
                 None => h.bytes(&[0]),
             }
         }
-        // The ring as positions in the (address-sorted) member list, so that
-        // it does not depend on id numbering.
-        for &id in &v.ring {
-            let pos = v.members.binary_search_by_key(&id, |&(m, _)| m).map_or(u32::MAX, |p| p as u32);
-            h.u32(pos);
-        }
+        h.bytes(&v.ring_digest.to_be_bytes());
     }
     format!("{:016x}", h.0)
 }
@@ -129,7 +136,7 @@ pub fn render(config: &Config, plan: &Plan) -> String {
 fn render_backends(out: &mut String, plan: &Plan, vip: &PlannedVip) {
     // Ring shares by position in `vip.members`.
     let index: Vec<u32> =
-        vip.ring.iter().map(|&id| vip.members.binary_search_by_key(&id, |&(m, _)| m).map_or(u32::MAX, |p| p as u32)).collect();
+        vip.ring().iter().map(|&id| vip.members.binary_search_by_key(&id, |&(m, _)| m).map_or(u32::MAX, |p| p as u32)).collect();
     let slots = maglev::shares(&index, vip.members.len());
     let width = vip
         .members
@@ -258,6 +265,6 @@ interface = "eth1"
         let web = p.vip("web").unwrap();
         let rows: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("vip \"web\"")).skip(2).take(2).collect();
         let total: u32 = rows.iter().map(|l| l.split_whitespace().nth(3).unwrap().parse::<u32>().unwrap()).sum();
-        assert_eq!(total, web.ring.len() as u32, "{text}");
+        assert_eq!(total, web.ring().len() as u32, "{text}");
     }
 }

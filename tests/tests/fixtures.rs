@@ -156,7 +156,7 @@ impl Harness {
             return None;
         }
         let text = CONFIG.replacen("[lb]\n", &format!("[lb]\n{policy_lines}"), 1);
-        let overrides = Overrides { mtu: FIXTURE_MTU, flow_table_size: Some(FIXTURE_FLOW_TABLE) };
+        let overrides = Overrides { mtu: FIXTURE_MTU, flow_table_size: Some(FIXTURE_FLOW_TABLE), ..Overrides::default() };
         let Loaded { ebpf, plan, .. } =
             bpf::load(&text, "fixtures.toml", &[programs::BALANCER, programs::DECAP], overrides).expect("load the fixture object");
         Some(Self { ebpf, plan, balancer_runs: 0, decap_runs: 0 })
@@ -632,7 +632,7 @@ impl Harness {
         let (src, family) = lb_common::addr_words(CLIENT_V4.into());
         let (dst, _) = lb_common::addr_words(vip.into());
         let h = lb_common::hash::flow_hash(self.plan.hash_seed, family, &src, &dst, 0, 0, proto);
-        let id = planned.ring[(h % self.plan.ring_size) as usize];
+        let id = planned.ring()[(h % self.plan.ring_size) as usize];
         self.plan.backend(id).unwrap().address
     }
 }

@@ -132,7 +132,7 @@ impl Target {
     fn load(policy_lines: &str) -> Self {
         let text = CONFIG.replace("POLICY_LINES", policy_lines);
         // Random flows: the LRU evicts the oldest once full.
-        let overrides = Overrides { mtu: MTU, flow_table_size: Some(FUZZ_FLOW_TABLE) };
+        let overrides = Overrides { mtu: MTU, flow_table_size: Some(FUZZ_FLOW_TABLE), ..Overrides::default() };
         let Loaded { ebpf, plan, .. } = bpf::load(&text, "fuzz.toml", &[programs::BALANCER], overrides).expect("load the fuzz object");
         let backends = plan.backends.iter().map(|b| b.address).collect();
         Target { ebpf, backends, runs: 0 }

@@ -1,7 +1,8 @@
 //! The health part of `lb-agent stats`: the `HEALTH` map of a running agent
 //! (read from its pin), shown per VIP and backend.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -75,12 +76,57 @@ impl MemberHealth {
     }
 }
 
-/// The health of every VIP of `config` from a `HEALTH` table.
-pub fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable) -> Vec<VipHealth<'a>> {
+/// What a VIP's ring is for one health state: its tier and how many slots
+/// each backend id owns.
+#[derive(Debug)]
+struct RingShares {
+    tier: select::Tier,
+    owned: HashMap<u32, u32>,
+    slots: u32,
+}
+
+impl RingShares {
+    fn of(selection: &select::Selection) -> RingShares {
+        let mut owned = HashMap::new();
+        for &id in &selection.ring {
+            *owned.entry(id).or_insert(0) += 1;
+        }
+        RingShares { tier: selection.tier, owned, slots: selection.ring.len() as u32 }
+    }
+}
+
+/// Ring shares already computed for one programmed config, by VIP (index in
+/// the config) and health state: a metrics scrape then builds no Maglev ring
+/// unless health changed since the last one.
+#[derive(Debug, Default)]
+pub struct ShareCache(Mutex<HashMap<(usize, Vec<bool>), Arc<RingShares>>>);
+
+/// Health states remembered per config at most (flapping makes new ones).
+const SHARE_CACHE_ENTRIES: usize = 4096;
+
+impl ShareCache {
+    fn get_or_build(&self, vip: usize, up: Vec<bool>, build: impl FnOnce() -> RingShares) -> Arc<RingShares> {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shares) = cache.get(&(vip, up.clone())) {
+            return shares.clone();
+        }
+        if cache.len() >= SHARE_CACHE_ENTRIES {
+            cache.clear();
+        }
+        let shares = Arc::new(build());
+        cache.insert((vip, up), shares.clone());
+        shares
+    }
+}
+
+/// The health of every VIP of `config` from a `HEALTH` table. `cache` must
+/// belong to this very `config` and `plan` (ring shares are kept in it).
+pub fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable, cache: Option<&ShareCache>) -> Vec<VipHealth<'a>> {
     config
         .vips
         .iter()
-        .filter_map(|v| {
+        .enumerate()
+        .filter_map(|(index, v)| {
             let planned = plan.vip(&v.name)?;
             let id_of = |a| plan.backend_id(a).unwrap_or(lb_common::NO_BACKEND);
             let mut members: Vec<MemberHealth> = v
@@ -93,14 +139,18 @@ pub fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable) -> V
                     ring_share: 0.0,
                 })
                 .collect();
-            let up = |i: usize| members[i].is_up();
-            let selection = select::ring(v, plan.ring_size, &id_of, &up);
-            let all_up = (0..members.len()).all(up);
+            let up: Vec<bool> = members.iter().map(MemberHealth::is_up).collect();
+            let all_up = up.iter().all(|u| *u);
+            let build = || RingShares::of(&select::ring(v, plan.ring_size, &id_of, &|i| up[i]));
+            let shares = match cache {
+                Some(c) => c.get_or_build(index, up.clone(), build),
+                None => Arc::new(build()),
+            };
             for m in &mut members {
-                let id = id_of(m.address);
-                let owned = selection.ring.iter().filter(|slot| **slot == id).count();
-                m.ring_share = owned as f64 / selection.ring.len().max(1) as f64;
+                let owned = shares.owned.get(&id_of(m.address)).copied().unwrap_or(0);
+                m.ring_share = f64::from(owned) / f64::from(shares.slots.max(1));
             }
+            let selection = &shares;
             let health = match selection.tier {
                 select::Tier::Primary if all_up => "up",
                 select::Tier::Primary => "degraded",
@@ -118,7 +168,7 @@ pub fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable) -> V
 /// `changes`, `http_status` to each of its backends.
 pub fn add_to_json(json: &mut Value, config: &Config, plan: &Plan, table: &HealthTable) {
     let Some(vips) = json.get_mut("vips").and_then(Value::as_array_mut) else { return };
-    for vh in vip_health(config, plan, table) {
+    for vh in vip_health(config, plan, table, None) {
         let Some(v) = vips.iter_mut().find(|v| v["name"] == vh.name) else { continue };
         v["health"] = json!(vh.health);
         let Some(members) = v.get_mut("backends").and_then(Value::as_array_mut) else { continue };
@@ -148,7 +198,7 @@ pub fn to_text(config: &Config, plan: &Plan, table: &HealthTable) -> String {
         "\n{:<24} {:<8} {:<28} {:<10} {:>7} {:>9} {:>6} {:>6}  last check",
         "VIP health", "", "backend", "state", "share", "since", "fails", "passes"
     );
-    for vh in vip_health(config, plan, table) {
+    for vh in vip_health(config, plan, table, None) {
         let _ = writeln!(out, "{:<24} {:<8}", vh.name, vh.health);
         for member in &vh.members {
             let (address, role, share) = (member.address, if member.backup { "backup" } else { "" }, member.ring_share * 100.0);

@@ -78,23 +78,32 @@ pub fn ring(vip: &VipConfig, ring_size: u32, id_of: &dyn Fn(IpAddr) -> u32, up: 
 /// The ring of `members` with the slots of members not in `healthy` handed to
 /// a Maglev ring of `healthy` (see the module's documentation).
 fn stable_ring(vip: &VipConfig, ring_size: u32, id_of: &dyn Fn(IpAddr) -> u32, members: &[usize], healthy: &[usize]) -> Vec<u32> {
-    let maglev_ids = |set: &[usize]| -> Vec<u32> {
+    // Maglev over `set` (indices into the VIP's backends): each slot holds the
+    // position in `set` of its owner, or EMPTY.
+    let build = |set: &[usize]| -> Vec<u32> {
         let ring_members: Vec<Member> = set
             .iter()
             .map(|&i| Member { identity: backend_identity(vip.backends[i].address), weight: vip.backends[i].weight })
             .collect();
         maglev::build(&ring_members, ring_size)
-            .into_iter()
-            .map(|o| if o == EMPTY { NO_BACKEND } else { id_of(vip.backends[set[o as usize]].address) })
-            .collect()
     };
-    let full = maglev_ids(members);
+    // Ids looked up once per member, not once per slot.
+    let ids = |set: &[usize]| -> Vec<u32> { set.iter().map(|&i| id_of(vip.backends[i].address)).collect() };
+    let id_at = |owner: u32, ids: &[u32]| if owner == EMPTY { NO_BACKEND } else { ids[owner as usize] };
+    let member_ids = ids(members);
+    let full = build(members);
     if healthy.len() == members.len() {
-        return full;
+        return full.into_iter().map(|owner| id_at(owner, &member_ids)).collect();
     }
-    let healthy_ids: Vec<u32> = healthy.iter().map(|&i| id_of(vip.backends[i].address)).collect();
-    let fill = maglev_ids(healthy);
-    full.into_iter().zip(fill).map(|(owner, spare)| if healthy_ids.contains(&owner) { owner } else { spare }).collect()
+    let keeps: Vec<bool> = members.iter().map(|i| healthy.contains(i)).collect();
+    let healthy_ids = ids(healthy);
+    let fill = build(healthy);
+    full.into_iter()
+        .zip(fill)
+        .map(|(owner, spare)| {
+            if owner != EMPTY && keeps[owner as usize] { member_ids[owner as usize] } else { id_at(spare, &healthy_ids) }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -143,7 +152,7 @@ port = 80
         let (c, p) = setup("");
         let s = select(&c, &p, &[]);
         assert_eq!(s.tier, Tier::Primary);
-        assert_eq!(s.ring, p.vips[0].ring);
+        assert_eq!(s.ring, p.vips[0].ring());
         assert!(!s.ring.contains(&4) && !s.ring.contains(&5), "backups own no slot while primaries are up");
     }
 
@@ -186,6 +195,6 @@ port = 80
         let (c, p) = setup("  [vip.health]\n  all_down = \"fail_open\"\n");
         let s = select(&c, &p, &[0, 1, 2, 3, 4]);
         assert_eq!(s.tier, Tier::FailOpen);
-        assert_eq!(s.ring, p.vips[0].ring);
+        assert_eq!(s.ring, p.vips[0].ring());
     }
 }

@@ -24,7 +24,6 @@ use crate::health::probe::NetProbe;
 use crate::health::select::{self, Tier};
 use crate::health::settings::{CheckKind, InitialState};
 use crate::health::tracker::State;
-use crate::maglev::changed_slots;
 use crate::plan::Plan;
 use crate::rings::MappedRings;
 
@@ -33,10 +32,9 @@ const REPORT_QUEUE: usize = 256;
 
 /// Where the supervisor writes (the kernel maps, or a recorder in tests).
 pub trait HealthWriter {
-    /// The ring of VIP row `row` as the kernel has it now.
-    fn read_ring(&self, row: u32, ring_size: u32) -> Result<Vec<u32>>;
-    /// Writes `(slot, backend id)` pairs into the ring of VIP row `row`.
-    fn write_slots(&mut self, row: u32, changes: &[(u32, u32)]) -> Result<()>;
+    /// Makes the kernel's ring of VIP row `row` equal `ring`, writing only
+    /// the slots that differ; returns how many it wrote.
+    fn write_ring(&mut self, row: u32, ring: &[u32]) -> Result<usize>;
     fn write_health(&mut self, key: HealthKey, entry: HealthEntry) -> Result<()>;
     /// Whether recorded flows of (row, backend) may stay on it.
     fn write_member(&mut self, key: HealthKey, usable: bool) -> Result<()>;
@@ -44,38 +42,38 @@ pub trait HealthWriter {
 
 /// The live `RINGS`, `HEALTH` and `MEMBERS` maps, opened from their pins.
 pub struct MapWriter {
-    pub rings: MappedRings,
+    /// Mapped one row at a time while writing (see [`MappedRings::row`]).
+    pub rings: MapData,
     pub health: BpfHashMap<MapData, HealthKey, HealthEntry>,
     pub members: Array<MapData, u32>,
-    pub ring_size: u32,
     pub max_backends: u32,
 }
 
 impl MapWriter {
-    pub fn open(dir: &std::path::Path, ring_size: u32, max_backends: u32) -> Result<Self> {
+    pub fn open(dir: &std::path::Path, max_backends: u32) -> Result<Self> {
         let open = |name: &str| crate::pins::open_map(dir, name);
         Ok(MapWriter {
-            rings: MappedRings::from_map(&open(lb_common::maps::RINGS)?)?,
+            rings: open(lb_common::maps::RINGS)?,
             health: BpfHashMap::try_from(Map::HashMap(open(lb_common::maps::HEALTH)?))?,
             members: Array::try_from(Map::Array(open(lb_common::maps::MEMBERS)?))?,
-            ring_size,
             max_backends,
         })
     }
 }
 
 impl HealthWriter for MapWriter {
-    fn read_ring(&self, row: u32, ring_size: u32) -> Result<Vec<u32>> {
-        let base = row * ring_size;
-        (0..ring_size).map(|slot| self.rings.get(base + slot).with_context(|| format!("ring row {row} beyond RINGS"))).collect()
-    }
-
-    fn write_slots(&mut self, row: u32, changes: &[(u32, u32)]) -> Result<()> {
-        let base = row * self.ring_size;
-        for &(slot, id) in changes {
-            self.rings.set(base + slot, id).with_context(|| format!("writing slot {slot} of ring row {row}"))?;
+    fn write_ring(&mut self, row: u32, ring: &[u32]) -> Result<usize> {
+        let size = ring.len() as u32;
+        let mapped = MappedRings::row(&self.rings, row, size)?;
+        let base = row * size;
+        let mut written = 0;
+        for (slot, &id) in (base..).zip(ring) {
+            if mapped.get(slot) != Some(id) {
+                mapped.set(slot, id).with_context(|| format!("writing slot {} of ring row {row}", slot - base))?;
+                written += 1;
+            }
         }
-        Ok(())
+        Ok(written)
     }
 
     fn write_health(&mut self, key: HealthKey, entry: HealthEntry) -> Result<()> {
@@ -100,7 +98,6 @@ struct VipState {
     ids: Vec<u32>,
     up: Vec<bool>,
     entries: Vec<HealthEntry>,
-    ring: Vec<u32>,
     tier: Tier,
 }
 
@@ -168,9 +165,13 @@ impl<W: HealthWriter> Supervisor<W> {
                 writer.write_health(key, *e)?;
                 writer.write_member(key, up)?;
             }
-            let ring = writer.read_ring(planned.row, plan.ring_size)?;
-            let mut state = VipState { config: v.clone(), row: planned.row, ids, up, entries, ring, tier: Tier::Primary };
-            let (written, _) = Self::reselect(&mut state, plan.ring_size, &mut writer)?;
+            let all_up = up.iter().all(|u| *u);
+            let mut state = VipState { config: v.clone(), row: planned.row, ids, up, entries, tier: Tier::Primary };
+            // All up: the plan's ring is the one `select::ring` would build.
+            let (written, _) = match planned.all_up.as_ref().filter(|_| all_up) {
+                Some(selection) => Self::write_selection(&mut state, &selection.ring, selection.tier, &mut writer)?,
+                None => Self::reselect(&mut state, plan.ring_size, &mut writer)?,
+            };
             if state.tier != Tier::Primary {
                 tracing::warn!("vip {}: serves from {}", v.name, state.tier.as_str());
             }
@@ -192,11 +193,13 @@ impl<W: HealthWriter> Supervisor<W> {
         let id_of = |a: IpAddr| by_address.iter().find(|(b, _)| *b == a).map_or(lb_common::NO_BACKEND, |(_, id)| *id);
         let up = vip.up.clone();
         let selection = select::ring(&vip.config, ring_size, &id_of, &|i| up[i]);
-        let changes = changed_slots(&vip.ring, &selection.ring);
-        writer.write_slots(vip.row, &changes)?;
-        vip.ring = selection.ring;
-        let before = std::mem::replace(&mut vip.tier, selection.tier);
-        Ok((changes.len(), before))
+        Self::write_selection(vip, &selection.ring, selection.tier, writer)
+    }
+
+    fn write_selection(vip: &mut VipState, ring: &[u32], tier: Tier, writer: &mut W) -> Result<(usize, Tier)> {
+        let written = writer.write_ring(vip.row, ring)?;
+        let before = std::mem::replace(&mut vip.tier, tier);
+        Ok((written, before))
     }
 
     /// Counts one report: the pair's `HEALTH` entry, and on a state change
@@ -294,11 +297,6 @@ impl<W: HealthWriter> Supervisor<W> {
             .collect()
     }
 
-    /// The current ring of the VIP with this index in the config (tests).
-    pub fn ring(&self, vip: usize) -> &[u32] {
-        &self.vips[vip].ring
-    }
-
     pub fn writer(&self) -> &W {
         &self.writer
     }
@@ -361,22 +359,27 @@ mod tests {
         initial: BTreeMap<u32, Vec<u32>>,
     }
 
-    impl HealthWriter for Recorder {
-        fn read_ring(&self, row: u32, ring_size: u32) -> Result<Vec<u32>> {
+    impl Recorder {
+        /// The ring of `row` as the kernel would have it.
+        fn read_ring(&self, row: u32, ring_size: u32) -> Vec<u32> {
             let mut ring = self.initial.get(&row).cloned().unwrap_or_else(|| vec![0; ring_size as usize]);
             for (slot, id) in self.rings.get(&row).into_iter().flatten() {
                 ring[*slot as usize] = *id;
             }
-            Ok(ring)
+            ring
         }
+    }
+
+    impl HealthWriter for Recorder {
         fn write_member(&mut self, key: HealthKey, usable: bool) -> Result<()> {
             self.members.insert(key, usable);
             Ok(())
         }
-        fn write_slots(&mut self, row: u32, changes: &[(u32, u32)]) -> Result<()> {
+        fn write_ring(&mut self, row: u32, ring: &[u32]) -> Result<usize> {
+            let changes = crate::maglev::changed_slots(&self.read_ring(row, ring.len() as u32), ring);
             self.writes += changes.len();
             self.rings.entry(row).or_default().extend(changes.iter().copied());
-            Ok(())
+            Ok(changes.len())
         }
         fn write_health(&mut self, key: HealthKey, entry: HealthEntry) -> Result<()> {
             self.health.insert(key, entry);
@@ -406,6 +409,11 @@ port = 80
     initial = "down"
 "#;
 
+    /// The kernel's ring of the first VIP, as the supervisor wrote it.
+    fn ring0(s: &Supervisor<Recorder>) -> Vec<u32> {
+        s.writer().read_ring(0, s.ring_size)
+    }
+
     fn report(backend: usize, state: State, outcome: Outcome) -> Report {
         Report {
             member: MemberRef { vip: 0, backend },
@@ -424,38 +432,32 @@ port = 80
         let c = parse(CONFIG, "t.toml").unwrap();
         let p = crate::plan::plan(&c);
         // The kernel holds the all-up rings (as after `write_plan`).
-        let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.ring.clone())).collect(), ..Recorder::default() };
+        let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() };
         let mut s = Supervisor::new(&c, &p, recorder, &PriorHealth::new()).unwrap();
-        let all_up = p.vips[0].ring.clone();
+        let all_up = p.vips[0].all_up.as_ref().unwrap().ring.clone();
         // .13 starts down: only its slots were rewritten.
         let owned13 = all_up.iter().filter(|id| **id == 3).count();
         assert_eq!(s.writer().writes, owned13);
-        assert!(!s.ring(0).contains(&3));
+        assert!(!ring0(&s).contains(&3));
         let key = |id| HealthKey { row: 0, backend_id: id };
         assert_eq!(s.writer().health[&key(3)].state, HEALTH_DOWN);
         assert_eq!(s.writer().health[&key(1)].reason, HealthReason::Initial as u8);
 
         let writes = s.writer().writes;
         s.apply(&report(2, State::Up, Outcome::Passed { http_status: None })).unwrap();
-        assert_eq!(s.ring(0), &all_up[..], "back to the all-up ring");
+        assert_eq!(ring0(&s), all_up, "back to the all-up ring");
         assert_eq!(s.writer().writes - writes, owned13);
 
         s.apply(&report(0, State::Down, Outcome::Timeout)).unwrap();
         let e = s.writer().health[&key(1)];
         assert_eq!((e.state, e.reason, e.consecutive_fails), (HEALTH_DOWN, HealthReason::Timeout as u8, 1));
-        for (slot, (before, after)) in all_up.iter().zip(s.ring(0)).enumerate() {
+        for (slot, (before, after)) in all_up.iter().zip(&ring0(&s)).enumerate() {
             assert!(*before == 1 || before == after, "slot {slot} of a healthy backend moved");
         }
-        // The recorded kernel ring equals the supervisor's view.
-        let mut kernel = all_up.clone();
-        for (slot, id) in &s.writer().rings[&0] {
-            kernel[*slot as usize] = *id;
-        }
-        assert_eq!(kernel, s.ring(0));
 
         s.apply(&report(1, State::Down, Outcome::Refused)).unwrap();
         s.apply(&report(2, State::Down, Outcome::HttpStatus(500))).unwrap();
-        assert!(s.ring(0).iter().all(|id| *id == lb_common::NO_BACKEND), "all down: drop");
+        assert!(ring0(&s).iter().all(|id| *id == lb_common::NO_BACKEND), "all down: drop");
         assert_eq!(s.writer().health[&key(3)].http_status, 500);
         assert_eq!(s.writer().members[&key(1)], false, "a down backend's flows re-hash");
     }
@@ -478,17 +480,17 @@ port = 80
     fn a_successor_keeps_health_states_and_writes_nothing_unchanged() {
         let c = parse(CONFIG, "t.toml").unwrap();
         let p = crate::plan::plan(&c);
-        let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.ring.clone())).collect(), ..Recorder::default() };
+        let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() };
         let mut first = Supervisor::new(&c, &p, recorder, &PriorHealth::new()).unwrap();
         first.apply(&report(2, State::Up, Outcome::Passed { http_status: None })).unwrap();
         first.apply(&report(0, State::Down, Outcome::Timeout)).unwrap();
-        let kernel = first.writer().read_ring(0, p.ring_size).unwrap();
+        let kernel = ring0(&first);
         let prior = first.writer().health.clone();
         // What an agent restarted on the same maps sees.
         let recorder = Recorder { initial: [(0, kernel.clone())].into(), ..Recorder::default() };
         let second = Supervisor::new(&c, &p, recorder, &prior).unwrap();
         assert_eq!(second.writer().writes, 0, "no ring slot rewritten");
-        assert_eq!(second.ring(0), &kernel[..]);
+        assert_eq!(ring0(&second), kernel);
         let key = |id| HealthKey { row: 0, backend_id: id };
         assert_eq!(second.writer().members[&key(1)], false);
         assert_eq!(second.writer().members[&key(3)], true);

@@ -35,12 +35,14 @@ pub struct Programmed {
     pub plan: Plan,
     pub fingerprint: String,
     pub generation: u64,
+    /// Ring shares per health state, for this config only.
+    pub shares: std::sync::Arc<report::ShareCache>,
 }
 
 impl Programmed {
     pub fn new(config: Config, plan: Plan, generation: u64) -> Programmed {
         let fingerprint = crate::summary::fingerprint(&plan);
-        Programmed { config, plan, fingerprint, generation }
+        Programmed { config, plan, fingerprint, generation, shares: std::sync::Arc::default() }
     }
 }
 
@@ -88,7 +90,7 @@ fn int_gauge(registry: &Registry, name: &str, help: &str, value: i64) -> Result<
 /// Renders every metric. Counters are absolute values read from the kernel
 /// (already summed over CPUs), so a fresh registry per scrape holds them.
 pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample, check_duration: &HistogramVec) -> Result<String> {
-    let Programmed { config, plan, fingerprint, generation } = programmed;
+    let Programmed { config, plan, fingerprint, generation, shares } = programmed;
     let r = Registry::new();
 
     let vip_packets = counter_vec(&r, names::VIP_PACKETS, "Packets forwarded for the VIP.", &[labels::VIP])?;
@@ -130,7 +132,7 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
     let changes = counter_vec(&r, names::BACKEND_HEALTH_CHANGES, "Health state changes of the backend since the agent started.", &pair)?;
     let share = gauge_vec(&r, names::RING_SHARE, "Fraction of the VIP's Maglev ring slots the backend owns now.", &pair)?;
     let vip_up = int_gauge_vec(&r, names::VIP_BACKENDS_UP, "Backends of the VIP that are up; 0 means the VIP has no healthy backend.", &[labels::VIP])?;
-    for vh in report::vip_health(config, plan, sample.health) {
+    for vh in report::vip_health(config, plan, sample.health, Some(shares)) {
         let mut up_count = 0;
         for m in &vh.members {
             let l = [vh.name.to_string(), m.address.to_string()];

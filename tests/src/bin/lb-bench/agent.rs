@@ -141,7 +141,7 @@ fn reload_time(agent: &Proc, bpffs: &std::path::Path, config_path: &std::path::P
     let mut changed = Vec::new();
     for (o, n) in old.vips.iter().zip(&new.vips) {
         let base = n.row * new.ring_size;
-        changed.extend(o.ring.iter().zip(&n.ring).enumerate().filter(|(_, (a, b))| a != b).map(|(s, (_, b))| (base + s as u32, *b)));
+        changed.extend(o.ring().iter().zip(n.ring()).enumerate().filter(|(_, (a, b))| a != b).map(|(s, (_, b))| (base + s as u32, *b)));
     }
     let data = MapData::from_pin(bpffs.join(maps::RINGS)).context("opening the pinned RINGS")?;
     let rings = MappedRings::from_map(&data)?;
