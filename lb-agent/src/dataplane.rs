@@ -293,6 +293,10 @@ pub fn write_plan(ebpf: &mut Ebpf, plan: &Plan, resolved: &HashMap<u32, Resolved
             }
         }
     }
+    {
+        let mut filter: Array<_, u64> = Array::try_from(map_mut(ebpf, maps::VIP_FILTER)?)?;
+        crate::vip_filter::write(&mut filter, &crate::vip_filter::words(plan), crate::vip_filter::Merge::Exact)?;
+    }
     let mut vips: BpfHashMap<_, lb_common::VipKey, lb_common::VipMeta> =
         BpfHashMap::try_from(map_mut(ebpf, maps::VIPS)?)?;
     for vip in &plan.vips {

@@ -23,4 +23,5 @@ pub mod runtime;
 pub mod rates;
 pub mod stats;
 pub mod stats_command;
+pub mod vip_filter;
 pub mod xdp_attach;

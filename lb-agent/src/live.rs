@@ -23,6 +23,7 @@ pub struct LiveMaps {
     pub members: Array<MapData, u32>,
     pub health: BpfHashMap<MapData, HealthKey, HealthEntry>,
     pub loaded: Array<MapData, LoadedState>,
+    pub vip_filter: Array<MapData, u64>,
     /// `RINGS`, mapped a row at a time when written (`MappedRings::row`).
     pub rings: MapData,
 }
@@ -37,6 +38,7 @@ impl LiveMaps {
             members: Array::try_from(Map::Array(open(maps::MEMBERS)?))?,
             health: BpfHashMap::try_from(Map::HashMap(open(maps::HEALTH)?))?,
             loaded: Array::try_from(Map::Array(open(maps::LOADED)?))?,
+            vip_filter: Array::try_from(Map::Array(open(maps::VIP_FILTER)?))?,
             rings: open(maps::RINGS)?,
         })
     }

@@ -3,7 +3,8 @@
 //! adoption) to a new plan, in an order that never sends a packet of an
 //! existing flow elsewhere or to nothing:
 //!
-//! 1. [`before_rings`]: keys of removed VIPs are deleted (their packets now
+//! 1. [`before_rings`]: the VIP address filter gains the bits of new
+//!    addresses (`lb_common::vip_filter`), keys of removed VIPs are deleted (their packets now
 //!    pass, as for any non-VIP address), pairs that end stop being usable
 //!    (their recorded flows re-hash), backends of the plan are written.
 //! 2. The health supervisor writes members, health entries and the ring
@@ -11,7 +12,8 @@
 //!    always names a written backend).
 //! 3. [`after_rings`]: VIP entries are inserted or updated (a new VIP only
 //!    becomes visible with its ring complete), address entries follow,
-//!    rows of removed VIPs are cleared, backends nobody uses are erased.
+//!    rows of removed VIPs are cleared, backends nobody uses are erased, and
+//!    the filter loses the bits of removed addresses.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -66,6 +68,8 @@ pub fn before_rings(
     max_backends: u32,
 ) -> Result<Changes> {
     let mut changes = Changes::default();
+    // New addresses pass the filter before their VIPs exist.
+    crate::vip_filter::write(&mut live.vip_filter, &crate::vip_filter::words(plan), crate::vip_filter::Merge::Union)?;
     let planned_rows: BTreeSet<u32> = plan.vips.iter().map(|v| v.row).collect();
     let planned: BTreeSet<_> = plan.vips.iter().map(|v| v.identity()).collect();
     let old_vips = live.vip_entries()?;
@@ -166,5 +170,7 @@ pub fn after_rings(live: &mut LiveMaps, plan: &Plan, changes: &Changes, max_back
         let unused = BackendEntry { addr: [0; 4], next_hop_mac: [0; 6], family: 0, _pad: 0 };
         live.backends.set(id, unused, 0).with_context(|| format!("erasing backend id {id}"))?;
     }
+    // The VIP table now holds the plan's VIPs only: bits of removed addresses can go.
+    crate::vip_filter::write(&mut live.vip_filter, &crate::vip_filter::words(plan), crate::vip_filter::Merge::Exact)?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! - [`layout`]: the `#[repr(C)]` keys and values stored in those maps.
 //! - [`reason`]: why a packet got the action it got (the per-reason counters).
 //! - [`metrics`]: the names of the agent's Prometheus metrics and labels.
+//! - [`vip_filter`]: the bitmap that passes non-VIP traffic early.
 //! - [`hash`]: the flow hash, so the agent (`lb-agent lookup`, tests) computes
 //!   exactly what the kernel computes.
 #![no_std]
@@ -16,6 +17,7 @@ pub mod layout;
 pub mod metrics;
 pub mod packet_policy;
 pub mod reason;
+pub mod vip_filter;
 
 pub use layout::*;
 pub use reason::{Action, DecapReason, Reason};
@@ -52,11 +54,13 @@ pub mod maps {
     /// `Array<LoadedState>` with one entry: what the object was loaded with (see
     /// [`crate::flows::LoadedState`]); no program reads it.
     pub const LOADED: &str = "LOADED";
+    /// `Array<u64>` of [`crate::vip_filter::WORDS`] words: the VIP address filter.
+    pub const VIP_FILTER: &str = "VIP_FILTER";
 
     /// Every map of the object, for pinning and for the loader test.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         VIPS, RINGS, BACKENDS, VIP_STATS, BACKEND_STATS, REASON_STATS, DECAP_STATS, HEALTH, FLOWS, MEMBERS, FLOW_STATS,
-        LOADED,
+        LOADED, VIP_FILTER,
     ];
 }
 

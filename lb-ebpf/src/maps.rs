@@ -54,6 +54,10 @@ pub static MEMBERS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_VIPS * DEFA
 #[map]
 pub static FLOW_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(FlowEvent::COUNT, 0);
 
+/// See `lb_common::vip_filter`; fixed size, written by the agent.
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(lb_common::vip_filter::WORDS, 0);
+
 /// Written by the agent only (see `lb_common::maps::LOADED`).
 #[map]
 pub static LOADED: Array<LoadedState> = Array::with_max_entries(1, 0);

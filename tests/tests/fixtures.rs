@@ -442,6 +442,38 @@ fn packets_not_for_a_vip_pass_untouched_with_a_reason() {
     }
 }
 
+/// The VIP address filter (`lb_common::vip_filter`): the kernel's holds
+/// exactly the bits of the VIP addresses, and an address that shares a VIP's
+/// bit (a hash collision) is still only passed, untouched, after the VIP
+/// table says it is no VIP; a VIP on the same bit is still forwarded.
+#[test]
+fn vip_filter_holds_the_vip_bits_and_collisions_still_pass() {
+    use lb_common::vip_filter::{bit, word_and_mask};
+    let Some(mut h) = Harness::new() else { return };
+    let filter: aya::maps::Array<_, u64> = aya::maps::Array::try_from(h.ebpf.map(lb_common::maps::VIP_FILTER).unwrap()).unwrap();
+    let kernel: Vec<u64> = (0..filter.len()).map(|i| filter.get(&i, 0).unwrap()).collect();
+    assert_eq!(kernel, lb_agent::vip_filter::words(&h.plan), "the kernel's filter is the plan's");
+
+    let vip: Ipv6Addr = "2001:db8:f::10".parse().unwrap();
+    let vip_bit = bit(&lb_common::v6_words(vip), lb_common::FAMILY_V6);
+    // An address in 2001:db8:1::/48 with the same bit (about 1 in 65,536).
+    let collision = (0u64..1 << 24)
+        .map(|i| Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, (i >> 16) as u16, (i >> 8) as u16 & 0xff, i as u16 & 0xff))
+        .find(|a| bit(&lb_common::v6_words(*a), lb_common::FAMILY_V6) == vip_bit)
+        .expect("a colliding address within 2^24 candidates");
+    let (word, mask) = word_and_mask(vip_bit);
+    assert_ne!(kernel[word as usize] & mask, 0, "the VIP's bit is set");
+
+    let input = tcp6(collision, 40000, 80, b"x");
+    let before = h.reason_packets(Reason::NoVip);
+    let (action, out) = h.balance(&input);
+    assert_eq!(action, Action::Pass as u32, "{collision} shares the VIP's filter bit but is no VIP");
+    assert_eq!(out, input, "passed untouched");
+    assert_eq!(h.reason_packets(Reason::NoVip), before + 1);
+    let (action, _) = h.balance(&tcp6(vip, 40000, 80, b"x"));
+    assert_eq!(action, Action::Tx as u32, "the VIP itself is forwarded");
+}
+
 /// Every truncation of every VIP packet gets a defined action, is never
 /// modified unless forwarded, and is counted exactly once.
 #[test]

@@ -1,0 +1,104 @@
+//! The agent's side of `lb_common::vip_filter`: the filter words of a plan's
+//! VIP addresses, and writing them so that the filter never hides a VIP
+//! (new bits before new VIPs, cleared bits only after removed VIPs).
+
+use std::borrow::{Borrow, BorrowMut};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, MapData};
+use lb_common::vip_filter::{bit, word_and_mask, WORDS};
+
+use crate::plan::Plan;
+
+/// The filter with the bit of every VIP address of `plan` set.
+pub fn words(plan: &Plan) -> Vec<u64> {
+    let mut out = vec![0u64; WORDS as usize];
+    for v in &plan.vips {
+        let (word, mask) = word_and_mask(bit(&v.key.addr, v.key.family));
+        out[word as usize] |= mask;
+    }
+    out
+}
+
+/// How [`write`] combines the wanted words with the kernel's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// Keep every bit already set (before VIPs are added or removed).
+    Union,
+    /// Exactly the wanted bits (once the VIP table matches the plan).
+    Exact,
+}
+
+/// Writes the words of `wanted` that differ from the kernel's filter;
+/// returns how many.
+pub fn write<T: Borrow<MapData> + BorrowMut<MapData>>(map: &mut Array<T, u64>, wanted: &[u64], merge: Merge) -> Result<usize> {
+    let mut written = 0;
+    for (index, &want) in (0..).zip(wanted) {
+        let current = map.get(&index, 0).with_context(|| format!("reading word {index} of the VIP filter"))?;
+        let new = match merge {
+            Merge::Union => current | want,
+            Merge::Exact => want,
+        };
+        if new != current {
+            map.set(index, new, 0).with_context(|| format!("writing word {index} of the VIP filter"))?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[lb]
+interface = "eth0"
+ring_size = 13
+
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+  [[vip.backend]]
+  address = "198.51.100.11"
+
+[[vip]]
+name = "web-tls"
+address = "192.0.2.10"
+port = 443
+  [[vip.backend]]
+  address = "198.51.100.11"
+
+[[vip]]
+name = "v6"
+address = "2001:db8:f::10"
+port = 80
+  [[vip.backend]]
+  address = "2001:db8::11"
+"#;
+
+    fn is_set(words: &[u64], addr: &str) -> bool {
+        let (w, f) = lb_common::addr_words(addr.parse().unwrap());
+        let (word, mask) = word_and_mask(bit(&w, f));
+        words[word as usize] & mask != 0
+    }
+
+    #[test]
+    fn every_vip_address_and_little_else_is_set() {
+        let plan = crate::plan::plan(&crate::config::parse(CONFIG, "t.toml").unwrap());
+        let words = words(&plan);
+        assert!(is_set(&words, "192.0.2.10") && is_set(&words, "2001:db8:f::10"));
+        let set: u32 = words.iter().map(|w| w.count_ones()).sum();
+        assert_eq!(set, 2, "one bit per distinct address");
+        // Neighbouring addresses spread over the filter instead of sharing bits.
+        let neighbours = (0..=255).filter(|i| is_set(&words, &format!("198.51.100.{i}"))).count();
+        assert!(neighbours <= 1, "{neighbours} of 256 host addresses look like VIPs");
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_of_the_same_words_differ() {
+        let v4 = lb_common::v4_words("192.0.2.10".parse().unwrap());
+        assert_ne!(bit(&v4, lb_common::FAMILY_V4), bit(&v4, lb_common::FAMILY_V6));
+    }
+}
