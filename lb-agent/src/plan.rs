@@ -56,8 +56,10 @@ pub struct PlannedVip {
     pub meta: VipMeta,
     /// The ring with every backend up (`ring_size` backend ids;
     /// [`NO_BACKEND`] only if no backend has weight) and its tier. `None`
-    /// once [`Plan::forget_rings`] dropped it: the agent keeps no copy of
-    /// what the kernel's `RINGS` map holds.
+    /// for a VIP unchanged since the plan a reload replaces (the kernel
+    /// holds its ring already, see [`Previous`]), and once
+    /// [`Plan::forget_rings`] dropped it: the agent keeps no copy of what the
+    /// kernel's `RINGS` map holds.
     pub all_up: Option<Selection>,
     /// [`crate::summary::ring_digest`] of the all-up ring (kept when the
     /// ring is dropped: the config fingerprint includes it).
@@ -129,10 +131,25 @@ pub fn plan(config: &Config) -> Plan {
     plan_keeping(config, &Kept::default()).expect("a validated config fits its own max_vips and max_backends")
 }
 
+/// The config and plan a reload replaces: a VIP whose config, row and
+/// backend ids are unchanged needs no new ring (most of a reload's cost),
+/// so a reload costs what it changes.
+#[derive(Clone, Copy)]
+pub struct Previous<'a> {
+    pub config: &'a Config,
+    pub plan: &'a Plan,
+}
+
 /// Builds the plan of a validated config keeping the ids and rows of `kept`
 /// (the running dataplane's). Fails only if the new ids or rows do not fit
 /// `max_backends` / `max_vips`.
 pub fn plan_keeping(config: &Config, kept: &Kept) -> Result<Plan, String> {
+    plan_reusing(config, kept, None)
+}
+
+/// [`plan_keeping`] for a reload: VIPs unchanged since `previous` get no
+/// ring (`all_up` is `None`) and keep their ring digest.
+pub fn plan_reusing(config: &Config, kept: &Kept, previous: Option<Previous<'_>>) -> Result<Plan, String> {
     let ring_size = config.lb.ring_size;
 
     let identities: BTreeSet<VipIdentity> = config.vips.iter().map(|v| (v.address, v.port, v.protocol.number())).collect();
@@ -163,12 +180,24 @@ pub fn plan_keeping(config: &Config, kept: &Kept) -> Result<Plan, String> {
     // Every backend up: the primaries' ring (backups serve only without
     // them). The Maglev builds are most of a plan's cost, so they run on
     // every CPU.
+    let unchanged_digest = |v: &crate::config::VipConfig, members: &[(u32, u32)]| -> Option<u64> {
+        let p = previous?;
+        let old = p.plan.vip(&v.name)?;
+        let same = p.plan.ring_size == ring_size
+            && old.row == row_of(v)
+            && old.members == members
+            && p.config.vips.iter().any(|o| o.name == v.name && o == v);
+        same.then_some(old.ring_digest)
+    };
     let built = parallel_map(&vips, |v| {
         let mut members: Vec<(u32, u32)> = v.backends.iter().map(|b| (id_of(b.address), b.weight)).collect();
         members.sort_unstable();
+        if let Some(digest) = unchanged_digest(v, &members) {
+            return (members, None, digest);
+        }
         let all_up = select::ring(v, ring_size, &id_of, &|_| true);
         let digest = crate::summary::ring_digest(&all_up.ring, &members);
-        (members, all_up, digest)
+        (members, Some(all_up), digest)
     });
     let planned = vips
         .iter()
@@ -185,7 +214,7 @@ pub fn plan_keeping(config: &Config, kept: &Kept) -> Result<Plan, String> {
                 row,
                 key: VipKey::new(v.address, v.port, v.protocol.number()),
                 meta: VipMeta { row, flags },
-                all_up: Some(all_up),
+                all_up,
                 ring_digest,
                 members,
             }
@@ -341,6 +370,30 @@ port = 80
         assert_eq!(rings_as_addresses(&a), rings_as_addresses(&b));
         // In fact the whole plan is identical: ids and rows too.
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_reload_builds_rings_only_for_changed_vips() {
+        let old_config = parse(A, "a.toml").unwrap();
+        let mut old = plan(&old_config);
+        old.forget_rings(); // as the running agent keeps it
+        let text = A.replace("  address = \"198.51.100.12\"\n  weight = 2", "  address = \"198.51.100.12\"\n  weight = 3");
+        let new_config = parse(&text, "a.toml").unwrap();
+        let previous = Previous { config: &old_config, plan: &old };
+        let reused = plan_reusing(&new_config, &old.kept(), Some(previous)).unwrap();
+        let fresh = plan(&new_config);
+        for v in &reused.vips {
+            let changed = v.name == "web";
+            assert_eq!(v.all_up.is_some(), changed, "{}: a ring only if changed", v.name);
+            let f = fresh.vip(&v.name).unwrap();
+            assert_eq!((v.row, v.ring_digest, &v.members), (f.row, f.ring_digest, &f.members), "{}", v.name);
+        }
+        assert_eq!(crate::summary::fingerprint(&reused), crate::summary::fingerprint(&fresh));
+        // A VIP that moved to another row (here: every row, after a VIP is
+        // inserted before them) is not reused: its ring must be written there.
+        let text = format!("{A}\n[[vip]]\nname = \"first\"\naddress = \"192.0.2.1\"\nport = 1\n  [[vip.backend]]\n  address = \"198.51.100.11\"\n");
+        let shifted = plan_reusing(&parse(&text, "a.toml").unwrap(), &Kept::default(), Some(previous)).unwrap();
+        assert!(shifted.vips.iter().all(|v| v.all_up.is_some()), "new rows: every ring built");
     }
 
     #[test]

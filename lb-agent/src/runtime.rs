@@ -153,7 +153,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         }
         let plan = plan::plan_keeping(&config, &live.kept()?).map_err(anyhow::Error::msg)?;
         let resolved = resolve_backends(&handle, &iface, &config, &plan, &opts).await?;
-        let (supervisor, changes) = apply(&mut live, &config, &plan, &resolved)?;
+        let (supervisor, changes) = apply(&mut live, &config, &plan, &resolved, None)?;
         let mut plan = plan;
         plan.forget_rings();
         release_freed_memory();
@@ -313,7 +313,8 @@ async fn try_reload(running: &mut Running) -> Result<String> {
             problems.join("\n  ")
         );
     }
-    let plan = plan::plan_keeping(&config, &running.live.kept()?).map_err(anyhow::Error::msg)?;
+    let previous = plan::Previous { config: &running.config, plan: &running.plan };
+    let plan = plan::plan_reusing(&config, &running.live.kept()?, Some(previous)).map_err(anyhow::Error::msg)?;
     let opts = load_options(&config, &running.iface)?;
     phases.done("plan");
     // Everything that can fail without touching the kernel comes first.
@@ -323,7 +324,7 @@ async fn try_reload(running: &mut Running) -> Result<String> {
     for task in running.checkers.drain(..) {
         task.abort();
     }
-    let applied = apply(&mut running.live, &config, &plan, &resolved);
+    let applied = apply(&mut running.live, &config, &plan, &resolved, Some(&*guard));
     let (supervisor, changes) = match applied {
         Ok(a) => a,
         Err(e) => {
@@ -399,6 +400,7 @@ fn apply(
     config: &Config,
     plan: &Plan,
     resolved: &HashMap<u32, ResolvedBackend>,
+    previous: Option<&Supervisor<MapWriter>>,
 ) -> Result<(Supervisor<MapWriter>, reconcile::Changes)> {
     let max_backends = config.lb.max_backends;
     let mut phases = Phases::start();
@@ -406,7 +408,7 @@ fn apply(
     let changes = reconcile::before_rings(live, plan, resolved, max_backends)?;
     phases.done("backends and members");
     let writer = MapWriter::open(&live.dir, max_backends)?;
-    let supervisor = Supervisor::new(config, plan, writer, &prior)?;
+    let supervisor = Supervisor::new(config, plan, writer, &prior, previous)?;
     phases.done("rings");
     reconcile::after_rings(live, plan, &changes, max_backends)?;
     phases.done("VIPs and health entries");

@@ -91,6 +91,7 @@ impl HealthWriter for MapWriter {
 /// found there keep their state instead of starting from `initial`.
 pub type PriorHealth = BTreeMap<HealthKey, HealthEntry>;
 
+#[derive(Clone)]
 struct VipState {
     config: VipConfig,
     row: u32,
@@ -121,11 +122,23 @@ impl<W: HealthWriter> Supervisor<W> {
     /// from them (only the slots that differ from the kernel's). A pair with
     /// a checked entry in `prior` keeps that state; others start from the
     /// configured initial state.
-    pub fn new(config: &Config, plan: &Plan, mut writer: W, prior: &PriorHealth) -> Result<Self> {
+    ///
+    /// On a reload, `previous` is the supervisor being replaced: a VIP the
+    /// plan left without a ring (unchanged, see `plan::Previous`) takes over
+    /// its state there, since the kernel holds that state's ring and health
+    /// entries already, and nothing of it is written.
+    pub fn new(config: &Config, plan: &Plan, mut writer: W, prior: &PriorHealth, previous: Option<&Self>) -> Result<Self> {
         let since = now_unix_ms();
         let mut vips = Vec::with_capacity(config.vips.len());
         for v in &config.vips {
             let planned = plan.vip(&v.name).with_context(|| format!("VIP {} missing from the plan", v.name))?;
+            let carried = previous
+                .filter(|_| planned.all_up.is_none())
+                .and_then(|p| p.vips.iter().find(|s| s.row == planned.row && s.config == *v));
+            if let Some(state) = carried {
+                vips.push(state.clone());
+                continue;
+            }
             let ids: Vec<u32> = v.backends.iter().map(|b| plan.backend_id(b.address).expect("every backend has an id")).collect();
             let previous = |i: usize| {
                 prior
@@ -433,7 +446,7 @@ port = 80
         let p = crate::plan::plan(&c);
         // The kernel holds the all-up rings (as after `write_plan`).
         let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() };
-        let mut s = Supervisor::new(&c, &p, recorder, &PriorHealth::new()).unwrap();
+        let mut s = Supervisor::new(&c, &p, recorder, &PriorHealth::new(), None).unwrap();
         let all_up = p.vips[0].all_up.as_ref().unwrap().ring.clone();
         // .13 starts down: only its slots were rewritten.
         let owned13 = all_up.iter().filter(|id| **id == 3).count();
@@ -466,7 +479,7 @@ port = 80
     fn a_vip_is_serving_while_one_backend_is_up() {
         let c = parse(CONFIG, "t.toml").unwrap();
         let p = crate::plan::plan(&c);
-        let mut s = Supervisor::new(&c, &p, Recorder::default(), &PriorHealth::new()).unwrap();
+        let mut s = Supervisor::new(&c, &p, Recorder::default(), &PriorHealth::new(), None).unwrap();
         let vip: IpAddr = "192.0.2.10".parse().unwrap();
         assert_eq!(s.serving_addresses(), [vip].into());
         s.apply(&report(0, State::Down, Outcome::Timeout)).unwrap();
@@ -481,18 +494,42 @@ port = 80
         let c = parse(CONFIG, "t.toml").unwrap();
         let p = crate::plan::plan(&c);
         let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() };
-        let mut first = Supervisor::new(&c, &p, recorder, &PriorHealth::new()).unwrap();
+        let mut first = Supervisor::new(&c, &p, recorder, &PriorHealth::new(), None).unwrap();
         first.apply(&report(2, State::Up, Outcome::Passed { http_status: None })).unwrap();
         first.apply(&report(0, State::Down, Outcome::Timeout)).unwrap();
         let kernel = ring0(&first);
         let prior = first.writer().health.clone();
         // What an agent restarted on the same maps sees.
         let recorder = Recorder { initial: [(0, kernel.clone())].into(), ..Recorder::default() };
-        let second = Supervisor::new(&c, &p, recorder, &prior).unwrap();
+        let second = Supervisor::new(&c, &p, recorder, &prior, None).unwrap();
         assert_eq!(second.writer().writes, 0, "no ring slot rewritten");
         assert_eq!(ring0(&second), kernel);
         let key = |id| HealthKey { row: 0, backend_id: id };
         assert_eq!(second.writer().members[&key(1)], false);
         assert_eq!(second.writer().members[&key(3)], true);
+    }
+
+    #[test]
+    fn a_reload_carries_unchanged_vips_over_without_writing() {
+        let c = parse(CONFIG, "t.toml").unwrap();
+        let p = crate::plan::plan(&c);
+        let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() };
+        let mut first = Supervisor::new(&c, &p, recorder, &PriorHealth::new(), None).unwrap();
+        first.apply(&report(0, State::Down, Outcome::Timeout)).unwrap();
+        let kernel = ring0(&first);
+        // Reload of the same config: the plan builds no ring for the VIP.
+        let mut running = p.clone();
+        running.forget_rings();
+        let previous = crate::plan::Previous { config: &c, plan: &running };
+        let reloaded = crate::plan::plan_reusing(&c, &running.kept(), Some(previous)).unwrap();
+        assert!(reloaded.vips[0].all_up.is_none());
+        let recorder = Recorder { initial: [(0, kernel.clone())].into(), ..Recorder::default() };
+        let prior = first.writer().health.clone();
+        let second = Supervisor::new(&c, &reloaded, recorder, &prior, Some(&first)).unwrap();
+        let w = second.writer();
+        assert_eq!((w.writes, w.health.len(), w.members.len()), (0, 0, 0), "nothing written");
+        assert_eq!(ring0(&second), kernel);
+        assert_eq!(second.vips[0].up, first.vips[0].up, "health state carried over");
+        assert_eq!(second.vips[0].tier, first.vips[0].tier);
     }
 }

@@ -29,10 +29,10 @@ const PATIENCE: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(3);
 
 /// The bench config: VIP i on 192.0.2.(i+1):80, all with the same 100
-/// backends (static MACs: no neighbour resolution needed); `weight_of_first`
-/// is the weight of the first backend (the reload changes it); `health`
-/// adds TCP checks of every (VIP, backend) pair.
-fn config_text(bpffs: &str, run_dir: &str, weight_of_first: u32, health: bool) -> String {
+/// backends (static MACs: no neighbour resolution needed);
+/// `weight_of_first(vip)` is the weight of the VIP's first backend (the
+/// reloads change it); `health` adds TCP checks of every (VIP, backend) pair.
+fn config_text(bpffs: &str, run_dir: &str, weight_of_first: impl Fn(u32) -> u32, health: bool) -> String {
     let mut s = format!(
         "[lb]\ninterface = \"eth0\"\ntunnel_source_v4 = \"{LB_V4}\"\nbpffs_dir = \"{bpffs}\"\nrun_dir = \"{run_dir}\"\n\
          max_vips = 128\nmax_backends = 128\n"
@@ -43,7 +43,7 @@ fn config_text(bpffs: &str, run_dir: &str, weight_of_first: u32, health: bool) -
             s += "  [vip.health]\n  check = \"tcp\"\n  interval = \"5s\"\n  timeout = \"1s\"\n";
         }
         for b in 0..BACKENDS {
-            let weight = if b == 0 { weight_of_first } else { 1 };
+            let weight = if b == 0 { weight_of_first(v) } else { 1 };
             let _ = write!(
                 s,
                 "  [[vip.backend]]\n  address = \"{}\"\n  weight = {weight}\n  mac = \"02:00:00:00:01:{:02x}\"\n",
@@ -95,17 +95,21 @@ pub fn measure() -> Result<Value> {
         (bpffs.to_string_lossy().to_string(), run_dir.to_string_lossy().to_string(), config_path.to_string_lossy().to_string());
 
     // Idle footprint, then the reload.
-    std::fs::write(&config_path, config_text(&bpffs_s, &run_s, 1, false))?;
+    let text = |weight_of_first: &dyn Fn(u32) -> u32| config_text(&bpffs_s, &run_s, weight_of_first, false);
+    std::fs::write(&config_path, text(&|_| 1))?;
     let t = Instant::now();
     let agent = start_agent(&topo, &config_s)?;
     let start_time = t.elapsed();
     std::thread::sleep(SETTLE);
     let idle_rss = rss_kib(agent.pid())?;
-    let reload = reload_time(&agent, &bpffs, &config_path, &bpffs_s, &run_s)?;
+    // Worst case: every VIP changes (the first backend's weight, 1 -> 2).
+    let reload = reload_time(&agent, &bpffs, &config_path, &text(&|_| 1), &text(&|_| 2))?;
+    // The usual case: one VIP of the hundred changes (2 -> 3).
+    let one = reload_time(&agent, &bpffs, &config_path, &text(&|_| 2), &text(&|v| if v == 0 { 3 } else { 2 }))?;
     agent.stop()?;
 
     // With health checks of every pair running.
-    std::fs::write(&config_path, config_text(&bpffs_s, &run_s, 1, true))?;
+    std::fs::write(&config_path, config_text(&bpffs_s, &run_s, |_| 1, true))?;
     let agent = start_agent(&topo, &config_s)?;
     std::thread::sleep(SETTLE);
     let checking_rss = rss_kib(agent.pid())?;
@@ -113,6 +117,7 @@ pub fn measure() -> Result<Value> {
 
     println!("{:<44} {:>9.1}ms", "start to ready (load, maps, attach)", start_time.as_secs_f64() * 1e3);
     println!("{:<44} {:>9.1}ms   ({} ring slots changed in {VIPS} rings)", "reload: SIGHUP to every changed slot live", reload.0.as_secs_f64() * 1e3, reload.1);
+    println!("{:<44} {:>9.1}ms   ({} ring slots changed in 1 ring)", "reload changing one VIP of the 100", one.0.as_secs_f64() * 1e3, one.1);
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!("{:<44} {:>9.1}MiB   ({:.1} MiB anonymous)", "resident memory, idle", mib(idle_rss.0), mib(idle_rss.1));
     println!(
@@ -125,19 +130,19 @@ pub fn measure() -> Result<Value> {
         "vips": VIPS, "backends": BACKENDS,
         "start_ms": start_time.as_secs_f64() * 1e3,
         "reload_ms": reload.0.as_secs_f64() * 1e3, "reload_changed_slots": reload.1,
+        "reload_one_vip_ms": one.0.as_secs_f64() * 1e3, "reload_one_vip_changed_slots": one.1,
         "rss_idle_kib": idle_rss.0, "rss_idle_anon_kib": idle_rss.1,
         "rss_health_checks_kib": checking_rss.0, "rss_health_checks_anon_kib": checking_rss.1,
     }))
 }
 
-/// Writes a config in which the first backend weighs 2 in every VIP, sends
-/// SIGHUP, and polls the pinned RINGS (mmapped) until every slot the new plan
-/// changes holds its new backend. Backend ids are kept across reloads and no
-/// backend is added or removed, so the new plan's ids are the live ids.
-fn reload_time(agent: &Proc, bpffs: &std::path::Path, config_path: &std::path::Path, bpffs_s: &str, run_s: &str) -> Result<(Duration, usize)> {
-    let old = plan::plan(&config::parse(&config_text(bpffs_s, run_s, 1, false), "old").map_err(|e| anyhow::anyhow!("{e}"))?);
-    let new_text = config_text(bpffs_s, run_s, 2, false);
-    let new = plan::plan(&config::parse(&new_text, "new").map_err(|e| anyhow::anyhow!("{e}"))?);
+/// Writes `new_text` over the running `old_text`, sends SIGHUP, and polls
+/// the pinned RINGS (mmapped) until every slot the new plan changes holds its
+/// new backend. Backend ids are kept across reloads and no backend is added
+/// or removed, so the new plan's ids are the live ids.
+fn reload_time(agent: &Proc, bpffs: &std::path::Path, config_path: &std::path::Path, old_text: &str, new_text: &str) -> Result<(Duration, usize)> {
+    let old = plan::plan(&config::parse(old_text, "old").map_err(|e| anyhow::anyhow!("{e}"))?);
+    let new = plan::plan(&config::parse(new_text, "new").map_err(|e| anyhow::anyhow!("{e}"))?);
     let mut changed = Vec::new();
     for (o, n) in old.vips.iter().zip(&new.vips) {
         let base = n.row * new.ring_size;
