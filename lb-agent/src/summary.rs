@@ -43,12 +43,19 @@ impl Fnv {
 /// address-sorted) member list, so that it does not depend on id numbering.
 /// Computed with the plan, so that the fingerprint needs no copy of the ring.
 pub fn ring_digest(ring: &[u32], members: &[(u32, u32)]) -> u64 {
-    let mut h = Fnv(Fnv::OFFSET);
-    for &id in ring {
-        let pos = members.binary_search_by_key(&id, |&(m, _)| m).map_or(u32::MAX, |p| p as u32);
-        h.u32(pos);
+    // Position by id from a table (ids are small), FNV-1a over whole words:
+    // this runs over every slot of every ring a plan builds.
+    let table_len = members.last().map_or(0, |&(id, _)| id as usize + 1);
+    let mut position = vec![u32::MAX; table_len];
+    for (p, &(id, _)) in members.iter().enumerate() {
+        position[id as usize] = p as u32;
     }
-    h.0
+    let mut h = Fnv::OFFSET;
+    for &id in ring {
+        let pos = position.get(id as usize).copied().unwrap_or(u32::MAX);
+        h = (h ^ u64::from(pos)).wrapping_mul(Fnv::PRIME);
+    }
+    h
 }
 
 /// A 16-hex-digit fingerprint of what the dataplane will hold: ring size,

@@ -123,16 +123,16 @@ impl<W: HealthWriter> Supervisor<W> {
     /// a checked entry in `prior` keeps that state; others start from the
     /// configured initial state.
     ///
-    /// On a reload, `previous` is the supervisor being replaced: a VIP the
+    /// On a reload, `replaced` is the supervisor being replaced: a VIP the
     /// plan left without a ring (unchanged, see `plan::Previous`) takes over
     /// its state there, since the kernel holds that state's ring and health
     /// entries already, and nothing of it is written.
-    pub fn new(config: &Config, plan: &Plan, mut writer: W, prior: &PriorHealth, previous: Option<&Self>) -> Result<Self> {
+    pub fn new(config: &Config, plan: &Plan, mut writer: W, prior: &PriorHealth, replaced: Option<&Self>) -> Result<Self> {
         let since = now_unix_ms();
         let mut vips = Vec::with_capacity(config.vips.len());
         for v in &config.vips {
             let planned = plan.vip(&v.name).with_context(|| format!("VIP {} missing from the plan", v.name))?;
-            let carried = previous
+            let carried = replaced
                 .filter(|_| planned.all_up.is_none())
                 .and_then(|p| p.vips.iter().find(|s| s.row == planned.row && s.config == *v));
             if let Some(state) = carried {
@@ -173,10 +173,18 @@ impl<W: HealthWriter> Supervisor<W> {
                     },
                 })
                 .collect();
+            // What the kernel holds already is not written again (a reload
+            // of a large config would otherwise cost two syscalls per pair).
+            let before = replaced.and_then(|p| p.vips.iter().find(|s| s.row == planned.row));
             for ((id, e), &up) in ids.iter().zip(&entries).zip(&up) {
                 let key = HealthKey { row: planned.row, backend_id: *id };
-                writer.write_health(key, *e)?;
-                writer.write_member(key, up)?;
+                if prior.get(&key) != Some(e) {
+                    writer.write_health(key, *e)?;
+                }
+                let was_up = before.and_then(|s| s.ids.iter().position(|x| x == id).map(|i| s.up[i]));
+                if was_up != Some(up) {
+                    writer.write_member(key, up)?;
+                }
             }
             let all_up = up.iter().all(|u| *u);
             let mut state = VipState { config: v.clone(), row: planned.row, ids, up, entries, tier: Tier::Primary };
