@@ -32,9 +32,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Benchmarks: per-packet cost of every path against floors, Maglev ring builds. Needs root.
+    /// Benchmarks: per-packet cost of every path against floors, Maglev ring builds, the agent's
+    /// reloads and memory, end-to-end forwarding in namespaces. Needs root.
     Bench {
-        /// Extra arguments for lb-bench (`--runs N`, `--json PATH`).
+        /// Extra arguments for lb-bench (`--runs N`, `--json PATH`,
+        /// `--only per_packet|rings|agent|forwarding`, `--forward-seconds S`).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },

@@ -11,6 +11,8 @@
 //! its fixed cost is in both sides of every ratio.
 
 mod agent;
+/// End-to-end packets per second in namespaces, against a reflector.
+mod forward;
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -77,8 +79,22 @@ const CONFIG: &str = r#"
 interface = "bench0"
 tunnel_source_v4 = "198.51.100.2"
 tunnel_source_v6 = "2001:db8::2"
-max_vips = 4
+max_vips = 8
 max_backends = 16
+[[vip]]
+name = "web-stateless"
+address = "192.0.2.10"
+port = 81
+flow_table = false
+  [[vip.backend]]
+  address = "198.51.100.11"
+  mac = "02:00:00:00:00:11"
+  [[vip.backend]]
+  address = "198.51.100.12"
+  mac = "02:00:00:00:00:12"
+  [[vip.backend]]
+  address = "198.51.100.13"
+  mac = "02:00:00:00:00:13"
 [[vip]]
 name = "web"
 address = "192.0.2.10"
@@ -240,6 +256,8 @@ fn packet_costs(runs: usize) -> Result<Value> {
         PacketCase { name: "ipv4 tcp ack, known flow (flow table hit)", flow_hits: true, program: programs::BALANCER, input: tcp4_ack(VIP_V4, 80), expect: Expect::Tx { grows_by: ipv4_outer } },
         PacketCase { name: "ipv6 tcp syn to vip (hash)", flow_hits: false, program: programs::BALANCER, input: tcp6_syn(VIP_V6, 80), expect: Expect::Tx { grows_by: ipv6_outer } },
         PacketCase { name: "ipv4 udp to vip (hash)", flow_hits: false, program: programs::BALANCER, input: udp4(VIP_V4, 53), expect: Expect::Tx { grows_by: ipv4_outer } },
+        PacketCase { name: "ipv4 tcp ack, stateless vip (no flow table)", flow_hits: false, program: programs::BALANCER, input: tcp4_ack(VIP_V4, 81), expect: Expect::Tx { grows_by: ipv4_outer } },
+        PacketCase { name: "ipv4 tcp, vip address, other port (pass)", flow_hits: false, program: programs::BALANCER, input: tcp4_syn(VIP_V4, 22), expect: Expect::PassUnchanged },
         PacketCase { name: "ipv4 tcp, no vip (pass)", flow_hits: false, program: programs::BALANCER, input: tcp4_syn(Ipv4Addr::new(198, 51, 100, 2), 22), expect: Expect::PassUnchanged },
         PacketCase { name: "decap ipip", flow_hits: false, program: programs::DECAP, input: encapsulated, expect: Expect::PassWithLen(syn.len()) },
     ];
@@ -353,45 +371,78 @@ fn ring_costs() -> Result<Value> {
 
 // ------------------------------------------------------------ main
 
-/// Runs everything on one CPU: the flow table is per CPU, and BPF_PROG_TEST_RUN
+/// Runs `f` on one CPU: the flow table is per CPU, and BPF_PROG_TEST_RUN
 /// runs on the calling CPU, so a known flow is only known on the CPU it was
-/// recorded on. One CPU also makes the floors and our paths share caches alike.
-fn pin_to_one_cpu() -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+/// recorded on. One CPU also makes the floors and our paths share caches
+/// alike. The previous affinity comes back after, so the agent the later
+/// sections start may use every CPU, as it would on a real host.
+fn on_one_cpu<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    // SAFETY: cpu_set_t values for this thread: the current one read back, one with a single bit.
     unsafe {
+        let mut before: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut before) != 0 {
+            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(0, &mut set);
         if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
             bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
         }
+        let out = f();
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &before) != 0 {
+            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+        }
+        out
     }
-    Ok(())
 }
 
 fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads BPF programs: run it as root (`cargo xtask bench`)");
     }
-    pin_to_one_cpu()?;
     let mut args = std::env::args().skip(1);
     let mut runs = 20_000usize;
     let mut json_path = PathBuf::from("target/bench/latest.json");
+    let mut only: Option<String> = None;
+    let mut forward_seconds = 6.0f64;
+    const SECTIONS: [&str; 4] = ["per_packet", "rings", "agent", "forwarding"];
+    // --only runs one section (the JSON then holds only it); --forward-seconds
+    // is the forwarding bench's sending time per program (default 6).
+    const USAGE: &str = "usage: lb-bench [--runs N] [--json PATH] [--only per_packet|rings|agent|forwarding] [--forward-seconds S]";
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
             "--json" => json_path = args.next().context("--json PATH")?.into(),
-            other => bail!("unknown argument {other:?}; usage: lb-bench [--runs N] [--json PATH]"),
+            "--only" => {
+                let s = args.next().context("--only SECTION")?;
+                ensure!(SECTIONS.contains(&s.as_str()), "unknown section {s:?}; {USAGE}");
+                only = Some(s);
+            }
+            "--forward-seconds" => {
+                forward_seconds = args.next().context("--forward-seconds S")?.parse()?;
+                ensure!((0.1..=60.0).contains(&forward_seconds), "--forward-seconds must be in 0.1..=60");
+            }
+            other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
+    let wanted = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let machine = json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
     });
-    let packets = packet_costs(runs)?;
-    let rings = ring_costs()?;
-    let agent = agent::measure()?;
-    println!("\nNot measured yet: end-to-end packets per second in namespaces.");
-    let report = json!({"machine": machine, "per_packet": packets, "rings": rings, "agent": agent});
+    let mut report = json!({"machine": machine});
+    if wanted("per_packet") {
+        report["per_packet"] = on_one_cpu(|| packet_costs(runs))?;
+    }
+    if wanted("rings") {
+        report["rings"] = on_one_cpu(ring_costs)?;
+    }
+    if wanted("agent") {
+        report["agent"] = agent::measure()?;
+    }
+    if wanted("forwarding") {
+        report["forwarding"] = forward::measure(Duration::from_secs_f64(forward_seconds))?;
+    }
     if let Some(dir) = json_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
