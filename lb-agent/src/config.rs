@@ -693,13 +693,13 @@ impl Validator {
             lb_common::flows::MIN_FLOW_TABLE_SIZE,
             lb_common::flows::MAX_FLOW_TABLE_SIZE,
         );
-        if let (Some(v), Some(b)) = (max_vips, max_backends) {
-            if u64::from(v) * u64::from(b) > MAX_MEMBER_ENTRIES {
-                self.add(
-                    "lb.max_backends",
-                    format!("max_vips {v} × max_backends {b} exceeds {MAX_MEMBER_ENTRIES} member entries; lower one of them"),
-                );
-            }
+        if let (Some(v), Some(b)) = (max_vips, max_backends)
+            && u64::from(v) * u64::from(b) > MAX_MEMBER_ENTRIES
+        {
+            self.add(
+                "lb.max_backends",
+                format!("max_vips {v} × max_backends {b} exceeds {MAX_MEMBER_ENTRIES} member entries; lower one of them"),
+            );
         }
         let metrics_listen = match raw.metrics_listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN) {
             METRICS_OFF => Some(None),

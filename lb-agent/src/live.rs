@@ -65,7 +65,7 @@ impl LiveMaps {
     }
 
     /// The VIP entries (address entries left out).
-    pub fn vip_entries(&self) -> Result<BTreeMap<(IpAddrKey, u16, u8), (VipKey, VipMeta)>> {
+    pub fn vip_entries(&self) -> Result<VipEntries> {
         let mut out = BTreeMap::new();
         for item in self.vips.iter() {
             let (k, m) = item.context("reading the VIPS map")?;
@@ -104,6 +104,9 @@ impl LiveMaps {
         Ok(out)
     }
 }
+
+/// The kernel's VIP entries by (address, port, protocol).
+pub type VipEntries = BTreeMap<(IpAddrKey, u16, u8), (VipKey, VipMeta)>;
 
 /// An address as a VIP identity's first field.
 pub type IpAddrKey = std::net::IpAddr;

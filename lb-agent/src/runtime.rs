@@ -320,22 +320,25 @@ async fn try_reload(running: &mut Running) -> Result<String> {
     // Everything that can fail without touching the kernel comes first.
     let resolved = resolve_backends(&running.handle, &running.iface, &config, &plan, &opts).await?;
     phases.done("resolve next hops");
-    let mut guard = running.supervisor.lock().unwrap_or_else(|e| e.into_inner());
-    for task in running.checkers.drain(..) {
-        task.abort();
-    }
-    let applied = apply(&mut running.live, &config, &plan, &resolved, Some(&*guard));
-    let (supervisor, changes) = match applied {
-        Ok(a) => a,
+    // The supervisor is swapped under its lock, released before any await.
+    let applied = {
+        let mut guard = running.supervisor.lock().unwrap_or_else(|e| e.into_inner());
+        for task in running.checkers.drain(..) {
+            task.abort();
+        }
+        apply(&mut running.live, &config, &plan, &resolved, Some(&*guard)).map(|(supervisor, changes)| {
+            *guard = observed(supervisor, &running.metrics);
+            changes
+        })
+    };
+    let changes = match applied {
+        Ok(changes) => changes,
         Err(e) => {
-            drop(guard);
             // The maps may be partly updated: the old checkers go on with the old config.
             running.checkers = supervisor::spawn(&running.config, running.supervisor.clone());
             return Err(e.context("applying the new config failed part-way; fix the cause and reload again"));
         }
     };
-    *guard = observed(supervisor, &running.metrics);
-    drop(guard);
     let mut plan = plan;
     plan.forget_rings();
     release_freed_memory();

@@ -10,7 +10,7 @@ use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::debug;
 use lb_common::{flows::FlowEvent, AddrWords, Reason, FAMILY_V4};
 
-use crate::parse::Flow;
+use crate::{encap::words_bytes, parse::Flow};
 
 /// A packet that the balancer did not forward, other than host traffic.
 #[inline(always)]
@@ -47,9 +47,9 @@ pub fn flow_placed(ctx: &XdpContext, flow: &Flow, event: FlowEvent, id: u32) {
             ctx,
             "{} flow [{:i}]:{} -> [{:i}]:{} proto {}: backend {}",
             what,
-            v6(&flow.src),
+            words_bytes(&flow.src),
             sport,
-            v6(&flow.dst),
+            words_bytes(&flow.dst),
             dport,
             flow.proto,
             id
@@ -61,19 +61,4 @@ pub fn flow_placed(ctx: &XdpContext, flow: &Flow, event: FlowEvent, id: u32) {
 #[inline(always)]
 fn v4(words: &AddrWords) -> u32 {
     u32::from_be_bytes(words[0].to_ne_bytes())
-}
-
-#[inline(always)]
-fn v6(words: &AddrWords) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        let b = words[i].to_ne_bytes();
-        out[i * 4] = b[0];
-        out[i * 4 + 1] = b[1];
-        out[i * 4 + 2] = b[2];
-        out[i * 4 + 3] = b[3];
-        i += 1;
-    }
-    out
 }

@@ -123,10 +123,10 @@ impl Announcer {
                     continue;
                 }
                 let new = routes::message(&state.config, *vip);
-                if let Some(old) = state.installed.insert(*vip, new) {
-                    if let Err(e) = routes::remove(&self.handle, old).await {
-                        tracing::error!("VIP {vip}: the route with the old role's metric stays: {e:#}");
-                    }
+                if let Some(old) = state.installed.insert(*vip, new)
+                    && let Err(e) = routes::remove(&self.handle, old).await
+                {
+                    tracing::error!("VIP {vip}: the route with the old role's metric stays: {e:#}");
                 }
             }
         }

@@ -99,7 +99,10 @@ impl RingShares {
 /// the config) and health state: a metrics scrape then builds no Maglev ring
 /// unless health changed since the last one.
 #[derive(Debug, Default)]
-pub struct ShareCache(Mutex<HashMap<(usize, Vec<bool>), Arc<RingShares>>>);
+pub struct ShareCache(Mutex<HashMap<ShareKey, Arc<RingShares>>>);
+
+/// A VIP's index in the config and which of its backends are up.
+type ShareKey = (usize, Vec<bool>);
 
 /// Health states remembered per config at most (flapping makes new ones).
 const SHARE_CACHE_ENTRIES: usize = 4096;
