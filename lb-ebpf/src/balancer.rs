@@ -48,10 +48,10 @@ fn balance_flow(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
         return Err(Reason::NoVip);
     }
     let Some(vip) = lookup_vip(&flow) else {
-        // The address lookup costs a map access, so it is made only when the
-        // answer changes the action (the verifier prunes it otherwise).
-        if policy(POLICY_UNKNOWN_PORT_DROP) && is_vip_address(ip) {
-            return Err(Reason::UnknownPortDropped);
+        // Past the filter, so most likely a VIP address: one more lookup
+        // tells an unconfigured port of a VIP address from a filter collision.
+        if is_vip_address(ip) {
+            return Err(if policy(POLICY_UNKNOWN_PORT_DROP) { Reason::UnknownPortDropped } else { Reason::UnknownPortPassed });
         }
         return Err(Reason::NoVip);
     };

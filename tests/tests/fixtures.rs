@@ -421,8 +421,8 @@ fn packets_not_for_a_vip_pass_untouched_with_a_reason() {
 
     let cases: Vec<(&str, Vec<u8>, Reason)> = vec![
         ("tcp to a host address", tcp4(TUNNEL_V4, 40000, 22), Reason::NoVip),
-        ("vip address, port not configured", tcp4(vip4, 40000, 443), Reason::NoVip),
-        ("vip address and port, other protocol", udp4(vip4, 40000, 80, b"x"), Reason::NoVip),
+        ("vip address, port not configured", tcp4(vip4, 40000, 443), Reason::UnknownPortPassed),
+        ("vip address and port, other protocol", udp4(vip4, 40000, 80, b"x"), Reason::UnknownPortPassed),
         ("ipv6 not a vip", tcp6(CLIENT_V6, 1, 80, b""), Reason::NoVip),
         ("arp", arp, Reason::NotIp),
         ("gre to vip", gre, Reason::NotTcpUdp),
@@ -858,7 +858,7 @@ fn ipv6_extension_headers_are_skipped_up_to_the_bound() {
 #[test]
 fn unknown_ports_ttl_multicast_and_other_protocols_get_defined_actions() {
     let Some(mut h) = Harness::new() else { return };
-    h.expect("vip address, unknown port (pass)", &tcp4(VIP4, 1, 443), Reason::NoVip);
+    h.expect("vip address, unknown port (pass)", &tcp4(VIP4, 1, 443), Reason::UnknownPortPassed);
     let ttl0 = {
         let mut p = bytes!(eth().ipv4(CLIENT_V4.octets(), VIP4.octets(), 0).tcp(44000, 80, 1, 1000), &[]);
         p[L2 + 10..L2 + 12].copy_from_slice(&[0, 0]);
@@ -881,7 +881,7 @@ fn unknown_ports_ttl_multicast_and_other_protocols_get_defined_actions() {
     lldp.extend_from_slice(&[0u8; 46]);
     h.expect("lldp", &lldp, Reason::NotIp);
     h.expect("esp to a vip", &ip4_raw(CLIENT_V4, VIP4, 64, 50, &[0; 32]), Reason::NotTcpUdp);
-    h.expect("ipv6 udp to a tcp vip", &udp6(VIP6, 1, 80, b"x"), Reason::NoVip);
+    h.expect("ipv6 udp to a tcp vip", &udp6(VIP6, 1, 80, b"x"), Reason::UnknownPortPassed);
 
     let Some(mut strict) = Harness::with_policy("unknown_port = \"drop\"\n") else { return };
     strict.expect("vip address, unknown port (drop)", &tcp4(VIP4, 1, 443), Reason::UnknownPortDropped);
