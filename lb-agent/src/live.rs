@@ -43,6 +43,15 @@ impl LiveMaps {
         })
     }
 
+    /// What the object pinned under `dir` was loaded with, read on its own:
+    /// an object of an older agent may lack maps that [`LiveMaps::open`]
+    /// needs, and its version is what tells the operator so.
+    pub fn pinned_loaded_state(dir: &Path) -> Result<LoadedState> {
+        let loaded: Array<MapData, LoadedState> = Array::try_from(Map::Array(pins::open_map(dir, maps::LOADED)?))
+            .context("the pinned LOADED map has another layout: it was pinned by an incompatible agent; run `lb-agent detach` (or `run --full-restart`)")?;
+        loaded.get(&0, 0).context("reading the LOADED map")
+    }
+
     /// What the pinned object was loaded with.
     pub fn loaded_state(&self) -> Result<LoadedState> {
         self.loaded.get(&0, 0).context("reading the LOADED map")

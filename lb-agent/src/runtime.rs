@@ -425,7 +425,7 @@ fn adoptable(dir: &Path, wanted: &LoadedState, full_restart: bool) -> Result<boo
     if !pins::has_link(dir) {
         return Ok(false);
     }
-    let pinned = LiveMaps::open(dir)?.loaded_state()?;
+    let pinned = LiveMaps::pinned_loaded_state(dir)?;
     let mut differences = loaded_differences(&pinned, wanted);
     // Kernel events are for debugging: a restart without the flag (a
     // supervisor's) must not cost the flow table, so they change only with
