@@ -66,6 +66,10 @@ struct Running {
     metrics: Option<Arc<Metrics>>,
     /// Routes the routing daemon announces (`[announce]`), if configured.
     announcer: Option<crate::announce::Announcer>,
+    /// Whether the maps hold exactly what `plan` and the supervisor say. A
+    /// reload that failed part-way leaves them mixed; the next reload then
+    /// rewrites every VIP instead of keeping unchanged ones as they are.
+    maps_match_plan: bool,
 }
 
 /// DSR-aware health checks: their routing and the object of their tc
@@ -217,7 +221,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let checkers = supervisor::spawn(&config, supervisor.clone());
     let listener = instance.listen()?;
     let announcer = crate::announce::follow(None, &config, &handle, &supervisor).await?;
-    let mut running = Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics, announcer };
+    let mut running =
+        Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics, announcer, maps_match_plan: true };
     ready(&what);
 
     let signal = serve(&mut running, &listener).await;
@@ -313,8 +318,8 @@ async fn try_reload(running: &mut Running) -> Result<String> {
             problems.join("\n  ")
         );
     }
-    let previous = plan::Previous { config: &running.config, plan: &running.plan };
-    let plan = plan::plan_reusing(&config, &running.live.kept()?, Some(previous)).map_err(anyhow::Error::msg)?;
+    let previous = running.maps_match_plan.then_some(plan::Previous { config: &running.config, plan: &running.plan });
+    let plan = plan::plan_reusing(&config, &running.live.kept()?, previous).map_err(anyhow::Error::msg)?;
     let opts = load_options(&config, &running.iface)?;
     phases.done("plan");
     // Everything that can fail without touching the kernel comes first.
@@ -326,15 +331,20 @@ async fn try_reload(running: &mut Running) -> Result<String> {
         for task in running.checkers.drain(..) {
             task.abort();
         }
-        apply(&mut running.live, &config, &plan, &resolved, Some(&*guard)).map(|(supervisor, changes)| {
+        let replaced = running.maps_match_plan.then_some(&*guard);
+        apply(&mut running.live, &config, &plan, &resolved, replaced).map(|(supervisor, changes)| {
             *guard = observed(supervisor, &running.metrics);
             changes
         })
     };
     let changes = match applied {
-        Ok(changes) => changes,
+        Ok(changes) => {
+            running.maps_match_plan = true;
+            changes
+        }
         Err(e) => {
             // The maps may be partly updated: the old checkers go on with the old config.
+            running.maps_match_plan = false;
             running.checkers = supervisor::spawn(&running.config, running.supervisor.clone());
             return Err(e.context("applying the new config failed part-way; fix the cause and reload again"));
         }
