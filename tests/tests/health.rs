@@ -125,6 +125,21 @@ fn stopped_backend_leaves_and_returns_without_moving_other_flows() {
     let share = before.values().filter(|b| *b == "b2").count() as f64 / f64::from(N);
     eprintln!("[{TEST}] b2 marked down after {detected:?}; {:.0}% of flows moved (all of them b2's)", share * 100.0);
 
+    // A reload that leaves this VIP as it is (it adds another VIP): the VIP
+    // keeps its health state and its ring, so b2 stays down and no flow moves.
+    let mut more = lab.config.clone();
+    let vips = more.get_mut("vip").and_then(|v| v.as_array_mut()).expect("[[vip]] in the config");
+    let mut extra = vips[0].as_table().expect("a VIP table").clone();
+    extra.insert("name".into(), "extra".into());
+    extra.insert("port".into(), (i64::from(PORT) + 1).into());
+    extra.insert("health".into(), toml::Value::Table([("check".to_string(), "none".into())].into_iter().collect()));
+    vips.push(extra.into());
+    let out = lab.reload(more).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(out.status.success(), "reload adding a VIP: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(member(&stats(&lab), 2).0, "down", "b2 stays down across a reload that leaves its VIP unchanged");
+    let reloaded = connect_all(&lab, BASE, N, "after a reload adding a VIP");
+    assert_eq!(reloaded, during, "a reload that leaves the VIP unchanged moves none of its flows");
+
     lab.start_server(1, &[]).unwrap();
     let up_bound = INTERVAL * PASSES + INTERVAL + SLACK;
     let back = wait_until(&lab, up_bound, "b2 marked up", |s| member(s, 2).0 == "up");

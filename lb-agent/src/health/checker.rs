@@ -64,8 +64,16 @@ impl Jitter {
 }
 
 /// Checks one backend until the report channel closes.
-pub async fn run<P: Probe>(member: MemberRef, check: HealthCheck, mut probe: P, mut jitter: Jitter, reports: mpsc::Sender<Report>) {
-    let mut tracker = Tracker::new(check.initial, check.fails, check.passes);
+/// Checks one backend forever, counting results on `tracker` (fresh, or
+/// resumed from the supervisor's state, see [`Tracker::resume`]).
+pub async fn run<P: Probe>(
+    member: MemberRef,
+    check: HealthCheck,
+    mut tracker: Tracker,
+    mut probe: P,
+    mut jitter: Jitter,
+    reports: mpsc::Sender<Report>,
+) {
     let mut next = Instant::now() + jitter.below(check.interval);
     loop {
         sleep_until(next).await;
@@ -138,7 +146,8 @@ mod tests {
         let starts = Arc::new(Mutex::new(Vec::new()));
         let probe = Scripted { steps: steps.iter().copied().collect(), starts: starts.clone() };
         let (tx, mut rx) = mpsc::channel(4);
-        let task = tokio::spawn(run(MemberRef { vip: 0, backend: 0 }, check, probe, Jitter::new(42), tx));
+        let tracker = Tracker::new(check.initial, check.fails, check.passes);
+        let task = tokio::spawn(run(MemberRef { vip: 0, backend: 0 }, check, tracker, probe, Jitter::new(42), tx));
         let mut out = Vec::new();
         while out.len() < n {
             let r = rx.recv().await.expect("checker stopped");

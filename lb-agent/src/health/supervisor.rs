@@ -23,7 +23,7 @@ use crate::health::checker::{self, Jitter, MemberRef, Report};
 use crate::health::probe::NetProbe;
 use crate::health::select::{self, Tier};
 use crate::health::settings::{CheckKind, InitialState};
-use crate::health::tracker::State;
+use crate::health::tracker::{State, Tracker};
 use crate::plan::Plan;
 use crate::rings::MappedRings;
 
@@ -332,7 +332,28 @@ pub type SharedSupervisor<W> = std::sync::Arc<std::sync::Mutex<Supervisor<W>>>;
 pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, supervisor: SharedSupervisor<W>) -> Vec<JoinHandle<()>> {
     let (tx, mut rx) = mpsc::channel::<Report>(REPORT_QUEUE);
     let mut tasks = Vec::new();
-    let ids: Vec<Vec<u32>> = supervisor.lock().unwrap_or_else(|e| e.into_inner()).vips.iter().map(|v| v.ids.clone()).collect();
+    // Each checker goes on from the state the supervisor holds (kept across
+    // reloads and restarts), not from the configured initial state.
+    let (ids, trackers): (Vec<Vec<u32>>, Vec<Vec<Tracker>>) = {
+        let s = supervisor.lock().unwrap_or_else(|e| e.into_inner());
+        s.vips
+            .iter()
+            .map(|v| {
+                let trackers = v
+                    .config
+                    .backends
+                    .iter()
+                    .zip(&v.up)
+                    .zip(&v.entries)
+                    .map(|((b, &up), e)| {
+                        let state = if up { State::Up } else { State::Down };
+                        Tracker::resume(state, e.consecutive_fails, e.consecutive_passes, e.changes, b.check.fails, b.check.passes)
+                    })
+                    .collect();
+                (v.ids.clone(), trackers)
+            })
+            .unzip()
+    };
     for (vi, v) in config.vips.iter().enumerate() {
         for (bi, b) in v.backends.iter().enumerate() {
             if b.check.kind == CheckKind::None {
@@ -348,7 +369,8 @@ pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, supervisor: Shar
             let seed = lb_common::hash::hash_words(vi as u32, &crate::maglev::backend_identity(b.address)) as u64
                 | ((bi as u64) << 32);
             let member = MemberRef { vip: vi, backend: bi };
-            tasks.push(tokio::spawn(checker::run(member, b.check.clone(), probe, Jitter::new(seed), tx.clone())));
+            let tracker = trackers[vi][bi].clone();
+            tasks.push(tokio::spawn(checker::run(member, b.check.clone(), tracker, probe, Jitter::new(seed), tx.clone())));
         }
     }
     drop(tx);

@@ -43,6 +43,13 @@ impl Tracker {
         Tracker { state, fails: 0, passes: 0, changes: 0, fails_to_down: fails_to_down.max(1), passes_to_up: passes_to_up.max(1) }
     }
 
+    /// Goes on from a state and counts the supervisor already holds (checkers
+    /// restart with every reload; a fresh tracker would start from the
+    /// configured initial state and miss a down backend's recovery).
+    pub fn resume(state: State, fails: u32, passes: u32, changes: u32, fails_to_down: u32, passes_to_up: u32) -> Tracker {
+        Tracker { state, fails, passes, changes, fails_to_down: fails_to_down.max(1), passes_to_up: passes_to_up.max(1) }
+    }
+
     /// Counts one check; returns the new state if this result changed it.
     pub fn record(&mut self, passed: bool) -> Option<State> {
         if passed {
@@ -100,5 +107,17 @@ mod tests {
         assert_eq!(t.record(true), Some(State::Up));
         assert_eq!(t.record(false), Some(State::Down));
         assert_eq!(t.record(true), Some(State::Up));
+    }
+
+    #[test]
+    fn a_resumed_tracker_goes_on_from_the_state_it_was_given() {
+        // A checker restarted (reload) while its backend was down: the
+        // recovery must still be a change, whatever the initial state says.
+        let mut t = Tracker::resume(State::Down, 4, 0, 1, 3, 2);
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(true), Some(State::Up));
+        assert_eq!(t.changes, 2, "changes go on counting");
+        let mut t = Tracker::resume(State::Up, 2, 0, 0, 3, 2);
+        assert_eq!(t.record(false), Some(State::Down), "two failures were already counted");
     }
 }
