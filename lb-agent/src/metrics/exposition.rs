@@ -63,6 +63,19 @@ pub fn check_duration_histogram() -> HistogramVec {
     .expect("constant histogram options are valid")
 }
 
+/// Removes the histogram series of (VIP, backend) pairs that `old` checks
+/// and `new` does not: the histogram outlives reloads, the pairs do not.
+pub fn forget_removed_checks(histogram: &HistogramVec, old: &Config, new: &Config) {
+    let pairs = |c: &Config| -> std::collections::BTreeSet<(String, String)> {
+        c.vips.iter().flat_map(|v| v.backends.iter().map(move |b| (v.name.clone(), b.address.to_string()))).collect()
+    };
+    let kept = pairs(new);
+    for (vip, backend) in pairs(old).difference(&kept) {
+        // Absent when the pair was never checked: nothing to remove.
+        let _ = histogram.remove_label_values(&[vip, backend]);
+    }
+}
+
 fn counter_vec(registry: &Registry, name: &str, help: &str, label_names: &[&str]) -> Result<IntCounterVec> {
     let m = IntCounterVec::new(Opts::new(name, help), label_names)?;
     registry.register(Box::new(m.clone())).with_context(|| format!("registering {name}"))?;
@@ -244,5 +257,18 @@ port = 80
         assert_eq!(value(&text, &format!(r#"lb_config_info{{fingerprint="{}"}}"#, programmed.fingerprint)), 1.0);
         assert_eq!(value(&text, r#"lb_xdp_attach_info{interface="eth0",mode="generic"}"#), 1.0);
         assert_eq!(value(&text, &format!(r#"lb_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"))), 1.0);
+    }
+
+    #[test]
+    fn a_reload_forgets_the_check_series_of_removed_pairs() {
+        let old = crate::config::parse(CONFIG, "t.toml").unwrap();
+        let new = crate::config::parse(&CONFIG.replace("  [[vip.backend]]\n  address = \"198.51.100.11\"\n", ""), "t.toml").unwrap();
+        assert_eq!(new.vips[0].backends.len(), old.vips[0].backends.len() - 1, "the test removes one backend");
+        let hist = check_duration_histogram();
+        hist.with_label_values(&["web", "198.51.100.11"]).observe(0.001);
+        hist.with_label_values(&["web", "198.51.100.12"]).observe(0.001);
+        forget_removed_checks(&hist, &old, &new);
+        assert!(hist.remove_label_values(&["web", "198.51.100.11"]).is_err(), "the removed pair's series is gone");
+        assert!(hist.remove_label_values(&["web", "198.51.100.12"]).is_ok(), "the kept pair's series stays");
     }
 }

@@ -45,6 +45,7 @@ impl Metrics {
     /// and the generation goes up by one.
     pub fn programmed(&self, config: Config, plan: Plan) {
         let mut current = self.programmed.write().unwrap_or_else(|e| e.into_inner());
+        exposition::forget_removed_checks(&self.check_duration, &current.config, &config);
         let generation = current.generation + 1;
         *current = Arc::new(Programmed::new(config, plan, generation));
     }
