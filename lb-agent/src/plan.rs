@@ -177,9 +177,6 @@ pub fn plan_reusing(config: &Config, kept: &Kept, previous: Option<Previous<'_>>
         macs.into_iter().map(|(address, mac)| PlannedBackend { id: backend_ids[&address], address, mac }).collect();
     let id_of = |a: IpAddr| backends[backends.binary_search_by(|b| b.address.cmp(&a)).expect("every backend has an id")].id;
 
-    // Every backend up: the primaries' ring (backups serve only without
-    // them). The Maglev builds are most of a plan's cost, so they run on
-    // every CPU.
     let unchanged_digest = |v: &crate::config::VipConfig, members: &[(u32, u32)]| -> Option<u64> {
         let p = previous?;
         let old = p.plan.vip(&v.name)?;
@@ -189,6 +186,9 @@ pub fn plan_reusing(config: &Config, kept: &Kept, previous: Option<Previous<'_>>
             && p.config.vips.iter().any(|o| o.name == v.name && o == v);
         same.then_some(old.ring_digest)
     };
+    // Every backend up: the primaries' ring (backups serve only without
+    // them). The Maglev builds are most of a plan's cost, so they run on
+    // every CPU.
     let built = parallel_map(&vips, |v| {
         let mut members: Vec<(u32, u32)> = v.backends.iter().map(|b| (id_of(b.address), b.weight)).collect();
         members.sort_unstable();

@@ -50,7 +50,7 @@ fn balance_flow(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     let Some(vip) = lookup_vip(&flow) else {
         // Past the filter, so most likely a VIP address: one more lookup
         // tells an unconfigured port of a VIP address from a filter collision.
-        if is_vip_address(ip) {
+        if address_entry(ip).is_some() {
             return Err(if policy(POLICY_UNKNOWN_PORT_DROP) { Reason::UnknownPortDropped } else { Reason::UnknownPortPassed });
         }
         return Err(Reason::NoVip);
@@ -124,6 +124,12 @@ pub fn lookup_address(ip: &Ip) -> Option<VipMeta> {
     if !may_be_vip_address(&ip.dst, ip.family) {
         return None;
     }
+    address_entry(ip)
+}
+
+/// [`lookup_address`] without the filter, for callers that checked it.
+#[inline(always)]
+fn address_entry(ip: &Ip) -> Option<VipMeta> {
     unsafe { VIPS.get(&address_key(ip.dst, ip.family)) }.copied()
 }
 
