@@ -4,19 +4,22 @@
 //! (or of the backend itself when it is on-link).
 
 use std::{
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use futures_util::TryStreamExt as _;
+use futures_util::{stream, StreamExt as _, TryStreamExt as _};
 use rtnetlink::{
+    packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST},
     packet_route::AddressFamily,
     packet_route::{
         address::AddressAttribute,
         link::LinkAttribute,
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
         route::{RouteAddress, RouteAttribute},
+        RouteNetlinkMessage,
     },
     Handle, RouteMessageBuilder,
 };
@@ -89,29 +92,67 @@ fn is_link_local(a: &Ipv6Addr) -> bool {
     (a.segments()[0] & 0xffc0) == 0xfe80
 }
 
-/// The MAC to put in frames for `backend`, sent out of `iface`.
-pub async fn resolve(handle: &Handle, iface: &Interface, backend: IpAddr) -> Result<MacAddr> {
-    let next_hop = next_hop(handle, iface, backend).await?;
+/// Netlink requests of one resolution pass in flight at once.
+const CONCURRENT_REQUESTS: usize = 16;
+/// How often an unresolved next hop is sent another datagram (the kernel
+/// gives up after its own few probes and needs a new packet to retry).
+const PROVOKE_EVERY: Duration = Duration::from_secs(1);
+
+/// The MAC to put in frames for each of `destinations`, sent out of `iface`,
+/// in one pass: each distinct next hop is looked up once and shared by
+/// every destination behind it, and the pass has one deadline.
+pub async fn resolve_all(handle: &Handle, iface: &Interface, destinations: &[IpAddr]) -> Result<HashMap<IpAddr, MacAddr>> {
+    let routed: Vec<(IpAddr, IpAddr)> = stream::iter(destinations.iter().copied())
+        .map(|dest| async move { anyhow::Ok((dest, next_hop(handle, iface, dest).await?)) })
+        .buffer_unordered(CONCURRENT_REQUESTS)
+        .try_collect()
+        .await?;
+    let mut behind: BTreeMap<IpAddr, Vec<IpAddr>> = BTreeMap::new();
+    for (dest, hop) in &routed {
+        behind.entry(*hop).or_default().push(*dest);
+    }
+    let mut found: HashMap<IpAddr, MacAddr> = HashMap::new();
     let deadline = Instant::now() + RESOLVE_TIMEOUT;
-    let mut probed = false;
+    let mut last_provoked: Option<Instant> = None;
     loop {
-        if let Some(mac) = neighbour(handle, iface.index, next_hop).await? {
-            return Ok(mac);
+        let pending: Vec<IpAddr> = behind.keys().filter(|hop| !found.contains_key(*hop)).copied().collect();
+        let answers: Vec<(IpAddr, Option<MacAddr>)> = stream::iter(pending)
+            .map(|hop| async move { anyhow::Ok((hop, neighbour(handle, iface.index, hop).await?)) })
+            .buffer_unordered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await?;
+        found.extend(answers.into_iter().filter_map(|(hop, mac)| Some((hop, mac?))));
+        let unresolved: Vec<(&IpAddr, &Vec<IpAddr>)> = behind.iter().filter(|(hop, _)| !found.contains_key(*hop)).collect();
+        if unresolved.is_empty() {
+            break;
         }
         if Instant::now() >= deadline {
-            bail!(
-                "no neighbour entry for next hop {next_hop} of backend {backend} on {} after {:?} \
-                 (is it up? set `mac` on the backend to override)",
-                iface.name,
-                RESOLVE_TIMEOUT
-            );
+            let hints: Vec<String> = unresolved.iter().map(|(hop, dests)| unresolved_hint(iface, **hop, dests)).collect();
+            bail!("{}", hints.join("\n"));
         }
-        if !probed {
-            provoke_resolution(next_hop);
-            probed = true;
+        if last_provoked.is_none_or(|at| at.elapsed() >= PROVOKE_EVERY) {
+            unresolved.iter().for_each(|(hop, _)| provoke_resolution(**hop));
+            last_provoked = Some(Instant::now());
         }
         tokio::time::sleep(RESOLVE_RETRY).await;
     }
+    Ok(routed.into_iter().map(|(dest, hop)| (dest, found[&hop])).collect())
+}
+
+/// What to tell the operator when `next_hop` (of `backends`) has no usable
+/// neighbour entry after [`RESOLVE_TIMEOUT`].
+fn unresolved_hint(iface: &Interface, next_hop: IpAddr, backends: &[IpAddr]) -> String {
+    let names: Vec<String> = backends.iter().map(ToString::to_string).collect();
+    let whose = if backends == [next_hop] {
+        format!("backend {next_hop}")
+    } else {
+        format!("next hop {next_hop} of backend(s) {}", names.join(", "))
+    };
+    format!(
+        "no neighbour entry for {whose} on {} after {:?}: nothing answered ARP / neighbour discovery. \
+         Check that the host is up and reachable through {} (`ip neigh show {next_hop}`), or set `mac` on the backend to skip resolution",
+        iface.name, RESOLVE_TIMEOUT, iface.name
+    )
 }
 
 /// The gateway toward `dest`, or `dest` itself when it is on-link. Fails if
@@ -151,39 +192,106 @@ pub async fn next_hop(handle: &Handle, iface: &Interface, dest: IpAddr) -> Resul
     Ok(gateway.unwrap_or(dest))
 }
 
+/// How long one netlink request may take before it is sent again (a reply
+/// the kernel dropped on an overrun socket would otherwise be awaited for ever).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// Attempts of one netlink request that fails transiently.
+const REQUEST_ATTEMPTS: u32 = 5;
+
 /// The link-layer address of a usable neighbour entry, if there is one.
-async fn neighbour(handle: &Handle, index: u32, addr: IpAddr) -> Result<Option<MacAddr>> {
-    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let mut entries = handle.neighbours().get().set_address_family(family).execute();
-    while let Some(msg) = entries.try_next().await.context("listing neighbours")? {
-        if msg.header.ifindex != index
-            || !matches!(
-                msg.header.state,
-                NeighbourState::Reachable
-                    | NeighbourState::Stale
-                    | NeighbourState::Delay
-                    | NeighbourState::Probe
-                    | NeighbourState::Permanent
-                    | NeighbourState::Noarp
-            )
-        {
-            continue;
-        }
-        let mut dest = None;
-        let mut mac = None;
-        for attr in &msg.attributes {
-            match attr {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dest = Some(IpAddr::V4(*a)),
-                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => dest = Some(IpAddr::V6(*a)),
-                NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => mac = Some(MacAddr(b[..6].try_into().unwrap())),
-                _ => {}
+///
+/// A targeted RTM_GETNEIGH (no dump): the kernel allows one dump in flight
+/// per netlink socket, so concurrent dumps on a shared handle fail with
+/// EBUSY or overrun the socket (ENOBUFS); single gets can run side by side.
+/// Transient failures are retried.
+pub async fn neighbour(handle: &Handle, index: u32, addr: IpAddr) -> Result<Option<MacAddr>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match neighbour_once(handle, index, addr).await {
+            Ok(found) => return Ok(found),
+            Err(e) if attempt < REQUEST_ATTEMPTS && e.is_transient() => {
+                tracing::debug!("neighbour lookup of {addr}: {e}; retrying");
+                tokio::time::sleep(RESOLVE_RETRY * attempt).await;
             }
-        }
-        if dest == Some(addr) {
-            return Ok(mac);
+            Err(e) => return Err(anyhow!("looking up the neighbour entry of {addr}: {e} (after {attempt} attempt(s))")),
         }
     }
-    Ok(None)
+}
+
+/// One failed netlink request.
+#[derive(Debug)]
+enum RequestError {
+    /// The kernel's answer: an errno.
+    Kernel(std::io::Error),
+    /// No answer within [`REQUEST_TIMEOUT`].
+    Timeout,
+    /// The connection is gone or answered nonsense.
+    Other(String),
+}
+
+impl RequestError {
+    /// Busy socket, overrun socket or lost reply: worth another try.
+    fn is_transient(&self) -> bool {
+        match self {
+            RequestError::Timeout => true,
+            RequestError::Kernel(e) => matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOBUFS | libc::EAGAIN | libc::EINTR)),
+            RequestError::Other(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::Kernel(e) => write!(f, "{e}"),
+            RequestError::Timeout => write!(f, "no answer from the kernel within {REQUEST_TIMEOUT:?}"),
+            RequestError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+async fn neighbour_once(handle: &Handle, index: u32, addr: IpAddr) -> Result<Option<MacAddr>, RequestError> {
+    let mut message = NeighbourMessage::default();
+    message.header.family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    message.header.ifindex = index;
+    message.attributes.push(NeighbourAttribute::Destination(match addr {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(message));
+    request.header.flags = NLM_F_REQUEST;
+    let mut replies = handle.clone().request(request).map_err(|e| RequestError::Other(e.to_string()))?;
+    let reply = tokio::time::timeout(REQUEST_TIMEOUT, replies.next())
+        .await
+        .map_err(|_| RequestError::Timeout)?
+        .ok_or_else(|| RequestError::Other("the netlink connection closed".into()))?;
+    match reply.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(entry)) => Ok(usable_mac(&entry)),
+        NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => Ok(None),
+        NetlinkPayload::Error(e) => Err(RequestError::Kernel(e.to_io())),
+        other => Err(RequestError::Other(format!("unexpected netlink answer {other:?}"))),
+    }
+}
+
+/// The MAC of a neighbour entry in a state the kernel itself would send to.
+fn usable_mac(entry: &NeighbourMessage) -> Option<MacAddr> {
+    let usable = matches!(
+        entry.header.state,
+        NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Permanent
+            | NeighbourState::Noarp
+    );
+    if !usable {
+        return None;
+    }
+    entry.attributes.iter().find_map(|attr| match attr {
+        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => Some(MacAddr(b[..6].try_into().unwrap())),
+        _ => None,
+    })
 }
 
 /// Sends one datagram to the discard port of `next_hop`, which makes the

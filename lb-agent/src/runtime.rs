@@ -501,9 +501,29 @@ fn loaded_differences(old: &LoadedState, new: &LoadedState) -> Vec<String> {
     field("interface MTU", old.mtu.to_string(), new.mtu.to_string());
     field("lb.icmp_echo/too_big/unknown_port (policy bits)", format!("{:#x}", old.policy), format!("{:#x}", new.policy));
     field("interface index", old.ifindex.to_string(), new.ifindex.to_string());
-    field("lb.tunnel_source_v4", format!("{:?}", old.tunnel_source_v4), format!("{:?}", new.tunnel_source_v4));
-    field("lb.tunnel_source_v6", format!("{:?}", old.tunnel_source_v6), format!("{:?}", new.tunnel_source_v6));
+    for (name, family, was, now) in [
+        ("lb.tunnel_source_v4", lb_common::FAMILY_V4, &old.tunnel_source_v4, &new.tunnel_source_v4),
+        ("lb.tunnel_source_v6", lb_common::FAMILY_V6, &old.tunnel_source_v6, &new.tunnel_source_v6),
+    ] {
+        let (was, now) = (tunnel_source(was, family), tunnel_source(now, family));
+        if was == now {
+            continue;
+        }
+        let mut line = format!("{name}: {} -> {}", was.map_or("none".into(), |a| a.to_string()), now.map_or("none".into(), |a| a.to_string()));
+        if let (Some(was), None) = (was, now) {
+            line += &format!(" (the interface has no such address now: restore {was} on it, or set {name} = \"{was}\")");
+        }
+        out.push(line);
+    }
     out
+}
+
+/// A tunnel source as the pinned state records it; all-zero words mean none.
+fn tunnel_source(words: &lb_common::AddrWords, family: u8) -> Option<IpAddr> {
+    if words.iter().all(|w| *w == 0) {
+        return None;
+    }
+    lb_common::words_addr(words, family)
 }
 
 /// What a reload cannot change: the load-time settings and where the agent lives.
@@ -553,7 +573,7 @@ pub fn detach(config: &Config) -> Result<bool> {
 }
 
 /// Next-hop MACs for every backend: the static `mac` if the config has one,
-/// else netlink (all backends resolved concurrently).
+/// else netlink (one resolution pass for all of them).
 async fn resolve_backends(
     handle: &rtnetlink::Handle,
     iface: &nexthop::Interface,
@@ -567,36 +587,58 @@ async fn resolve_backends(
         .flat_map(|v| v.backends.iter())
         .filter_map(|b| b.mac.map(|m| (b.address, m)))
         .collect();
-    let mut tasks = Vec::new();
     for b in &plan.backends {
         match b.address {
             IpAddr::V4(_) if opts.tunnel_source_v4.is_none() => bail!(
-                "backend {} is IPv4 but {} has no IPv4 address and lb.tunnel_source_v4 is not set",
+                "backend {} is IPv4 but {} has no IPv4 address and lb.tunnel_source_v4 is not set: \
+                 give {} an IPv4 address or set lb.tunnel_source_v4",
                 b.address,
+                iface.name,
                 iface.name
             ),
             IpAddr::V6(_) if opts.tunnel_source_v6.is_none() => bail!(
-                "backend {} is IPv6 but {} has no global IPv6 address and lb.tunnel_source_v6 is not set",
+                "backend {} is IPv6 but {} has no global IPv6 address and lb.tunnel_source_v6 is not set: \
+                 give {} a global IPv6 address or set lb.tunnel_source_v6",
                 b.address,
+                iface.name,
                 iface.name
             ),
             _ => {}
         }
-        let (id, address, fixed) = (b.id, b.address, static_macs.get(&b.address).copied());
-        let (handle, iface) = (handle.clone(), iface.clone());
-        tasks.push(tokio::spawn(async move {
-            let mac = match fixed {
-                Some(mac) => mac,
-                None => nexthop::resolve(&handle, &iface, address).await?,
-            };
-            anyhow::Ok((id, ResolvedBackend { address, next_hop_mac: mac }))
-        }));
     }
+    let to_resolve: Vec<IpAddr> = plan.backends.iter().map(|b| b.address).filter(|a| !static_macs.contains_key(a)).collect();
+    let resolved = nexthop::resolve_all(handle, iface, &to_resolve).await.context("resolving the backends' next hops")?;
     let mut out = HashMap::new();
-    for t in tasks {
-        let (id, r) = t.await.context("next-hop task")??;
-        tracing::info!("backend {} via next hop {}", r.address, r.next_hop_mac);
-        out.insert(id, r);
+    for b in &plan.backends {
+        let mac = static_macs.get(&b.address).or_else(|| resolved.get(&b.address)).copied().context("backend without a next hop")?;
+        tracing::info!("backend {} via next hop {mac}", b.address);
+        out.insert(b.id, ResolvedBackend { address: b.address, next_hop_mac: mac });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(v4: Option<std::net::Ipv4Addr>, v6: Option<std::net::Ipv6Addr>) -> LoadedState {
+        let opts = LoadOptions { tunnel_source_v4: v4, tunnel_source_v6: v6, ..LoadOptions::default() };
+        dataplane::loaded_state(&opts, 7)
+    }
+
+    /// An LB host whose interface lost its IPv6 address after a link-down
+    /// crash: the refusal names the addresses, not their words, and says
+    /// what to do.
+    #[test]
+    fn a_lost_tunnel_source_is_named_as_an_address_with_a_hint() {
+        let v4 = "198.51.100.2".parse().ok();
+        let before = state(v4, "2001:db8::2".parse().ok());
+        let after = state(v4, None);
+        let lines = loaded_differences(&before, &after);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("lb.tunnel_source_v6: 2001:db8::2 -> none"), "{}", lines[0]);
+        assert!(lines[0].contains("restore 2001:db8::2") && lines[0].contains("lb.tunnel_source_v6 = \"2001:db8::2\""), "{}", lines[0]);
+        let moved = loaded_differences(&before, &state("198.51.100.3".parse().ok(), "2001:db8::2".parse().ok()));
+        assert_eq!(moved, vec!["lb.tunnel_source_v4: 198.51.100.2 -> 198.51.100.3".to_string()]);
+    }
 }
