@@ -572,8 +572,13 @@ fn load_options(config: &Config, iface: &nexthop::Interface) -> Result<LoadOptio
 /// bpffs_dir. Refused while an agent runs for the interface (it would
 /// otherwise keep writing maps nobody forwards with).
 pub fn detach(config: &Config) -> Result<bool> {
-    let _claim = Claim::take(&config.lb.run_dir, &config.lb.interface)
-        .context("refusing to detach under a running agent: stop it (SIGTERM keeps forwarding), then detach, or run it with --unload-on-exit")?;
+    let _claim = Claim::take(&config.lb.run_dir, &config.lb.interface).map_err(|e| {
+        if e.is::<control::lock::Held>() {
+            e.context("refusing to detach under a running agent: stop it (SIGTERM keeps forwarding), then detach, or run it with --unload-on-exit")
+        } else {
+            e
+        }
+    })?;
     let routes = crate::announce::remove_leftovers_now(config).context("removing the VIP routes a killed agent left")?;
     if routes > 0 {
         tracing::info!("withdrew {routes} VIP route(s) a killed agent left");

@@ -114,4 +114,13 @@ mod tests {
             assert!(help.contains(&format!("  {}  {}", code.code(), code.meaning())), "{code:?} missing from:\n{help}");
         }
     }
+
+    #[test]
+    fn the_readme_lists_every_code_as_defined_here() {
+        let readme = include_str!("../../../README.md");
+        for code in ExitCode::ALL {
+            let row = format!("| {} | {} |", code.code(), code.meaning());
+            assert!(readme.contains(&row), "README.md lacks the row {row:?} in its exit code table");
+        }
+    }
 }

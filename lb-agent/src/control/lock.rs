@@ -37,11 +37,7 @@ impl Claim {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let mut pid = String::new();
             let _ = lock.read_to_string(&mut pid);
-            bail!(
-                "another lb-agent (pid {}) already manages {iface} (it holds {}); stop it first, or change its config with `lb-agent reload`",
-                pid.trim(),
-                lock_path.display()
-            );
+            return Err(Held { pid: pid.trim().to_string(), iface: iface.to_string(), lock_path }.into());
         }
         lock.set_len(0)?;
         write!(lock, "{}", std::process::id())?;
@@ -56,6 +52,28 @@ impl Claim {
             .with_context(|| format!("binding control socket {}", self.socket_path.display()))
     }
 }
+
+/// The refusal when another agent holds the interface's lock.
+#[derive(Debug)]
+pub struct Held {
+    pid: String,
+    iface: String,
+    lock_path: PathBuf,
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "another lb-agent (pid {}) already manages {} (it holds {}); stop it first, or change its config with `lb-agent reload`",
+            self.pid,
+            self.iface,
+            self.lock_path.display()
+        )
+    }
+}
+
+impl std::error::Error for Held {}
 
 impl Drop for Claim {
     fn drop(&mut self) {
