@@ -214,7 +214,7 @@ fn real_main(cli: Cli) -> Result<()> {
 
 fn load_config(path: &std::path::Path) -> Result<Config> {
     // ConfigError prints one line per problem, each naming file, field and value.
-    runtime::load_config(path).map_err(|e| exit_code::coded(exit_code::ExitCode::InvalidConfig, e))
+    runtime::load_config(path)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -43,9 +43,10 @@ pub struct RunOptions {
     pub kernel_events: bool,
 }
 
-/// Loads and validates a config; the error lists every problem (file, field, value).
+/// Loads and validates a config; the error lists every problem (file, field,
+/// value) and ends the program with [`ExitCode::InvalidConfig`](control::exit_code::ExitCode).
 pub fn load_config(path: &Path) -> Result<Config> {
-    config::load(path).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))
+    config::load(path).map_err(|e| control::exit_code::coded(control::exit_code::ExitCode::InvalidConfig, anyhow::anyhow!("invalid config:\n{e}")))
 }
 
 /// One line on stdout that supervisors and tests wait for.
