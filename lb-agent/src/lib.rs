@@ -5,7 +5,7 @@ pub mod announce;
 pub mod config;
 pub mod health;
 pub mod ids;
-pub mod instance;
+pub mod control;
 pub mod kernel_events;
 pub mod live;
 pub mod logging;

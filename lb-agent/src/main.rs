@@ -3,18 +3,19 @@
 
 use std::{net::IpAddr, path::PathBuf};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_agent::{
     config::{Config, Protocol, XdpMode},
-    dataplane, instance,
+    control::{client, exit_code, Answer, Request},
+    dataplane,
     logging::{self, LogFormat},
     plan, runtime, stats_command, summary,
 };
 use lb_common::{programs, DecapReason};
 
 #[derive(Parser)]
-#[command(version, about = "Maglev XDP layer-4 load balancer agent")]
+#[command(version, about = "Maglev XDP layer-4 load balancer agent", after_help = exit_code::help())]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,17 +51,29 @@ enum Command {
         kernel_events: bool,
     },
     /// Make the running agent re-read its config and apply the difference in
-    /// place; exits non-zero with the errors if the config is refused.
+    /// place; exits non-zero with the errors if the config is refused. The
+    /// agent acknowledges at once (within --timeout), then has 30 s to
+    /// finish the reload.
+    #[command(after_help = exit_code::help())]
     Reload {
         #[arg(long, short, default_value = "/etc/lb/lb.toml")]
         config: PathBuf,
+        /// Seconds to wait for the agent to acknowledge the request (a stopped or hung agent fails with exit code 5).
+        #[arg(long, default_value = client::DEFAULT_TIMEOUT, value_parser = client::parse_timeout)]
+        timeout: std::time::Duration,
     },
     /// Take this LB host out of service: the running agent withdraws its VIP
     /// routes (`[announce]`), waits until no VIP packet arrives for
     /// `announce.drain_quiet` (at most `announce.drain_timeout`), then stops.
+    /// The agent acknowledges at once (within --timeout), then has the drain
+    /// timeout and 10 s to answer and exit.
+    #[command(after_help = exit_code::help())]
     Maintenance {
         #[arg(long, short, default_value = "/etc/lb/lb.toml")]
         config: PathBuf,
+        /// Seconds to wait for the agent to acknowledge the request (a stopped or hung agent fails with exit code 5).
+        #[arg(long, default_value = client::DEFAULT_TIMEOUT, value_parser = client::parse_timeout)]
+        timeout: std::time::Duration,
     },
     /// Detach the balancer and remove its pins (no agent may be running for the interface).
     Detach {
@@ -137,11 +150,11 @@ fn main() {
     let cli = Cli::parse();
     if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
         eprintln!("lb-agent: {e:#}");
-        std::process::exit(2);
+        std::process::exit(exit_code::ExitCode::Usage.code());
     }
     if let Err(e) = real_main(cli) {
         eprintln!("lb-agent: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit_code::of(&e).code());
     }
 }
 
@@ -173,20 +186,17 @@ fn real_main(cli: Cli) -> Result<()> {
             let options = runtime::RunOptions { config_path: config, full_restart, unload_on_exit, kernel_events };
             runtime()?.block_on(runtime::run(options))
         }
-        Command::Reload { config } => {
+        Command::Reload { config, timeout } => {
             // Validated here first: the errors then come with this file's name.
             let config = load_config(&config)?;
-            let answer = instance::request(&config.lb.run_dir, &config.lb.interface, instance::RELOAD_REQUEST)?;
-            let answer = answer.trim();
-            if !answer.starts_with(instance::OK_PREFIX) {
-                bail!("the running agent refused the reload (it keeps the old config):\n{answer}");
-            }
-            println!("{answer}");
+            let limits = client::Limits { acknowledge: timeout, result: client::RELOAD_RESULT_TIMEOUT };
+            let summary = client::request(&config.lb.run_dir, &config.lb.interface, Request::Reload, limits)?;
+            print!("{}", Answer::Ok(summary).encode());
             Ok(())
         }
-        Command::Maintenance { config } => {
+        Command::Maintenance { config, timeout } => {
             let config = load_config(&config)?;
-            println!("{}", lb_agent::announce::maintenance::request(&config)?);
+            print!("{}", Answer::Ok(lb_agent::announce::maintenance::request(&config, timeout)?).encode());
             Ok(())
         }
         Command::Detach { config } => {

@@ -3,22 +3,26 @@
 //! place, and leave it forwarding on exit (unless told to unload).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context as _, Result};
 use lb_common::{flows::LoadedState, programs};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::{
+    announce::drain::Drained,
     config::{self, Config, MacAddr},
+    control::{self, Answer, Claim, Request},
     dataplane::{self, LoadOptions, ResolvedBackend},
     health,
     health::supervisor::{self, MapWriter, SharedSupervisor, Supervisor},
-    instance::{self, Instance},
     live::LiveMaps,
     metrics::{self, Metrics},
     nexthop, pins,
@@ -39,9 +43,10 @@ pub struct RunOptions {
     pub kernel_events: bool,
 }
 
-/// Loads and validates a config; the error lists every problem (file, field, value).
+/// Loads and validates a config; the error lists every problem (file, field,
+/// value) and ends the program with [`ExitCode::InvalidConfig`](control::exit_code::ExitCode).
 pub fn load_config(path: &Path) -> Result<Config> {
-    config::load(path).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))
+    config::load(path).map_err(|e| control::exit_code::coded(control::exit_code::ExitCode::InvalidConfig, anyhow::anyhow!("invalid config:\n{e}")))
 }
 
 /// One line on stdout that supervisors and tests wait for.
@@ -127,7 +132,7 @@ fn dsr_check_pairs(config: &Config, plan: &Plan) -> Vec<health::dsr::DsrPair> {
 
 pub async fn run(options: RunOptions) -> Result<()> {
     let config = load_config(&options.config_path)?;
-    let instance = Instance::claim(&config.lb.run_dir, &config.lb.interface)?;
+    let claim = Claim::take(&config.lb.run_dir, &config.lb.interface)?;
     // Bound before anything is loaded: a taken port changes nothing.
     let metrics_listener = match config.lb.metrics_listen {
         Some(addr) => Some(metrics::server::bind(addr).await?),
@@ -219,13 +224,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
     };
     let supervisor = Arc::new(Mutex::new(observed(supervisor, &metrics)));
     let checkers = supervisor::spawn(&config, supervisor.clone());
-    let listener = instance.listen()?;
+    let (control_server, requests) = control::server::start(claim.listen()?);
     let announcer = crate::announce::follow(None, &config, &handle, &supervisor).await?;
     let mut running =
         Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics, announcer, maps_match_plan: true };
     ready(&what);
 
-    let signal = serve(&mut running, &listener).await;
+    let signal = serve(&mut running, requests).await;
+    control_server.stop().await;
     // Routers first: stop sending here before anything else changes.
     if let Some(announcer) = running.announcer.take() {
         announcer.stop(signal).await;
@@ -244,56 +250,80 @@ pub async fn run(options: RunOptions) -> Result<()> {
             dir.display()
         );
     }
-    drop(instance);
+    drop(claim);
     Ok(())
 }
 
-/// Waits for reload requests (SIGHUP, the control socket) until SIGINT/SIGTERM.
-async fn serve(running: &mut Running, listener: &tokio::net::UnixListener) -> &'static str {
+/// A maintenance drain in progress: the request, answered when it ends.
+type Draining = (control::Pending, Pin<Box<dyn Future<Output = Drained>>>);
+
+/// Serves reload requests (SIGHUP, the control socket's task) until
+/// SIGINT/SIGTERM or the end of a maintenance drain. A signal during a drain
+/// stops the agent at once (the routes stay withdrawn).
+async fn serve(running: &mut Running, mut requests: mpsc::Receiver<control::Pending>) -> &'static str {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    loop {
+    let mut draining: Option<Draining> = None;
+    let stop = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return "SIGINT",
-            _ = term.recv() => return "SIGTERM",
+            _ = tokio::signal::ctrl_c() => break "SIGINT",
+            _ = term.recv() => break "SIGTERM",
             _ = hup.recv() => {
-                let _ = reload(running).await;
-            }
-            conn = listener.accept() => {
-                let Ok((stream, _)) = conn else { continue };
-                let Ok(stream) = stream.into_std() else { continue };
-                let _ = stream.set_nonblocking(false);
-                let request = instance::read_request(&stream).unwrap_or_default();
-                if request == instance::MAINTENANCE_REQUEST {
-                    let answer = maintenance(running).await;
-                    let _ = (&stream).write_all(answer.as_bytes());
-                    return "maintenance";
-                }
-                let answer = if request == instance::RELOAD_REQUEST {
-                    match reload(running).await {
-                        Ok(summary) => format!("{} {summary}\n", instance::OK_PREFIX),
-                        Err(e) => format!("error: {e:#}\n"),
-                    }
+                if draining.is_some() {
+                    tracing::warn!("SIGHUP ignored: in maintenance, the agent stops once drained");
                 } else {
-                    format!("error: unknown request {request:?} (only {:?})\n", instance::RELOAD_REQUEST)
-                };
-                let _ = (&stream).write_all(answer.as_bytes());
+                    let _ = reload(running).await;
+                }
+            }
+            Some(pending) = requests.recv() => {
+                if draining.is_some() {
+                    pending.answer(Answer::Error("in maintenance: the routes are withdrawn and the agent stops once drained".into()));
+                    continue;
+                }
+                match pending.request {
+                    Request::Reload => {
+                        let answer = match reload(running).await {
+                            Ok(summary) => Answer::Ok(summary),
+                            Err(e) => Answer::Error(format!("{e:#}")),
+                        };
+                        pending.answer(answer);
+                    }
+                    Request::Maintenance => match maintenance(running).await {
+                        Some(drain) => draining = Some((pending, drain)),
+                        None => {
+                            pending.answer(Answer::Ok("no [announce] table, nothing to withdraw; stopping".into()));
+                            return "maintenance";
+                        }
+                    },
+                }
+            }
+            drained = async { draining.as_mut().expect("guarded by is_some").1.as_mut().await }, if draining.is_some() => {
+                tracing::info!("maintenance: routes withdrawn, {drained}; stopping");
+                let (pending, _) = draining.take().expect("guarded by is_some");
+                pending.answer(Answer::Ok(format!("routes withdrawn, {drained}; stopping")));
+                return "maintenance";
             }
         }
+    };
+    if let Some((pending, _)) = draining {
+        tracing::info!("{stop} during the maintenance drain: stopping now; the routes stay withdrawn");
+        pending.answer(Answer::Ok(format!("routes withdrawn; {stop} ended the drain early; stopping")));
     }
+    stop
 }
 
-/// `lb-agent maintenance`: withdraw the routes, wait for traffic to drain;
-/// the caller then stops the agent.
-async fn maintenance(running: &mut Running) -> String {
+/// `lb-agent maintenance`: withdraws the routes and returns the drain to
+/// wait for, which the main loop awaits alongside signals (None: nothing
+/// is announced; stop at once).
+async fn maintenance(running: &Running) -> Option<Pin<Box<dyn Future<Output = Drained>>>> {
     let Some(announcer) = running.announcer.as_ref() else {
-        return format!("{} no [announce] table, nothing to withdraw; stopping\n", instance::OK_PREFIX);
+        tracing::info!("maintenance: no [announce] table, nothing to withdraw; stopping");
+        return None;
     };
     announcer.withdraw_all("maintenance").await;
     let settings = running.config.announce.clone().unwrap_or_else(|| unreachable!("an announcer has settings"));
-    let drained = crate::announce::drain::wait(&running.config.lb.bpffs_dir, settings.drain_timeout, settings.drain_quiet).await;
-    tracing::info!("maintenance: routes withdrawn, {drained}; stopping");
-    format!("{} routes withdrawn, {drained}; stopping\n", instance::OK_PREFIX)
+    let bpffs_dir = running.config.lb.bpffs_dir.clone();
+    Some(Box::pin(async move { crate::announce::drain::wait(&bpffs_dir, settings.drain_timeout, settings.drain_quiet).await }))
 }
 
 /// Re-reads the config and applies the difference in place; on any error
@@ -563,8 +593,13 @@ fn load_options(config: &Config, iface: &nexthop::Interface) -> Result<LoadOptio
 /// bpffs_dir. Refused while an agent runs for the interface (it would
 /// otherwise keep writing maps nobody forwards with).
 pub fn detach(config: &Config) -> Result<bool> {
-    let _claim = Instance::claim(&config.lb.run_dir, &config.lb.interface)
-        .context("refusing to detach under a running agent: stop it (SIGTERM keeps forwarding), then detach, or run it with --unload-on-exit")?;
+    let _claim = Claim::take(&config.lb.run_dir, &config.lb.interface).map_err(|e| {
+        if e.is::<control::lock::Held>() {
+            e.context("refusing to detach under a running agent: stop it (SIGTERM keeps forwarding), then detach, or run it with --unload-on-exit")
+        } else {
+            e
+        }
+    })?;
     let routes = crate::announce::remove_leftovers_now(config).context("removing the VIP routes a killed agent left")?;
     if routes > 0 {
         tracing::info!("withdrew {routes} VIP route(s) a killed agent left");
