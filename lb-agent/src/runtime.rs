@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
 use crate::{
-    config::{self, Config, MacAddr},
+    config::{self, Config},
     dataplane::{self, LoadOptions, ResolvedBackend},
     health,
     health::supervisor::{self, MapWriter, SharedSupervisor, Supervisor},
@@ -557,16 +557,10 @@ pub fn detach(config: &Config) -> Result<bool> {
 async fn resolve_backends(
     handle: &rtnetlink::Handle,
     iface: &nexthop::Interface,
-    config: &Config,
+    _config: &Config, // unused: a backend's static MAC is the plan's (PlannedBackend::mac)
     plan: &Plan,
     opts: &LoadOptions,
 ) -> Result<HashMap<u32, ResolvedBackend>> {
-    let static_macs: HashMap<IpAddr, MacAddr> = config
-        .vips
-        .iter()
-        .flat_map(|v| v.backends.iter())
-        .filter_map(|b| b.mac.map(|m| (b.address, m)))
-        .collect();
     let mut tasks = Vec::new();
     for b in &plan.backends {
         match b.address {
@@ -582,7 +576,7 @@ async fn resolve_backends(
             ),
             _ => {}
         }
-        let (id, address, fixed) = (b.id, b.address, static_macs.get(&b.address).copied());
+        let (id, address, fixed) = (b.id, b.address, b.mac);
         let (handle, iface) = (handle.clone(), iface.clone());
         tasks.push(tokio::spawn(async move {
             let mac = match fixed {
