@@ -191,6 +191,10 @@ pub struct LbSection {
     /// `flow_table_size`: flows the kernel remembers (an LRU table: the least
     /// recently used flow is forgotten first). Default
     /// [`DEFAULT_FLOW_TABLE_SIZE`], range `MIN_FLOW_TABLE_SIZE..=MAX_FLOW_TABLE_SIZE`.
+    /// The minimum because the table is a per-CPU LRU (`BPF_F_NO_COMMON_LRU`):
+    /// the kernel splits the entries evenly over the possible CPUs and each
+    /// CPU evicts from its own share, so a smaller table keeps a handful of
+    /// flows per CPU on a many-CPU host.
     pub flow_table_size: u32,
     /// `metrics_listen`: `ADDRESS:PORT` where `lb-agent run` serves Prometheus
     /// metrics at `/metrics`. Default [`DEFAULT_METRICS_LISTEN`];
