@@ -150,14 +150,21 @@ pub fn plan_summary(config: &Config) -> Plan {
 enum Rings {
     /// Kept, for the dataplane to write.
     Keep,
-    /// Only summarized ([`crate::summary::RingSummary`]), on at most
-    /// [`SUMMARY_THREADS`] threads, to bound the memory at any machine size.
+    /// Only summarized ([`crate::summary::RingSummary`]), on as many
+    /// threads as [`summary_threads`] allows.
     Summarize,
 }
 
-/// Threads that build rings for [`plan_summary`]: each holds one ring (and
-/// the builder's scratch) at a time, a MiB or two at the largest ring size.
-const SUMMARY_THREADS: usize = 4;
+/// Ring bytes [`plan_summary`] may have in flight over all its threads
+/// (each thread holds one ring, and about as much scratch, at a time): four
+/// rings of the default size; a single ring when rings are bigger than that.
+const SUMMARY_RING_BUDGET: u64 = 4 * 4 * lb_common::limits::DEFAULT_RING_SIZE as u64;
+
+/// Threads [`plan_summary`] builds rings on: its memory then stays within
+/// [`SUMMARY_RING_BUDGET`] (or one ring) whatever the machine's CPU count.
+fn summary_threads(ring_size: u32) -> usize {
+    (SUMMARY_RING_BUDGET / (u64::from(ring_size) * 4)).max(1) as usize
+}
 
 /// The config and plan a reload replaces: a VIP whose config, row and
 /// backend ids are unchanged needs no new ring (most of a reload's cost),
@@ -219,7 +226,7 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
     // Every backend up: the primaries' ring (backups serve only without
     // them). The Maglev builds are most of a plan's cost, so they run on
     // every CPU.
-    let threads = if rings == Rings::Summarize { SUMMARY_THREADS } else { usize::MAX };
+    let threads = if rings == Rings::Summarize { summary_threads(ring_size) } else { usize::MAX };
     let built = parallel_map(&vips, threads, |v| {
         let mut members: Vec<(u32, u32)> = v.backends.iter().map(|b| (id_of(b.address), b.weight)).collect();
         members.sort_unstable();
@@ -421,6 +428,10 @@ port = 80
         without_rings.forget_rings();
         assert_eq!(summary, without_rings, "the same ids, rows, digests and slots");
         assert_eq!(crate::summary::fingerprint(&c, &summary), crate::summary::fingerprint(&c, &full));
+        // Its rings in flight stay within the budget whatever the CPU count.
+        use lb_common::limits::{DEFAULT_RING_SIZE, MAX_RING_SIZE};
+        assert_eq!((summary_threads(DEFAULT_RING_SIZE), summary_threads(MAX_RING_SIZE)), (4, 1));
+        assert!(summary_threads(1009) > 100, "small rings: every CPU");
     }
 
     #[test]
