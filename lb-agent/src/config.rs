@@ -117,6 +117,13 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Linux `IFNAMSIZ` minus the terminating NUL.
 pub const MAX_IFNAME_LEN: usize = 15;
 
+/// Longest path the kernel accepts from a system call (`PATH_MAX` minus
+/// the terminating NUL): a longer pin path fails with `ENAMETOOLONG`.
+pub const MAX_PATH_LEN: usize = libc::PATH_MAX as usize - 1;
+
+/// Longest name of one path component (`NAME_MAX`).
+pub const MAX_PATH_COMPONENT_LEN: usize = libc::NAME_MAX as usize;
+
 // ---------------------------------------------------------------------------
 // The validated config.
 // ---------------------------------------------------------------------------
@@ -172,7 +179,10 @@ pub struct LbSection {
     /// `ring_size × max_vips × 4` bytes must stay within [`MAX_RINGS_BYTES`].
     pub max_backends: u32,
     /// `bpffs_dir`: where the maps are pinned. Default
-    /// [`DEFAULT_BPFFS_DIR`]; must be an absolute path. Use a different
+    /// [`DEFAULT_BPFFS_DIR`]; must be an absolute path short enough for the
+    /// kernel: each component at most [`MAX_PATH_COMPONENT_LEN`] bytes, and
+    /// the longest pin path the agent creates in it (see
+    /// [`crate::pin_names`]) at most [`MAX_PATH_LEN`]. Use a different
     /// directory per agent instance on one host.
     pub bpffs_dir: PathBuf,
     /// `run_dir`: where the running agent's lock file and control socket
@@ -181,6 +191,10 @@ pub struct LbSection {
     /// `flow_table_size`: flows the kernel remembers (an LRU table: the least
     /// recently used flow is forgotten first). Default
     /// [`DEFAULT_FLOW_TABLE_SIZE`], range `MIN_FLOW_TABLE_SIZE..=MAX_FLOW_TABLE_SIZE`.
+    /// The minimum because the table is a per-CPU LRU (`BPF_F_NO_COMMON_LRU`):
+    /// the kernel splits the entries evenly over the possible CPUs and each
+    /// CPU evicts from its own share, so a smaller table keeps a handful of
+    /// flows per CPU on a many-CPU host.
     pub flow_table_size: u32,
     /// `metrics_listen`: `ADDRESS:PORT` where `lb-agent run` serves Prometheus
     /// metrics at `/metrics`. Default [`DEFAULT_METRICS_LISTEN`];
@@ -203,8 +217,9 @@ pub struct VipConfig {
     /// `name`: required, unique, 1 to 64 of `A-Z a-z 0-9 _ . -` (it is used
     /// as a metrics label and in `lb-agent` output).
     pub name: String,
-    /// `address`: required, IPv4 or IPv6; not unspecified (`0.0.0.0`, `::`),
-    /// multicast or broadcast, since no client sends a flow to those.
+    /// `address`: required, IPv4 or IPv6; an address a packet can carry on
+    /// the wire to a host: not unspecified, multicast, broadcast, loopback,
+    /// in `0.0.0.0/8`, nor IPv4-mapped IPv6 (see `Validator::service_address`).
     pub address: IpAddr,
     /// `port`: required, `0..=65535`; 0 matches every port of this address
     /// and protocol (see the type's documentation for how it combines).
@@ -235,6 +250,8 @@ pub struct BackendConfig {
     /// `address`: required, IPv4 or IPv6 (either family for either family of
     /// VIP: the packet is tunnelled). It is also the backend's identity in
     /// the Maglev permutation, so the position in the file never matters.
+    /// The same checks as a VIP's address, and not a VIP's address nor a
+    /// tunnel source (both are the LB host's own).
     pub address: IpAddr,
     /// `weight`: default [`DEFAULT_WEIGHT`], `0..=`[`MAX_WEIGHT`]. Share of the
     /// ring relative to the VIP's other backends; 0 = drained (kept in the
@@ -242,7 +259,10 @@ pub struct BackendConfig {
     pub weight: u32,
     /// `mac`: optional static next-hop MAC (`aa:bb:cc:dd:ee:ff`) for packets
     /// to this backend. Default `None`: resolved from the kernel's routing and
-    /// neighbour tables at runtime. Must be a unicast, non-zero MAC.
+    /// neighbour tables at runtime. Must be a unicast, non-zero MAC. A fact of
+    /// the backend, not of the pair: the kernel has one next hop per backend
+    /// address, so every VIP that gives one must give the same, and one given
+    /// under any VIP applies under all ([`crate::plan::PlannedBackend::mac`]).
     pub mac: Option<MacAddr>,
     /// `backup`: default false. A backup takes traffic only while no primary
     /// of the VIP is up (HAProxy's `backup`).
@@ -452,11 +472,31 @@ impl std::error::Error for ConfigError {}
 /// Reads and validates the config at `path`. Errors name the path as given.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, &origin),
-        Err(e) => {
-            Err(ConfigError { origin, problems: vec![Problem { field: String::new(), message: format!("cannot read the file: {e}") }] })
-        }
+    let fail = |problem: Problem| Err(ConfigError { origin: origin.clone(), problems: vec![problem] });
+    match std::fs::read(path) {
+        Ok(bytes) => match std::str::from_utf8(&bytes) {
+            Ok(text) => parse(text, &origin),
+            Err(e) => fail(not_utf8(&bytes, &e)),
+        },
+        Err(e) => fail(Problem { field: String::new(), message: format!("cannot read the file: {e}") }),
+    }
+}
+
+/// Where a file stops being UTF-8 (TOML is UTF-8 only), so the operator can
+/// find the byte: its line, and its offset in the line and in the file.
+fn not_utf8(bytes: &[u8], e: &std::str::Utf8Error) -> Problem {
+    let at = e.valid_up_to();
+    let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let hex = |b: &[u8]| b.iter().map(|b| format!("0x{b:02x}")).collect::<Vec<_>>().join(" ");
+    let what = match e.error_len() {
+        Some(1) => format!("byte {} is not UTF-8", hex(&bytes[at..=at])),
+        Some(n) => format!("bytes {} are not UTF-8", hex(&bytes[at..at + n])),
+        None => format!("the file ends inside a character ({})", hex(&bytes[at..])),
+    };
+    Problem {
+        field: format!("line {line}, byte {} of the line (offset {at} in the file)", at - line_start + 1),
+        message: format!("{what}; a TOML file must be UTF-8: re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"),
     }
 }
 
@@ -618,6 +658,10 @@ impl Validator {
                     self.add("lb.tunnel_source_v4", format!("{s:?} cannot be a packet's source address"));
                     None
                 }
+                Ok(a @ IpAddr::V4(_)) if never_on_the_wire(a).is_some() => {
+                    self.add("lb.tunnel_source_v4", format!("{s:?} is {}", never_on_the_wire(a).unwrap_or_default()));
+                    None
+                }
                 Ok(IpAddr::V4(a)) => Some(Some(a)),
             },
         };
@@ -638,6 +682,10 @@ impl Validator {
                 }
                 Ok(IpAddr::V6(a)) if a.is_unspecified() || a.is_multicast() => {
                     self.add("lb.tunnel_source_v6", format!("{s:?} cannot be a packet's source address"));
+                    None
+                }
+                Ok(a @ IpAddr::V6(_)) if never_on_the_wire(a).is_some() => {
+                    self.add("lb.tunnel_source_v6", format!("{s:?} is {}", never_on_the_wire(a).unwrap_or_default()));
                     None
                 }
                 Ok(IpAddr::V6(a)) => Some(Some(a)),
@@ -671,11 +719,17 @@ impl Validator {
 
         let bpffs_dir = match raw.bpffs_dir {
             None => Some(PathBuf::from(DEFAULT_BPFFS_DIR)),
-            Some(d) if Path::new(&d).is_absolute() => Some(PathBuf::from(d)),
-            Some(d) => {
+            Some(d) if !Path::new(&d).is_absolute() => {
                 self.add("lb.bpffs_dir", format!("{d:?} is not an absolute path"));
                 None
             }
+            Some(d) => match pin_dir_too_long(&d) {
+                Some(why) => {
+                    self.add("lb.bpffs_dir", format!("{d:?} is too long for the kernel: {why}; choose a shorter directory"));
+                    None
+                }
+                None => Some(PathBuf::from(d)),
+            },
         };
 
         let run_dir = match raw.run_dir {
@@ -772,6 +826,7 @@ impl Validator {
         let ring_size = lb.map(|l| l.ring_size);
         let mut ok = true;
         let mut vips = Vec::with_capacity(raw.len());
+        let mut vip_labels: Vec<&str> = Vec::with_capacity(raw.len());
         let mut by_key: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
         for (i, v) in raw.iter().enumerate() {
             let label = &labels[i];
@@ -791,6 +846,7 @@ impl Validator {
                         by_key.insert(key, i);
                     }
                     vips.push(vip);
+                    vip_labels.push(label);
                 }
                 None => ok = false,
             }
@@ -822,12 +878,70 @@ impl Validator {
             }
         }
 
+        ok &= self.backend_facts(&vips, &vip_labels, lb);
+
         for (field, why) in packets::fragment_conflicts(&vips) {
             self.add(field, why);
             ok = false;
         }
 
         ok.then_some(vips)
+    }
+
+    /// What must hold for a backend address wherever it appears: it is not
+    /// an address of the LB host itself (a VIP's, a tunnel source), and every
+    /// static MAC given for it is the same one (the kernel keeps one next hop
+    /// per backend). `labels[i]` names `vips[i]`. Returns whether all held.
+    fn backend_facts(&mut self, vips: &[VipConfig], labels: &[&str], lb: Option<&LbSection>) -> bool {
+        let before = self.problems.len();
+        let mut vip_at: HashMap<IpAddr, &str> = HashMap::new();
+        for (v, label) in vips.iter().zip(labels) {
+            vip_at.entry(v.address).or_insert(label);
+        }
+        let tunnel_sources = [
+            ("lb.tunnel_source_v4", lb.and_then(|l| l.tunnel_source_v4).map(IpAddr::V4)),
+            ("lb.tunnel_source_v6", lb.and_then(|l| l.tunnel_source_v6).map(IpAddr::V6)),
+        ];
+        let mut first_mac: HashMap<IpAddr, (MacAddr, String)> = HashMap::new();
+        for (v, label) in vips.iter().zip(labels) {
+            for (k, b) in v.backends.iter().enumerate() {
+                let at = format!("{label}.backend[{k}]");
+                if let Some(vip) = vip_at.get(&b.address) {
+                    self.add(
+                        format!("{at}.address"),
+                        format!(
+                            "\"{}\" is the address of {vip}: a backend must be a host behind the balancer, not an address it serves \
+                             (tunnel packets to it would come back here); give the backend's own address",
+                            b.address
+                        ),
+                    );
+                }
+                for (field, source) in tunnel_sources {
+                    if source == Some(b.address) {
+                        self.add(
+                            format!("{at}.address"),
+                            format!("\"{}\" is {field}, this LB host's own address; a backend must be another host", b.address),
+                        );
+                    }
+                }
+                let Some(mac) = b.mac else { continue };
+                match first_mac.get(&b.address) {
+                    Some((first, first_at)) if *first != mac => self.add(
+                        format!("{at}.mac"),
+                        format!(
+                            "\"{mac}\" differs from \"{first}\" given for the same backend {} at {first_at}; the kernel has one next hop \
+                             per backend address: give the same MAC everywhere (or only once)",
+                            b.address
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        first_mac.insert(b.address, (mac, format!("{at}.mac")));
+                    }
+                }
+            }
+        }
+        self.problems.len() == before
     }
 
     fn vip(
@@ -1031,9 +1145,56 @@ impl Validator {
                 self.add(field, format!("{s:?} is a multicast or broadcast address; only unicast addresses can be balanced"));
                 None
             }
-            Ok(a) => Some(a),
+            Ok(a) => match never_on_the_wire(a) {
+                Some(why) => {
+                    self.add(field, format!("{s:?} is {why}"));
+                    None
+                }
+                None => Some(a),
+            },
         }
     }
+}
+
+/// Why no packet on the wire carries `a` to or from a host, if it is so: a
+/// VIP there is unreachable for clients, a backend there for tunnel packets,
+/// and a tunnel source there makes backends drop the packets as martians.
+/// (The unspecified, multicast and broadcast addresses are checked apart.)
+fn never_on_the_wire(a: IpAddr) -> Option<String> {
+    match a {
+        IpAddr::V4(v4) if v4.is_loopback() => {
+            Some("a loopback address (127.0.0.0/8), which never leaves a host; give an address the network routes to the host".into())
+        }
+        IpAddr::V4(v4) if v4.octets()[0] == 0 => {
+            Some("in 0.0.0.0/8 (\"this network\", RFC 1122), which is never a packet's destination; give the host's routed address".into())
+        }
+        IpAddr::V6(v6) if v6.is_loopback() => {
+            Some("the loopback address, which never leaves a host; give an address the network routes to the host".into())
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(|v4| {
+            format!("an IPv4-mapped IPv6 address, which no packet on the wire carries (an IPv4 packet carries {v4}); write \"{v4}\"")
+        }),
+        IpAddr::V4(_) => None,
+    }
+}
+
+/// Why the kernel would refuse, with `ENAMETOOLONG`, a path the agent pins
+/// under `dir`, if it would.
+fn pin_dir_too_long(dir: &str) -> Option<String> {
+    if let Some(name) = dir.split('/').find(|c| c.len() > MAX_PATH_COMPONENT_LEN) {
+        return Some(format!(
+            "its component \"{}...\" is {} bytes, more than the {MAX_PATH_COMPONENT_LEN} a name may have",
+            &name[..floor_char_boundary(name, 16)],
+            name.len()
+        ));
+    }
+    let longest = dir.trim_end_matches('/').len() + 1 + crate::pin_names::longest();
+    (longest > MAX_PATH_LEN).then(|| {
+        format!(
+            "its longest pin path (the directory, '/', and a {}-byte file name) would be {longest} bytes, more than the kernel's {MAX_PATH_LEN}",
+            crate::pin_names::longest()
+        )
+    })
 }
 
 /// The kernel's `dev_valid_name`.
@@ -1439,6 +1600,100 @@ port = 80
             assert!(fields.contains(&f), "{f} missing from {fields:?}");
         }
         assert_eq!(e.to_string().lines().count(), e.problems.len());
+    }
+
+    #[test]
+    fn addresses_never_on_the_wire() {
+        for (bad, why) in [
+            ("127.0.0.1", "loopback"),
+            ("127.1.2.3", "loopback"),
+            ("::1", "loopback"),
+            ("0.1.2.3", "0.0.0.0/8"),
+            ("::ffff:198.51.100.12", "write \"198.51.100.12\""),
+        ] {
+            assert_problem(&GOOD.replace("198.51.100.12", bad), "vip \"web\".backend[1].address", &[&format!("{bad:?}"), why]);
+        }
+        assert_problem(&GOOD.replace("192.0.2.10", "::ffff:192.0.2.10"), "vip \"web\".address", &["IPv4-mapped", "write \"192.0.2.10\""]);
+        assert_problem(&GOOD.replace("192.0.2.10", "127.0.0.10"), "vip \"web\".address", &["loopback"]);
+        assert_problem(&with_lb("tunnel_source_v4 = \"127.0.0.1\""), "lb.tunnel_source_v4", &["loopback"]);
+        assert_problem(&with_lb("tunnel_source_v6 = \"::ffff:198.51.100.2\""), "lb.tunnel_source_v6", &["IPv4-mapped"]);
+        // Neighbours of the refused ranges are fine.
+        assert!(parse(&GOOD.replace("198.51.100.12", "1.0.0.1").replace("198.51.100.11", "2001:db8::ffff:c633:640b"), "x").is_ok());
+    }
+
+    #[test]
+    fn backend_on_an_address_of_the_lb_host() {
+        let t = format!(
+            "{GOOD}\n[[vip]]\nname = \"dns\"\naddress = \"192.0.2.53\"\nport = 53\n[[vip.backend]]\naddress = \"192.0.2.10\"\n"
+        );
+        assert_problem(&t, "vip \"dns\".backend[0].address", &["\"192.0.2.10\"", "vip \"web\"", "own address"]);
+        // Its own VIP's address, too.
+        assert_problem(&GOOD.replace("198.51.100.12", "192.0.2.10"), "vip \"web\".backend[1].address", &["vip \"web\""]);
+        let t = with_lb("tunnel_source_v4 = \"198.51.100.11\"");
+        assert_problem(&t, "vip \"web\".backend[0].address", &["lb.tunnel_source_v4", "another host"]);
+    }
+
+    /// Two VIPs sharing backend 198.51.100.11, with `mac_a` / `mac_b` under it.
+    fn shared_backend(mac_a: &str, mac_b: &str) -> String {
+        GOOD.replace("  address = \"198.51.100.11\"\n", &format!("  address = \"198.51.100.11\"\n{mac_a}"))
+            + &format!("\n[[vip]]\nname = \"b\"\naddress = \"192.0.2.11\"\nport = 80\n[[vip.backend]]\naddress = \"198.51.100.11\"\n{mac_b}")
+    }
+
+    #[test]
+    fn a_backend_has_one_static_mac() {
+        let (one, two) = ("  mac = \"02:00:00:00:00:01\"\n", "mac = \"02:00:00:00:00:02\"\n");
+        assert_problem(
+            &shared_backend(one, two),
+            "vip \"b\".backend[0].mac",
+            &["\"02:00:00:00:00:02\"", "\"02:00:00:00:00:01\"", "198.51.100.11", "vip \"web\".backend[0].mac", "same MAC"],
+        );
+        // The same MAC twice, or once: one next hop, whichever VIP gives it.
+        assert!(parse(&shared_backend(one, "mac = \"02:00:00:00:00:01\"\n"), "x").is_ok());
+        for (a, b) in [(one, ""), ("", "mac = \"02:00:00:00:00:01\"\n")] {
+            let c = parse(&shared_backend(a, b), "x").unwrap();
+            let plan = crate::plan::plan(&c);
+            let id = plan.backend_id("198.51.100.11".parse().unwrap()).unwrap();
+            assert_eq!(plan.backend(id).unwrap().mac, Some("02:00:00:00:00:01".parse().unwrap()), "{a:?} {b:?}");
+        }
+    }
+
+    #[test]
+    fn bpffs_dir_the_kernel_cannot_take() {
+        let room = MAX_PATH_LEN - 1 - crate::pin_names::longest();
+        // "/" + components of 200 bytes until the directory is `len` bytes long.
+        let dir = |len: usize| {
+            let mut d = String::new();
+            while d.len() < len {
+                d.push('/');
+                let n = (len - d.len()).min(200);
+                d.push_str(&"d".repeat(n));
+            }
+            d
+        };
+        assert_eq!(dir(room).len(), room);
+        assert!(parse(&with_lb(&format!("bpffs_dir = \"{}\"", dir(room))), "x").is_ok());
+        let e = assert_problem(&with_lb(&format!("bpffs_dir = \"{}\"", dir(room + 1))), "lb.bpffs_dir", &["too long", "4096 bytes", "4095", "shorter"]);
+        assert!(e.to_string().contains(&format!("{:?}", dir(room + 1))), "names the value: {e}");
+        let long_name = format!("/sys/fs/bpf/{}", "n".repeat(256));
+        assert_problem(&with_lb(&format!("bpffs_dir = \"{long_name}\"")), "lb.bpffs_dir", &["256 bytes", "255"]);
+    }
+
+    #[test]
+    fn non_utf8_file_names_line_and_byte() {
+        let path = std::env::temp_dir().join(format!("lb-config-test-{}-latin1.toml", std::process::id()));
+        let mut bytes = GOOD.as_bytes().to_vec();
+        let at = GOOD.find("\"web\"").unwrap() + 2; // in `name = "web"`, line 6
+        bytes[at] = 0xe9; // Latin-1 'é'
+        std::fs::write(&path, &bytes).unwrap();
+        let e = load(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        let shown = e.to_string();
+        assert_eq!(e.problems.len(), 1, "{shown}");
+        assert_eq!(e.problems[0].field, format!("line 6, byte 10 of the line (offset {at} in the file)"), "{shown}");
+        assert!(shown.starts_with(&format!("{}: line 6, ", path.display())), "{shown}");
+        for needle in ["0xe9", "not UTF-8", "re-save it as UTF-8"] {
+            assert!(shown.contains(needle), "{needle:?} not in {shown}");
+        }
     }
 
     #[test]

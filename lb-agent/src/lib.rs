@@ -17,6 +17,7 @@ pub mod summary;
 pub mod dataplane;
 pub mod nexthop;
 pub mod packet_policy;
+pub mod pin_names;
 pub mod pins;
 pub mod reconcile;
 pub mod runtime;

@@ -162,7 +162,8 @@ fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check { config } => {
             let config = load_config(&config)?;
-            print!("{}", summary::render(&config, &plan::plan(&config)));
+            // One ring at a time: check runs before every start (ExecStartPre) and must stay small.
+            print!("{}", summary::render(&config, &plan::plan_summary(&config)));
             Ok(())
         }
         Command::Lookup { config, vip, port, protocol, src, src_port } => {

@@ -13,10 +13,7 @@ use aya::{
 };
 use lb_common::maps;
 
-/// File name of the pinned balancer program.
-pub const PROGRAM_PIN: &str = "prog_xdp_balancer";
-/// File name of the pinned XDP link.
-pub const LINK_PIN: &str = "link_xdp";
+pub use crate::pin_names::{LINK_PIN, PROGRAM_PIN};
 
 pub fn link_path(dir: &Path) -> PathBuf {
     dir.join(LINK_PIN)

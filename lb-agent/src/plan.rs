@@ -19,6 +19,7 @@ use lb_common::{NO_BACKEND, VIP_FLAG_SOURCE_HASH, VipKey, VipMeta, addr_words};
 use crate::config::{Config, HashMode, MacAddr};
 use crate::health::select::{self, Selection};
 use crate::ids::{self, Kept, VipIdentity};
+use crate::summary::RingSummary;
 
 /// What the dataplane is to hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,8 +41,10 @@ pub struct PlannedBackend {
     /// Index in `BACKENDS`, from 1 (0 is [`NO_BACKEND`]).
     pub id: u32,
     pub address: IpAddr,
-    /// The config's static next-hop MAC. If VIPs disagree (they cannot in a
-    /// sane config, but they may), the first one in VIP row order wins.
+    /// The config's static next-hop MAC: the one owner of this fact, which
+    /// `lb-agent check` prints and `run` programs. Validation makes every
+    /// VIP that gives one give the same; one given under any VIP applies to
+    /// the backend under all.
     pub mac: Option<MacAddr>,
 }
 
@@ -61,12 +64,14 @@ pub struct PlannedVip {
     /// [`Plan::forget_rings`] dropped it: the agent keeps no copy of what the
     /// kernel's `RINGS` map holds.
     pub all_up: Option<Selection>,
-    /// [`crate::summary::ring_digest`] of the all-up ring (kept when the
-    /// ring is dropped: the config fingerprint includes it).
+    /// [`crate::summary::RingSummary::digest`] of the all-up ring (kept
+    /// when the ring is dropped: the config fingerprint includes it).
     pub ring_digest: u64,
     /// (backend id, weight) of every configured backend, drained ones
     /// included, sorted by id.
     pub members: Vec<(u32, u32)>,
+    /// Slots of the all-up ring each of `members` owns (same order).
+    pub slots: Vec<u32>,
 }
 
 impl PlannedVip {
@@ -128,7 +133,37 @@ impl PlannedVip {
 
 /// Builds the plan of a validated config on a fresh start.
 pub fn plan(config: &Config) -> Plan {
-    plan_keeping(config, &Kept::default()).expect("a validated config fits its own max_vips and max_backends")
+    build(config, &Kept::default(), None, Rings::Keep).expect("a validated config fits its own max_vips and max_backends")
+}
+
+/// [`plan`] without rings (every `all_up` is `None`): each VIP's ring is
+/// dropped as soon as its digest and slot counts are taken, so at most one
+/// ring per worker thread is alive at a time. What `lb-agent check` needs,
+/// in a few MiB whatever the number of VIPs (keeping every ring took 1.1 GB
+/// at 4,096 VIPs).
+pub fn plan_summary(config: &Config) -> Plan {
+    build(config, &Kept::default(), None, Rings::Summarize).expect("a validated config fits its own max_vips and max_backends")
+}
+
+/// Whether a plan keeps the rings it builds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rings {
+    /// Kept, for the dataplane to write.
+    Keep,
+    /// Only summarized ([`crate::summary::RingSummary`]), on as many
+    /// threads as [`summary_threads`] allows.
+    Summarize,
+}
+
+/// Ring bytes [`plan_summary`] may have in flight over all its threads
+/// (each thread holds one ring, and about as much scratch, at a time): four
+/// rings of the default size; a single ring when rings are bigger than that.
+const SUMMARY_RING_BUDGET: u64 = 4 * 4 * lb_common::limits::DEFAULT_RING_SIZE as u64;
+
+/// Threads [`plan_summary`] builds rings on: its memory then stays within
+/// [`SUMMARY_RING_BUDGET`] (or one ring) whatever the machine's CPU count.
+fn summary_threads(ring_size: u32) -> usize {
+    (SUMMARY_RING_BUDGET / (u64::from(ring_size) * 4)).max(1) as usize
 }
 
 /// The config and plan a reload replaces: a VIP whose config, row and
@@ -144,12 +179,16 @@ pub struct Previous<'a> {
 /// (the running dataplane's). Fails only if the new ids or rows do not fit
 /// `max_backends` / `max_vips`.
 pub fn plan_keeping(config: &Config, kept: &Kept) -> Result<Plan, String> {
-    plan_reusing(config, kept, None)
+    build(config, kept, None, Rings::Keep)
 }
 
 /// [`plan_keeping`] for a reload: VIPs unchanged since `previous` get no
 /// ring (`all_up` is `None`) and keep their ring digest.
 pub fn plan_reusing(config: &Config, kept: &Kept, previous: Option<Previous<'_>>) -> Result<Plan, String> {
+    build(config, kept, previous, Rings::Keep)
+}
+
+fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Rings) -> Result<Plan, String> {
     let ring_size = config.lb.ring_size;
 
     let identities: BTreeSet<VipIdentity> = config.vips.iter().map(|v| (v.address, v.port, v.protocol.number())).collect();
@@ -159,14 +198,12 @@ pub fn plan_reusing(config: &Config, kept: &Kept, previous: Option<Previous<'_>>
     let mut vips: Vec<_> = config.vips.iter().collect();
     vips.sort_by_key(|v| row_of(v));
 
-    // Ids in address order; MACs from the first VIP (in row order) naming one.
+    // Ids in address order; the MAC any VIP gives (validation made them agree).
     let mut macs: BTreeMap<IpAddr, Option<MacAddr>> = BTreeMap::new();
     for v in &vips {
         for b in &v.backends {
             let e = macs.entry(b.address).or_insert(None);
-            if e.is_none() {
-                *e = b.mac;
-            }
+            *e = e.or(b.mac);
         }
     }
     let addresses: BTreeSet<IpAddr> = macs.keys().copied().collect();
@@ -177,32 +214,34 @@ pub fn plan_reusing(config: &Config, kept: &Kept, previous: Option<Previous<'_>>
         macs.into_iter().map(|(address, mac)| PlannedBackend { id: backend_ids[&address], address, mac }).collect();
     let id_of = |a: IpAddr| backends[backends.binary_search_by(|b| b.address.cmp(&a)).expect("every backend has an id")].id;
 
-    let unchanged_digest = |v: &crate::config::VipConfig, members: &[(u32, u32)]| -> Option<u64> {
+    let unchanged = |v: &crate::config::VipConfig, members: &[(u32, u32)]| -> Option<RingSummary> {
         let p = previous?;
         let old = p.plan.vip(&v.name)?;
         let same = p.plan.ring_size == ring_size
             && old.row == row_of(v)
             && old.members == members
             && p.config.vips.iter().any(|o| o.name == v.name && o == v);
-        same.then_some(old.ring_digest)
+        same.then(|| RingSummary { digest: old.ring_digest, slots: old.slots.clone() })
     };
     // Every backend up: the primaries' ring (backups serve only without
     // them). The Maglev builds are most of a plan's cost, so they run on
     // every CPU.
-    let built = parallel_map(&vips, |v| {
+    let threads = if rings == Rings::Summarize { summary_threads(ring_size) } else { usize::MAX };
+    let built = parallel_map(&vips, threads, |v| {
         let mut members: Vec<(u32, u32)> = v.backends.iter().map(|b| (id_of(b.address), b.weight)).collect();
         members.sort_unstable();
-        if let Some(digest) = unchanged_digest(v, &members) {
-            return (members, None, digest);
+        if let Some(summary) = unchanged(v, &members) {
+            return (members, None, summary);
         }
         let all_up = select::ring(v, ring_size, &id_of, &|_| true);
-        let digest = crate::summary::ring_digest(&all_up.ring, &members);
-        (members, Some(all_up), digest)
+        let summary = RingSummary::of(&all_up.ring, &members);
+        let kept = (rings == Rings::Keep).then_some(all_up);
+        (members, kept, summary)
     });
     let planned = vips
         .iter()
         .zip(built)
-        .map(|(v, (members, all_up, ring_digest))| {
+        .map(|(v, (members, all_up, RingSummary { digest: ring_digest, slots }))| {
             let row = row_of(v);
             let flags = match v.hash {
                 HashMode::Flow => 0,
@@ -217,6 +256,7 @@ pub fn plan_reusing(config: &Config, kept: &Kept, previous: Option<Previous<'_>>
                 all_up,
                 ring_digest,
                 members,
+                slots,
             }
         })
         .collect();
@@ -224,9 +264,10 @@ pub fn plan_reusing(config: &Config, kept: &Kept, previous: Option<Previous<'_>>
     Ok(Plan { ring_size, hash_seed: config.lb.hash_seed, backends, vips: planned })
 }
 
-/// `f` over `items` on up to one thread per CPU, results in `items`' order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().max(1));
+/// `f` over `items` on up to one thread per CPU (at most `max_threads`),
+/// results in `items`' order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], max_threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(max_threads).min(items.len().max(1));
     if threads <= 1 {
         return items.iter().map(f).collect();
     }
@@ -373,6 +414,27 @@ port = 80
     }
 
     #[test]
+    fn a_summary_plan_keeps_no_ring_and_says_the_same() {
+        let c = parse(A, "a.toml").unwrap();
+        let full = plan(&c);
+        for v in &full.vips {
+            let counted: Vec<u32> =
+                v.members.iter().map(|&(id, _)| v.ring().iter().filter(|&&slot| slot == id).count() as u32).collect();
+            assert_eq!(v.slots, counted, "{}: slots are the ring's", v.name);
+        }
+        let summary = plan_summary(&c);
+        assert!(summary.vips.iter().all(|v| v.all_up.is_none()), "no ring kept");
+        let mut without_rings = full.clone();
+        without_rings.forget_rings();
+        assert_eq!(summary, without_rings, "the same ids, rows, digests and slots");
+        assert_eq!(crate::summary::fingerprint(&c, &summary), crate::summary::fingerprint(&c, &full));
+        // Its rings in flight stay within the budget whatever the CPU count.
+        use lb_common::limits::{DEFAULT_RING_SIZE, MAX_RING_SIZE};
+        assert_eq!((summary_threads(DEFAULT_RING_SIZE), summary_threads(MAX_RING_SIZE)), (4, 1));
+        assert!(summary_threads(1009) > 100, "small rings: every CPU");
+    }
+
+    #[test]
     fn a_reload_builds_rings_only_for_changed_vips() {
         let old_config = parse(A, "a.toml").unwrap();
         let mut old = plan(&old_config);
@@ -388,7 +450,7 @@ port = 80
             let f = fresh.vip(&v.name).unwrap();
             assert_eq!((v.row, v.ring_digest, &v.members), (f.row, f.ring_digest, &f.members), "{}", v.name);
         }
-        assert_eq!(crate::summary::fingerprint(&reused), crate::summary::fingerprint(&fresh));
+        assert_eq!(crate::summary::fingerprint(&new_config, &reused), crate::summary::fingerprint(&new_config, &fresh));
         // A VIP that moved to another row (here: every row, after a VIP is
         // inserted before them) is not reused: its ring must be written there.
         let text = format!("{A}\n[[vip]]\nname = \"first\"\naddress = \"192.0.2.1\"\nport = 1\n  [[vip.backend]]\n  address = \"198.51.100.11\"\n");

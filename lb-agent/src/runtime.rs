@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     announce::drain::Drained,
-    config::{self, Config, MacAddr},
+    config::{self, Config},
     control::{self, Answer, Claim, Request},
     dataplane::{self, LoadOptions, ResolvedBackend},
     health,
@@ -161,7 +161,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             live.set_loaded_state(loaded)?;
         }
         let plan = plan::plan_keeping(&config, &live.kept()?).map_err(anyhow::Error::msg)?;
-        let resolved = resolve_backends(&handle, &iface, &config, &plan, &opts).await?;
+        let resolved = resolve_backends(&handle, &iface, &plan, &opts).await?;
         let (supervisor, changes) = apply(&mut live, &config, &plan, &resolved, None)?;
         let mut plan = plan;
         plan.forget_rings();
@@ -353,7 +353,7 @@ async fn try_reload(running: &mut Running) -> Result<String> {
     let opts = load_options(&config, &running.iface)?;
     phases.done("plan");
     // Everything that can fail without touching the kernel comes first.
-    let resolved = resolve_backends(&running.handle, &running.iface, &config, &plan, &opts).await?;
+    let resolved = resolve_backends(&running.handle, &running.iface, &plan, &opts).await?;
     phases.done("resolve next hops");
     // The supervisor is swapped under its lock, released before any await.
     let applied = {
@@ -607,21 +607,14 @@ pub fn detach(config: &Config) -> Result<bool> {
     pins::remove_all(&config.lb.bpffs_dir)
 }
 
-/// Next-hop MACs for every backend: the static `mac` if the config has one,
-/// else netlink (one resolution pass for all of them).
+/// Next-hop MACs for every backend: its static `mac` (the plan's) if it has
+/// one, else netlink (one resolution pass for all of them).
 async fn resolve_backends(
     handle: &rtnetlink::Handle,
     iface: &nexthop::Interface,
-    config: &Config,
     plan: &Plan,
     opts: &LoadOptions,
 ) -> Result<HashMap<u32, ResolvedBackend>> {
-    let static_macs: HashMap<IpAddr, MacAddr> = config
-        .vips
-        .iter()
-        .flat_map(|v| v.backends.iter())
-        .filter_map(|b| b.mac.map(|m| (b.address, m)))
-        .collect();
     for b in &plan.backends {
         match b.address {
             IpAddr::V4(_) if opts.tunnel_source_v4.is_none() => bail!(
@@ -641,11 +634,11 @@ async fn resolve_backends(
             _ => {}
         }
     }
-    let to_resolve: Vec<IpAddr> = plan.backends.iter().map(|b| b.address).filter(|a| !static_macs.contains_key(a)).collect();
+    let to_resolve: Vec<IpAddr> = plan.backends.iter().filter(|b| b.mac.is_none()).map(|b| b.address).collect();
     let resolved = nexthop::resolve_all(handle, iface, &to_resolve).await.context("resolving the backends' next hops")?;
     let mut out = HashMap::new();
     for b in &plan.backends {
-        let mac = static_macs.get(&b.address).or_else(|| resolved.get(&b.address)).copied().context("backend without a next hop")?;
+        let mac = b.mac.or_else(|| resolved.get(&b.address).copied()).context("backend without a next hop")?;
         tracing::info!("backend {} via next hop {mac}", b.address);
         out.insert(b.id, ResolvedBackend { address: b.address, next_hop_mac: mac });
     }

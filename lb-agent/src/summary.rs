@@ -1,11 +1,14 @@
 //! What `lb-agent check` prints: the validated config as the dataplane will
 //! see it, and a fingerprint to compare LB hosts of a cluster.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::config::{Config, HashMode, Protocol};
-use crate::maglev;
+use crate::announce::AnnounceConfig;
+use crate::config::{BackendConfig, Config, HashMode, LbSection, Protocol, VipConfig};
+use crate::health::settings::{CheckKind, HealthCheck};
+use crate::packet_policy::{self as packets, PacketPolicy};
 use crate::plan::{Plan, PlannedVip};
 
 /// 64-bit FNV-1a.
@@ -20,78 +23,204 @@ impl Fnv {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(Self::PRIME);
         }
     }
+}
 
-    fn u32(&mut self, v: u32) {
-        self.bytes(&v.to_be_bytes());
-    }
+/// What the plan keeps of a VIP's all-up ring once the ring itself is
+/// dropped, computed in one pass over it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingSummary {
+    /// A digest of the ring as positions in its (id-sorted, hence
+    /// address-sorted) member list, so that it does not depend on id
+    /// numbering: the fingerprint includes it.
+    pub digest: u64,
+    /// Slots owned by each member, in the members' order: `check`'s shares.
+    pub slots: Vec<u32>,
+}
 
-    fn addr(&mut self, a: IpAddr) {
-        match a {
-            IpAddr::V4(v4) => {
-                self.bytes(&[4]);
-                self.bytes(&v4.octets());
-            }
-            IpAddr::V6(v6) => {
-                self.bytes(&[6]);
-                self.bytes(&v6.octets());
-            }
+impl RingSummary {
+    /// The summary of `ring` (backend ids) whose members are `members`
+    /// ((id, weight), sorted by id).
+    pub fn of(ring: &[u32], members: &[(u32, u32)]) -> RingSummary {
+        // Position by id from a table (ids are small), FNV-1a over whole words:
+        // this runs over every slot of every ring a plan builds.
+        let table_len = members.last().map_or(0, |&(id, _)| id as usize + 1);
+        let mut position = vec![u32::MAX; table_len];
+        for (p, &(id, _)) in members.iter().enumerate() {
+            position[id as usize] = p as u32;
         }
+        let mut slots = vec![0u32; members.len()];
+        let mut h = Fnv::OFFSET;
+        for &id in ring {
+            let pos = position.get(id as usize).copied().unwrap_or(u32::MAX);
+            if let Some(n) = slots.get_mut(pos as usize) {
+                *n += 1;
+            }
+            h = (h ^ u64::from(pos)).wrapping_mul(Fnv::PRIME);
+        }
+        RingSummary { digest: h, slots }
     }
 }
 
-/// A digest of a VIP's all-up ring as positions in its (id-sorted, hence
-/// address-sorted) member list, so that it does not depend on id numbering.
-/// Computed with the plan, so that the fingerprint needs no copy of the ring.
-pub fn ring_digest(ring: &[u32], members: &[(u32, u32)]) -> u64 {
-    // Position by id from a table (ids are small), FNV-1a over whole words:
-    // this runs over every slot of every ring a plan builds.
-    let table_len = members.last().map_or(0, |&(id, _)| id as usize + 1);
-    let mut position = vec![u32::MAX; table_len];
-    for (p, &(id, _)) in members.iter().enumerate() {
-        position[id as usize] = p as u32;
-    }
-    let mut h = Fnv::OFFSET;
-    for &id in ring {
-        let pos = position.get(id as usize).copied().unwrap_or(u32::MAX);
-        h = (h ^ u64::from(pos)).wrapping_mul(Fnv::PRIME);
-    }
-    h
-}
-
-/// A 16-hex-digit fingerprint of what the dataplane will hold: ring size,
-/// seed, and per VIP (in row order, i.e. sorted by address, port, protocol)
-/// its address, port, protocol, flags, its backends' addresses, weights and
-/// static MACs (sorted by address), and its ring expressed as backend
-/// addresses. Names are left out (they change nothing in the kernel). Equal
-/// configs in any order give equal fingerprints; two LB hosts whose
-/// fingerprints match forward every flow the same way — including when their
-/// agents were built from different versions of the Maglev code, which the
-/// ring contents would reveal.
-pub fn fingerprint(plan: &Plan) -> String {
+/// A 16-hex-digit fingerprint of every setting that decides any packet's
+/// fate (see [`forwarding_settings`] for the list and for what is left out,
+/// and why), plus each VIP's all-up ring as backend positions: two LB hosts
+/// whose fingerprints match forward every flow the same way, including when
+/// their agents were built from different versions of the Maglev code, which
+/// the rings would reveal. The order of tables in the file, VIP names and
+/// host-local settings (interface, paths, tunnel sources, metrics address,
+/// announcement role) do not change it.
+pub fn fingerprint(config: &Config, plan: &Plan) -> String {
     let mut h = Fnv(Fnv::OFFSET);
-    h.bytes(b"lb-plan-v2");
-    h.u32(plan.ring_size);
-    h.u32(plan.hash_seed);
-    h.u32(plan.vips.len() as u32);
-    for v in &plan.vips {
-        h.addr(v.address());
-        h.u32(u32::from(v.port()));
-        h.u32(u32::from(v.key.proto));
-        h.u32(v.meta.flags);
-        // Members are sorted by id, and ids follow sorted addresses.
-        h.u32(v.members.len() as u32);
-        for &(id, weight) in &v.members {
-            let b = plan.backend(id).expect("member ids are planned backends");
-            h.addr(b.address);
-            h.u32(weight);
-            match b.mac {
-                Some(m) => h.bytes(&[1, m.0[0], m.0[1], m.0[2], m.0[3], m.0[4], m.0[5]]),
-                None => h.bytes(&[0]),
-            }
-        }
-        h.bytes(&v.ring_digest.to_be_bytes());
-    }
+    h.bytes(b"lb-plan-v3");
+    forwarding_settings(config, plan, &mut |name, value| {
+        h.bytes(name.as_bytes());
+        h.bytes(&(value.len() as u32).to_be_bytes());
+        h.bytes(value);
+    });
     format!("{:016x}", h.0)
+}
+
+/// Emits `(setting, value bytes)` for every setting that decides a packet's
+/// fate, in an order independent of the file's (VIPs by address, port and
+/// protocol; backends by address). Every config struct is destructured
+/// without `..`: a new field does not compile until someone decides here
+/// whether it forwards, and the fingerprint test requires a change of each
+/// emitted setting to change the fingerprint.
+fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'static str, &[u8])) {
+    let mut out = Emit(emit);
+    let Config { lb, vips, announce } = config;
+    // Announcement decides whether packets come to this host (routes, role,
+    // drain times), not what the host does with them; an active and a
+    // standby host of one cluster must compare equal.
+    if let Some(AnnounceConfig { table: _, protocol: _, role: _, drain_timeout: _, drain_quiet: _ }) = announce {}
+
+    let LbSection {
+        // Host-local: each host has its own NIC name and addresses (backends
+        // accept tunnel packets from any source), and the mode of attachment
+        // runs the same program with the same verdicts.
+        interface: _,
+        xdp_mode: _,
+        tunnel_source_v4: _,
+        tunnel_source_v6: _,
+        ring_size,
+        hash_seed,
+        // Capacity of the maps: a validated config fits them either way.
+        max_vips: _,
+        max_backends: _,
+        // Where the agent keeps its files and serves its metrics.
+        bpffs_dir: _,
+        run_dir: _,
+        metrics_listen: _,
+        // How many established flows keep their backend through a ring change.
+        flow_table_size,
+        packets,
+    } = lb;
+    out.u32("lb.ring_size", *ring_size);
+    out.u32("lb.hash_seed", *hash_seed);
+    out.u32("lb.flow_table_size", *flow_table_size);
+    let PacketPolicy { icmp_echo, too_big, unknown_port } = packets;
+    out.str("lb.icmp_echo", choice_name(packets::ECHO_CHOICES, *icmp_echo));
+    out.str("lb.too_big", choice_name(packets::TOO_BIG_CHOICES, *too_big));
+    out.str("lb.unknown_port", choice_name(packets::UNKNOWN_PORT_CHOICES, *unknown_port));
+
+    let digests: HashMap<_, u64> = plan.vips.iter().map(|v| (v.identity(), v.ring_digest)).collect();
+    let mut sorted: Vec<&VipConfig> = vips.iter().collect();
+    sorted.sort_by_key(|v| (v.address, v.port, v.protocol));
+    out.u32("vips", sorted.len() as u32);
+    for vip in sorted {
+        let VipConfig {
+            // A label (metrics, output): nothing in the kernel.
+            name: _,
+            address,
+            port,
+            protocol,
+            hash,
+            fragments,
+            flow_table,
+            backends,
+            all_down,
+        } = vip;
+        out.addr("vip.address", *address);
+        out.u32("vip.port", u32::from(*port));
+        out.str("vip.protocol", protocol.as_str());
+        out.str("vip.hash", hash.as_str());
+        out.str("vip.fragments", choice_name(packets::FRAGMENT_CHOICES, *fragments));
+        out.u32("vip.flow_table", u32::from(*flow_table));
+        out.str("vip.health.all_down", all_down.as_str());
+        let digest = digests.get(&(*address, *port, protocol.number())).copied().unwrap_or_default();
+        out.u64("vip.ring", digest);
+        let mut sorted: Vec<&BackendConfig> = backends.iter().collect();
+        sorted.sort_by_key(|b| b.address);
+        out.u32("vip.backends", sorted.len() as u32);
+        for backend in sorted {
+            // `mac`: the plan's, one per backend whichever VIP gives it, as the kernel gets it.
+            let BackendConfig { address, weight, mac: _, backup, check } = backend;
+            let mac = plan.backend_id(*address).and_then(|id| plan.backend(id)).and_then(|b| b.mac);
+            out.addr("vip.backend.address", *address);
+            out.u32("vip.backend.weight", *weight);
+            out.opt("vip.backend.mac", mac.map(|m| m.0));
+            out.u32("vip.backend.backup", u32::from(*backup));
+            health_settings(check, &mut out);
+        }
+    }
+}
+
+/// The parts of a health check that decide whether a backend counts as up.
+/// Left out: the pacing (`interval`, `fails`, `passes`, `initial`), which
+/// only decides when a verdict lands, never which; two hosts' checkers are
+/// never in step anyway.
+fn health_settings(check: &HealthCheck, out: &mut Emit<'_>) {
+    let HealthCheck { kind, interval: _, timeout, fails: _, passes: _, port, uri, host, status, initial: _, dsr } = check;
+    out.str("vip.backend.health.check", kind.as_str());
+    if *kind == CheckKind::None {
+        return;
+    }
+    out.u64("vip.backend.health.timeout", timeout.as_nanos() as u64);
+    out.opt("vip.backend.health.port", port.map(u16::to_be_bytes));
+    out.u32("vip.backend.health.dsr", u32::from(*dsr));
+    if *kind == CheckKind::Http {
+        out.str("vip.backend.health.uri", uri);
+        out.opt("vip.backend.health.host", host.as_ref().map(String::as_bytes));
+        out.str("vip.backend.health.status", &status.to_string());
+    }
+}
+
+/// The config's spelling of a choice (stable across agent versions, unlike
+/// the variant's name).
+fn choice_name<T: Copy + PartialEq>(options: &[(&'static str, T)], value: T) -> &'static str {
+    options.iter().find(|(_, v)| *v == value).map_or("?", |(name, _)| name)
+}
+
+/// The sink of [`forwarding_settings`], with one encoding per value type.
+struct Emit<'a>(&'a mut dyn FnMut(&'static str, &[u8]));
+
+impl Emit<'_> {
+    fn u32(&mut self, name: &'static str, v: u32) {
+        (self.0)(name, &v.to_be_bytes());
+    }
+
+    fn u64(&mut self, name: &'static str, v: u64) {
+        (self.0)(name, &v.to_be_bytes());
+    }
+
+    fn str(&mut self, name: &'static str, v: &str) {
+        (self.0)(name, v.as_bytes());
+    }
+
+    fn addr(&mut self, name: &'static str, a: IpAddr) {
+        match a {
+            IpAddr::V4(v4) => (self.0)(name, &v4.octets()),
+            IpAddr::V6(v6) => (self.0)(name, &v6.octets()),
+        }
+    }
+
+    /// Absent and present differ even when the value is empty.
+    fn opt(&mut self, name: &'static str, v: Option<impl AsRef<[u8]>>) {
+        match v {
+            None => (self.0)(name, &[0]),
+            Some(v) => (self.0)(name, &[&[1], v.as_ref()].concat()),
+        }
+    }
 }
 
 fn endpoint(address: IpAddr, port: u16, protocol: Protocol) -> String {
@@ -125,7 +254,7 @@ pub fn render(config: &Config, plan: &Plan) -> String {
         lb.max_backends - 1
     );
     let _ = writeln!(out, "pinned under   {}", lb.bpffs_dir.display());
-    let _ = writeln!(out, "fingerprint    {}", fingerprint(plan));
+    let _ = writeln!(out, "fingerprint    {}", fingerprint(config, plan));
 
     for vip in &config.vips {
         let Some(pv) = plan.vip(&vip.name) else { continue };
@@ -141,10 +270,6 @@ pub fn render(config: &Config, plan: &Plan) -> String {
 }
 
 fn render_backends(out: &mut String, plan: &Plan, vip: &PlannedVip) {
-    // Ring shares by position in `vip.members`.
-    let index: Vec<u32> =
-        vip.ring().iter().map(|&id| vip.members.binary_search_by_key(&id, |&(m, _)| m).map_or(u32::MAX, |p| p as u32)).collect();
-    let slots = maglev::shares(&index, vip.members.len());
     let width = vip
         .members
         .iter()
@@ -154,7 +279,7 @@ fn render_backends(out: &mut String, plan: &Plan, vip: &PlannedVip) {
         .unwrap_or(0)
         .max("backend".len());
     let _ = writeln!(out, "  {:>4}  {:<width$}  {:>6}  {:>8}  {:>7}  next hop", "id", "backend", "weight", "slots", "share");
-    for (&(id, weight), &n) in vip.members.iter().zip(&slots) {
+    for (&(id, weight), &n) in vip.members.iter().zip(&vip.slots) {
         let Some(b) = plan.backend(id) else { continue };
         let share = 100.0 * f64::from(n) / f64::from(plan.ring_size.max(1));
         let hop = b.mac.map_or_else(|| "(resolved at runtime)".to_string(), |m| m.to_string());
@@ -169,6 +294,7 @@ mod tests {
     use super::*;
     use crate::config::parse;
     use crate::plan::plan;
+    use std::collections::BTreeSet;
 
     const A: &str = r#"
 [lb]
@@ -223,7 +349,8 @@ interface = "eth1"
 "#;
 
     fn fp(text: &str) -> String {
-        fingerprint(&plan(&parse(text, "x.toml").unwrap()))
+        let c = parse(text, "x.toml").unwrap();
+        fingerprint(&c, &plan(&c))
     }
 
     #[test]
@@ -249,6 +376,123 @@ interface = "eth1"
         }
     }
 
+    /// Every forwarding setting written out, so that each can be flipped.
+    const ALL: &str = r#"
+[lb]
+interface = "eth0"
+ring_size = 1009
+hash_seed = 0
+flow_table_size = 4096
+icmp_echo = "reply"
+too_big = "icmp"
+unknown_port = "pass"
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+protocol = "tcp"
+hash = "flow"
+fragments = "drop"
+flow_table = true
+  [vip.health]
+  check = "http"
+  timeout = "1s"
+  port = 8080
+  dsr = false
+  uri = "/healthz"
+  host = "web.example"
+  status = "200-399"
+  all_down = "drop"
+  [[vip.backend]]
+  address = "198.51.100.11"
+  weight = 2
+  mac = "02:00:00:00:00:11"
+  backup = false
+  [[vip.backend]]
+  address = "198.51.100.12"
+"#;
+
+    /// For each setting [`forwarding_settings`] emits, an edit of [`ALL`]
+    /// that changes it: (setting, text, replacement).
+    const FLIPS: &[(&str, &str, &str)] = &[
+        ("lb.ring_size", "ring_size = 1009", "ring_size = 1013"),
+        ("lb.hash_seed", "hash_seed = 0", "hash_seed = 1"),
+        ("lb.flow_table_size", "flow_table_size = 4096", "flow_table_size = 8192"),
+        ("lb.icmp_echo", "icmp_echo = \"reply\"", "icmp_echo = \"pass\""),
+        ("lb.too_big", "too_big = \"icmp\"", "too_big = \"drop\""),
+        ("lb.unknown_port", "unknown_port = \"pass\"", "unknown_port = \"drop\""),
+        ("vips", "[[vip]]", "[[vip]]\nname = \"other\"\naddress = \"192.0.2.20\"\nport = 1\n[[vip.backend]]\naddress = \"198.51.100.13\"\n[[vip]]"),
+        ("vip.address", "192.0.2.10", "192.0.2.11"),
+        ("vip.port", "port = 80", "port = 81"),
+        ("vip.protocol", "protocol = \"tcp\"", "protocol = \"udp\""),
+        ("vip.hash", "hash = \"flow\"", "hash = \"source\""),
+        ("vip.fragments", "fragments = \"drop\"", "fragments = \"forward\""),
+        ("vip.flow_table", "flow_table = true", "flow_table = false"),
+        ("vip.health.all_down", "all_down = \"drop\"", "all_down = \"fail_open\""),
+        ("vip.backends", "  [[vip.backend]]\n  address = \"198.51.100.12\"", "  [[vip.backend]]\n  address = \"198.51.100.12\"\n  [[vip.backend]]\n  address = \"198.51.100.13\"\n  weight = 0"),
+        ("vip.backend.address", "198.51.100.12", "198.51.100.13"),
+        ("vip.backend.weight", "weight = 2", "weight = 3"),
+        ("vip.backend.mac", "02:00:00:00:00:11", "02:00:00:00:00:12"),
+        ("vip.backend.backup", "backup = false", "backup = true"),
+        ("vip.backend.health.check", "check = \"http\"", "check = \"tcp\""),
+        ("vip.backend.health.timeout", "timeout = \"1s\"", "timeout = \"2s\""),
+        ("vip.backend.health.port", "port = 8080", "port = 8081"),
+        ("vip.backend.health.dsr", "dsr = false", "dsr = true"),
+        ("vip.backend.health.uri", "/healthz", "/ready"),
+        ("vip.backend.health.host", "web.example", "www.example"),
+        ("vip.backend.health.status", "200-399", "200"),
+    ];
+
+    fn emitted(text: &str) -> BTreeSet<&'static str> {
+        let c = parse(text, "x.toml").unwrap();
+        let mut names = BTreeSet::new();
+        forwarding_settings(&c, &plan(&c), &mut |name, _| {
+            names.insert(name);
+        });
+        names
+    }
+
+    #[test]
+    fn fingerprint_sees_every_forwarding_setting() {
+        // Each setting the fingerprint covers has a flip here, and each flip
+        // changes the fingerprint. (`vip.ring` is the plan's: flipped below.)
+        let flipped: BTreeSet<&str> = FLIPS.iter().map(|(name, _, _)| *name).chain(["vip.ring"]).collect();
+        assert_eq!(emitted(ALL), flipped, "every setting in forwarding_settings needs a flip in FLIPS");
+        let base = fp(ALL);
+        for (name, from, to) in FLIPS {
+            assert!(ALL.contains(from), "{name}: {from:?} not in ALL");
+            assert_ne!(fp(&ALL.replacen(from, to, 1)), base, "{name}: {from:?} -> {to:?} must change the fingerprint");
+        }
+        // A ring built otherwise (another agent version's Maglev).
+        let c = parse(ALL, "x.toml").unwrap();
+        let mut p = plan(&c);
+        p.vips[0].ring_digest ^= 1;
+        assert_ne!(fingerprint(&c, &p), base, "vip.ring");
+        // Health fields that a check of another kind ignores are not emitted.
+        let tcp = emitted(&ALL.replace("check = \"http\"", "check = \"tcp\""));
+        assert!(tcp.contains("vip.backend.health.port") && !tcp.contains("vip.backend.health.uri"), "{tcp:?}");
+    }
+
+    #[test]
+    fn fingerprint_leaves_out_host_local_and_pacing_settings() {
+        let base = fp(ALL);
+        for (from, to) in [
+            ("interface = \"eth0\"", "interface = \"ens5\"\nxdp_mode = \"generic\"\ntunnel_source_v4 = \"198.51.100.3\""),
+            ("ring_size = 1009", "ring_size = 1009\nmax_vips = 7\nmax_backends = 99\nbpffs_dir = \"/sys/fs/bpf/x\"\nrun_dir = \"/run/x\""),
+            ("ring_size = 1009", "ring_size = 1009\nmetrics_listen = \"off\""),
+            ("name = \"web\"", "name = \"www\""),
+            ("timeout = \"1s\"", "timeout = \"1s\"\ninterval = \"9s\"\nfails = 3\npasses = 2\ninitial = \"down\""),
+        ] {
+            assert_eq!(fp(&ALL.replacen(from, to, 1)), base, "{to}");
+        }
+        let announced = format!("{ALL}\n[announce]\nrole = \"standby\"\ntable = 251\n");
+        assert_eq!(fp(&announced), base);
+        // A MAC given under one VIP is the backend's under all (one next hop).
+        let shared = "[[vip]]\nname = \"b\"\naddress = \"192.0.2.11\"\nport = 80\n[[vip.backend]]\naddress = \"198.51.100.11\"\n";
+        let with_mac = format!("{ALL}{shared}mac = \"02:00:00:00:00:11\"\n");
+        assert_eq!(fp(&format!("{ALL}{shared}")), fp(&with_mac));
+    }
+
     #[test]
     fn render_shows_everything() {
         let c = parse(A, "x.toml").unwrap();
@@ -259,7 +503,7 @@ interface = "eth1"
             "xdp mode auto",
             "1009 slots",
             "hash seed      0",
-            &fingerprint(&p),
+            &fingerprint(&c, &p),
             "vip \"web\"  192.0.2.10:80/tcp  hash flow",
             "vip \"web6\"  [2001:db8:f::10]:*/tcp  hash source",
             "02:00:00:00:00:11",

@@ -41,7 +41,7 @@ pub struct Programmed {
 
 impl Programmed {
     pub fn new(config: Config, plan: Plan, generation: u64) -> Programmed {
-        let fingerprint = crate::summary::fingerprint(&plan);
+        let fingerprint = crate::summary::fingerprint(&config, &plan);
         Programmed { config, plan, fingerprint, generation, shares: std::sync::Arc::default() }
     }
 }
