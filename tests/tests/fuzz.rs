@@ -24,6 +24,7 @@ use aya::Ebpf;
 use etherparse::{IpNumber, PacketBuilder, VlanId};
 use lb_agent::dataplane;
 use lb_tests::bpf::{self, Loaded, Overrides};
+use lb_tests::packets::{Rng, icmp, inet_checksum};
 use lb_common::{programs, Action};
 
 const DEFAULT_PACKETS: u64 = 100_000;
@@ -94,31 +95,6 @@ port = 80
   mac = "02:00:00:00:00:12"
 "#;
 
-/// splitmix64: small, seedable, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-}
-
 /// Flow table entries of the fuzz target.
 const FUZZ_FLOW_TABLE: u32 = 65_536;
 
@@ -171,22 +147,6 @@ fn payload(rng: &mut Rng) -> Vec<u8> {
     // Mostly small, sometimes around the MTU limit.
     let len = if rng.chance(20) { 1_380 + rng.below(120) } else { rng.below(64) };
     rng.bytes(len)
-}
-
-fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn icmp(ty: u8, code: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![ty, code, 0, 0, 0, 0, 5, 0xdc];
-    m.extend_from_slice(body);
-    let c = inet_checksum(&m);
-    m[2..4].copy_from_slice(&c.to_be_bytes());
-    m
 }
 
 fn template(rng: &mut Rng) -> Vec<u8> {
