@@ -140,7 +140,7 @@ fn dst6(rng: &mut Rng) -> Ipv6Addr {
 }
 
 fn port(rng: &mut Rng) -> u16 {
-    if rng.chance(70) { 80 } else { rng.next() as u16 }
+    if rng.chance(70) { 80 } else { rng.next_u64() as u16 }
 }
 
 fn payload(rng: &mut Rng) -> Vec<u8> {
@@ -154,10 +154,10 @@ fn template(rng: &mut Rng) -> Vec<u8> {
     let eth = || PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
     let c6 = CLIENT_V6.octets();
     match rng.below(12) {
-        0 => eth().ipv4(CLIENT_V4, dst4(rng), 64).tcp(rng.next() as u16, port(rng), 1, 100).write(&mut v, &payload(rng)).unwrap(),
-        1 => eth().ipv4(CLIENT_V4, dst4(rng), 64).udp(rng.next() as u16, port(rng)).write(&mut v, &payload(rng)).unwrap(),
-        2 => eth().ipv6(c6, dst6(rng).octets(), 64).tcp(rng.next() as u16, port(rng), 1, 100).write(&mut v, &payload(rng)).unwrap(),
-        3 => eth().ipv6(c6, dst6(rng).octets(), 64).udp(rng.next() as u16, port(rng)).write(&mut v, &payload(rng)).unwrap(),
+        0 => eth().ipv4(CLIENT_V4, dst4(rng), 64).tcp(rng.next_u64() as u16, port(rng), 1, 100).write(&mut v, &payload(rng)).unwrap(),
+        1 => eth().ipv4(CLIENT_V4, dst4(rng), 64).udp(rng.next_u64() as u16, port(rng)).write(&mut v, &payload(rng)).unwrap(),
+        2 => eth().ipv6(c6, dst6(rng).octets(), 64).tcp(rng.next_u64() as u16, port(rng), 1, 100).write(&mut v, &payload(rng)).unwrap(),
+        3 => eth().ipv6(c6, dst6(rng).octets(), 64).udp(rng.next_u64() as u16, port(rng)).write(&mut v, &payload(rng)).unwrap(),
         4 => {
             let ty = if rng.chance(80) { 8 } else { rng.byte() };
             eth().ipv4(CLIENT_V4, dst4(rng), 64).write(&mut v, IpNumber(1), &icmp(ty, 0, &payload(rng))).unwrap()
@@ -166,14 +166,14 @@ fn template(rng: &mut Rng) -> Vec<u8> {
             // An error about a backend's reply VIP:80 -> client.
             let vip = vip4(rng);
             let mut quoted = Vec::new();
-            PacketBuilder::ipv4(vip, CLIENT_V4, 64).tcp(80, rng.next() as u16, 1, 1).write(&mut quoted, &[]).unwrap();
+            PacketBuilder::ipv4(vip, CLIENT_V4, 64).tcp(80, rng.next_u64() as u16, 1, 1).write(&mut quoted, &[]).unwrap();
             quoted.truncate(20 + rng.below(21));
             let ty = [3, 11, 12][rng.below(3)];
             eth().ipv4([198, 51, 100, 1], if rng.chance(80) { vip } else { OTHER_V4 }, 64).write(&mut v, IpNumber(1), &icmp(ty, 4, &quoted)).unwrap()
         }
         6 => {
             let mut quoted = Vec::new();
-            PacketBuilder::ipv6(VIP_V6.octets(), c6, 64).tcp(80, rng.next() as u16, 1, 1).write(&mut quoted, &payload(rng)).unwrap();
+            PacketBuilder::ipv6(VIP_V6.octets(), c6, 64).tcp(80, rng.next_u64() as u16, 1, 1).write(&mut quoted, &payload(rng)).unwrap();
             let ty = [1, 2, 3, 128, 129][rng.below(5)];
             let mut m = icmp(ty, 0, &quoted);
             m[2..4].copy_from_slice(&[0, 0]); // ICMPv6 checksum covers a pseudo-header; the balancer never checks it
@@ -181,8 +181,8 @@ fn template(rng: &mut Rng) -> Vec<u8> {
         }
         7 => {
             // IPv4 fragment (first or later).
-            eth().ipv4(CLIENT_V4, dst4(rng), 64).udp(rng.next() as u16, 53).write(&mut v, &payload(rng)).unwrap();
-            let frags: u16 = if rng.chance(50) { 0x2000 } else { rng.next() as u16 & 0x3fff };
+            eth().ipv4(CLIENT_V4, dst4(rng), 64).udp(rng.next_u64() as u16, 53).write(&mut v, &payload(rng)).unwrap();
+            let frags: u16 = if rng.chance(50) { 0x2000 } else { rng.next_u64() as u16 & 0x3fff };
             v[L2 + 6..L2 + 8].copy_from_slice(&frags.to_be_bytes());
         }
         8 => {
@@ -203,7 +203,7 @@ fn template(rng: &mut Rng) -> Vec<u8> {
         9 => eth()
             .single_vlan(VlanId::try_new(rng.below(4000) as u16 + 1).unwrap())
             .ipv4(CLIENT_V4, dst4(rng), 64)
-            .tcp(rng.next() as u16, port(rng), 1, 100)
+            .tcp(rng.next_u64() as u16, port(rng), 1, 100)
             .write(&mut v, &payload(rng))
             .unwrap(),
         10 => {
@@ -257,7 +257,7 @@ fn mutate(rng: &mut Rng, mut p: Vec<u8>) -> Vec<u8> {
             2 if p.len() > ip + 6 => {
                 // IPv4 total length / IPv6 payload length (offsets 2 and 4) lie.
                 let off = ip + if p[ip] >> 4 == 6 { 4 } else { 2 };
-                let v = rng.next() as u16;
+                let v = rng.next_u64() as u16;
                 p[off..off + 2].copy_from_slice(&v.to_be_bytes());
             }
             3 if p.len() > ip => p[ip] = (p[ip] & 0xf0) | rng.below(16) as u8,

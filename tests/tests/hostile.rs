@@ -400,7 +400,7 @@ fn mutations(f: &mut Frames, count: usize) -> Vec<Vec<u8>> {
                 }
                 2 if p.len() > ip + 6 => {
                     let off = ip + if p[ip] >> 4 == 6 { 4 } else { 2 };
-                    let v = f.rng.next() as u16;
+                    let v = f.rng.next_u64() as u16;
                     set_u16(&mut p, off, v);
                 }
                 3 if p.len() > ip + 9 => {

@@ -27,6 +27,8 @@ use lb_tests::packets::{TPID_CTAG, TPID_STAG, ip_packet, l2_split, with_vlan_tag
 use lb_tests::topology::{self, CLIENT, CLIENT_V4, IFACE, LB, LB_V4, SWITCH, Topology, VIP_V4};
 
 const BACKENDS: usize = 2;
+/// (TPID, TCI) of one tag.
+type VlanTag = (u16, u16);
 const DNS_PORT: u16 = 53;
 const QUIET: Duration = Duration::from_millis(300);
 const CAPTURE_LIMIT: Duration = Duration::from_secs(3);
@@ -106,15 +108,15 @@ fn tagged_clients_keep_their_tag_through_the_balancer() {
         .collect();
     let lb_stack = PacketSocket::open(topo, LB, IFACE).unwrap();
 
-    let cases: [(&str, Vec<(u16, u16)>, u16); 3] = [
-        ("priority tag (VLAN 0)", vec![(TPID_CTAG, 5 << 13)], 41_000),
-        ("VLAN 100", vec![(TPID_CTAG, 100)], 41_001),
-        ("QinQ 200/100", vec![(TPID_STAG, 200), (TPID_CTAG, 100)], 41_002),
+    let cases: [(&str, &[VlanTag], u16); 3] = [
+        ("priority tag (VLAN 0)", &[(TPID_CTAG, 5 << 13)], 41_000),
+        ("VLAN 100", &[(TPID_CTAG, 100)], 41_001),
+        ("QinQ 200/100", &[(TPID_STAG, 200), (TPID_CTAG, 100)], 41_002),
     ];
     for (name, tags, src_port) in cases {
         let reply_socket = client_udp(topo, src_port);
         let payload = format!("vlan test: {name}");
-        let frame = with_vlan_tags(&udp_to_vip(client_mac, lb_mac, src_port, payload.as_bytes()), &tags);
+        let frame = with_vlan_tags(&udp_to_vip(client_mac, lb_mac, src_port, payload.as_bytes()), tags);
         sender.send(&frame).unwrap();
 
         let mut seen = Vec::new();
