@@ -6,7 +6,8 @@
 //! VLAN offload off (see `topology`), so tags travel inside frames as on a
 //! wire, and the agent turns VLAN receive offload off on the LB's interface.
 //!
-//! - The agent says it turned `rxvlan` off, and it is off.
+//! - The agent says it turned `rxvlan` off, and it is off (also at a restart
+//!   that adopts the pinned balancer after it was turned on again).
 //! - An 802.1Q frame to a VIP reaches its backend as a tunnel packet with the
 //!   same tag and the client's IP packet unchanged inside; with a priority tag
 //!   (VLAN 0, which a stack without VLAN devices accepts) the request is
@@ -84,20 +85,29 @@ fn tagged_clients_keep_their_tag_through_the_balancer() {
         eprintln!("SKIPPED: namespace tests need root; run them with `cargo xtask test vlan`");
         return;
     }
-    let lab = start_lab();
-    let topo = &lab.topo;
+    let mut lab = start_lab();
 
-    // The agent's decision, visible in its log and on the interface.
-    let log = std::fs::read_to_string(lab.agent.log_path()).unwrap();
-    assert!(
-        log.contains("turned VLAN receive offload off on eth0"),
-        "the agent did not say it turned rxvlan off on eth0 (a veth starts with it on); log {}:\n{}",
-        lab.agent.log_path().display(),
-        lab.agent.log_tail(30)
-    );
-    assert!(log.contains("eth0 is a veth"), "the agent did not explain what a veth's peer needs:\n{}", lab.agent.log_tail(30));
-    let features = topo.exec_ok(LB, "ethtool", &["-k", IFACE]).unwrap();
-    assert!(features.contains("rx-vlan-offload: off"), "rxvlan is still on after the agent started:\n{features}");
+    // The agent's decision, visible in its log and on the interface: at the
+    // first start (a veth starts with rxvlan on), and at a restart that
+    // adopts the pinned balancer after someone turned it on again.
+    for start in ["first start", "restart after `ethtool -K eth0 rxvlan on`"] {
+        if start != "first start" {
+            lab.topo.exec_ok(LB, "ethtool", &["-K", IFACE, "rxvlan", "on"]).unwrap();
+            lab.kill_agent().unwrap();
+            lab.restart_agent().unwrap();
+        }
+        let log = std::fs::read_to_string(lab.agent.log_path()).unwrap();
+        assert!(
+            log.contains("turned VLAN receive offload off on eth0"),
+            "{start}: the agent did not say it turned rxvlan off on eth0; log {}:\n{}",
+            lab.agent.log_path().display(),
+            lab.agent.log_tail(30)
+        );
+        assert!(log.contains("eth0 is a veth"), "{start}: the agent did not explain what a veth's peer needs:\n{}", lab.agent.log_tail(30));
+        let features = lab.topo.exec_ok(LB, "ethtool", &["-k", IFACE]).unwrap();
+        assert!(features.contains("rx-vlan-offload: off"), "{start}: rxvlan is still on after the agent started:\n{features}");
+    }
+    let topo = &lab.topo;
 
     let (client_mac, lb_mac) = (mac_of(topo, CLIENT), mac_of(topo, LB));
     let sender = PacketSocket::open(topo, CLIENT, IFACE).unwrap();
