@@ -20,8 +20,8 @@
 //!
 //! The ethtool ioctl (`SIOCETHTOOL` with `ETHTOOL_GFEATURES`/`SFEATURES`,
 //! feature names from `ETHTOOL_GSTRINGS`) is used rather than ethtool netlink:
-//! it needs no new dependency, and rust-netlink's `ethtool` crate only reads
-//! features.
+//! it needs no new dependency, and rust-netlink's `ethtool` crate (0.2) only
+//! reads features.
 
 use anyhow::{Context, Result, bail};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -518,8 +518,13 @@ fn is_tunnel(lb_mac: [u8; 6], frame: &[u8]) -> bool {
         }
 }
 
-fn stats(lab: &Lab) -> Stats {
-    lab.settled_stats().unwrap_or_else(|e| panic!("reading the agent's counters: {e:#}"))
+/// Waits until the counters stop moving (what an earlier request left in flight).
+fn settled(lab: &Lab) {
+    lab.settled_stats().unwrap_or_else(|e| panic!("reading the agent's counters: {e:#}"));
+}
+
+fn stats_now(lab: &Lab) -> Stats {
+    lab.stats_output(true).and_then(|json| Stats::parse(&json)).unwrap_or_else(|e| panic!("reading the agent's counters: {e:#}"))
 }
 
 fn delta(after: &Stats, before: &Stats, reasons: &[&str]) -> u64 {
@@ -538,8 +543,10 @@ impl Probe<'_> {
         // Background traffic (neighbour discovery, ARP) reaches the LB at any
         // time; frames the stack got while the counters were read may or may
         // not be in them, so they widen the check below by their number.
+        // One plain read each (not a settling one) keeps that window short.
+        settled(self.lab);
         self.lb_stack.drain().unwrap();
-        let before = stats(self.lab);
+        let before = stats_now(self.lab);
         let unsure_before = self.incoming_on_stack();
         for chunk in frames.chunks(BURST) {
             for f in chunk {
@@ -569,7 +576,7 @@ impl Probe<'_> {
             }
         }
         let stack = self.incoming_on_stack();
-        let after = stats(self.lab);
+        let after = stats_now(self.lab);
         let unsure_after = self.incoming_on_stack();
         let unsure = (unsure_before.len() + unsure_after.len()) as u64;
 
