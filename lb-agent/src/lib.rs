@@ -25,4 +25,5 @@ pub mod rates;
 pub mod stats;
 pub mod stats_command;
 pub mod vip_filter;
+pub mod vlan_offload;
 pub mod xdp_attach;

@@ -142,6 +142,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let iface = nexthop::interface(&handle, &config.lb.interface)
         .await
         .with_context(|| format!("lb.interface = {:?}", config.lb.interface))?;
+    crate::vlan_offload::keep_rx_vlan_tags(&iface.name);
     let opts = LoadOptions { kernel_events: options.kernel_events, ..load_options(&config, &iface)? };
     let loaded = dataplane::loaded_state(&opts, iface.index);
     let dir = config.lb.bpffs_dir.clone();

@@ -6,13 +6,16 @@
 //! - [`agent`]: locating `lb-agent`, writing its config, reading `stats --json` and `lookup`.
 //! - [`metrics`]: scraping the agent's Prometheus endpoint, promtool, sample values.
 //! - [`client`]: the JSON lines printed by `lb-testclient` and the replies of `lb-testsrv`.
+//! - [`packets`]: crafted-packet building blocks; [`capture`]: AF_PACKET sockets in the namespaces.
 //! - [`sock`]: the few socket operations std lacks (bind before connect, dual-stack listen).
 
 pub mod agent;
 pub mod bpf;
+pub mod capture;
 pub mod client;
 pub mod ha_topology;
 pub mod lab;
 pub mod metrics;
+pub mod packets;
 pub mod sock;
 pub mod topology;

@@ -9,7 +9,10 @@
 //! Each host namespace has one veth `eth0` (TX checksum offload off, so its
 //! packets carry real checksums as on a wire) whose peer `v-<host>` is a port
 //! of `br0` in the `sw` namespace, with GRO on and a pass-all XDP program so
-//! frames the LB sends with `XDP_TX` are delivered. The client routes the VIP networks via the LB
+//! frames the LB sends with `XDP_TX` are delivered, and TX VLAN offload off so
+//! tags reach each host's XDP program inside the frame, as from a wire; the
+//! bridge does not call netfilter, so malformed frames cross it as a wire
+//! would carry them. The client routes the VIP networks via the LB
 //! and nothing has a default route. Nothing is created in the caller's network
 //! namespace: links are made directly inside the namespaces.
 //!
@@ -868,6 +871,14 @@ impl Topology {
             if h.name == SWITCH {
                 // The switch only bridges; it has no addresses of its own.
                 s.push(("net/ipv6/conf/default/disable_ipv6", "1"));
+                // br_netfilter is built in and on in every new namespace: the
+                // bridge would validate IP headers and silently drop malformed
+                // frames, which a wire does not.
+                s.extend([
+                    ("net/bridge/bridge-nf-call-iptables", "0"),
+                    ("net/bridge/bridge-nf-call-ip6tables", "0"),
+                    ("net/bridge/bridge-nf-call-arptables", "0"),
+                ]);
             }
             let script: String = s
                 .iter()
@@ -932,10 +943,13 @@ impl Topology {
             // schedules the peer's NAPI when the peer has an XDP program, so
             // with GRO alone the frames wait in the peer's ring until unrelated
             // traffic polls it. So every bridge port gets both.
-            let out = self.exec(SWITCH, "ethtool", &["-K", &peer, "gro", "on"])?;
+            // TX VLAN offload off: a veth whose sender has it on hands the
+            // receiver's XDP program the frame without its tag (the tag rides
+            // in skb metadata); a wire carries tags inside the frame.
+            let out = self.exec(SWITCH, "ethtool", &["-K", &peer, "gro", "on", "txvlan", "off", "tx-vlan-stag-hw-insert", "off"])?;
             if !out.status.success() {
                 bail!(
-                    "`ethtool -K {peer} gro on` in {sw}: {}",
+                    "`ethtool -K {peer} gro on txvlan off tx-vlan-stag-hw-insert off` in {sw}: {}",
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
             }

@@ -24,6 +24,7 @@ use aya::Ebpf;
 use etherparse::{IpNumber, PacketBuilder, VlanId};
 use lb_agent::dataplane;
 use lb_tests::bpf::{self, Loaded, Overrides};
+use lb_tests::packets::{Rng, icmp, inet_checksum};
 use lb_common::{programs, Action};
 
 const DEFAULT_PACKETS: u64 = 100_000;
@@ -94,31 +95,6 @@ port = 80
   mac = "02:00:00:00:00:12"
 "#;
 
-/// splitmix64: small, seedable, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-}
-
 /// Flow table entries of the fuzz target.
 const FUZZ_FLOW_TABLE: u32 = 65_536;
 
@@ -164,7 +140,7 @@ fn dst6(rng: &mut Rng) -> Ipv6Addr {
 }
 
 fn port(rng: &mut Rng) -> u16 {
-    if rng.chance(70) { 80 } else { rng.next() as u16 }
+    if rng.chance(70) { 80 } else { rng.next_u64() as u16 }
 }
 
 fn payload(rng: &mut Rng) -> Vec<u8> {
@@ -173,31 +149,15 @@ fn payload(rng: &mut Rng) -> Vec<u8> {
     rng.bytes(len)
 }
 
-fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn icmp(ty: u8, code: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![ty, code, 0, 0, 0, 0, 5, 0xdc];
-    m.extend_from_slice(body);
-    let c = inet_checksum(&m);
-    m[2..4].copy_from_slice(&c.to_be_bytes());
-    m
-}
-
 fn template(rng: &mut Rng) -> Vec<u8> {
     let mut v = Vec::new();
     let eth = || PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
     let c6 = CLIENT_V6.octets();
     match rng.below(12) {
-        0 => eth().ipv4(CLIENT_V4, dst4(rng), 64).tcp(rng.next() as u16, port(rng), 1, 100).write(&mut v, &payload(rng)).unwrap(),
-        1 => eth().ipv4(CLIENT_V4, dst4(rng), 64).udp(rng.next() as u16, port(rng)).write(&mut v, &payload(rng)).unwrap(),
-        2 => eth().ipv6(c6, dst6(rng).octets(), 64).tcp(rng.next() as u16, port(rng), 1, 100).write(&mut v, &payload(rng)).unwrap(),
-        3 => eth().ipv6(c6, dst6(rng).octets(), 64).udp(rng.next() as u16, port(rng)).write(&mut v, &payload(rng)).unwrap(),
+        0 => eth().ipv4(CLIENT_V4, dst4(rng), 64).tcp(rng.next_u64() as u16, port(rng), 1, 100).write(&mut v, &payload(rng)).unwrap(),
+        1 => eth().ipv4(CLIENT_V4, dst4(rng), 64).udp(rng.next_u64() as u16, port(rng)).write(&mut v, &payload(rng)).unwrap(),
+        2 => eth().ipv6(c6, dst6(rng).octets(), 64).tcp(rng.next_u64() as u16, port(rng), 1, 100).write(&mut v, &payload(rng)).unwrap(),
+        3 => eth().ipv6(c6, dst6(rng).octets(), 64).udp(rng.next_u64() as u16, port(rng)).write(&mut v, &payload(rng)).unwrap(),
         4 => {
             let ty = if rng.chance(80) { 8 } else { rng.byte() };
             eth().ipv4(CLIENT_V4, dst4(rng), 64).write(&mut v, IpNumber(1), &icmp(ty, 0, &payload(rng))).unwrap()
@@ -206,14 +166,14 @@ fn template(rng: &mut Rng) -> Vec<u8> {
             // An error about a backend's reply VIP:80 -> client.
             let vip = vip4(rng);
             let mut quoted = Vec::new();
-            PacketBuilder::ipv4(vip, CLIENT_V4, 64).tcp(80, rng.next() as u16, 1, 1).write(&mut quoted, &[]).unwrap();
+            PacketBuilder::ipv4(vip, CLIENT_V4, 64).tcp(80, rng.next_u64() as u16, 1, 1).write(&mut quoted, &[]).unwrap();
             quoted.truncate(20 + rng.below(21));
             let ty = [3, 11, 12][rng.below(3)];
             eth().ipv4([198, 51, 100, 1], if rng.chance(80) { vip } else { OTHER_V4 }, 64).write(&mut v, IpNumber(1), &icmp(ty, 4, &quoted)).unwrap()
         }
         6 => {
             let mut quoted = Vec::new();
-            PacketBuilder::ipv6(VIP_V6.octets(), c6, 64).tcp(80, rng.next() as u16, 1, 1).write(&mut quoted, &payload(rng)).unwrap();
+            PacketBuilder::ipv6(VIP_V6.octets(), c6, 64).tcp(80, rng.next_u64() as u16, 1, 1).write(&mut quoted, &payload(rng)).unwrap();
             let ty = [1, 2, 3, 128, 129][rng.below(5)];
             let mut m = icmp(ty, 0, &quoted);
             m[2..4].copy_from_slice(&[0, 0]); // ICMPv6 checksum covers a pseudo-header; the balancer never checks it
@@ -221,8 +181,8 @@ fn template(rng: &mut Rng) -> Vec<u8> {
         }
         7 => {
             // IPv4 fragment (first or later).
-            eth().ipv4(CLIENT_V4, dst4(rng), 64).udp(rng.next() as u16, 53).write(&mut v, &payload(rng)).unwrap();
-            let frags: u16 = if rng.chance(50) { 0x2000 } else { rng.next() as u16 & 0x3fff };
+            eth().ipv4(CLIENT_V4, dst4(rng), 64).udp(rng.next_u64() as u16, 53).write(&mut v, &payload(rng)).unwrap();
+            let frags: u16 = if rng.chance(50) { 0x2000 } else { rng.next_u64() as u16 & 0x3fff };
             v[L2 + 6..L2 + 8].copy_from_slice(&frags.to_be_bytes());
         }
         8 => {
@@ -243,7 +203,7 @@ fn template(rng: &mut Rng) -> Vec<u8> {
         9 => eth()
             .single_vlan(VlanId::try_new(rng.below(4000) as u16 + 1).unwrap())
             .ipv4(CLIENT_V4, dst4(rng), 64)
-            .tcp(rng.next() as u16, port(rng), 1, 100)
+            .tcp(rng.next_u64() as u16, port(rng), 1, 100)
             .write(&mut v, &payload(rng))
             .unwrap(),
         10 => {
@@ -297,7 +257,7 @@ fn mutate(rng: &mut Rng, mut p: Vec<u8>) -> Vec<u8> {
             2 if p.len() > ip + 6 => {
                 // IPv4 total length / IPv6 payload length (offsets 2 and 4) lie.
                 let off = ip + if p[ip] >> 4 == 6 { 4 } else { 2 };
-                let v = rng.next() as u16;
+                let v = rng.next_u64() as u16;
                 p[off..off + 2].copy_from_slice(&v.to_be_bytes());
             }
             3 if p.len() > ip => p[ip] = (p[ip] & 0xf0) | rng.below(16) as u8,
