@@ -3,6 +3,7 @@
 
 pub mod announce;
 pub mod config;
+pub mod diag;
 pub mod health;
 pub mod ids;
 pub mod control;
