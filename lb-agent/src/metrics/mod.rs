@@ -1,6 +1,7 @@
 //! Prometheus metrics of `lb-agent run`, served at `http://lb.metrics_listen/metrics`.
 //!
 //! - [`exposition`]: builds the text of one scrape from counters and health.
+//! - [`text`]: the text format, written straight into a string.
 //! - [`server`]: the HTTP endpoint.
 //!
 //! Every scrape reads the pinned maps, like `lb-agent stats`, so the metrics
@@ -9,6 +10,7 @@
 
 pub mod exposition;
 pub mod server;
+mod text;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -53,7 +55,8 @@ impl Metrics {
     /// Feeds [`crate::metrics::exposition::CHECK_DURATION_BUCKETS`] from the health supervisor.
     pub fn check_observer(&self) -> CheckObserver {
         let histogram = self.check_duration.clone();
-        Box::new(move |vip, backend, took| histogram.with_label_values(&[vip, &backend.to_string()]).observe(took.as_secs_f64()))
+        // Per VIP (see `exposition::check_duration_histogram`): the backend is not a label.
+        Box::new(move |vip, _backend, took| histogram.with_label_values(&[vip]).observe(took.as_secs_f64()))
     }
 
     fn bpffs_dir(&self) -> PathBuf {
