@@ -1,24 +1,25 @@
 //! The Prometheus text exposition of one scrape, built from plain inputs
 //! (counters, the `HEALTH` table, the programmed config), so it is tested
 //! without a kernel. Names and labels come from `lb_common::metrics`.
-//! Nothing here is rebuilt per scrape but the text itself: the ring shares
-//! per health state are cached per config ([`Programmed::shares`]), the
-//! histogram lives across scrapes.
+//! Nothing is built per scrape but the text itself: ring shares are counted
+//! from the kernel's rings ([`RingShares`]), the histogram lives across scrapes.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use lb_common::metrics::{self as names, labels};
 use lb_common::{flows::FlowEvent, Reason};
+use lb_common::health::HealthKey;
 use lb_common::Counter;
 use prometheus::core::Collector as _;
 use prometheus::{HistogramOpts, HistogramVec, TextEncoder};
 
 use crate::config::Config;
 use crate::dataplane::Counters;
-use crate::health::report::{self, HealthTable};
+use crate::health::report::{HealthTable, MemberHealth};
 use crate::plan::Plan;
 
+use super::shares::RingShares;
 use super::text::{Kind, Text};
 
 /// Health check durations, in seconds: a TCP connect on a LAN takes well
@@ -42,14 +43,12 @@ pub struct Programmed {
     pub plan: Plan,
     pub fingerprint: String,
     pub generation: u64,
-    /// Ring shares per health state, for this config only.
-    pub shares: std::sync::Arc<report::ShareCache>,
 }
 
 impl Programmed {
     pub fn new(config: Config, plan: Plan, generation: u64) -> Programmed {
         let fingerprint = crate::summary::fingerprint(&plan);
-        Programmed { config, plan, fingerprint, generation, shares: std::sync::Arc::default() }
+        Programmed { config, plan, fingerprint, generation }
     }
 }
 
@@ -57,6 +56,8 @@ impl Programmed {
 pub struct Sample<'a> {
     pub counters: &'a Counters,
     pub health: &'a HealthTable,
+    /// The kernel's rings, counted.
+    pub shares: &'a RingShares,
     pub now_unix_ms: u64,
 }
 
@@ -92,7 +93,7 @@ const BYTES_PER_MEMBER: usize = 4 * 96;
 /// Renders every metric, straight into one string (see [`super::text`]).
 /// Counters are absolute values read from the kernel, already summed over CPUs.
 pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample, check_duration: &HistogramVec) -> Result<String> {
-    let Programmed { config, plan, fingerprint, generation, shares } = programmed;
+    let Programmed { config, plan, fingerprint, generation } = programmed;
     let members: usize = plan.vips.iter().map(|v| v.members.len()).sum();
     let mut t = Text::with_capacity(16 * 1024 + members * BYTES_PER_MEMBER);
 
@@ -138,10 +139,27 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
     t.family(names::FLOW_TABLE_SIZE, Kind::Gauge, "Flows the flow table can hold (lb.flow_table_size).");
     t.sample(names::FLOW_TABLE_SIZE, &[], u64::from(config.lb.flow_table_size));
 
-    let health = report::vip_health(config, plan, sample.health, Some(shares));
-    // Each member's address, printed once for its four series.
-    let addresses: Vec<Vec<String>> = health.iter().map(|vh| vh.members.iter().map(|m| m.address.to_string()).collect()).collect();
-    let pairs = || health.iter().zip(&addresses).flat_map(|(vh, a)| vh.members.iter().zip(a).map(move |(m, address)| (vh.name, address.as_str(), m)));
+    // Each VIP of the config with its members' health and kernel ring
+    // shares, and each member's address printed once for its four series.
+    let health: Vec<(&str, Vec<(String, MemberHealth)>)> = config
+        .vips
+        .iter()
+        .filter_map(|v| {
+            let row = plan.vip(&v.name)?.row;
+            let members = v
+                .backends
+                .iter()
+                .map(|b| {
+                    let id = plan.backend_id(b.address).unwrap_or(lb_common::NO_BACKEND);
+                    let entry = sample.health.get(&HealthKey { row, backend_id: id }).copied();
+                    let member = MemberHealth { address: b.address, backup: b.backup, entry, ring_share: sample.shares.share(row, id) };
+                    (b.address.to_string(), member)
+                })
+                .collect();
+            Some((v.name.as_str(), members))
+        })
+        .collect();
+    let pairs = || health.iter().flat_map(|(vip, members)| members.iter().map(move |(address, m)| (*vip, address.as_str(), m)));
     let pair = |vip, backend| [(labels::BACKEND, backend), (labels::VIP, vip)];
     t.family(names::BACKEND_UP, Kind::Gauge, "1 while the backend serves the VIP as far as health goes (up or not checked), 0 while down.");
     for (vip, backend, m) in pairs() {
@@ -165,8 +183,8 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
         t.sample(names::RING_SHARE, &pair(vip, backend), m.ring_share);
     }
     t.family(names::VIP_BACKENDS_UP, Kind::Gauge, "Backends of the VIP that are up; 0 means the VIP has no healthy backend.");
-    for vh in &health {
-        t.sample(names::VIP_BACKENDS_UP, &[(labels::VIP, vh.name)], vh.members.iter().filter(|m| m.is_up()).count() as u64);
+    for (vip, members) in &health {
+        t.sample(names::VIP_BACKENDS_UP, &[(labels::VIP, vip)], members.iter().filter(|(_, m)| m.is_up()).count() as u64);
     }
 
     // The histogram is a live `prometheus` object fed by the checkers; its
@@ -244,7 +262,11 @@ port = 80
         let attachment = Attachment { interface: "eth0".into(), mode: "generic" };
         let hist = check_duration_histogram();
         hist.with_label_values(&["web"]).observe(0.003);
-        let text = encode(&programmed, &attachment, &Sample { counters: &counters, health: &health, now_unix_ms: 3_500 }, &hist).unwrap();
+        // The ring as the supervisor writes it with .11 down: all .12's.
+        let ring = vec![b12; plan.ring_size as usize];
+        let shares = RingShares::from_rings(plan.ring_size, [(0, &ring[..])]);
+        let sample = Sample { counters: &counters, health: &health, shares: &shares, now_unix_ms: 3_500 };
+        let text = encode(&programmed, &attachment, &sample, &hist).unwrap();
 
         for name in names::ALL {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
@@ -258,7 +280,7 @@ port = 80
         assert_eq!(value(&text, r#"lb_vip_backends_up{vip="web"}"#), 1.0);
         assert_eq!(value(&text, r#"lb_backend_health_state_age_seconds{backend="198.51.100.11",vip="web"}"#), 2.5);
         assert_eq!(value(&text, r#"lb_backend_health_changes_total{backend="198.51.100.11",vip="web"}"#), 1.0);
-        // .11 is down: .12 owns the whole ring.
+        // .11 is down: .12 owns the whole ring (counted from the kernel's ring).
         assert_eq!(value(&text, r#"lb_ring_share_ratio{backend="198.51.100.11",vip="web"}"#), 0.0);
         assert_eq!(value(&text, r#"lb_ring_share_ratio{backend="198.51.100.12",vip="web"}"#), 1.0);
         assert_eq!(value(&text, r#"lb_health_check_duration_seconds_count{vip="web"}"#), 1.0);
@@ -286,3 +308,4 @@ port = 80
         assert!(hist.remove_label_values(&["web"]).is_ok(), "the kept VIP's series stays");
     }
 }
+

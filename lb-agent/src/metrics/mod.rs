@@ -1,6 +1,7 @@
 //! Prometheus metrics of `lb-agent run`, served at `http://lb.metrics_listen/metrics`.
 //!
 //! - [`exposition`]: builds the text of one scrape from counters and health.
+//! - [`shares`]: ring shares counted from the kernel's rings.
 //! - [`text`]: the text format, written straight into a string.
 //! - [`server`]: the HTTP endpoint.
 //!
@@ -10,6 +11,7 @@
 
 pub mod exposition;
 pub mod server;
+pub mod shares;
 mod text;
 
 use std::path::PathBuf;
@@ -73,8 +75,9 @@ impl Metrics {
         let dir = self.bpffs_dir();
         let counters = crate::dataplane::read_pinned_counters(&dir)?;
         let health = crate::health::report::read_pinned(&dir)?;
+        let shares = shares::RingShares::read_pinned(&dir, &programmed.plan)?;
         let now_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let sample = exposition::Sample { counters: &counters, health: &health, now_unix_ms };
+        let sample = exposition::Sample { counters: &counters, health: &health, shares: &shares, now_unix_ms };
         exposition::encode(&programmed, &self.attachment, &sample, &self.check_duration)
     }
 }

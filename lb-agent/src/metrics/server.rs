@@ -109,8 +109,14 @@ async fn serve_connection(stream: TcpStream, app: Router, busy: slots::Busy) {
     let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
 }
 
+/// Scrapes rendered at once: each holds a few MB of text at 10,000 members,
+/// so a crowd of clients waits its turn rather than multiplying that.
+const CONCURRENT_RENDERS: usize = 2;
+static RENDERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_RENDERS);
+
 async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    // Map reads are syscalls and the ring shares a little computing: off the async workers.
+    let _turn = RENDERING.acquire().await.expect("the semaphore is never closed");
+    // Map reads are syscalls and counting ring slots takes a few ms: off the async workers.
     let rendered = tokio::task::spawn_blocking(move || metrics.render()).await;
     match rendered {
         Ok(Ok(text)) => (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text),
