@@ -10,7 +10,8 @@ use crate::{dataplane::Counters, plan::Plan, rates::Rates};
 /// JSON: `{"vips":[{name, address, port, protocol, packets, bytes, backends:[{address, weight}]}],
 /// "backends":[{address, packets, bytes}], "reasons":{label:{packets, bytes}}}`.
 /// Backend counters are per backend address, summed over the VIPs that share it.
-/// Also `"flows":{hit, miss, rehash}`: what the flow table did.
+/// Also `"flows":{hit, miss, rehash, non_syn_miss}`: what the flow table did
+/// (`non_syn_miss`, a part of `miss`: established TCP flows it had lost).
 pub fn to_json(plan: &Plan, counters: &Counters) -> Value {
     let vips: Vec<Value> = plan
         .vips
@@ -48,7 +49,7 @@ pub fn to_json(plan: &Plan, counters: &Counters) -> Value {
             (r.label().to_string(), json!({"packets": c.packets, "bytes": c.bytes}))
         })
         .collect();
-    let flows: serde_json::Map<String, Value> = FlowEvent::ALL
+    let flows: serde_json::Map<String, Value> = FlowEvent::COUNTERS
         .iter()
         .map(|e| {
             let c = counters.flow_event(*e);
@@ -106,7 +107,7 @@ pub fn to_text(plan: &Plan, counters: &Counters, rates: Option<&Rates>) -> Strin
         let _ = writeln!(out, "{:<24} {:>12} {:>14}  {}", r.label(), packets, bytes, r.action().label());
     }
     let _ = writeln!(out, "\n{:<24} {:>12} {:>14}", "flow table", "packets", "bytes");
-    for e in FlowEvent::ALL {
+    for e in FlowEvent::COUNTERS {
         let Counter { packets, bytes } = counters.flow_event(*e);
         let _ = writeln!(out, "{:<24} {:>12} {:>14}", e.label(), packets, bytes);
     }

@@ -68,17 +68,26 @@ pub enum FlowEvent {
     Miss = 1,
     /// A known flow whose backend is no longer usable: chosen again by the ring.
     Rehash = 2,
+    /// A `Miss` of a TCP packet without SYN, counted again here: an
+    /// established connection the table no longer holds (evicted from a
+    /// too small table) or never saw (begun on another LB host). Such flows
+    /// break at the next ring change. Katran counts these apart too.
+    NonSynMiss = 3,
 }
 
 impl FlowEvent {
+    /// The lookup results: each packet looked up counts as exactly one.
     pub const ALL: &'static [FlowEvent] = &[FlowEvent::Hit, FlowEvent::Miss, FlowEvent::Rehash];
-    pub const COUNT: u32 = 3;
+    /// Every counter of `FLOW_STATS`: the lookup results, then `NonSynMiss` (a part of `Miss`).
+    pub const COUNTERS: &'static [FlowEvent] = &[FlowEvent::Hit, FlowEvent::Miss, FlowEvent::Rehash, FlowEvent::NonSynMiss];
+    pub const COUNT: u32 = 4;
 
     pub const fn label(self) -> &'static str {
         match self {
             FlowEvent::Hit => "hit",
             FlowEvent::Miss => "miss",
             FlowEvent::Rehash => "rehash",
+            FlowEvent::NonSynMiss => "non_syn_miss",
         }
     }
 }

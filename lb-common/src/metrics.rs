@@ -19,6 +19,9 @@ pub const BYTES: &str = "lb_bytes_total";
 /// Counter `{result}`: flow table lookups of TCP/UDP packets to VIPs that use it
 /// (`hit`, `miss`, `rehash`: `lb_common::flows::FlowEvent::label`).
 pub const FLOW_LOOKUPS: &str = "lb_flow_table_lookups_total";
+/// Counter: flow table misses of TCP packets without SYN (also counted as
+/// `miss`): established flows the table lost (`FlowEvent::NonSynMiss`).
+pub const FLOW_NON_SYN_MISSES: &str = "lb_flow_table_non_syn_misses_total";
 /// Gauge: flows the table can hold (`lb.flow_table_size`; an LRU per CPU).
 pub const FLOW_TABLE_SIZE: &str = "lb_flow_table_size";
 /// Gauge `{vip, backend}`: 1 while the backend is healthy (or not checked), 0 while down.
@@ -27,7 +30,7 @@ pub const BACKEND_UP: &str = "lb_backend_up";
 pub const BACKEND_HEALTH_AGE: &str = "lb_backend_health_state_age_seconds";
 /// Counter `{vip, backend}`: health state changes since the agent started.
 pub const BACKEND_HEALTH_CHANGES: &str = "lb_backend_health_changes_total";
-/// Histogram `{vip, backend}`: duration of each health check (a timed-out check counts its timeout).
+/// Histogram `{vip}`: duration of each health check of the VIP's backends (a timed-out check counts its timeout).
 pub const HEALTH_CHECK_DURATION: &str = "lb_health_check_duration_seconds";
 /// Gauge `{vip}`: backends of the VIP that are up (0: the VIP has no healthy backend).
 pub const VIP_BACKENDS_UP: &str = "lb_vip_backends_up";
@@ -53,6 +56,7 @@ pub const ALL: &[&str] = &[
     PACKETS,
     BYTES,
     FLOW_LOOKUPS,
+    FLOW_NON_SYN_MISSES,
     FLOW_TABLE_SIZE,
     BACKEND_UP,
     BACKEND_HEALTH_AGE,

@@ -1,7 +1,8 @@
 //! The flow table: a known flow keeps its recorded backend while that
 //! backend is a usable member of the VIP; a TCP SYN, an unknown flow, or a
 //! flow whose backend was removed or went down takes the ring's choice, which
-//! is then recorded. VIPs with `VIP_FLAG_STATELESS` skip the table.
+//! is then recorded. A TCP packet without SYN that misses is also counted as
+//! `NonSynMiss` (an established flow the table lost). VIPs with `VIP_FLAG_STATELESS` skip the table.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
@@ -34,7 +35,14 @@ pub fn choose(ctx: &XdpContext, ip: &Ip, flow: &Flow, vip: &VipMeta, hash: u32, 
         FlowEvent::Miss
     } else {
         match unsafe { FLOWS.get(&key) } {
-            None => FlowEvent::Miss,
+            None => {
+                // Not a connection start, so a TCP packet here belongs to an
+                // established connection the table lost: counted apart.
+                if ip.proto == PROTO_TCP {
+                    count_flow(FlowEvent::NonSynMiss, frame_len);
+                }
+                FlowEvent::Miss
+            }
             Some(entry) => {
                 let id = entry.backend_id;
                 if let Some(backend) = usable(vip.row, id) {

@@ -1,7 +1,8 @@
 //! Flow table fixtures through BPF_PROG_TEST_RUN: a known flow keeps its
 //! recorded backend whatever happens to the ring, a TCP SYN takes the ring's
 //! choice, a flow whose backend is removed is re-hashed, and a stateless VIP
-//! ignores the table. Needs root (loading BPF programs); skips otherwise.
+//! ignores the table; an ACK the table does not know counts as a non-SYN
+//! miss (an established flow the table lost), a SYN or a hit does not. Needs root (loading BPF programs); skips otherwise.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -127,6 +128,11 @@ impl Harness {
         [FlowEvent::Hit, FlowEvent::Miss, FlowEvent::Rehash].map(|e| c.flow_event(e).packets)
     }
 
+    /// Misses of TCP packets without SYN: established flows the table lost.
+    fn non_syn_misses(&self) -> u64 {
+        dataplane::read_counters(&self.ebpf).unwrap().flow_event(FlowEvent::NonSynMiss).packets
+    }
+
     fn other_than(&self, backend: IpAddr) -> IpAddr {
         self.plan.backends.iter().map(|b| b.address).find(|a| *a != backend).unwrap()
     }
@@ -192,4 +198,19 @@ fn a_stateless_vip_ignores_the_flow_table() {
     h.fill_ring(STATELESS_PORT, other);
     assert_eq!(h.backend_of(&packet), other, "every packet follows the ring");
     assert_eq!(h.flow_events(), [0, 0, 0], "the table was not used");
+}
+
+#[test]
+fn only_an_unknown_established_flow_counts_as_a_non_syn_miss() {
+    let Some(h) = Harness::new() else { return };
+    h.backend_of(&tcp(43_000, STICKY_PORT, true));
+    assert_eq!((h.flow_events(), h.non_syn_misses()), ([0, 1, 0], 0), "a SYN misses, as any new connection does, but is not counted apart");
+    h.backend_of(&tcp(43_000, STICKY_PORT, false));
+    assert_eq!((h.flow_events(), h.non_syn_misses()), ([1, 1, 0], 0), "an ACK of the recorded flow hits");
+    h.backend_of(&tcp(43_001, STICKY_PORT, false));
+    assert_eq!((h.flow_events(), h.non_syn_misses()), ([1, 2, 0], 1), "an ACK the table does not know: a miss, and a non-SYN miss");
+    h.backend_of(&tcp(43_001, STICKY_PORT, false));
+    assert_eq!((h.flow_events(), h.non_syn_misses()), ([2, 2, 0], 1), "recorded by its miss: the next ACK hits");
+    h.backend_of(&tcp(43_002, STATELESS_PORT, false));
+    assert_eq!(h.non_syn_misses(), 1, "a stateless VIP looks nothing up: no miss of any kind");
 }

@@ -3,19 +3,23 @@
 //! packet counts equal what the clients sent, `lb-agent stats --json` shows
 //! the same counters, the health gauge flips when a backend's server
 //! stops, and a reload bumps the generation and fingerprint. Also: the alert rules and scrape config in `contrib/` load in
-//! promtool and name only metrics the agent serves.
+//! promtool and name only metrics the agent serves; the non-SYN miss counter
+//! rises when the flow table is too small for the live connections, and
+//! stays 0 when it is big enough; the endpoint closes slowloris clients
+//! after its header timeout, never holds more than its connection cap, keeps
+//! serving scrapes meanwhile, and answers a client that half-closes.
 //! Root only (namespaces, XDP), like `e2e.rs`; run with `--test-threads=1`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lb_common::metrics::{self as names, labels};
 use lb_tests::agent::{self, Proto, Stats};
-use lb_tests::lab::{Lab, LabBins};
+use lb_tests::lab::{Lab, LabBins, LabOptions, hold_records};
 use lb_tests::metrics::{self, Sample};
-use lb_tests::topology::{self, LB, VIP_V4, VIP_V6, backend_v4, backend_v6};
+use lb_tests::topology::{self, LB, TopologyOptions, VIP_V4, VIP_V6, backend_v4, backend_v6};
 
 const BACKENDS: usize = 3;
 const TIMEOUT_MS: u64 = 2000;
@@ -139,14 +143,15 @@ fn metrics_count_the_traffic_match_stats_and_follow_health() {
     }
     assert!(stats.flow("hit") > 0, "TCP packets after the SYN hit the flow table: {:?}", stats.flows);
 
-    // Health and rings: all up, a third of web-v4's ring each, checks timed.
+    // Health and rings: all up, a third of web-v4's ring each, checks timed (per VIP).
     for i in 1..=BACKENDS {
         let pair = [(labels::VIP, "web-v4"), (labels::BACKEND, &*v4(i).to_string())];
         assert_eq!(value(&samples, names::BACKEND_UP, &pair), 1.0);
         let share = value(&samples, names::RING_SHARE, &pair);
         assert!((share - 1.0 / BACKENDS as f64).abs() < 0.02, "b{i} owns {share} of the ring");
-        assert!(value(&samples, &format!("{}_count", names::HEALTH_CHECK_DURATION), &pair) >= 1.0, "b{i} was never checked");
     }
+    let checks = value(&samples, &format!("{}_count", names::HEALTH_CHECK_DURATION), &[(labels::VIP, "web-v4")]);
+    assert!(checks >= BACKENDS as f64, "every backend of web-v4 was checked: {checks} checks timed");
     assert_eq!(value(&samples, names::VIP_BACKENDS_UP, &[(labels::VIP, "web-v4")]), BACKENDS as f64);
     assert_eq!(value(&samples, names::RING_SIZE, &[]), f64::from(lb_common::limits::DEFAULT_RING_SIZE));
     assert_eq!(value(&samples, names::CONFIG_GENERATION, &[]), 1.0);
@@ -241,4 +246,207 @@ fn contrib_rules_config_and_dashboard_load_and_name_served_metrics() {
             assert!(names::ALL.contains(&name.as_str()), "{file} uses {name}, which the agent does not serve");
         }
     }
+}
+
+/// Long-lived connections of the eviction test: more than one CPU's share of
+/// [`SMALL_FLOW_TABLE`] (each CPU has `flow_table_size / possible CPUs`
+/// entries), far fewer than [`BIG_FLOW_TABLE`]'s.
+const HELD_CONNECTIONS: u32 = 600;
+const SMALL_FLOW_TABLE: u32 = lb_common::flows::MIN_FLOW_TABLE_SIZE;
+/// Big enough for everything the test sends, small enough to allocate quickly.
+const BIG_FLOW_TABLE: u32 = 65_536;
+/// New UDP flows sent while the connections are held: churn that takes
+/// table entries as a busy VIP's new clients do.
+const CHURN_FLOWS: u32 = 1_000;
+const ECHO_PORT: u16 = 7;
+const HOLD_MS: u64 = 6_000;
+const HOLD_INTERVAL_MS: u64 = 500;
+const HELD_PORT_BASE: u16 = 20_000;
+const CHURN_PORT_BASE: u16 = 30_000;
+
+/// Runs the rest of this thread (and every process it starts) on CPU 0:
+/// XDP on veth runs on the sender's CPU and the flow table is per CPU, so a
+/// connection whose packets changed CPU would miss even in a big table.
+/// Real NICs keep a flow on one queue (RSS); this makes the lab do the same.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Holds [`HELD_CONNECTIONS`] connections through a flow table of
+/// `flow_table_size` while [`CHURN_FLOWS`] new UDP flows pass; returns the
+/// non-SYN misses as the metric and `stats --json` count them (asserted equal).
+fn non_syn_misses_with_table(test: &str, flow_table_size: u32) -> u64 {
+    pin_to_cpu0();
+    let mut config = agent::e2e_config(BACKENDS);
+    config["lb"].as_table_mut().expect("[lb]").insert("flow_table_size".into(), toml::Value::Integer(flow_table_size.into()));
+    let mut echo: toml::Table = format!("name = \"echo\"\naddress = \"{VIP_V4}\"\nport = {ECHO_PORT}\nprotocol = \"tcp\"\n").parse().expect("valid TOML");
+    echo.insert("backend".into(), config["vip"][0]["backend"].clone());
+    config["vip"].as_array_mut().expect("VIPs").push(toml::Value::Table(echo));
+    let bins = LabBins {
+        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
+        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
+        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
+    };
+    let options = LabOptions { server_extra: vec!["--echo-port".into(), ECHO_PORT.to_string()], ..LabOptions::default() };
+    let topology = TopologyOptions { backends: BACKENDS, ..TopologyOptions::default() };
+    let lab = Lab::start_with_options(bins, topology, config, options, &|m| eprintln!("[{test}] {m}")).unwrap_or_else(|e| panic!("starting the lab: {e:#}"));
+
+    let echo_vip = SocketAddr::new(VIP_V4.into(), ECHO_PORT);
+    let held = lab.hold_client(echo_vip, HELD_CONNECTIONS, HELD_PORT_BASE, HOLD_MS, HOLD_INTERVAL_MS).unwrap_or_else(|e| panic!("{e:#}"));
+    let churn = lab.client(Proto::Udp, SocketAddr::new(VIP_V4.into(), 53), CHURN_FLOWS, Some(CHURN_PORT_BASE), TIMEOUT_MS).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(churn.len() == CHURN_FLOWS as usize && churn.iter().all(|r| r.ok), "every churn request answered");
+    let records = hold_records(&held, Duration::from_millis(HOLD_MS) + SLACK * 3).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(records.len(), HELD_CONNECTIONS as usize, "one record per held connection");
+    // The ring did not change, so a lost entry re-hashes to the same backend.
+    let broken = records.iter().filter(|r| !r.kept()).count();
+    assert_eq!(broken, 0, "no held connection breaks while the ring stays");
+
+    let stats = lab.settled_stats().unwrap_or_else(|e| panic!("{e:#}"));
+    let (_, samples) = scrape(&lab);
+    let counted = stats.flow(lb_common::flows::FlowEvent::NonSynMiss.label());
+    assert_eq!(value(&samples, names::FLOW_NON_SYN_MISSES, &[]) as u64, counted, "the metric and stats --json agree");
+    let text = lab.stats_output(false).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(text.lines().any(|l| l.split_whitespace().take(2).eq(["non_syn_miss", &*counted.to_string()])), "stats prints the counter:\n{text}");
+    eprintln!("[{test}] flow_table_size {flow_table_size}: {counted} non-SYN misses, flows {:?}", stats.flows);
+    counted
+}
+
+#[test]
+fn non_syn_misses_rise_when_the_flow_table_is_too_small() {
+    const TEST: &str = "non_syn_misses_rise_when_the_flow_table_is_too_small";
+    if !can_run(TEST) {
+        return;
+    }
+    let misses = non_syn_misses_with_table(TEST, SMALL_FLOW_TABLE);
+    assert!(misses > 0, "{HELD_CONNECTIONS} connections in a {SMALL_FLOW_TABLE}-entry table must lose entries");
+}
+
+#[test]
+fn non_syn_misses_stay_zero_when_the_flow_table_is_big_enough() {
+    const TEST: &str = "non_syn_misses_stay_zero_when_the_flow_table_is_big_enough";
+    if !can_run(TEST) {
+        return;
+    }
+    assert_eq!(non_syn_misses_with_table(TEST, BIG_FLOW_TABLE), 0, "every held connection's entry stays in a {BIG_FLOW_TABLE}-entry table");
+}
+
+/// Slow clients of the endpoint test: far more than the endpoint's cap.
+const SLOW_CLIENTS: usize = 4 * lb_agent::metrics::server::MAX_CONNECTIONS;
+/// Descriptors the agent may open besides the capped connections while the
+/// test runs (a scrape's pinned maps, the accept of a refused connection).
+const FD_SLACK: usize = 16;
+
+/// Runs `f` on a thread inside the network namespace of `host` (sockets it
+/// opens stay in that namespace wherever they are used later).
+fn in_namespace<T: Send + 'static>(lab: &Lab, host: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = Path::new("/run/netns").join(lab.topo.ns_name(host));
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        // SAFETY: setns on a namespace descriptor, for this thread only.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns({}): {}", path.display(), std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("the namespace thread panicked")
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or_else(|e| panic!("reading the agent's fds: {e}"))
+}
+
+fn rss_anon_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("RssAnon:")).and_then(|v| v.split_whitespace().next()).and_then(|n| n.parse().ok()).expect("RssAnon")
+}
+
+/// Whether the server closed `stream` (EOF or reset) within `wait`.
+fn closed_by_server(stream: &mut std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read as _;
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn the_endpoint_cuts_slow_clients_caps_connections_and_answers_half_closed_ones() {
+    use std::io::{Read as _, Write as _};
+    const TEST: &str = "the_endpoint_cuts_slow_clients_caps_connections_and_answers_half_closed_ones";
+    if !can_run(TEST) {
+        return;
+    }
+    let bins = LabBins {
+        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
+        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
+        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
+    };
+    let lab = Lab::start(bins, BACKENDS, config(), &|m| eprintln!("[{TEST}] {m}")).unwrap_or_else(|e| panic!("starting the lab: {e:#}"));
+    let pid = lab.agent.pid();
+    scrape(&lab);
+    let (fds_idle, rss_idle) = (open_fds(pid), rss_anon_kib(pid));
+    let listen: std::net::SocketAddr = metrics::DEFAULT_LISTEN.parse().unwrap();
+
+    // Slowloris: each sends half a request head and then nothing.
+    let t0 = Instant::now();
+    let mut slow = in_namespace(&lab, LB, move || {
+        (0..SLOW_CLIENTS)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect_timeout(&listen, Duration::from_secs(2)).expect("connecting a slow client");
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n").expect("sending half a head");
+                s
+            })
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let fds_flooded = open_fds(pid);
+    eprintln!("[{TEST}] agent fds: {fds_idle} idle, {fds_flooded} with {SLOW_CLIENTS} slow clients");
+    assert!(
+        fds_flooded <= fds_idle + lb_agent::metrics::server::MAX_CONNECTIONS + FD_SLACK,
+        "{fds_flooded} fds with {SLOW_CLIENTS} slow clients: the cap of {} connections does not hold",
+        lb_agent::metrics::server::MAX_CONNECTIONS
+    );
+
+    // Scrapes go on meanwhile, a half-closing client included.
+    let (text, _) = scrape(&lab);
+    assert!(text.contains(names::BUILD_INFO), "a scrape among slow clients is complete");
+    let answer = in_namespace(&lab, LB, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&listen, Duration::from_secs(2)).expect("connecting");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).map(|_| answer)
+    })
+    .unwrap_or_else(|e| panic!("reading the answer after a half-close: {e}"));
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("a half-closed client got {} bytes: {answer:?}", answer.len()));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
+    assert_eq!(length, Some(body.len()), "the whole body after a half-close");
+    assert!(body.contains(names::BUILD_INFO));
+
+    // Every slow client is cut off by the header timeout.
+    let bound = lb_agent::metrics::server::HEADER_READ_TIMEOUT + SLACK;
+    let open = slow.iter_mut().map(|s| closed_by_server(s, bound.saturating_sub(t0.elapsed()).max(Duration::from_millis(10)))).filter(|closed| !closed).count();
+    assert_eq!(open, 0, "{open} of {SLOW_CLIENTS} slow clients still open {:?} after they connected", t0.elapsed());
+    drop(slow);
+    std::thread::sleep(Duration::from_millis(300));
+    let (fds_after, rss_after) = (open_fds(pid), rss_anon_kib(pid));
+    eprintln!("[{TEST}] slow clients closed after {:?}; agent fds {fds_after}, anonymous memory {rss_idle} KiB idle, {rss_after} KiB after", t0.elapsed());
+    assert!(fds_after <= fds_idle + 2, "descriptors back to idle: {fds_after} (idle {fds_idle})");
+    assert!(rss_after <= rss_idle + 8 * 1024, "memory back near idle: {rss_after} KiB (idle {rss_idle} KiB)");
+    scrape(&lab);
+    assert!(lab.agent.try_status().is_none(), "the agent exited; log:\n{}", lab.agent.log_tail(30));
 }

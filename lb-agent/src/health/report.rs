@@ -144,7 +144,11 @@ pub fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable, cach
                 .collect();
             let up: Vec<bool> = members.iter().map(MemberHealth::is_up).collect();
             let all_up = up.iter().all(|u| *u);
-            let build = || RingShares::of(&select::ring(v, plan.ring_size, &id_of, &|i| up[i]));
+            // All up: the plan built that very ring already (same `select::ring`).
+            let build = || match planned.all_up.as_ref().filter(|_| all_up) {
+                Some(selection) => RingShares::of(selection),
+                None => RingShares::of(&select::ring(v, plan.ring_size, &id_of, &|i| up[i])),
+            };
             let shares = match cache {
                 Some(c) => c.get_or_build(index, up.clone(), build),
                 None => Arc::new(build()),
@@ -171,12 +175,16 @@ pub fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable, cach
 /// `changes`, `http_status` to each of its backends.
 pub fn add_to_json(json: &mut Value, config: &Config, plan: &Plan, table: &HealthTable) {
     let Some(vips) = json.get_mut("vips").and_then(Value::as_array_mut) else { return };
+    // Found by name and address through indexes: 10,000 members stay linear.
+    let vip_index: HashMap<String, usize> = vips.iter().enumerate().filter_map(|(i, v)| Some((v["name"].as_str()?.to_string(), i))).collect();
     for vh in vip_health(config, plan, table, None) {
-        let Some(v) = vips.iter_mut().find(|v| v["name"] == vh.name) else { continue };
+        let Some(v) = vip_index.get(vh.name).and_then(|&i| vips.get_mut(i)) else { continue };
         v["health"] = json!(vh.health);
         let Some(members) = v.get_mut("backends").and_then(Value::as_array_mut) else { continue };
+        let member_index: HashMap<String, usize> =
+            members.iter().enumerate().filter_map(|(i, m)| Some((m["address"].as_str()?.to_string(), i))).collect();
         for member in &vh.members {
-            let Some(m) = members.iter_mut().find(|m| m["address"] == member.address.to_string()) else { continue };
+            let Some(m) = member_index.get(&member.address.to_string()).and_then(|&i| members.get_mut(i)) else { continue };
             m["backup"] = json!(member.backup);
             m["share"] = json!(member.ring_share);
             if let Some(e) = member.entry {

@@ -1,18 +1,26 @@
 //! The Prometheus text exposition of one scrape, built from plain inputs
 //! (counters, the `HEALTH` table, the programmed config), so it is tested
 //! without a kernel. Names and labels come from `lb_common::metrics`.
+//! Nothing is built per scrape but the text itself: ring shares are counted
+//! from the kernel's rings ([`RingShares`]), the histogram lives across scrapes.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use lb_common::metrics::{self as names, labels};
 use lb_common::{flows::FlowEvent, Reason};
-use prometheus::{Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use lb_common::health::HealthKey;
+use lb_common::Counter;
+use prometheus::core::Collector as _;
+use prometheus::{HistogramOpts, HistogramVec, TextEncoder};
 
 use crate::config::Config;
 use crate::dataplane::Counters;
-use crate::health::report::{self, HealthTable};
+use crate::health::report::{HealthTable, MemberHealth};
 use crate::plan::Plan;
+
+use super::shares::RingShares;
+use super::text::{Kind, Text};
 
 /// Health check durations, in seconds: a TCP connect on a LAN takes well
 /// under a millisecond, a check that times out takes its timeout (up to the
@@ -35,14 +43,12 @@ pub struct Programmed {
     pub plan: Plan,
     pub fingerprint: String,
     pub generation: u64,
-    /// Ring shares per health state, for this config only.
-    pub shares: std::sync::Arc<report::ShareCache>,
 }
 
 impl Programmed {
     pub fn new(config: Config, plan: Plan, generation: u64) -> Programmed {
         let fingerprint = crate::summary::fingerprint(&config, &plan);
-        Programmed { config, plan, fingerprint, generation, shares: std::sync::Arc::default() }
+        Programmed { config, plan, fingerprint, generation }
     }
 }
 
@@ -50,143 +56,166 @@ impl Programmed {
 pub struct Sample<'a> {
     pub counters: &'a Counters,
     pub health: &'a HealthTable,
+    /// The kernel's rings, counted.
+    pub shares: &'a RingShares,
     pub now_unix_ms: u64,
 }
 
-/// The health check duration histogram (kept across scrapes).
+/// The health check duration histogram, one series per VIP (kept across
+/// scrapes). Per VIP rather than per (VIP, backend): at 10,000 members a
+/// histogram per member was 17 of the scrape's 22 lines per member; which
+/// backend is slow shows in `lb-agent stats` (its last check) and in
+/// `lb_backend_health_changes_total` when it times out.
 pub fn check_duration_histogram() -> HistogramVec {
     HistogramVec::new(
-        HistogramOpts::new(names::HEALTH_CHECK_DURATION, "Duration of each health check; a check that timed out counts its timeout.")
+        HistogramOpts::new(names::HEALTH_CHECK_DURATION, "Duration of each health check of the VIP's backends; a check that timed out counts its timeout.")
             .buckets(CHECK_DURATION_BUCKETS.to_vec()),
-        &[labels::VIP, labels::BACKEND],
+        &[labels::VIP],
     )
     .expect("constant histogram options are valid")
 }
 
-/// Removes the histogram series of (VIP, backend) pairs that `old` checks
-/// and `new` does not: the histogram outlives reloads, the pairs do not.
+/// Removes the histogram series of VIPs that `old` checks and `new` does
+/// not: the histogram outlives reloads, the VIPs do not.
 pub fn forget_removed_checks(histogram: &HistogramVec, old: &Config, new: &Config) {
-    let pairs = |c: &Config| -> std::collections::BTreeSet<(String, String)> {
-        c.vips.iter().flat_map(|v| v.backends.iter().map(move |b| (v.name.clone(), b.address.to_string()))).collect()
-    };
-    let kept = pairs(new);
-    for (vip, backend) in pairs(old).difference(&kept) {
-        // Absent when the pair was never checked: nothing to remove.
-        let _ = histogram.remove_label_values(&[vip, backend]);
+    let names = |c: &Config| -> std::collections::BTreeSet<String> { c.vips.iter().map(|v| v.name.clone()).collect() };
+    let kept = names(new);
+    for vip in names(old).difference(&kept) {
+        // Absent when the VIP was never checked: nothing to remove.
+        let _ = histogram.remove_label_values(&[vip]);
     }
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, label_names: &[&str]) -> Result<IntCounterVec> {
-    let m = IntCounterVec::new(Opts::new(name, help), label_names)?;
-    registry.register(Box::new(m.clone())).with_context(|| format!("registering {name}"))?;
-    Ok(m)
-}
+/// Bytes per (VIP, backend) member in a scrape (four samples of about 80
+/// bytes): the output buffer is sized once.
+const BYTES_PER_MEMBER: usize = 4 * 96;
 
-fn int_gauge_vec(registry: &Registry, name: &str, help: &str, label_names: &[&str]) -> Result<IntGaugeVec> {
-    let m = IntGaugeVec::new(Opts::new(name, help), label_names)?;
-    registry.register(Box::new(m.clone())).with_context(|| format!("registering {name}"))?;
-    Ok(m)
-}
-
-fn gauge_vec(registry: &Registry, name: &str, help: &str, label_names: &[&str]) -> Result<GaugeVec> {
-    let m = GaugeVec::new(Opts::new(name, help), label_names)?;
-    registry.register(Box::new(m.clone())).with_context(|| format!("registering {name}"))?;
-    Ok(m)
-}
-
-fn int_gauge(registry: &Registry, name: &str, help: &str, value: i64) -> Result<()> {
-    let m = IntGauge::new(name, help)?;
-    m.set(value);
-    registry.register(Box::new(m)).with_context(|| format!("registering {name}"))
-}
-
-/// Renders every metric. Counters are absolute values read from the kernel
-/// (already summed over CPUs), so a fresh registry per scrape holds them.
+/// Renders every metric, straight into one string (see [`super::text`]).
+/// Counters are absolute values read from the kernel, already summed over CPUs.
 pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample, check_duration: &HistogramVec) -> Result<String> {
-    let Programmed { config, plan, fingerprint, generation, shares } = programmed;
-    let r = Registry::new();
+    let Programmed { config, plan, fingerprint, generation } = programmed;
+    let members: usize = plan.vips.iter().map(|v| v.members.len()).sum();
+    let mut t = Text::with_capacity(16 * 1024 + members * BYTES_PER_MEMBER);
 
-    let vip_packets = counter_vec(&r, names::VIP_PACKETS, "Packets forwarded for the VIP.", &[labels::VIP])?;
-    let vip_bytes = counter_vec(&r, names::VIP_BYTES, "Bytes (Ethernet frames, before encapsulation) forwarded for the VIP.", &[labels::VIP])?;
+    t.family(names::VIP_PACKETS, Kind::Counter, "Packets forwarded for the VIP.");
     for vip in &plan.vips {
-        let c = sample.counters.vips.get(vip.row as usize).copied().unwrap_or_default();
-        vip_packets.with_label_values(&[&vip.name]).inc_by(c.packets);
-        vip_bytes.with_label_values(&[&vip.name]).inc_by(c.bytes);
+        t.sample(names::VIP_PACKETS, &[(labels::VIP, &vip.name)], sample.counters.vips.get(vip.row as usize).copied().unwrap_or_default().packets);
+    }
+    t.family(names::VIP_BYTES, Kind::Counter, "Bytes (Ethernet frames, before encapsulation) forwarded for the VIP.");
+    for vip in &plan.vips {
+        t.sample(names::VIP_BYTES, &[(labels::VIP, &vip.name)], sample.counters.vips.get(vip.row as usize).copied().unwrap_or_default().bytes);
     }
 
-    let backend_packets = counter_vec(&r, names::BACKEND_PACKETS, "Packets sent to the backend, over all VIPs that use it.", &[labels::BACKEND])?;
-    let backend_bytes = counter_vec(&r, names::BACKEND_BYTES, "Bytes sent to the backend (before encapsulation), over all VIPs that use it.", &[labels::BACKEND])?;
-    for b in &plan.backends {
-        let c = sample.counters.backends.get(b.id as usize).copied().unwrap_or_default();
-        let address = b.address.to_string();
-        backend_packets.with_label_values(&[&address]).inc_by(c.packets);
-        backend_bytes.with_label_values(&[&address]).inc_by(c.bytes);
+    let backends: Vec<(String, Counter)> =
+        plan.backends.iter().map(|b| (b.address.to_string(), sample.counters.backends.get(b.id as usize).copied().unwrap_or_default())).collect();
+    t.family(names::BACKEND_PACKETS, Kind::Counter, "Packets sent to the backend, over all VIPs that use it.");
+    for (address, c) in &backends {
+        t.sample(names::BACKEND_PACKETS, &[(labels::BACKEND, address)], c.packets);
+    }
+    t.family(names::BACKEND_BYTES, Kind::Counter, "Bytes sent to the backend (before encapsulation), over all VIPs that use it.");
+    for (address, c) in &backends {
+        t.sample(names::BACKEND_BYTES, &[(labels::BACKEND, address)], c.bytes);
     }
 
-    let reason_labels = [labels::REASON, labels::ACTION];
-    let packets = counter_vec(&r, names::PACKETS, "Packets the balancer saw, by why they got their XDP action.", &reason_labels)?;
-    let bytes = counter_vec(&r, names::BYTES, "Bytes the balancer saw, by why they got their XDP action.", &reason_labels)?;
+    t.family(names::PACKETS, Kind::Counter, "Packets the balancer saw, by why they got their XDP action.");
     for reason in Reason::ALL {
-        let c = sample.counters.reason(*reason);
-        let l = [reason.label(), reason.action().label()];
-        packets.with_label_values(&l).inc_by(c.packets);
-        bytes.with_label_values(&l).inc_by(c.bytes);
+        t.sample(names::PACKETS, &[(labels::ACTION, reason.action().label()), (labels::REASON, reason.label())], sample.counters.reason(*reason).packets);
+    }
+    t.family(names::BYTES, Kind::Counter, "Bytes the balancer saw, by why they got their XDP action.");
+    for reason in Reason::ALL {
+        t.sample(names::BYTES, &[(labels::ACTION, reason.action().label()), (labels::REASON, reason.label())], sample.counters.reason(*reason).bytes);
     }
 
-    let flows = counter_vec(&r, names::FLOW_LOOKUPS, "Flow table lookups: hit (the recorded backend), miss (new flow or SYN), rehash (recorded backend unusable).", &[labels::RESULT])?;
+    t.family(names::FLOW_LOOKUPS, Kind::Counter, "Flow table lookups: hit (the recorded backend), miss (new flow or SYN), rehash (recorded backend unusable).");
     for event in FlowEvent::ALL {
-        flows.with_label_values(&[event.label()]).inc_by(sample.counters.flow_event(*event).packets);
+        t.sample(names::FLOW_LOOKUPS, &[(labels::RESULT, event.label())], sample.counters.flow_event(*event).packets);
     }
-    int_gauge(&r, names::FLOW_TABLE_SIZE, "Flows the flow table can hold (lb.flow_table_size).", i64::from(config.lb.flow_table_size))?;
+    t.family(
+        names::FLOW_NON_SYN_MISSES,
+        Kind::Counter,
+        "Flow table misses of TCP packets without SYN (also counted as misses): established connections the table no longer holds (evicted: lb.flow_table_size too small) or that began elsewhere.",
+    );
+    t.sample(names::FLOW_NON_SYN_MISSES, &[], sample.counters.flow_event(FlowEvent::NonSynMiss).packets);
+    t.family(names::FLOW_TABLE_SIZE, Kind::Gauge, "Flows the flow table can hold (lb.flow_table_size).");
+    t.sample(names::FLOW_TABLE_SIZE, &[], u64::from(config.lb.flow_table_size));
 
-    let pair = [labels::VIP, labels::BACKEND];
-    let up = int_gauge_vec(&r, names::BACKEND_UP, "1 while the backend serves the VIP as far as health goes (up or not checked), 0 while down.", &pair)?;
-    let age = gauge_vec(&r, names::BACKEND_HEALTH_AGE, "Seconds since the backend's health state last changed (or the agent started).", &pair)?;
-    let changes = counter_vec(&r, names::BACKEND_HEALTH_CHANGES, "Health state changes of the backend since the agent started.", &pair)?;
-    let share = gauge_vec(&r, names::RING_SHARE, "Fraction of the VIP's Maglev ring slots the backend owns now.", &pair)?;
-    let vip_up = int_gauge_vec(&r, names::VIP_BACKENDS_UP, "Backends of the VIP that are up; 0 means the VIP has no healthy backend.", &[labels::VIP])?;
-    for vh in report::vip_health(config, plan, sample.health, Some(shares)) {
-        let mut up_count = 0;
-        for m in &vh.members {
-            let l = [vh.name.to_string(), m.address.to_string()];
-            up.with_label_values(&l).set(i64::from(m.is_up()));
-            up_count += i64::from(m.is_up());
-            share.with_label_values(&l).set(m.ring_share);
-            if let Some(e) = m.entry {
-                let since = Duration::from_millis(sample.now_unix_ms.saturating_sub(e.since_unix_ms));
-                age.with_label_values(&l).set(since.as_secs_f64());
-                changes.with_label_values(&l).inc_by(u64::from(e.changes));
-            }
+    // Each VIP of the config with its members' health and kernel ring
+    // shares, and each member's address printed once for its four series.
+    let health: Vec<(&str, Vec<(String, MemberHealth)>)> = config
+        .vips
+        .iter()
+        .filter_map(|v| {
+            let row = plan.vip(&v.name)?.row;
+            let members = v
+                .backends
+                .iter()
+                .map(|b| {
+                    let id = plan.backend_id(b.address).unwrap_or(lb_common::NO_BACKEND);
+                    let entry = sample.health.get(&HealthKey { row, backend_id: id }).copied();
+                    let member = MemberHealth { address: b.address, backup: b.backup, entry, ring_share: sample.shares.share(row, id) };
+                    (b.address.to_string(), member)
+                })
+                .collect();
+            Some((v.name.as_str(), members))
+        })
+        .collect();
+    let pairs = || health.iter().flat_map(|(vip, members)| members.iter().map(move |(address, m)| (*vip, address.as_str(), m)));
+    let pair = |vip, backend| [(labels::BACKEND, backend), (labels::VIP, vip)];
+    t.family(names::BACKEND_UP, Kind::Gauge, "1 while the backend serves the VIP as far as health goes (up or not checked), 0 while down.");
+    for (vip, backend, m) in pairs() {
+        t.sample(names::BACKEND_UP, &pair(vip, backend), u64::from(m.is_up()));
+    }
+    t.family(names::BACKEND_HEALTH_AGE, Kind::Gauge, "Seconds since the backend's health state last changed (or the agent started).");
+    for (vip, backend, m) in pairs() {
+        if let Some(e) = m.entry {
+            let since = Duration::from_millis(sample.now_unix_ms.saturating_sub(e.since_unix_ms));
+            t.sample(names::BACKEND_HEALTH_AGE, &pair(vip, backend), since.as_secs_f64());
         }
-        vip_up.with_label_values(&[vh.name]).set(up_count);
     }
-    r.register(Box::new(check_duration.clone())).context("registering the check duration histogram")?;
+    t.family(names::BACKEND_HEALTH_CHANGES, Kind::Counter, "Health state changes of the backend since the agent started.");
+    for (vip, backend, m) in pairs() {
+        if let Some(e) = m.entry {
+            t.sample(names::BACKEND_HEALTH_CHANGES, &pair(vip, backend), u64::from(e.changes));
+        }
+    }
+    t.family(names::RING_SHARE, Kind::Gauge, "Fraction of the VIP's Maglev ring slots the backend owns now.");
+    for (vip, backend, m) in pairs() {
+        t.sample(names::RING_SHARE, &pair(vip, backend), m.ring_share);
+    }
+    t.family(names::VIP_BACKENDS_UP, Kind::Gauge, "Backends of the VIP that are up; 0 means the VIP has no healthy backend.");
+    for (vip, members) in &health {
+        t.sample(names::VIP_BACKENDS_UP, &[(labels::VIP, vip)], members.iter().filter(|(_, m)| m.is_up()).count() as u64);
+    }
 
-    int_gauge(&r, names::RING_SIZE, "Slots of every VIP's Maglev ring.", i64::from(plan.ring_size))?;
-    int_gauge(&r, names::CONFIG_GENERATION, "Configs programmed since the agent started (1 after start, +1 per reload).", *generation as i64)?;
-    let info = |name: &str, help: &str, label_names: &[&str], values: &[&str]| -> Result<()> {
-        int_gauge_vec(&r, name, help, label_names)?.with_label_values(values).set(1);
-        Ok(())
-    };
-    info(names::CONFIG_INFO, "Fingerprint of the effective config (as `lb-agent check` prints); LB hosts with equal fingerprints forward every flow alike.", &[labels::FINGERPRINT], &[fingerprint])?;
-    info(names::BUILD_INFO, "The agent's version.", &[labels::VERSION], &[env!("CARGO_PKG_VERSION")])?;
-    info(
-        names::XDP_ATTACH_INFO,
-        "Interface the balancer is attached to, and the XDP mode (native, generic, offload).",
-        &[labels::INTERFACE, labels::MODE],
-        &[&attachment.interface, attachment.mode],
-    )?;
+    // The histogram is a live `prometheus` object fed by the checkers; its
+    // own encoder writes it (one series per VIP: small). A histogram without
+    // any check yet is left out, as a registry would.
+    let families: Vec<_> = check_duration.collect().into_iter().filter(|f| !f.get_metric().is_empty()).collect();
+    let mut histogram = String::new();
+    TextEncoder::new().encode_utf8(&families, &mut histogram).context("encoding the check duration histogram")?;
+    t.push_encoded(&histogram);
 
-    let mut out = Vec::new();
-    TextEncoder::new().encode(&r.gather(), &mut out).context("encoding the metrics")?;
-    String::from_utf8(out).context("the metrics encoder produced invalid UTF-8")
+    t.family(names::RING_SIZE, Kind::Gauge, "Slots of every VIP's Maglev ring.");
+    t.sample(names::RING_SIZE, &[], u64::from(plan.ring_size));
+    t.family(names::CONFIG_GENERATION, Kind::Gauge, "Configs programmed since the agent started (1 after start, +1 per reload).");
+    t.sample(names::CONFIG_GENERATION, &[], *generation);
+    t.family(
+        names::CONFIG_INFO,
+        Kind::Gauge,
+        "Fingerprint of the effective config (as `lb-agent check` prints); LB hosts with equal fingerprints forward every flow alike.",
+    );
+    t.sample(names::CONFIG_INFO, &[(labels::FINGERPRINT, fingerprint)], 1u64);
+    t.family(names::BUILD_INFO, Kind::Gauge, "The agent's version.");
+    t.sample(names::BUILD_INFO, &[(labels::VERSION, env!("CARGO_PKG_VERSION"))], 1u64);
+    t.family(names::XDP_ATTACH_INFO, Kind::Gauge, "Interface the balancer is attached to, and the XDP mode (native, generic, offload).");
+    t.sample(names::XDP_ATTACH_INFO, &[(labels::INTERFACE, &attachment.interface), (labels::MODE, attachment.mode)], 1u64);
+    Ok(t.finish())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use lb_common::health::{HEALTH_DOWN, HEALTH_UP, HealthEntry, HealthKey};
-    use lb_common::Counter;
 
     const CONFIG: &str = r#"
 [lb]
@@ -224,6 +253,7 @@ port = 80
             flows: vec![Counter::default(); FlowEvent::COUNT as usize],
         };
         counters.flows[FlowEvent::Hit as usize] = Counter { packets: 42, bytes: 0 };
+        counters.flows[FlowEvent::NonSynMiss as usize] = Counter { packets: 5, bytes: 0 };
         counters.backends[b12 as usize] = Counter { packets: 7, bytes: 700 };
         counters.reasons[Reason::NoBackend as usize] = Counter { packets: 2, bytes: 120 };
         let mut health = HealthTable::new();
@@ -231,8 +261,12 @@ port = 80
         health.insert(HealthKey { row: 0, backend_id: b12 }, HealthEntry { state: HEALTH_UP, since_unix_ms: 0, ..Default::default() });
         let attachment = Attachment { interface: "eth0".into(), mode: "generic" };
         let hist = check_duration_histogram();
-        hist.with_label_values(&["web", "198.51.100.12"]).observe(0.003);
-        let text = encode(&programmed, &attachment, &Sample { counters: &counters, health: &health, now_unix_ms: 3_500 }, &hist).unwrap();
+        hist.with_label_values(&["web"]).observe(0.003);
+        // The ring as the supervisor writes it with .11 down: all .12's.
+        let ring = vec![b12; plan.ring_size as usize];
+        let shares = RingShares::from_rings(plan.ring_size, [(0, &ring[..])]);
+        let sample = Sample { counters: &counters, health: &health, shares: &shares, now_unix_ms: 3_500 };
+        let text = encode(&programmed, &attachment, &sample, &hist).unwrap();
 
         for name in names::ALL {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
@@ -246,12 +280,14 @@ port = 80
         assert_eq!(value(&text, r#"lb_vip_backends_up{vip="web"}"#), 1.0);
         assert_eq!(value(&text, r#"lb_backend_health_state_age_seconds{backend="198.51.100.11",vip="web"}"#), 2.5);
         assert_eq!(value(&text, r#"lb_backend_health_changes_total{backend="198.51.100.11",vip="web"}"#), 1.0);
-        // .11 is down: .12 owns the whole ring.
+        // .11 is down: .12 owns the whole ring (counted from the kernel's ring).
         assert_eq!(value(&text, r#"lb_ring_share_ratio{backend="198.51.100.11",vip="web"}"#), 0.0);
         assert_eq!(value(&text, r#"lb_ring_share_ratio{backend="198.51.100.12",vip="web"}"#), 1.0);
-        assert_eq!(value(&text, r#"lb_health_check_duration_seconds_count{backend="198.51.100.12",vip="web"}"#), 1.0);
+        assert_eq!(value(&text, r#"lb_health_check_duration_seconds_count{vip="web"}"#), 1.0);
         assert_eq!(value(&text, "lb_ring_size"), 1009.0);
         assert_eq!(value(&text, r#"lb_flow_table_lookups_total{result="hit"}"#), 42.0);
+        assert_eq!(value(&text, "lb_flow_table_non_syn_misses_total"), 5.0);
+        assert!(!text.contains("non_syn_miss\""), "the non-SYN misses are not a lookup result (they are misses already):\n{text}");
         assert_eq!(value(&text, "lb_flow_table_size"), f64::from(lb_common::flows::DEFAULT_FLOW_TABLE_SIZE));
         assert_eq!(value(&text, "lb_config_generation"), 3.0);
         assert_eq!(value(&text, &format!(r#"lb_config_info{{fingerprint="{}"}}"#, programmed.fingerprint)), 1.0);
@@ -260,15 +296,16 @@ port = 80
     }
 
     #[test]
-    fn a_reload_forgets_the_check_series_of_removed_pairs() {
-        let old = crate::config::parse(CONFIG, "t.toml").unwrap();
-        let new = crate::config::parse(&CONFIG.replace("  [[vip.backend]]\n  address = \"198.51.100.11\"\n", ""), "t.toml").unwrap();
-        assert_eq!(new.vips[0].backends.len(), old.vips[0].backends.len() - 1, "the test removes one backend");
+    fn a_reload_forgets_the_check_series_of_removed_vips() {
+        let two_vips = format!("{CONFIG}\n[[vip]]\nname = \"api\"\naddress = \"192.0.2.11\"\nport = 80\n  [vip.health]\n  [[vip.backend]]\n  address = \"198.51.100.11\"\n");
+        let old = crate::config::parse(&two_vips, "t.toml").unwrap();
+        let new = crate::config::parse(CONFIG, "t.toml").unwrap();
         let hist = check_duration_histogram();
-        hist.with_label_values(&["web", "198.51.100.11"]).observe(0.001);
-        hist.with_label_values(&["web", "198.51.100.12"]).observe(0.001);
+        hist.with_label_values(&["web"]).observe(0.001);
+        hist.with_label_values(&["api"]).observe(0.001);
         forget_removed_checks(&hist, &old, &new);
-        assert!(hist.remove_label_values(&["web", "198.51.100.11"]).is_err(), "the removed pair's series is gone");
-        assert!(hist.remove_label_values(&["web", "198.51.100.12"]).is_ok(), "the kept pair's series stays");
+        assert!(hist.remove_label_values(&["api"]).is_err(), "the removed VIP's series is gone");
+        assert!(hist.remove_label_values(&["web"]).is_ok(), "the kept VIP's series stays");
     }
 }
+

@@ -1,6 +1,8 @@
 //! Prometheus metrics of `lb-agent run`, served at `http://lb.metrics_listen/metrics`.
 //!
 //! - [`exposition`]: builds the text of one scrape from counters and health.
+//! - [`shares`]: ring shares counted from the kernel's rings.
+//! - [`text`]: the text format, written straight into a string.
 //! - [`server`]: the HTTP endpoint.
 //!
 //! Every scrape reads the pinned maps, like `lb-agent stats`, so the metrics
@@ -9,6 +11,8 @@
 
 pub mod exposition;
 pub mod server;
+pub mod shares;
+mod text;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -53,7 +57,8 @@ impl Metrics {
     /// Feeds [`crate::metrics::exposition::CHECK_DURATION_BUCKETS`] from the health supervisor.
     pub fn check_observer(&self) -> CheckObserver {
         let histogram = self.check_duration.clone();
-        Box::new(move |vip, backend, took| histogram.with_label_values(&[vip, &backend.to_string()]).observe(took.as_secs_f64()))
+        // Per VIP (see `exposition::check_duration_histogram`): the backend is not a label.
+        Box::new(move |vip, _backend, took| histogram.with_label_values(&[vip]).observe(took.as_secs_f64()))
     }
 
     fn bpffs_dir(&self) -> PathBuf {
@@ -70,8 +75,9 @@ impl Metrics {
         let dir = self.bpffs_dir();
         let counters = crate::dataplane::read_pinned_counters(&dir)?;
         let health = crate::health::report::read_pinned(&dir)?;
+        let shares = shares::RingShares::read_pinned(&dir, &programmed.plan)?;
         let now_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let sample = exposition::Sample { counters: &counters, health: &health, now_unix_ms };
+        let sample = exposition::Sample { counters: &counters, health: &health, shares: &shares, now_unix_ms };
         exposition::encode(&programmed, &self.attachment, &sample, &self.check_duration)
     }
 }

@@ -1,7 +1,9 @@
 //! What the agent costs with a large config (100 VIPs x 100 backends): the
-//! time from SIGHUP to every changed ring slot being live, and its resident
-//! memory idle and with 10,000 health checks running. The agent runs for
-//! real, attached to the LB's veth in a namespace topology.
+//! time from SIGHUP to every changed ring slot being live, its resident
+//! memory idle and with 10,000 health checks running, and what a scrape of
+//! `/metrics` and `lb-agent stats --json` cost at 10,000 (VIP, backend)
+//! members. The agent runs for real, attached to the LB's veth in a
+//! namespace topology.
 
 use std::{
     collections::BTreeSet,
@@ -27,6 +29,9 @@ pub const BACKENDS: u32 = 100;
 const PATIENCE: Duration = Duration::from_secs(60);
 /// Memory is read after the agent has settled for this long.
 const SETTLE: Duration = Duration::from_secs(3);
+/// After this long every (VIP, backend) pair has been checked (every 5 s,
+/// 1 s timeout; 10,000 failing checks take the agent a while to report).
+const EVERY_PAIR_CHECKED: Duration = Duration::from_secs(20);
 
 /// The bench config: VIP i on 192.0.2.(i+1):80, all with the same 100
 /// backends (static MACs: no neighbour resolution needed);
@@ -102,6 +107,7 @@ pub fn measure() -> Result<Value> {
     let start_time = t.elapsed();
     std::thread::sleep(SETTLE);
     let idle_rss = rss_kib(agent.pid())?;
+    let idle_scrape = scrape(&topo)?;
     // Worst case: every VIP changes (the first backend's weight, 1 -> 2).
     let reload = reload_time(&agent, &bpffs, &config_path, &text(&|_| 1), &text(&|_| 2))?;
     // The usual case: one VIP of the hundred changes (2 -> 3).
@@ -113,6 +119,12 @@ pub fn measure() -> Result<Value> {
     let agent = start_agent(&topo, &config_s)?;
     std::thread::sleep(SETTLE);
     let checking_rss = rss_kib(agent.pid())?;
+    // Scrapes once every pair has been checked (a 5 s interval, 1 s timeout),
+    // as in steady state: the first after start, then the next one.
+    std::thread::sleep(EVERY_PAIR_CHECKED.saturating_sub(SETTLE));
+    let checking_scrape = scrape(&topo)?;
+    let next_scrape = scrape(&topo)?;
+    let stats_json = stats_json(&topo, &config_s)?;
     agent.stop()?;
 
     println!("{:<44} {:>9.1}ms", "start to ready (load, maps, attach)", start_time.as_secs_f64() * 1e3);
@@ -126,14 +138,53 @@ pub fn measure() -> Result<Value> {
         mib(checking_rss.0),
         mib(checking_rss.1)
     );
+    let members = VIPS * BACKENDS;
+    for (what, (bytes, took)) in [
+        (format!("GET /metrics, {members} members, no checks"), idle_scrape),
+        (format!("GET /metrics, {members} members checked"), checking_scrape),
+        (format!("the next GET /metrics, {members} checked"), next_scrape),
+        (format!("stats --json, {members} members checked"), stats_json),
+    ] {
+        println!("{what:<44} {:>9.1}ms   ({:.2} MB)", took.as_secs_f64() * 1e3, bytes as f64 / 1e6);
+    }
     Ok(json!({
         "vips": VIPS, "backends": BACKENDS,
+        "scrape_ms": idle_scrape.1.as_secs_f64() * 1e3, "scrape_bytes": idle_scrape.0,
+        "scrape_checked_ms": checking_scrape.1.as_secs_f64() * 1e3, "scrape_checked_bytes": checking_scrape.0,
+        "scrape_checked_next_ms": next_scrape.1.as_secs_f64() * 1e3, "scrape_checked_next_bytes": next_scrape.0,
+        "stats_json_ms": stats_json.1.as_secs_f64() * 1e3, "stats_json_bytes": stats_json.0,
         "start_ms": start_time.as_secs_f64() * 1e3,
         "reload_ms": reload.0.as_secs_f64() * 1e3, "reload_changed_slots": reload.1,
         "reload_one_vip_ms": one.0.as_secs_f64() * 1e3, "reload_one_vip_changed_slots": one.1,
         "rss_idle_kib": idle_rss.0, "rss_idle_anon_kib": idle_rss.1,
         "rss_health_checks_kib": checking_rss.0, "rss_health_checks_anon_kib": checking_rss.1,
     }))
+}
+
+/// One `GET /metrics` from the LB's namespace (curl, as a scraper would):
+/// the body's size in bytes and the time to the last byte, as curl measured.
+fn scrape(topo: &Topology) -> Result<(u64, Duration)> {
+    let url = format!("http://{}/metrics", lb_tests::metrics::DEFAULT_LISTEN);
+    let max_time = PATIENCE.as_secs().to_string();
+    let out = topo.exec_ok(LB, "curl", &["-sS", "--max-time", &max_time, "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}", &url])?;
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    let [code, size, seconds] = fields[..] else { bail!("unexpected curl output {out:?}") };
+    if code != "200" {
+        bail!("GET {url}: HTTP {code}");
+    }
+    Ok((size.parse()?, Duration::from_secs_f64(seconds.parse()?)))
+}
+
+/// One `lb-agent stats --json --interval 0`: its output's size and the command's wall time.
+fn stats_json(topo: &Topology, config_path: &str) -> Result<(u64, Duration)> {
+    let bin = agent::agent_bin()?;
+    let t = Instant::now();
+    let out = topo.exec_timeout(LB, &bin.to_string_lossy(), &["stats", "--json", "--interval", "0", "--config", config_path], PATIENCE)?;
+    let took = t.elapsed();
+    if !out.status.success() {
+        bail!("lb-agent stats --json failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((out.stdout.len() as u64, took))
 }
 
 /// Writes `new_text` over the running `old_text`, sends SIGHUP, and polls
