@@ -6,6 +6,7 @@
 //! - [`agent`]: locating `lb-agent`, writing its config, reading `stats --json` and `lookup`.
 //! - [`metrics`]: scraping the agent's Prometheus endpoint, promtool, sample values.
 //! - [`client`]: the JSON lines printed by `lb-testclient` and the replies of `lb-testsrv`.
+//! - [`netns`]: our own threads and listeners inside a namespace (health checks at scale).
 //! - [`sock`]: the few socket operations std lacks (bind before connect, dual-stack listen).
 
 pub mod agent;
@@ -14,5 +15,6 @@ pub mod client;
 pub mod ha_topology;
 pub mod lab;
 pub mod metrics;
+pub mod netns;
 pub mod sock;
 pub mod topology;
