@@ -431,7 +431,18 @@ async fn apply_reports<W: HealthWriter + Send + 'static>(
         unsettled = waits;
         if unsettled {
             let s = supervisor.clone();
-            match tokio::task::spawn_blocking(move || with(&s, &mut |s| s.settle_next())).await {
+            let settled = move || {
+                let waits = with(&s, &mut |s| s.settle_next());
+                if waits == Some(false) {
+                    // The end of a burst of ring builds: hand their freed
+                    // buffers (a ring is 256 KiB at the default size) back to
+                    // the kernel, or glibc keeps them in this thread's arena.
+                    // SAFETY: malloc_trim only releases free heap pages.
+                    unsafe { libc::malloc_trim(0) };
+                }
+                waits
+            };
+            match tokio::task::spawn_blocking(settled).await {
                 Ok(Some(waits)) => unsettled = waits,
                 _ => return,
             }
