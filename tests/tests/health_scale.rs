@@ -129,24 +129,27 @@ fn parse_change(line: &str) -> Option<(usize, usize, bool, String)> {
     Some((v.parse().ok()?, b, state == "UP", reason.to_string()))
 }
 
-/// Every state change the agent logged that contradicts its backend's truth.
-fn wrong_changes(agent: &Proc) -> (usize, Vec<String>) {
+/// The state changes the agent logged: how many, those that contradict
+/// their backend's truth, and the timeouts of answering backends (a check
+/// the loaded machine did not run within its timeout: tolerated, counted).
+fn wrong_changes(agent: &Proc) -> (usize, Vec<String>, usize) {
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
-    let mut changes = 0;
+    let (mut changes, mut late) = (0, 0);
     let mut wrong = Vec::new();
     for line in log.lines().filter(|l| l.contains(" UP: ") || l.contains(" DOWN: ")) {
         changes += 1;
         match parse_change(line) {
             Some((v, b, up, reason)) if truth(v, b).allows(up, &reason) => {}
+            Some((_, _, false, reason)) if reason == "timeout" => late += 1,
             Some((v, b, ..)) => wrong.push(format!("{line}\n    (truth: {:?})", truth(v, b))),
             None => wrong.push(format!("unparsed state change: {line}")),
         }
     }
-    (changes, wrong)
+    (changes, wrong, late)
 }
 
 /// Every pair whose state or last reason in `stats` is not its truth.
-fn wrong_states(topo: &Topology, config_path: &str) -> Vec<String> {
+fn wrong_states_once(topo: &Topology, config_path: &str) -> Vec<String> {
     let bin = agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}"));
     let out = topo
         .exec_ok(LB, &bin.to_string_lossy(), &["stats", "--config", config_path, "--interval", "0", "--json"])
@@ -168,6 +171,24 @@ fn wrong_states(topo: &Topology, config_path: &str) -> Vec<String> {
         }
     }
     assert_eq!(seen, VIPS * BACKENDS, "stats lists every pair");
+    wrong
+}
+
+/// The pairs wrong in each of a few reads an interval apart: a check that
+/// timed out on the loaded machine is right again at its next check, a
+/// wrong state stays.
+fn wrong_states(topo: &Topology, config_path: &str) -> Vec<String> {
+    let mut wrong = wrong_states_once(topo, config_path);
+    for _ in 0..2 {
+        if wrong.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(INTERVAL_MS + TIMEOUT_MS));
+        let again = wrong_states_once(topo, config_path);
+        let pair = |w: &String| w.split(':').next().unwrap_or_default().to_string();
+        let pairs: Vec<String> = again.iter().map(pair).collect();
+        wrong.retain(|w| pairs.contains(&pair(w)));
+    }
     wrong
 }
 
@@ -201,10 +222,11 @@ fn thousands_of_checks_report_the_truth_for_every_backend_across_reloads() {
     }
     std::thread::sleep(SETTLE);
     let accepted = listener.accepted();
-    let (changes, wrong) = wrong_changes(&agent);
+    let (changes, wrong, late) = wrong_changes(&agent);
     let states = wrong_states(&topo, &config_path);
     eprintln!(
-        "[{TEST}] {changes} state changes logged, {} wrong; {} of {} final states wrong; {accepted} checks answered; {:?} in all",
+        "[{TEST}] {changes} state changes logged, {} wrong, {late} timeouts of answering backends; {} of {} final states wrong; \
+         {accepted} checks answered; {:?} in all",
         wrong.len(),
         states.len(),
         VIPS * BACKENDS,
@@ -215,6 +237,9 @@ fn thousands_of_checks_report_the_truth_for_every_backend_across_reloads() {
     }
     assert!(wrong.is_empty(), "state changes that contradict the backend's truth:\n{}", wrong.join("\n"));
     assert!(states.is_empty(), "final states that contradict the truth:\n{}", states.join("\n"));
+    // A few checks may miss their timeout on a loaded machine; many mean the
+    // agent starves its checks (as when it built a ring per state change).
+    assert!(late * 20 <= VIPS * BACKENDS, "{late} timeouts of answering backends: the checks are starved");
     // Every pair changed at least once at the start (all start up, 60 % must
     // go down), so the log check above checked something.
     let must_go_down = (0..VIPS).flat_map(|v| (0..BACKENDS).map(move |b| truth(v, b))).filter(|t| *t != Truth::Passes).count();
