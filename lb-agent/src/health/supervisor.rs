@@ -1,7 +1,9 @@
 //! Turns checker reports into the dataplane: the `HEALTH` entry of the pair
 //! after every check, and on a state change the pair's `MEMBERS` entry (a
 //! down backend's recorded flows re-hash) and the VIP's new ring, of which
-//! only the slots that differ from the kernel's are written.
+//! only the slots that differ from the kernel's are written. Rings are built
+//! one VIP at a time, each for all the changes its VIP gathered meanwhile
+//! (see [`Supervisor::record`]), on a blocking thread.
 //!
 //! A supervisor starts from the kernel's current rings and the previous
 //! health entries (after a reload or an agent restart), so a backend keeps
