@@ -7,6 +7,7 @@
 //! - [`metrics`]: scraping the agent's Prometheus endpoint, promtool, sample values.
 //! - [`client`]: the JSON lines printed by `lb-testclient` and the replies of `lb-testsrv`.
 //! - [`packets`]: crafted-packet building blocks; [`capture`]: AF_PACKET sockets in the namespaces.
+//! - [`netns`]: our own threads and listeners inside a namespace (health checks at scale).
 //! - [`sock`]: the few socket operations std lacks (bind before connect, dual-stack listen).
 
 pub mod agent;
@@ -17,5 +18,6 @@ pub mod ha_topology;
 pub mod lab;
 pub mod metrics;
 pub mod packets;
+pub mod netns;
 pub mod sock;
 pub mod topology;

@@ -1,7 +1,9 @@
 //! Turns checker reports into the dataplane: the `HEALTH` entry of the pair
 //! after every check, and on a state change the pair's `MEMBERS` entry (a
 //! down backend's recorded flows re-hash) and the VIP's new ring, of which
-//! only the slots that differ from the kernel's are written.
+//! only the slots that differ from the kernel's are written. Rings are built
+//! one VIP at a time, each for all the changes its VIP gathered meanwhile
+//! (see [`Supervisor::record`]), on a blocking thread.
 //!
 //! A supervisor starts from the kernel's current rings and the previous
 //! health entries (after a reload or an agent restart), so a backend keeps
@@ -100,6 +102,8 @@ struct VipState {
     up: Vec<bool>,
     entries: Vec<HealthEntry>,
     tier: Tier,
+    /// State changes counted but not yet in the ring (see [`Supervisor::settle_next`]).
+    unsettled: Vec<Report>,
 }
 
 /// Told of every check: VIP name, backend address, how long it took.
@@ -107,7 +111,12 @@ pub type CheckObserver = Box<dyn Fn(&str, IpAddr, std::time::Duration) + Send>;
 
 /// The health of every VIP's backends and the rings that follow from it.
 pub struct Supervisor<W: HealthWriter> {
+    /// Unique per supervisor: report tasks of the one a reload replaced
+    /// see a different number and stop (their indices are the old config's).
+    generation: u64,
     vips: Vec<VipState>,
+    /// VIPs with unsettled changes, longest waiting first, each once.
+    waiting: std::collections::VecDeque<usize>,
     ring_size: u32,
     writer: W,
     observer: Option<CheckObserver>,
@@ -187,7 +196,7 @@ impl<W: HealthWriter> Supervisor<W> {
                 }
             }
             let all_up = up.iter().all(|u| *u);
-            let mut state = VipState { config: v.clone(), row: planned.row, ids, up, entries, tier: Tier::Primary };
+            let mut state = VipState { config: v.clone(), row: planned.row, ids, up, entries, tier: Tier::Primary, unsettled: Vec::new() };
             // All up: the plan's ring is the one `select::ring` would build.
             let (written, _) = match planned.all_up.as_ref().filter(|_| all_up) {
                 Some(selection) => Self::write_selection(&mut state, &selection.ring, selection.tier, &mut writer)?,
@@ -199,7 +208,11 @@ impl<W: HealthWriter> Supervisor<W> {
             tracing::info!("vip {}: {written} ring slots written", v.name);
             vips.push(state);
         }
-        Ok(Supervisor { vips, ring_size: plan.ring_size, writer, observer: None })
+        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A VIP carried over from the replaced supervisor keeps its unsettled changes.
+        let waiting = (0..vips.len()).filter(|&i| !vips[i].unsettled.is_empty()).collect();
+        Ok(Supervisor { generation, vips, waiting, ring_size: plan.ring_size, writer, observer: None })
     }
 
     /// Calls `observer` for every check from now on (the latency histogram).
@@ -226,70 +239,126 @@ impl<W: HealthWriter> Supervisor<W> {
     /// Counts one report: the pair's `HEALTH` entry, and on a state change
     /// the VIP's ring.
     pub fn apply(&mut self, r: &Report) -> Result<()> {
+        self.record(std::slice::from_ref(r))?;
+        while self.settle_next()? {}
+        Ok(())
+    }
+
+    /// Counts reports in arrival order: each pair's `HEALTH` entry is
+    /// written now, except after a state change, which waits for the VIP's
+    /// ring ([`Self::settle_next`]). A ring build costs milliseconds, so
+    /// changes are not settled one by one: all the changes a VIP gathers
+    /// while other VIPs' rings are being built share one build (a backend
+    /// shared by many VIPs, or thousands of checks failing at once, would
+    /// otherwise cost one build per change and keep a core busy for minutes).
+    pub fn record(&mut self, reports: &[Report]) -> Result<()> {
+        for r in reports {
+            let vip = self.vips.get_mut(r.member.vip).context("report for an unknown VIP")?;
+            let b = r.member.backend;
+            anyhow::ensure!(b < vip.entries.len(), "report for backend {b} of VIP {}, which has {}", vip.config.name, vip.entries.len());
+            if let Some(observe) = &self.observer {
+                observe(&vip.config.name, vip.config.backends[b].address, r.latency);
+            }
+            let entry = &mut vip.entries[b];
+            entry.consecutive_fails = r.fails;
+            entry.consecutive_passes = r.passes;
+            entry.changes = r.changes;
+            entry.reason = r.outcome.reason() as u8;
+            entry.http_status = r.outcome.http_status().unwrap_or(0);
+            entry.state = if r.state == State::Up { HEALTH_UP } else { HEALTH_DOWN };
+            if r.changed {
+                entry.since_unix_ms = now_unix_ms();
+            }
+            let entry = *entry;
+            let key = HealthKey { row: vip.row, backend_id: vip.ids[b] };
+            if !r.changed {
+                // An unsettled change of this backend writes its entry once the ring has it.
+                if !vip.unsettled.iter().any(|u| u.member.backend == b) {
+                    self.writer.write_health(key, entry)?;
+                }
+                continue;
+            }
+            vip.up[b] = r.state == State::Up;
+            // Down: its recorded flows re-hash from now on (onto the ring that
+            // still names it for a moment: they re-hash again once it changes).
+            if !vip.up[b] {
+                self.writer.write_member(key, false)?;
+            }
+            if vip.unsettled.is_empty() {
+                self.waiting.push_back(r.member.vip);
+            }
+            vip.unsettled.push(r.clone());
+        }
+        Ok(())
+    }
+
+    /// Settles the VIP that has waited longest; returns whether others wait.
+    pub fn settle_next(&mut self) -> Result<bool> {
+        if let Some(vi) = self.waiting.pop_front() {
+            let transitions = std::mem::take(&mut self.vips[vi].unsettled);
+            self.settle(vi, &transitions)?;
+        }
+        Ok(!self.waiting.is_empty())
+    }
+
+    /// Whether state changes wait for their VIP's ring.
+    pub fn unsettled(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// After state changes of VIP `vi`: its ring, then the members that are
+    /// up (new flows may be recorded on them once the ring has them), then
+    /// their health entries (once `stats` shows a state, the ring has it).
+    fn settle(&mut self, vi: usize, transitions: &[Report]) -> Result<()> {
         let ring_size = self.ring_size;
-        let vip = self.vips.get_mut(r.member.vip).context("report for an unknown VIP")?;
-        let b = r.member.backend;
-        if let Some(observe) = &self.observer {
-            observe(&vip.config.name, vip.config.backends[b].address, r.latency);
-        }
-        let entry = &mut vip.entries[b];
-        entry.consecutive_fails = r.fails;
-        entry.consecutive_passes = r.passes;
-        entry.changes = r.changes;
-        entry.reason = r.outcome.reason() as u8;
-        entry.http_status = r.outcome.http_status().unwrap_or(0);
-        entry.state = if r.state == State::Up { HEALTH_UP } else { HEALTH_DOWN };
-        if r.changed {
-            entry.since_unix_ms = now_unix_ms();
-        }
-        let entry = *entry;
-        let key = HealthKey { row: vip.row, backend_id: vip.ids[b] };
-        if !r.changed {
-            return self.writer.write_health(key, entry);
-        }
-        vip.up[b] = r.state == State::Up;
-        // Down: its recorded flows re-hash from now on (onto the ring that
-        // still names it for a moment: they re-hash again once it changes).
-        // Up: the ring first, so new flows can be recorded on it.
-        if !vip.up[b] {
-            self.writer.write_member(key, false)?;
-        }
-        // Ring first: once `stats` shows the new state, the ring has it too.
+        let vip = &mut self.vips[vi];
         let (written, before) = Self::reselect(vip, ring_size, &mut self.writer)?;
-        if vip.up[b] {
-            self.writer.write_member(key, true)?;
+        let mut settled: Vec<usize> = transitions.iter().map(|r| r.member.backend).collect();
+        settled.sort_unstable();
+        settled.dedup();
+        for &b in &settled {
+            let key = HealthKey { row: vip.row, backend_id: vip.ids[b] };
+            if vip.up[b] {
+                self.writer.write_member(key, true)?;
+            }
+            self.writer.write_health(key, vip.entries[b])?;
         }
-        self.writer.write_health(key, entry)?;
-        let backend = &vip.config.backends[b];
         let up_count = vip.up.iter().filter(|u| **u).count();
-        let role = if backend.backup { "backup " } else { "" };
-        match r.state {
-            State::Down => tracing::warn!(
-                vip = %vip.config.name,
-                backend = %backend.address,
-                state = "down",
-                "vip {}: {role}backend {} DOWN: {} ({} consecutive failed checks, fails = {}); {up_count}/{} backends up, serving from {}; {written} ring slots rewritten",
-                vip.config.name,
-                backend.address,
-                r.outcome.describe(),
-                r.fails,
-                backend.check.fails,
-                vip.up.len(),
-                vip.tier.as_str()
-            ),
-            State::Up => tracing::info!(
-                vip = %vip.config.name,
-                backend = %backend.address,
-                state = "up",
-                "vip {}: {role}backend {} UP: {} ({} consecutive passed checks, passes = {}); {up_count}/{} backends up, serving from {}; {written} ring slots rewritten",
-                vip.config.name,
-                backend.address,
-                r.outcome.describe(),
-                r.passes,
-                backend.check.passes,
-                vip.up.len(),
-                vip.tier.as_str()
-            ),
+        let slots = match transitions.len() {
+            1 => format!("{written} ring slots rewritten"),
+            n => format!("{written} ring slots rewritten for {n} changes"),
+        };
+        for r in transitions {
+            let backend = &vip.config.backends[r.member.backend];
+            let role = if backend.backup { "backup " } else { "" };
+            match r.state {
+                State::Down => tracing::warn!(
+                    vip = %vip.config.name,
+                    backend = %backend.address,
+                    state = "down",
+                    "vip {}: {role}backend {} DOWN: {} ({} consecutive failed checks, fails = {}); {up_count}/{} backends up, serving from {}; {slots}",
+                    vip.config.name,
+                    backend.address,
+                    r.outcome.describe(),
+                    r.fails,
+                    backend.check.fails,
+                    vip.up.len(),
+                    vip.tier.as_str()
+                ),
+                State::Up => tracing::info!(
+                    vip = %vip.config.name,
+                    backend = %backend.address,
+                    state = "up",
+                    "vip {}: {role}backend {} UP: {} ({} consecutive passed checks, passes = {}); {up_count}/{} backends up, serving from {}; {slots}",
+                    vip.config.name,
+                    backend.address,
+                    r.outcome.describe(),
+                    r.passes,
+                    backend.check.passes,
+                    vip.up.len(),
+                    vip.tier.as_str()
+                ),
+            }
         }
         if vip.tier != before {
             match vip.tier {
@@ -323,6 +392,66 @@ impl<W: HealthWriter> Supervisor<W> {
     }
 }
 
+/// Applies the checkers' reports to `supervisor` until they stop, or until
+/// a reload replaces the supervisor (a report held by this task names pairs
+/// by the old config's indices: applying it would give one backend another's
+/// result). Reports are recorded as they come; rings are built one VIP at a
+/// time on a blocking thread (milliseconds each, never on the runtime's
+/// workers that run the checks), taking in between whatever has queued.
+async fn apply_reports<W: HealthWriter + Send + 'static>(
+    mut rx: mpsc::Receiver<Report>,
+    supervisor: SharedSupervisor<W>,
+    generation: u64,
+) {
+    // Runs `f` on the supervisor unless a reload replaced it.
+    let with = move |supervisor: &SharedSupervisor<W>, f: &mut dyn FnMut(&mut Supervisor<W>) -> Result<bool>| -> Option<bool> {
+        let mut s = supervisor.lock().unwrap_or_else(|e| e.into_inner());
+        if s.generation != generation {
+            return None;
+        }
+        Some(f(&mut s).unwrap_or_else(|e| {
+            tracing::error!("health: {e:#}");
+            s.unsettled()
+        }))
+    };
+    let mut batch = Vec::with_capacity(REPORT_QUEUE);
+    let Some(mut unsettled) = with(&supervisor, &mut |s| Ok(s.unsettled())) else { return };
+    loop {
+        batch.clear();
+        if !unsettled {
+            if rx.recv_many(&mut batch, REPORT_QUEUE).await == 0 {
+                return;
+            }
+        } else {
+            while batch.len() < REPORT_QUEUE
+                && let Ok(r) = rx.try_recv()
+            {
+                batch.push(r);
+            }
+        }
+        let Some(waits) = with(&supervisor, &mut |s| s.record(&batch).map(|()| s.unsettled())) else { return };
+        unsettled = waits;
+        if unsettled {
+            let s = supervisor.clone();
+            let settled = move || {
+                let waits = with(&s, &mut |s| s.settle_next());
+                if waits == Some(false) {
+                    // The end of a burst of ring builds: hand their freed
+                    // buffers (a ring is 256 KiB at the default size) back to
+                    // the kernel, or glibc keeps them in this thread's arena.
+                    // SAFETY: malloc_trim only releases free heap pages.
+                    unsafe { libc::malloc_trim(0) };
+                }
+                waits
+            };
+            match tokio::task::spawn_blocking(settled).await {
+                Ok(Some(waits)) => unsettled = waits,
+                _ => return,
+            }
+        }
+    }
+}
+
 /// A supervisor shared by its report task and the reload path (which
 /// replaces it while holding the lock, so no health change lands mid-reload).
 pub type SharedSupervisor<W> = std::sync::Arc<std::sync::Mutex<Supervisor<W>>>;
@@ -330,13 +459,14 @@ pub type SharedSupervisor<W> = std::sync::Arc<std::sync::Mutex<Supervisor<W>>>;
 /// Starts one checker per checked backend of every VIP and a task applying
 /// their reports. Abort the returned handles to stop checking.
 pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, supervisor: SharedSupervisor<W>) -> Vec<JoinHandle<()>> {
-    let (tx, mut rx) = mpsc::channel::<Report>(REPORT_QUEUE);
+    let (tx, rx) = mpsc::channel::<Report>(REPORT_QUEUE);
     let mut tasks = Vec::new();
     // Each checker goes on from the state the supervisor holds (kept across
     // reloads and restarts), not from the configured initial state.
-    let (ids, trackers): (Vec<Vec<u32>>, Vec<Vec<Tracker>>) = {
+    let (generation, ids, trackers) = {
         let s = supervisor.lock().unwrap_or_else(|e| e.into_inner());
-        s.vips
+        let (ids, trackers): (Vec<Vec<u32>>, Vec<Vec<Tracker>>) = s
+            .vips
             .iter()
             .map(|v| {
                 let trackers = v
@@ -352,7 +482,8 @@ pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, supervisor: Shar
                     .collect();
                 (v.ids.clone(), trackers)
             })
-            .unzip()
+            .unzip();
+        (s.generation, ids, trackers)
     };
     for (vi, v) in config.vips.iter().enumerate() {
         for (bi, b) in v.backends.iter().enumerate() {
@@ -374,14 +505,7 @@ pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, supervisor: Shar
         }
     }
     drop(tx);
-    tasks.push(tokio::spawn(async move {
-        while let Some(report) = rx.recv().await {
-            let result = supervisor.lock().unwrap_or_else(|e| e.into_inner()).apply(&report);
-            if let Err(e) = result {
-                tracing::error!("health: {e:#}");
-            }
-        }
-    }));
+    tasks.push(tokio::spawn(apply_reports(rx, supervisor, generation)));
     tasks
 }
 
@@ -398,6 +522,8 @@ mod tests {
         writes: usize,
         health: BTreeMap<HealthKey, HealthEntry>,
         members: BTreeMap<HealthKey, bool>,
+        /// Calls of `write_ring` (one per ring built).
+        ring_builds: usize,
         /// The kernel's rings before the supervisor starts.
         initial: BTreeMap<u32, Vec<u32>>,
     }
@@ -419,6 +545,7 @@ mod tests {
             Ok(())
         }
         fn write_ring(&mut self, row: u32, ring: &[u32]) -> Result<usize> {
+            self.ring_builds += 1;
             let changes = crate::maglev::changed_slots(&self.read_ring(row, ring.len() as u32), ring);
             self.writes += changes.len();
             self.rings.entry(row).or_default().extend(changes.iter().copied());
@@ -561,5 +688,61 @@ port = 80
         assert_eq!(ring0(&second), kernel);
         assert_eq!(second.vips[0].up, first.vips[0].up, "health state carried over");
         assert_eq!(second.vips[0].tier, first.vips[0].tier);
+    }
+
+    fn all_up_recorder(p: &Plan) -> Recorder {
+        Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() }
+    }
+
+    #[test]
+    fn changes_gathered_while_waiting_share_one_ring_build() {
+        let c = parse(CONFIG, "t.toml").unwrap();
+        let p = crate::plan::plan(&c);
+        let key = |id| HealthKey { row: 0, backend_id: id };
+        // One by one: a ring build per change.
+        let mut single = Supervisor::new(&c, &p, all_up_recorder(&p), &PriorHealth::new(), None).unwrap();
+        let builds = single.writer().ring_builds;
+        single.apply(&report(0, State::Down, Outcome::Timeout)).unwrap();
+        single.apply(&report(1, State::Down, Outcome::Refused)).unwrap();
+        assert_eq!(single.writer().ring_builds - builds, 2);
+
+        let mut s = Supervisor::new(&c, &p, all_up_recorder(&p), &PriorHealth::new(), None).unwrap();
+        let builds = s.writer().ring_builds;
+        s.record(&[report(0, State::Down, Outcome::Timeout), report(1, State::Down, Outcome::Refused)]).unwrap();
+        assert!(s.unsettled());
+        assert!(!s.writer().members[&key(1)], "a down backend's flows re-hash at once");
+        assert_eq!(s.writer().health[&key(1)].state, HEALTH_UP, "stats shows the change only once the ring has it");
+        assert!(!s.settle_next().unwrap(), "one VIP waited");
+        assert_eq!(s.writer().ring_builds - builds, 1, "both changes in one build");
+        assert_eq!(ring0(&s), ring0(&single), "the same ring as one change at a time");
+        assert_eq!(s.writer().health[&key(1)].state, HEALTH_DOWN);
+        assert_eq!(s.writer().health[&key(2)].reason, HealthReason::Refused as u8);
+    }
+
+    #[tokio::test]
+    async fn reports_of_a_replaced_supervisor_are_never_applied() {
+        let c = parse(CONFIG, "t.toml").unwrap();
+        let p = crate::plan::plan(&c);
+        let key = |id| HealthKey { row: 0, backend_id: id };
+        let first = Supervisor::new(&c, &p, all_up_recorder(&p), &PriorHealth::new(), None).unwrap();
+        let generation = first.generation;
+        let shared: SharedSupervisor<Recorder> = std::sync::Arc::new(std::sync::Mutex::new(first));
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(apply_reports(rx, shared.clone(), generation));
+        tx.send(report(0, State::Down, Outcome::Timeout)).await.unwrap();
+        let applied = async {
+            while shared.lock().unwrap().writer().health[&key(1)].state != HEALTH_DOWN {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), applied).await.expect("a current report is applied");
+        // A reload replaces the supervisor; a report of the old checkers
+        // (indices of the old config) arrives afterwards.
+        *shared.lock().unwrap() = Supervisor::new(&c, &p, all_up_recorder(&p), &PriorHealth::new(), None).unwrap();
+        let _ = tx.send(report(1, State::Down, Outcome::Refused)).await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), task).await.expect("the old report task stops").unwrap();
+        let s = shared.lock().unwrap();
+        assert!(s.writer().health.get(&key(2)).is_none_or(|e| e.state != HEALTH_DOWN), "an old report reached the new supervisor");
+        assert!(!s.unsettled());
     }
 }

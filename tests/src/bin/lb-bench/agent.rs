@@ -37,7 +37,7 @@ const EVERY_PAIR_CHECKED: Duration = Duration::from_secs(20);
 /// backends (static MACs: no neighbour resolution needed);
 /// `weight_of_first(vip)` is the weight of the VIP's first backend (the
 /// reloads change it); `health` adds TCP checks of every (VIP, backend) pair.
-fn config_text(bpffs: &str, run_dir: &str, weight_of_first: impl Fn(u32) -> u32, health: bool) -> String {
+pub fn config_text(bpffs: &str, run_dir: &str, weight_of_first: impl Fn(u32) -> u32, health: bool) -> String {
     let mut s = format!(
         "[lb]\ninterface = \"eth0\"\ntunnel_source_v4 = \"{LB_V4}\"\nbpffs_dir = \"{bpffs}\"\nrun_dir = \"{run_dir}\"\n\
          max_vips = 128\nmax_backends = 128\n"
@@ -61,14 +61,14 @@ fn config_text(bpffs: &str, run_dir: &str, weight_of_first: impl Fn(u32) -> u32,
 }
 
 /// Backend b: 198.51.100.100 + b, in the topology's subnet but not on any host.
-fn backend_address(b: u32) -> Ipv4Addr {
+pub fn backend_address(b: u32) -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, 100 + b as u8)
 }
 
 /// Resident memory (KiB) of `pid`: the total, and the anonymous part (the
 /// agent's own heap and stacks; the rest is mostly the mmapped RINGS map,
 /// kernel memory shared with the data path, and the binary).
-fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+pub fn rss_kib(pid: u32) -> Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> Result<u64> {
         status
@@ -82,7 +82,7 @@ fn rss_kib(pid: u32) -> Result<(u64, u64)> {
 }
 
 /// The agent's own pid: `Proc` runs it under `ip netns exec`, which execs it.
-fn start_agent(topo: &Topology, config_path: &str) -> Result<Proc> {
+pub fn start_agent(topo: &Topology, config_path: &str) -> Result<Proc> {
     let bin = agent::agent_bin()?;
     let agent = topo.spawn(LB, &bin.to_string_lossy(), &["run", "--config", config_path, "--unload-on-exit"])?;
     agent.wait_for_line("ready:", PATIENCE)?;
@@ -157,7 +157,6 @@ pub fn measure() -> Result<Value> {
         "reload_ms": reload.0.as_secs_f64() * 1e3, "reload_changed_slots": reload.1,
         "reload_one_vip_ms": one.0.as_secs_f64() * 1e3, "reload_one_vip_changed_slots": one.1,
         "rss_idle_kib": idle_rss.0, "rss_idle_anon_kib": idle_rss.1,
-        "rss_health_checks_kib": checking_rss.0, "rss_health_checks_anon_kib": checking_rss.1,
     }))
 }
 

@@ -11,6 +11,8 @@
 //! its fixed cost is in both sides of every ratio.
 
 mod agent;
+/// CPU and memory of 10,000 health checks, passing and failing.
+mod health;
 /// End-to-end packets per second in namespaces, against a reflector.
 mod forward;
 
@@ -405,10 +407,10 @@ fn main() -> Result<()> {
     let mut json_path = PathBuf::from("target/bench/latest.json");
     let mut only: Option<String> = None;
     let mut forward_seconds = 6.0f64;
-    const SECTIONS: [&str; 4] = ["per_packet", "rings", "agent", "forwarding"];
+    const SECTIONS: [&str; 5] = ["per_packet", "rings", "agent", "health", "forwarding"];
     // --only runs one section (the JSON then holds only it); --forward-seconds
     // is the forwarding bench's sending time per program (default 6).
-    const USAGE: &str = "usage: lb-bench [--runs N] [--json PATH] [--only per_packet|rings|agent|forwarding] [--forward-seconds S]";
+    const USAGE: &str = "usage: lb-bench [--runs N] [--json PATH] [--only per_packet|rings|agent|health|forwarding] [--forward-seconds S]";
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
@@ -439,6 +441,9 @@ fn main() -> Result<()> {
     }
     if wanted("agent") {
         report["agent"] = agent::measure()?;
+    }
+    if wanted("health") {
+        report["health"] = health::measure()?;
     }
     if wanted("forwarding") {
         report["forwarding"] = forward::measure(Duration::from_secs_f64(forward_seconds))?;
