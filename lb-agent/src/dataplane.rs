@@ -1,11 +1,20 @@
 //! The kernel side as seen from the agent: loading the BPF object with the
 //! config's sizes and switches, attaching it, pinning the maps so
 //! `lb-agent stats` can read them from another shell. Plans reach the maps
-//! through [`store::MapStore`] (see `crate::reconcile`).
+//! through [`reconcile`] into a [`store::MapStore`].
+//!
+//! - [`store`]: the map-store trait reconcile writes through.
+//! - [`live`]: its kernel implementation (pinned maps, or a loaded object's).
+//! - [`reconcile`]: plan -> maps, in an order that never misroutes a flow.
+//! - [`rings`]: `RINGS` mapped into memory; [`vip_filter`]: the VIP address filter.
 
-pub mod store;
+pub mod live;
 #[cfg(test)]
 pub mod memory;
+pub mod reconcile;
+pub mod rings;
+pub mod store;
+pub mod vip_filter;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},

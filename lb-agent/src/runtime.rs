@@ -20,14 +20,12 @@ use crate::{
     announce::drain::Drained,
     config::{self, Config},
     control::{self, Answer, Claim, Request},
-    dataplane::{self, store::MapStore as _, LoadOptions, ResolvedBackend},
+    dataplane::{self, live::LiveMaps, reconcile, store::MapStore as _, LoadOptions, ResolvedBackend},
     health,
     health::supervisor::{self, SharedSupervisor, Supervisor},
-    live::LiveMaps,
     metrics::{self, Metrics},
     nexthop, pins,
     plan::{self, Plan},
-    reconcile,
 };
 
 /// How `lb-agent run` was asked to behave.

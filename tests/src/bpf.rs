@@ -1,6 +1,6 @@
 //! The real BPF object, loaded from a config whose backends carry static
 //! next-hop MACs, with its maps written by the agent's own reconcile (the
-//! path every start and reload takes, `lb_agent::reconcile::apply`): what the
+//! path every start and reload takes, `lb_agent::dataplane::reconcile::apply`): what the
 //! packet fixtures, the fuzzer and the benchmark run packets through with
 //! BPF_PROG_TEST_RUN. No interface and no netlink are involved.
 
@@ -11,10 +11,8 @@ use aya::{
 };
 use lb_agent::{
     config::{self, Config},
-    dataplane::{self, LoadOptions, ResolvedBackend},
-    live::LiveMaps,
+    dataplane::{self, live::LiveMaps, reconcile, LoadOptions, ResolvedBackend},
     plan::{self, Plan},
-    reconcile,
 };
 
 /// How much longer than its input an output may be: an outer IPv6 header,

@@ -1,6 +1,6 @@
 //! The maps a plan is written into, as reconciling sees them: what it reads
 //! (to tell what changed) and the writes it makes, one entry at a time.
-//! Implemented by the kernel's maps ([`crate::live::LiveMaps`], opened from
+//! Implemented by the kernel's maps ([`super::live::LiveMaps`], opened from
 //! their pins or from a loaded object) and, for unit tests of reconcile's
 //! ordering rules, by an in-memory store that records every write.
 

@@ -27,8 +27,9 @@ use crate::plan::Plan;
 /// Reports in flight before checkers wait for the supervisor.
 const REPORT_QUEUE: usize = 256;
 
-/// Where the supervisor writes: any map store (see `crate::reconcile`), or a
-/// recorder in tests. Health owns this trait so that it needs no dataplane.
+/// Where the supervisor writes: the kernel's maps (reconcile implements this
+/// for every map store), or a recorder in tests. Health owns this trait so
+/// that it needs no dataplane.
 pub trait HealthWriter {
     /// Makes the kernel's ring of VIP row `row` equal `ring`, writing only
     /// the slots that differ; returns how many it wrote.

@@ -5,7 +5,8 @@
 use anyhow::Result;
 use lb_common::vip_filter::{bit, word_and_mask, WORDS};
 
-use crate::{dataplane::store::MapStore, plan::Plan};
+use super::store::MapStore;
+use crate::plan::Plan;
 
 /// The filter with the bit of every VIP address of `plan` set.
 pub fn words(plan: &Plan) -> Vec<u64> {

@@ -108,7 +108,7 @@ impl std::fmt::Display for Changes {
 pub fn before_rings(store: &mut impl MapStore, plan: &Plan, resolved: &HashMap<u32, ResolvedBackend>) -> Result<Changes> {
     let mut changes = Changes::default();
     // New addresses pass the filter before their VIPs exist.
-    crate::vip_filter::write(store, &crate::vip_filter::words(plan), crate::vip_filter::Merge::Union)?;
+    crate::dataplane::vip_filter::write(store, &crate::dataplane::vip_filter::words(plan), crate::dataplane::vip_filter::Merge::Union)?;
     let planned_rows: BTreeSet<u32> = plan.vips.iter().map(|v| v.row).collect();
     let planned: BTreeSet<_> = plan.vips.iter().map(|v| v.identity()).collect();
     let old_vips = store.vip_entries()?;
@@ -203,7 +203,7 @@ pub fn after_rings(store: &mut impl MapStore, plan: &Plan, changes: &Changes) ->
         store.set_backend(id, unused).with_context(|| format!("erasing backend id {id}"))?;
     }
     // The VIP table now holds the plan's VIPs only: bits of removed addresses can go.
-    crate::vip_filter::write(store, &crate::vip_filter::words(plan), crate::vip_filter::Merge::Exact)?;
+    crate::dataplane::vip_filter::write(store, &crate::dataplane::vip_filter::words(plan), crate::dataplane::vip_filter::Merge::Exact)?;
     Ok(())
 }
 
@@ -367,7 +367,7 @@ port = 443
         let r = resolved(plan);
         let backends: BTreeMap<u32, BackendEntry> = plan.backends.iter().map(|b| (b.id, backend_entry(&r[&b.id]))).collect();
         assert_eq!(maps.backends, backends, "backend entries");
-        assert_eq!(maps.filter, crate::vip_filter::words(plan), "VIP filter");
+        assert_eq!(maps.filter, crate::dataplane::vip_filter::words(plan), "VIP filter");
         let pairs: BTreeSet<HealthKey> =
             plan.vips.iter().flat_map(|v| v.members.iter().map(|(id, _)| HealthKey { row: v.row, backend_id: *id })).collect();
         for v in &plan.vips {
@@ -411,7 +411,7 @@ port = 443
         let dns = plan.vip("dns").unwrap();
         assert_eq!(end.ring(dns.row, plan.ring_size), dns.ring());
         assert_eq!(vip_entries(&end).count(), 2);
-        assert_eq!(end.filter, crate::vip_filter::words(&plan));
+        assert_eq!(end.filter, crate::dataplane::vip_filter::words(&plan));
     }
 
     #[test]

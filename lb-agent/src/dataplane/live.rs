@@ -15,8 +15,8 @@ use lb_common::{
     maps, BackendEntry, VipKey, VipMeta,
 };
 
-use crate::dataplane::store::MapStore;
-use crate::{pins, rings::MappedRings};
+use super::{rings::MappedRings, store::MapStore};
+use crate::pins;
 
 /// Where the maps are opened from (again, for [`MapStore::reopen`]).
 enum Source {
