@@ -8,16 +8,22 @@
 //! or an in-memory store in the unit tests below.
 //!
 //! 1. [`before_rings`]: the VIP address filter gains the bits of new
-//!    addresses (`lb_common::vip_filter`), keys of removed VIPs are deleted (their packets now
-//!    pass, as for any non-VIP address), pairs that end stop being usable
-//!    (their recorded flows re-hash), backends of the plan are written.
-//! 2. The health supervisor ([`Supervisor::new`]) writes members, health entries and the ring
-//!    slots that differ (rings are written in place, slot by slot; a slot
-//!    always names a written backend).
+//!    addresses (`lb_common::vip_filter`), keys of removed VIPs are deleted
+//!    (their packets now pass, as for any non-VIP address), pairs that end
+//!    stop being usable (their recorded flows re-hash), backends of the plan
+//!    are written.
+//! 2. The health supervisor ([`Supervisor::new`]) writes members, health
+//!    entries and the ring slots that differ (rings are written in place,
+//!    slot by slot; a slot always names a written backend).
 //! 3. [`after_rings`]: VIP entries are inserted or updated (a new VIP only
 //!    becomes visible with its ring complete), address entries follow,
 //!    rows of removed VIPs are cleared, backends nobody uses are erased, and
 //!    the filter loses the bits of removed addresses.
+//!
+//! A reload that fails part-way leaves a mix that the next reload repairs
+//! once it plans without reusing the running plan (`maps_match_plan` in
+//! runtime.rs); rows only the failed reload wrote may keep stale slots,
+//! which no VIP points at and which are rewritten when a VIP takes the row.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
