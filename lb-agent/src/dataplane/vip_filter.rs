@@ -18,7 +18,7 @@ pub fn words(plan: &Plan) -> Vec<u64> {
     out
 }
 
-/// How [`write`] combines the wanted words with the kernel's.
+/// How [`write()`] combines the wanted words with the kernel's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Merge {
     /// Keep every bit already set (before VIPs are added or removed).
