@@ -1,28 +1,37 @@
 //! The kernel side as seen from the agent: loading the BPF object with the
-//! config's sizes and switches, attaching it, writing the plan into its maps,
-//! pinning the maps so `lb-agent stats` can read them from another shell.
+//! config's sizes and switches, attaching it, pinning the maps so
+//! `lb-agent stats` can read them from another shell. Plans reach the maps
+//! through [`reconcile`] into a [`store::MapStore`].
+//!
+//! - [`store`]: the map-store trait reconcile writes through.
+//! - [`live`]: its kernel implementation (pinned maps, or a loaded object's).
+//! - [`reconcile`]: plan -> maps, in an order that never misroutes a flow.
+//! - [`rings`]: `RINGS` mapped into memory; [`vip_filter`]: the VIP address filter.
+
+pub mod live;
+#[cfg(test)]
+pub mod memory;
+pub mod reconcile;
+pub mod rings;
+pub mod store;
+pub mod vip_filter;
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray},
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    events, globals, limits, maps, v4_words, v6_words, BackendEntry, Counter, DecapReason, Reason, NO_BACKEND,
+    events, globals, limits, maps, v4_words, v6_words, BackendEntry, Counter, DecapReason, Reason,
 };
 
-use crate::{
-    config::{Config, MacAddr, XdpMode as ConfigXdpMode},
-    plan::Plan,
-    rings::MappedRings,
-};
+use crate::config::{Config, MacAddr, XdpMode as ConfigXdpMode};
 
 /// The BPF object built by build.rs (lb-ebpf compiled for the BPF target).
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -261,57 +270,6 @@ pub struct ResolvedBackend {
 pub fn backend_entry(b: &ResolvedBackend) -> BackendEntry {
     let (addr, family) = lb_common::addr_words(b.address);
     BackendEntry { addr, next_hop_mac: b.next_hop_mac.0, family, _pad: 0 }
-}
-
-/// Writes a whole plan into freshly loaded maps: backends first, then rings,
-/// then VIPs, so the kernel never sees a VIP whose ring or backends are missing.
-pub fn write_plan(ebpf: &mut Ebpf, plan: &Plan, resolved: &HashMap<u32, ResolvedBackend>) -> Result<()> {
-    {
-        let mut backends: Array<_, BackendEntry> = Array::try_from(map_mut(ebpf, maps::BACKENDS)?)?;
-        for b in &plan.backends {
-            let r = resolved.get(&b.id).with_context(|| format!("backend {} has no resolved next hop", b.address))?;
-            backends.set(b.id, backend_entry(r), 0).with_context(|| format!("writing backend {}", b.address))?;
-        }
-    }
-    {
-        let rings = MappedRings::new(ebpf)?;
-        for vip in &plan.vips {
-            let base = vip.row * plan.ring_size;
-            // A fresh array is all NO_BACKEND, so only the other slots need writing.
-            for (slot, &id) in vip.ring().iter().enumerate().filter(|(_, id)| **id != NO_BACKEND) {
-                rings.set(base + slot as u32, id).with_context(|| format!("writing ring of VIP {}", vip.name))?;
-            }
-        }
-    }
-    {
-        let max_backends = Array::<_, BackendEntry>::try_from(map_mut(ebpf, maps::BACKENDS)?)?.len();
-        let mut members: Array<_, u32> = Array::try_from(map_mut(ebpf, maps::MEMBERS)?)?;
-        for vip in &plan.vips {
-            for &(id, _) in &vip.members {
-                let index = lb_common::flows::member_index(vip.row, id, max_backends);
-                members.set(index, lb_common::flows::MEMBER_USABLE, 0).with_context(|| format!("writing members of VIP {}", vip.name))?;
-            }
-        }
-    }
-    {
-        let mut filter: Array<_, u64> = Array::try_from(map_mut(ebpf, maps::VIP_FILTER)?)?;
-        crate::vip_filter::write(&mut filter, &crate::vip_filter::words(plan), crate::vip_filter::Merge::Exact)?;
-    }
-    let mut vips: BpfHashMap<_, lb_common::VipKey, lb_common::VipMeta> =
-        BpfHashMap::try_from(map_mut(ebpf, maps::VIPS)?)?;
-    for vip in &plan.vips {
-        vips.insert(vip.key, vip.meta, 0).with_context(|| format!("writing VIP {}", vip.name))?;
-    }
-    // After the VIPs: an address entry without its VIPs would only make the
-    // kernel drop fragments it would otherwise pass.
-    for (key, meta) in crate::packet_policy::address_entries(plan) {
-        vips.insert(key, meta, 0).context("writing VIP address entries")?;
-    }
-    Ok(())
-}
-
-fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
-    ebpf.map_mut(name).with_context(|| format!("map {name} missing from the BPF object"))
 }
 
 /// Pins every map under `dir` (creating it), replacing stale pins of an

@@ -20,14 +20,12 @@ use crate::{
     announce::drain::Drained,
     config::{self, Config},
     control::{self, Answer, Claim, Request},
-    dataplane::{self, LoadOptions, ResolvedBackend},
+    dataplane::{self, live::LiveMaps, reconcile, store::MapStore as _, LoadOptions, ResolvedBackend},
     health,
-    health::supervisor::{self, MapWriter, SharedSupervisor, Supervisor},
-    live::LiveMaps,
+    health::supervisor::{self, SharedSupervisor, Supervisor},
     metrics::{self, Metrics},
     nexthop, pins,
     plan::{self, Plan},
-    reconcile,
 };
 
 /// How `lb-agent run` was asked to behave.
@@ -64,7 +62,7 @@ struct Running {
     handle: rtnetlink::Handle,
     loaded: LoadedState,
     live: LiveMaps,
-    supervisor: SharedSupervisor<MapWriter>,
+    supervisor: SharedSupervisor<LiveMaps>,
     checkers: Vec<JoinHandle<()>>,
     dsr: Dsr,
     /// The Prometheus endpoint's state, unless `lb.metrics_listen = "off"`.
@@ -163,7 +161,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         }
         let plan = plan::plan_keeping(&config, &live.kept()?).map_err(anyhow::Error::msg)?;
         let resolved = resolve_backends(&handle, &iface, &plan, &opts).await?;
-        let (supervisor, changes) = apply(&mut live, &config, &plan, &resolved, None)?;
+        let (supervisor, changes) = reconcile::apply(&mut live, &config, &plan, &resolved, None)?;
         let mut plan = plan;
         plan.forget_rings();
         release_freed_memory();
@@ -363,7 +361,7 @@ async fn try_reload(running: &mut Running) -> Result<String> {
             task.abort();
         }
         let replaced = running.maps_match_plan.then_some(&*guard);
-        apply(&mut running.live, &config, &plan, &resolved, replaced).map(|(supervisor, changes)| {
+        reconcile::apply(&mut running.live, &config, &plan, &resolved, replaced).map(|(supervisor, changes)| {
             *guard = observed(supervisor, &running.metrics);
             changes
         })
@@ -430,33 +428,11 @@ impl Phases {
 }
 
 /// `supervisor`, feeding the health check histogram if metrics are on.
-fn observed(mut supervisor: Supervisor<MapWriter>, metrics: &Option<Arc<Metrics>>) -> Supervisor<MapWriter> {
+fn observed(mut supervisor: Supervisor<LiveMaps>, metrics: &Option<Arc<Metrics>>) -> Supervisor<LiveMaps> {
     if let Some(m) = metrics {
         supervisor.observe_checks(m.check_observer());
     }
     supervisor
-}
-
-/// Reconciles the maps with `plan` and returns the health supervisor that
-/// now owns rings and members (see [`reconcile`]).
-fn apply(
-    live: &mut LiveMaps,
-    config: &Config,
-    plan: &Plan,
-    resolved: &HashMap<u32, ResolvedBackend>,
-    previous: Option<&Supervisor<MapWriter>>,
-) -> Result<(Supervisor<MapWriter>, reconcile::Changes)> {
-    let max_backends = config.lb.max_backends;
-    let mut phases = Phases::start();
-    let prior = live.health_entries()?;
-    let changes = reconcile::before_rings(live, plan, resolved, max_backends)?;
-    phases.done("backends and members");
-    let writer = MapWriter::open(&live.dir, max_backends)?;
-    let supervisor = Supervisor::new(config, plan, writer, &prior, previous)?;
-    phases.done("rings");
-    reconcile::after_rings(live, plan, &changes, max_backends)?;
-    phases.done("VIPs and health entries");
-    Ok((supervisor, changes))
 }
 
 /// Whether a balancer is pinned under `dir` that this config may adopt.

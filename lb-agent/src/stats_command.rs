@@ -67,8 +67,8 @@ pub fn run(config: &Config, opts: &StatsOptions) -> Result<()> {
     }
     // The ids and rows the kernel uses (reloads keep ids, so they may differ
     // from a fresh plan's).
-    let kept = crate::live::LiveMaps::open(&config.lb.bpffs_dir)
-        .and_then(|live| live.kept())
+    let kept = crate::dataplane::live::LiveMaps::open(&config.lb.bpffs_dir)
+        .and_then(|live| crate::dataplane::store::MapStore::kept(&live))
         .context("reading the running balancer's maps (is `lb-agent run` running with this config's bpffs_dir?)")?;
     let plan = plan::plan_keeping(config, &kept).map_err(anyhow::Error::msg)?;
     let redraw = opts.watch && !opts.json && std::io::stdout().is_terminal();

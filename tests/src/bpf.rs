@@ -1,5 +1,6 @@
 //! The real BPF object, loaded from a config whose backends carry static
-//! next-hop MACs, with its maps written by the agent's own code: what the
+//! next-hop MACs, with its maps written by the agent's own reconcile (the
+//! path every start and reload takes, `lb_agent::dataplane::reconcile::apply`): what the
 //! packet fixtures, the fuzzer and the benchmark run packets through with
 //! BPF_PROG_TEST_RUN. No interface and no netlink are involved.
 
@@ -10,7 +11,7 @@ use aya::{
 };
 use lb_agent::{
     config::{self, Config},
-    dataplane::{self, LoadOptions, ResolvedBackend},
+    dataplane::{self, live::LiveMaps, reconcile, LoadOptions, ResolvedBackend},
     plan::{self, Plan},
 };
 
@@ -59,7 +60,8 @@ pub fn load(text: &str, origin: &str, programs: &[&str], overrides: Overrides) -
             Ok((b.id, ResolvedBackend { address: b.address, next_hop_mac: mac }))
         })
         .collect::<Result<_>>()?;
-    dataplane::write_plan(&mut ebpf, &plan, &resolved)?;
+    // The supervisor that reconciling returns is dropped: no checks run here.
+    reconcile::apply(&mut LiveMaps::from_object(&ebpf)?, &config, &plan, &resolved, None)?;
     Ok(Loaded { ebpf, config, plan })
 }
 

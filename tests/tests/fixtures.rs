@@ -452,7 +452,7 @@ fn vip_filter_holds_the_vip_bits_and_collisions_still_pass() {
     let Some(mut h) = Harness::new() else { return };
     let filter: aya::maps::Array<_, u64> = aya::maps::Array::try_from(h.ebpf.map(lb_common::maps::VIP_FILTER).unwrap()).unwrap();
     let kernel: Vec<u64> = (0..filter.len()).map(|i| filter.get(&i, 0).unwrap()).collect();
-    assert_eq!(kernel, lb_agent::vip_filter::words(&h.plan), "the kernel's filter is the plan's");
+    assert_eq!(kernel, lb_agent::dataplane::vip_filter::words(&h.plan), "the kernel's filter is the plan's");
 
     let vip: Ipv6Addr = "2001:db8:f::10".parse().unwrap();
     let vip_bit = bit(&lb_common::v6_words(vip), lb_common::FAMILY_V6);

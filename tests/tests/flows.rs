@@ -11,7 +11,7 @@ use etherparse::PacketBuilder;
 use lb_agent::{
     dataplane,
     plan::{self, Plan},
-    rings::MappedRings,
+    dataplane::rings::MappedRings,
 };
 use lb_tests::bpf::{self, Loaded, Overrides};
 use lb_common::{

@@ -5,7 +5,7 @@
 use aya::maps::Array;
 use lb_agent::{
     dataplane::{self, LoadOptions},
-    rings::MappedRings,
+    dataplane::rings::MappedRings,
 };
 use lb_common::maps;
 

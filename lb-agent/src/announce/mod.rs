@@ -185,7 +185,7 @@ pub async fn follow(
     current: Option<Announcer>,
     config: &crate::config::Config,
     handle: &Handle,
-    supervisor: &crate::health::supervisor::SharedSupervisor<crate::health::supervisor::MapWriter>,
+    supervisor: &crate::health::supervisor::SharedSupervisor<impl crate::health::supervisor::HealthWriter + Send + 'static>,
 ) -> Result<Option<Announcer>> {
     match (current, &config.announce) {
         (None, None) => Ok(None),

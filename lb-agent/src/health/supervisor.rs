@@ -14,8 +14,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
-use lb_common::flows::{member_index, MEMBER_UNUSABLE, MEMBER_USABLE};
 use lb_common::health::{HEALTH_DOWN, HEALTH_UNCHECKED, HEALTH_UP, HealthEntry, HealthKey, HealthReason};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -27,12 +25,13 @@ use crate::health::select::{self, Tier};
 use crate::health::settings::{CheckKind, InitialState};
 use crate::health::tracker::{State, Tracker};
 use crate::plan::Plan;
-use crate::rings::MappedRings;
 
 /// Reports in flight before checkers wait for the supervisor.
 const REPORT_QUEUE: usize = 256;
 
-/// Where the supervisor writes (the kernel maps, or a recorder in tests).
+/// Where the supervisor writes: the kernel's maps (reconcile implements this
+/// for every map store), or a recorder in tests. Health owns this trait so
+/// that it needs no dataplane.
 pub trait HealthWriter {
     /// Makes the kernel's ring of VIP row `row` equal `ring`, writing only
     /// the slots that differ; returns how many it wrote.
@@ -40,53 +39,6 @@ pub trait HealthWriter {
     fn write_health(&mut self, key: HealthKey, entry: HealthEntry) -> Result<()>;
     /// Whether recorded flows of (row, backend) may stay on it.
     fn write_member(&mut self, key: HealthKey, usable: bool) -> Result<()>;
-}
-
-/// The live `RINGS`, `HEALTH` and `MEMBERS` maps, opened from their pins.
-pub struct MapWriter {
-    /// Mapped one row at a time while writing (see [`MappedRings::row`]).
-    pub rings: MapData,
-    pub health: BpfHashMap<MapData, HealthKey, HealthEntry>,
-    pub members: Array<MapData, u32>,
-    pub max_backends: u32,
-}
-
-impl MapWriter {
-    pub fn open(dir: &std::path::Path, max_backends: u32) -> Result<Self> {
-        let open = |name: &str| crate::pins::open_map(dir, name);
-        Ok(MapWriter {
-            rings: open(lb_common::maps::RINGS)?,
-            health: BpfHashMap::try_from(Map::HashMap(open(lb_common::maps::HEALTH)?))?,
-            members: Array::try_from(Map::Array(open(lb_common::maps::MEMBERS)?))?,
-            max_backends,
-        })
-    }
-}
-
-impl HealthWriter for MapWriter {
-    fn write_ring(&mut self, row: u32, ring: &[u32]) -> Result<usize> {
-        let size = ring.len() as u32;
-        let mapped = MappedRings::row(&self.rings, row, size)?;
-        let base = row * size;
-        let mut written = 0;
-        for (slot, &id) in (base..).zip(ring) {
-            if mapped.get(slot) != Some(id) {
-                mapped.set(slot, id).with_context(|| format!("writing slot {} of ring row {row}", slot - base))?;
-                written += 1;
-            }
-        }
-        Ok(written)
-    }
-
-    fn write_health(&mut self, key: HealthKey, entry: HealthEntry) -> Result<()> {
-        self.health.insert(key, entry, 0).with_context(|| format!("writing health of {key:?}"))
-    }
-
-    fn write_member(&mut self, key: HealthKey, usable: bool) -> Result<()> {
-        let index = member_index(key.row, key.backend_id, self.max_backends);
-        let value = if usable { MEMBER_USABLE } else { MEMBER_UNUSABLE };
-        self.members.set(index, value, 0).with_context(|| format!("writing member {key:?}"))
-    }
 }
 
 /// Health entries of a previous supervisor (from the `HEALTH` map): pairs
@@ -601,7 +553,7 @@ port = 80
     fn writes_only_changed_slots_and_health_entries() {
         let c = parse(CONFIG, "t.toml").unwrap();
         let p = crate::plan::plan(&c);
-        // The kernel holds the all-up rings (as after `write_plan`).
+        // The kernel holds the all-up rings (as after a first reconcile).
         let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() };
         let mut s = Supervisor::new(&c, &p, recorder, &PriorHealth::new(), None).unwrap();
         let all_up = p.vips[0].all_up.as_ref().unwrap().ring.clone();

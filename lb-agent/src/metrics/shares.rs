@@ -12,7 +12,7 @@ use aya::maps::MapData;
 use lb_common::maps;
 
 use crate::plan::Plan;
-use crate::rings::MappedRings;
+use crate::dataplane::rings::MappedRings;
 
 /// Slots owned per backend id, per VIP row.
 #[derive(Clone, Debug, Default)]

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::MapData;
-use lb_agent::{config, plan, rings::MappedRings};
+use lb_agent::{config, dataplane::rings::MappedRings, plan};
 use lb_common::maps;
 use lb_tests::{
     agent,

@@ -30,7 +30,7 @@ use etherparse::PacketBuilder;
 use lb_agent::{
     dataplane,
     maglev::{self, Member},
-    rings::MappedRings,
+    dataplane::rings::MappedRings,
 };
 use lb_tests::bpf::{self, Overrides};
 use lb_common::{flows::FlowEvent, maps, programs, Action};

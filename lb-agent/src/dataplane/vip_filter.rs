@@ -2,12 +2,10 @@
 //! VIP addresses, and writing them so that the filter never hides a VIP
 //! (new bits before new VIPs, cleared bits only after removed VIPs).
 
-use std::borrow::{Borrow, BorrowMut};
-
-use anyhow::{Context as _, Result};
-use aya::maps::{Array, MapData};
+use anyhow::Result;
 use lb_common::vip_filter::{bit, word_and_mask, WORDS};
 
+use super::store::MapStore;
 use crate::plan::Plan;
 
 /// The filter with the bit of every VIP address of `plan` set.
@@ -20,7 +18,7 @@ pub fn words(plan: &Plan) -> Vec<u64> {
     out
 }
 
-/// How [`write`] combines the wanted words with the kernel's.
+/// How [`write()`] combines the wanted words with the kernel's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Merge {
     /// Keep every bit already set (before VIPs are added or removed).
@@ -29,18 +27,18 @@ pub enum Merge {
     Exact,
 }
 
-/// Writes the words of `wanted` that differ from the kernel's filter;
+/// Writes the words of `wanted` that differ from the store's filter;
 /// returns how many.
-pub fn write<T: Borrow<MapData> + BorrowMut<MapData>>(map: &mut Array<T, u64>, wanted: &[u64], merge: Merge) -> Result<usize> {
+pub fn write(store: &mut impl MapStore, wanted: &[u64], merge: Merge) -> Result<usize> {
+    let current = store.filter_words()?;
     let mut written = 0;
-    for (index, &want) in (0..).zip(wanted) {
-        let current = map.get(&index, 0).with_context(|| format!("reading word {index} of the VIP filter"))?;
+    for ((index, &want), &current) in (0..).zip(wanted).zip(&current) {
         let new = match merge {
             Merge::Union => current | want,
             Merge::Exact => want,
         };
         if new != current {
-            map.set(index, new, 0).with_context(|| format!("writing word {index} of the VIP filter"))?;
+            store.set_filter_word(index, new)?;
             written += 1;
         }
     }

@@ -1,0 +1,203 @@
+//! The maps of a balancer, opened from their pins (the agent: reconciling,
+//! reloading, adopting) or from a loaded object (the packet fixtures and the
+//! bench): the kernel's [`MapStore`].
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+use aya::Ebpf;
+use lb_common::{
+    flows::{member_index, LoadedState},
+    health::{HealthEntry, HealthKey},
+    maps, BackendEntry, VipKey, VipMeta,
+};
+
+use super::{rings::MappedRings, store::MapStore};
+use crate::pins;
+
+/// Where the maps are opened from (again, for [`MapStore::reopen`]).
+enum Source {
+    Pins(PathBuf),
+    /// Duplicates of a loaded object's map fds, by map name.
+    Fds(Vec<(&'static str, OwnedFd)>),
+}
+
+impl Source {
+    fn open(&self, name: &str) -> Result<MapData> {
+        match self {
+            Source::Pins(dir) => pins::open_map(dir, name),
+            Source::Fds(fds) => {
+                let (_, fd) = fds.iter().find(|(n, _)| *n == name).with_context(|| format!("map {name} not opened"))?;
+                let fd = fd.try_clone().with_context(|| format!("duplicating the fd of map {name}"))?;
+                MapData::from_fd(fd).with_context(|| format!("opening map {name} from its fd"))
+            }
+        }
+    }
+
+    fn again(&self) -> Result<Self> {
+        Ok(match self {
+            Source::Pins(dir) => Source::Pins(dir.clone()),
+            Source::Fds(fds) => Source::Fds(
+                fds.iter().map(|(n, fd)| Ok((*n, fd.try_clone()?))).collect::<std::io::Result<_>>().context("duplicating map fds")?,
+            ),
+        })
+    }
+}
+
+/// The maps reconciling reads and writes.
+const NAMES: [&str; 7] = [maps::VIPS, maps::BACKENDS, maps::MEMBERS, maps::HEALTH, maps::LOADED, maps::VIP_FILTER, maps::RINGS];
+
+pub struct LiveMaps {
+    source: Source,
+    vips: BpfHashMap<MapData, VipKey, VipMeta>,
+    backends: Array<MapData, BackendEntry>,
+    members: Array<MapData, u32>,
+    health: BpfHashMap<MapData, HealthKey, HealthEntry>,
+    loaded: Array<MapData, LoadedState>,
+    vip_filter: Array<MapData, u64>,
+    /// `RINGS`, mapped a row at a time when written (`MappedRings::row`).
+    rings: MapData,
+}
+
+impl LiveMaps {
+    /// The maps pinned under `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Self::from_source(Source::Pins(dir.to_path_buf()))
+    }
+
+    /// The maps of a loaded object (which keeps its own handles on them).
+    pub fn from_object(ebpf: &Ebpf) -> Result<Self> {
+        let fds = NAMES
+            .iter()
+            .map(|&name| {
+                let map = ebpf.map(name).with_context(|| format!("map {name} missing from the BPF object"))?;
+                let data = match map {
+                    Map::Array(d) | Map::HashMap(d) => d,
+                    _ => anyhow::bail!("map {name} is neither an array nor a hash map"),
+                };
+                Ok((name, data.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating the fd of map {name}"))?))
+            })
+            .collect::<Result<_>>()?;
+        Self::from_source(Source::Fds(fds))
+    }
+
+    fn from_source(source: Source) -> Result<Self> {
+        let open = |name: &str| source.open(name);
+        Ok(LiveMaps {
+            vips: BpfHashMap::try_from(Map::HashMap(open(maps::VIPS)?))?,
+            backends: Array::try_from(Map::Array(open(maps::BACKENDS)?))?,
+            members: Array::try_from(Map::Array(open(maps::MEMBERS)?))?,
+            health: BpfHashMap::try_from(Map::HashMap(open(maps::HEALTH)?))?,
+            loaded: Array::try_from(Map::Array(open(maps::LOADED)?))?,
+            vip_filter: Array::try_from(Map::Array(open(maps::VIP_FILTER)?))?,
+            rings: open(maps::RINGS)?,
+            source,
+        })
+    }
+
+    /// What the object pinned under `dir` was loaded with, read on its own:
+    /// an object of an older agent may lack maps that [`LiveMaps::open`]
+    /// needs, and its version is what tells the operator so.
+    pub fn pinned_loaded_state(dir: &Path) -> Result<LoadedState> {
+        let loaded: Array<MapData, LoadedState> = Array::try_from(Map::Array(pins::open_map(dir, maps::LOADED)?))
+            .context("the pinned LOADED map has another layout: it was pinned by an incompatible agent; run `lb-agent detach` (or `run --full-restart`)")?;
+        loaded.get(&0, 0).context("reading the LOADED map")
+    }
+
+    /// What the pinned object was loaded with.
+    pub fn loaded_state(&self) -> Result<LoadedState> {
+        self.loaded.get(&0, 0).context("reading the LOADED map")
+    }
+
+    pub fn set_loaded_state(&mut self, state: LoadedState) -> Result<()> {
+        self.loaded.set(0, state, 0).context("writing the LOADED map")
+    }
+
+    /// The `MEMBERS` index of a pair (`BACKENDS` has `max_backends` entries).
+    fn member_index(&self, key: HealthKey) -> u32 {
+        member_index(key.row, key.backend_id, self.backends.len())
+    }
+}
+
+impl MapStore for LiveMaps {
+    fn reopen(&self) -> Result<Self> {
+        Self::from_source(self.source.again()?)
+    }
+
+    fn backend_entries(&self) -> Result<BTreeMap<u32, BackendEntry>> {
+        let mut out = BTreeMap::new();
+        for id in 1..self.backends.len() {
+            let e = self.backends.get(&id, 0).with_context(|| format!("reading backend {id}"))?;
+            if e.family != 0 {
+                out.insert(id, e);
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_backend(&mut self, id: u32, entry: BackendEntry) -> Result<()> {
+        self.backends.set(id, entry, 0).with_context(|| format!("writing backend id {id}"))
+    }
+
+    fn all_vips(&self) -> Result<Vec<(VipKey, VipMeta)>> {
+        self.vips.iter().map(|item| item.context("reading the VIPS map")).collect()
+    }
+
+    fn vip(&self, key: &VipKey) -> Option<VipMeta> {
+        self.vips.get(key, 0).ok()
+    }
+
+    fn insert_vip(&mut self, key: VipKey, meta: VipMeta) -> Result<()> {
+        self.vips.insert(key, meta, 0).context("writing the VIPS map")
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.vips.remove(key).context("removing from the VIPS map")
+    }
+
+    fn set_ring(&mut self, row: u32, ring: &[u32]) -> Result<usize> {
+        let size = ring.len() as u32;
+        let mapped = MappedRings::row(&self.rings, row, size)?;
+        let base = row * size;
+        let mut written = 0;
+        for (slot, &id) in (base..).zip(ring) {
+            if mapped.get(slot) != Some(id) {
+                mapped.set(slot, id).with_context(|| format!("writing slot {} of ring row {row}", slot - base))?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    fn member(&self, key: HealthKey) -> Result<u32> {
+        self.members.get(&self.member_index(key), 0).with_context(|| format!("reading member {key:?}"))
+    }
+
+    fn set_member(&mut self, key: HealthKey, value: u32) -> Result<()> {
+        let index = self.member_index(key);
+        self.members.set(index, value, 0).with_context(|| format!("writing member {key:?}"))
+    }
+
+    fn health_entries(&self) -> Result<BTreeMap<HealthKey, HealthEntry>> {
+        self.health.iter().map(|item| item.context("reading the HEALTH map")).collect()
+    }
+
+    fn insert_health(&mut self, key: HealthKey, entry: HealthEntry) -> Result<()> {
+        self.health.insert(key, entry, 0).with_context(|| format!("writing health of {key:?}"))
+    }
+
+    fn remove_health(&mut self, key: &HealthKey) -> Result<()> {
+        self.health.remove(key).with_context(|| format!("removing health of {key:?}"))
+    }
+
+    fn filter_words(&self) -> Result<Vec<u64>> {
+        self.vip_filter.iter().map(|w| w.context("reading the VIP filter")).collect()
+    }
+
+    fn set_filter_word(&mut self, index: u32, word: u64) -> Result<()> {
+        self.vip_filter.set(index, word, 0).with_context(|| format!("writing word {index} of the VIP filter"))
+    }
+}
