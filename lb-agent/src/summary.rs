@@ -7,59 +7,13 @@ use std::net::IpAddr;
 
 use crate::announce::AnnounceConfig;
 use crate::config::{BackendConfig, Config, HashMode, LbSection, Protocol, VipConfig};
-use crate::health::settings::{CheckKind, HealthCheck};
-use crate::packet_policy::{self as packets, PacketPolicy};
+use crate::config::health::{CheckKind, HealthCheck};
+use crate::config::packets::{self, PacketPolicy};
 use crate::plan::{Plan, PlannedVip};
 
 /// 64-bit FNV-1a.
-struct Fnv(u64);
+use crate::plan::fnv::Fnv;
 
-impl Fnv {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-    fn bytes(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(Self::PRIME);
-        }
-    }
-}
-
-/// What the plan keeps of a VIP's all-up ring once the ring itself is
-/// dropped, computed in one pass over it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RingSummary {
-    /// A digest of the ring as positions in its (id-sorted, hence
-    /// address-sorted) member list, so that it does not depend on id
-    /// numbering: the fingerprint includes it.
-    pub digest: u64,
-    /// Slots owned by each member, in the members' order: `check`'s shares.
-    pub slots: Vec<u32>,
-}
-
-impl RingSummary {
-    /// The summary of `ring` (backend ids) whose members are `members`
-    /// ((id, weight), sorted by id).
-    pub fn of(ring: &[u32], members: &[(u32, u32)]) -> RingSummary {
-        // Position by id from a table (ids are small), FNV-1a over whole words:
-        // this runs over every slot of every ring a plan builds.
-        let table_len = members.last().map_or(0, |&(id, _)| id as usize + 1);
-        let mut position = vec![u32::MAX; table_len];
-        for (p, &(id, _)) in members.iter().enumerate() {
-            position[id as usize] = p as u32;
-        }
-        let mut slots = vec![0u32; members.len()];
-        let mut h = Fnv::OFFSET;
-        for &id in ring {
-            let pos = position.get(id as usize).copied().unwrap_or(u32::MAX);
-            if let Some(n) = slots.get_mut(pos as usize) {
-                *n += 1;
-            }
-            h = (h ^ u64::from(pos)).wrapping_mul(Fnv::PRIME);
-        }
-        RingSummary { digest: h, slots }
-    }
-}
 
 /// A 16-hex-digit fingerprint of every setting that decides any packet's
 /// fate (see [`forwarding_settings`] for the list and for what is left out,

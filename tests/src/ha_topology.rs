@@ -68,7 +68,7 @@ const ROUTE_POLL: Duration = Duration::from_millis(50);
 /// BGP sessions come up within a few connect retries.
 pub const BGP_UP: Duration = Duration::from_secs(20);
 
-pub use lb_agent::announce::settings::Role;
+pub use lb_agent::config::announce::Role;
 
 /// One LB host: its agent and its BIRD.
 pub struct LbHost {

@@ -12,7 +12,7 @@
 //! healthy backend (primary or backup; `fail_open` serves blind, so it does
 //! not count), and (3) the agent is neither stopping nor in maintenance.
 //! The agent compares wanted and installed routes every
-//! [`settings::RECONCILE_INTERVAL`], so a health change reaches the daemon
+//! [`crate::config::announce::RECONCILE_INTERVAL`], so a health change reaches the daemon
 //! within that time.
 //!
 //! A killed agent (kill -9) leaves its routes, like it leaves the balancer
@@ -21,7 +21,6 @@
 pub mod drain;
 pub mod maintenance;
 pub mod routes;
-pub mod settings;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -33,7 +32,7 @@ use rtnetlink::{packet_route::route::RouteMessage, Handle};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-pub use settings::AnnounceConfig;
+pub use crate::config::announce::AnnounceConfig;
 
 /// The VIP addresses that have at least one healthy backend now.
 pub type Serving = Box<dyn Fn() -> BTreeSet<IpAddr> + Send + Sync>;
@@ -78,7 +77,7 @@ impl Announcer {
         let task = {
             let (handle, state) = (handle.clone(), state.clone());
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(settings::RECONCILE_INTERVAL);
+                let mut tick = tokio::time::interval(crate::config::announce::RECONCILE_INTERVAL);
                 loop {
                     tick.tick().await;
                     let mut state = state.lock().await;

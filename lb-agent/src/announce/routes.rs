@@ -13,7 +13,7 @@ use rtnetlink::{
     Handle, RouteMessageBuilder,
 };
 
-use super::settings::AnnounceConfig;
+use crate::config::announce::AnnounceConfig;
 
 /// Whole-address prefix lengths: a VIP route covers exactly one address.
 const HOST_PREFIX_V4: u8 = 32;

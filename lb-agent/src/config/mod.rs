@@ -32,13 +32,14 @@ use std::str::FromStr;
 use lb_common::limits;
 use serde::Deserialize;
 
-use crate::health::settings::{self as health, AllDownPolicy, HealthCheck, RawHealth};
 use crate::maglev::is_prime;
-use crate::packet_policy::{self as packets, FragmentPolicy, PacketPolicy};
 
+pub mod announce;
 mod defaults;
+pub mod health;
 mod load;
 mod lb;
+pub mod packets;
 mod raw;
 mod toml_errors;
 mod validate;
@@ -51,6 +52,8 @@ pub use crate::diag::{ConfigError, Problem};
 pub use defaults::*;
 pub use load::{load, parse};
 pub use values::*;
+use health::{AllDownPolicy, HealthCheck, RawHealth};
+use packets::{FragmentPolicy, PacketPolicy};
 use raw::*;
 use toml_errors::*;
 use validate::*;
@@ -70,7 +73,7 @@ pub struct Config {
     pub vips: Vec<VipConfig>,
     /// The `[announce]` table: route announcement for several LB hosts
     /// (see [`crate::announce`]). Absent: nothing is announced.
-    pub announce: Option<crate::announce::AnnounceConfig>,
+    pub announce: Option<announce::AnnounceConfig>,
 }
 
 /// The `[lb]` table.

@@ -8,7 +8,7 @@ pub(super) struct RawConfig {
     pub(super) lb: Option<RawLb>,
     #[serde(default, rename = "vip")]
     pub(super) vips: Vec<RawVip>,
-    pub(super) announce: Option<crate::announce::settings::RawAnnounce>,
+    pub(super) announce: Option<crate::config::announce::RawAnnounce>,
 }
 
 #[derive(Deserialize, Default)]

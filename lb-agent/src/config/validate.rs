@@ -34,7 +34,7 @@ impl Validator {
         let vips = self.vips(raw.vips, lb.as_ref());
         let announce = match raw.announce {
             None => None,
-            Some(a) => Some(crate::announce::settings::resolve(a, &mut self.problems)?),
+            Some(a) => Some(crate::config::announce::resolve(a, &mut self.problems)?),
         };
         Some(Config { lb: lb?, vips: vips?, announce })
     }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::health::probe::{Outcome, Probe};
-use crate::health::settings::HealthCheck;
+use crate::config::health::HealthCheck;
 use crate::health::tracker::{State, Tracker};
 
 /// Largest extra wait between two checks, in percent of the interval.
@@ -102,7 +102,7 @@ pub async fn run<P: Probe>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::settings::{CheckKind, InitialState};
+    use crate::config::health::{CheckKind, InitialState};
     use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
 

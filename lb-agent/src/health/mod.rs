@@ -12,7 +12,5 @@ pub mod checker;
 pub mod dsr;
 pub mod probe;
 pub mod report;
-pub mod select;
-pub mod settings;
 pub mod supervisor;
 pub mod tracker;

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use std::os::fd::AsRawFd as _;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::health::settings::{CheckKind, HealthCheck, StatusSet};
+use crate::config::health::{CheckKind, HealthCheck, StatusSet};
 
 /// Bytes read at most to find the status line (`HTTP/1.1 200 OK\r\n`).
 const MAX_STATUS_LINE: usize = 512;

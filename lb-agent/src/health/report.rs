@@ -14,7 +14,7 @@ use lb_common::maps;
 use serde_json::{Value, json};
 
 use crate::config::Config;
-use crate::health::select;
+use crate::plan::select;
 use crate::plan::Plan;
 
 pub type HealthTable = BTreeMap<HealthKey, HealthEntry>;

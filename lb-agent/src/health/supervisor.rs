@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, VipConfig};
 use crate::health::checker::{self, Jitter, MemberRef, Report};
 use crate::health::probe::NetProbe;
-use crate::health::select::{self, Tier};
-use crate::health::settings::{CheckKind, InitialState};
+use crate::plan::select::{self, Tier};
+use crate::config::health::{CheckKind, InitialState};
 use crate::health::tracker::{State, Tracker};
 use crate::plan::Plan;
 

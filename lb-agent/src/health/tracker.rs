@@ -2,7 +2,7 @@
 //! the failure count and a failure the pass count, so scattered failures
 //! never mark a backend down and scattered passes never bring it back.
 
-use crate::health::settings::InitialState;
+use crate::config::health::InitialState;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{Problem, Protocol};
+use super::values::Protocol;
+use crate::diag::Problem;
 
 /// 5 s: NGINX Plus's `health_check` default. Operators coming from NGINX
 /// expect it, and it keeps the check load of 1,000 backends at 200 checks/s.

@@ -17,9 +17,13 @@ use lb_common::hash::{flow_hash, source_hash};
 use lb_common::{NO_BACKEND, VIP_FLAG_SOURCE_HASH, VipKey, VipMeta, addr_words};
 
 use crate::config::{Config, HashMode, MacAddr};
-use crate::health::select::{self, Selection};
+pub mod fnv;
+mod ring_summary;
+pub mod select;
+
+pub use ring_summary::RingSummary;
+use select::Selection;
 use crate::ids::{self, Kept, VipIdentity};
-use crate::summary::RingSummary;
 
 /// What the dataplane is to hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,7 +250,7 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
             let flags = match v.hash {
                 HashMode::Flow => 0,
                 HashMode::Source => VIP_FLAG_SOURCE_HASH,
-            } | crate::packet_policy::fragment_flags(v.fragments)
+            } | crate::config::packets::fragment_flags(v.fragments)
                 | if v.flow_table { 0 } else { lb_common::flows::VIP_FLAG_STATELESS };
             PlannedVip {
                 name: v.name.clone(),

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Problem;
-use crate::health::settings::parse_duration;
+use super::health::parse_duration;
+use crate::diag::Problem;
 
 /// Default kernel routing table of the VIP routes. Any table number works as
 /// long as nothing else uses it and the routing daemon reads the same one;

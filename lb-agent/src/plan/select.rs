@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use lb_common::NO_BACKEND;
 
 use crate::config::VipConfig;
-use crate::health::settings::AllDownPolicy;
+use crate::config::health::AllDownPolicy;
 use crate::maglev::{self, EMPTY, Member, backend_identity};
 
 /// Whose ring a VIP serves from.

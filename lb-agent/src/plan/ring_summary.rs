@@ -1,0 +1,39 @@
+//! What the plan keeps of a ring once the ring is dropped.
+
+use super::fnv::Fnv;
+
+/// What the plan keeps of a VIP's all-up ring once the ring itself is
+/// dropped, computed in one pass over it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingSummary {
+    /// A digest of the ring as positions in its (id-sorted, hence
+    /// address-sorted) member list, so that it does not depend on id
+    /// numbering: the fingerprint includes it.
+    pub digest: u64,
+    /// Slots owned by each member, in the members' order: `check`'s shares.
+    pub slots: Vec<u32>,
+}
+
+impl RingSummary {
+    /// The summary of `ring` (backend ids) whose members are `members`
+    /// ((id, weight), sorted by id).
+    pub fn of(ring: &[u32], members: &[(u32, u32)]) -> RingSummary {
+        // Position by id from a table (ids are small), FNV-1a over whole words:
+        // this runs over every slot of every ring a plan builds.
+        let table_len = members.last().map_or(0, |&(id, _)| id as usize + 1);
+        let mut position = vec![u32::MAX; table_len];
+        for (p, &(id, _)) in members.iter().enumerate() {
+            position[id as usize] = p as u32;
+        }
+        let mut slots = vec![0u32; members.len()];
+        let mut h = Fnv::OFFSET;
+        for &id in ring {
+            let pos = position.get(id as usize).copied().unwrap_or(u32::MAX);
+            if let Some(n) = slots.get_mut(pos as usize) {
+                *n += 1;
+            }
+            h = (h ^ u64::from(pos)).wrapping_mul(Fnv::PRIME);
+        }
+        RingSummary { digest: h, slots }
+    }
+}
