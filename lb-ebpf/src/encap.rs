@@ -12,6 +12,7 @@ use network_types::{
 };
 
 use crate::{
+    addr::words_bytes,
     checksum,
     maps::{tunnel_source_v4, tunnel_source_v6},
     packet::ptr_at_mut,
@@ -144,19 +145,4 @@ fn write_ipv6(
         (*ip).dst_addr = words_bytes(&backend.addr);
     }
     Ok(())
-}
-
-#[inline(always)]
-pub fn words_bytes(w: &[u32; 4]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        let b = w[i].to_ne_bytes();
-        out[i * 4] = b[0];
-        out[i * 4 + 1] = b[1];
-        out[i * 4 + 2] = b[2];
-        out[i * 4 + 3] = b[3];
-        i += 1;
-    }
-    out
 }

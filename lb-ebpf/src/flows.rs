@@ -10,9 +10,9 @@ use lb_common::{
 };
 
 use crate::{
-    balancer::{backend_entry, pick_backend},
     counters::count_flow,
     events,
+    lookup::{backend_entry, pick_backend},
     maps::{max_backends, FLOWS, MEMBERS},
     packet::ptr_at,
     parse::{Flow, Ip},

@@ -16,30 +16,18 @@ use lb_common::{packet_policy::POLICY_ECHO_REPLY, Reason, FAMILY_V4, FAMILY_V6};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
-    balancer::{flow_hash, forward, is_vip_address, lookup_vip, TooBig},
+    addr::words16,
+    forward::{forward, TooBig},
+    icmp_wire::{
+        ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REQUEST, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, ICMP_DEST_UNREACH,
+        ICMP_ECHO_REQUEST, ICMP_HEADER_LEN, ICMP_TIME_EXCEEDED, PROTO_ICMP, PROTO_ICMPV6,
+    },
+    lookup::{flow_hash, is_vip_address, lookup_vip},
     maps::policy,
     packet::ptr_at,
-    parse::{is_tcp_udp, words16, Flow, Ip},
+    parse::{is_tcp_udp, Flow, Ip},
     reply,
 };
-
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_ICMPV6: u8 = 58;
-/// Type, code, checksum and 4 type-specific bytes.
-pub const ICMP_HEADER_LEN: usize = 8;
-
-pub const ICMP_ECHO_REQUEST: u8 = 8;
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
-/// Destination unreachable code: fragmentation needed and DF set.
-pub const ICMP_FRAG_NEEDED: u8 = 4;
-
-pub const ICMPV6_DEST_UNREACH: u8 = 1;
-pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
-pub const ICMPV6_ECHO_REQUEST: u8 = 128;
-pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// Bytes of the quoted TCP/UDP header we read: the two ports.
 const QUOTED_PORTS_LEN: usize = 4;

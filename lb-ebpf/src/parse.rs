@@ -12,7 +12,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::packet::ptr_at;
+use crate::{addr::words16, packet::ptr_at};
 
 /// IPv4 "more fragments" flag and fragment offset, in host order.
 pub const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
@@ -243,14 +243,4 @@ pub fn parse_ports(ctx: &XdpContext, offset: usize, payload_len: usize, proto: u
 #[inline(always)]
 pub fn is_tcp_udp(proto: u8) -> bool {
     proto == PROTO_TCP || proto == PROTO_UDP
-}
-
-#[inline(always)]
-pub fn words16(a: &[u8; 16]) -> AddrWords {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }

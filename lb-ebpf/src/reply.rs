@@ -16,10 +16,10 @@ use network_types::{
 };
 
 use crate::{
+    addr::words_bytes,
     checksum,
-    encap::words_bytes,
     maps::mtu,
-    icmp::{
+    icmp_wire::{
         ICMPV6_ECHO_REPLY, ICMPV6_PACKET_TOO_BIG, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_FRAG_NEEDED,
         ICMP_HEADER_LEN, PROTO_ICMP, PROTO_ICMPV6,
     },
