@@ -2,7 +2,8 @@
 //! `tc_health_encap` for DSR health checks, and the bench's floors.
 //!
 //! Modules form layers, listed top down; each imports (`use crate::`) only
-//! from layers below its own, so the module graph has no cycle:
+//! from layers below its own, so the module graph has no cycle (`cargo xtask
+//! test` checks this list against the imports, see xtask/src/layers.rs):
 //!
 //! - L6 `main`: the XDP entry points below
 //! - L5 entry programs: `balancer` (dispatch), `decap`, `health_encap`, `floors`

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's entry points. Every command bootstraps what it
 //! needs first (see `setup`), so a fresh machine needs only the repository.
 
+mod layers;
 mod setup;
 
 
@@ -139,7 +140,8 @@ fn build() -> Result<()> {
 /// `AYA_BUILD_SKIP`: lb-agent embeds the object, so it must exist.) lb-ebpf
 /// on its BPF target, the way aya-build compiles it (nightly, `build-std=core`).
 fn lint() -> Result<()> {
-    step("clippy -D warnings: every crate, lb-ebpf on its BPF target");
+    step("lb-ebpf's module layers, then clippy -D warnings: every crate, lb-ebpf on its BPF target");
+    layers::check(&workspace_root().join("lb-ebpf/src"))?;
     let started = Instant::now();
     let lint_dir = target_dir().join("clippy");
     let mut host = Command::new("cargo");
