@@ -134,23 +134,22 @@ fn build() -> Result<()> {
 }
 
 /// Clippy with `-D warnings` on every crate, before any test runs: the
-/// workspace lints (Cargo.toml) hold in CI. In their own target directory:
-/// clippy's check artifacts cannot serve the build, and sharing `target/debug`
-/// would make the two rebuild each other's lb-agent build script. (Not
-/// `AYA_BUILD_SKIP`: lb-agent embeds the object, so it must exist.) lb-ebpf
-/// on its BPF target, the way aya-build compiles it (nightly, `build-std=core`).
+/// workspace lints (Cargo.toml) hold in CI. Host crates in `target/debug`,
+/// right after the build: they reuse its build-script runs (the BPF object
+/// is built once) and its proc macros, and the build after them has nothing
+/// to redo. (Not `AYA_BUILD_SKIP`: lb-agent embeds the object, so it must
+/// exist.) lb-ebpf on its BPF target, the way aya-build compiles it (nightly,
+/// `build-std=core`), in `target/clippy`, away from the stable toolchain's files.
 fn lint() -> Result<()> {
     step("lb-ebpf's module layers, then clippy -D warnings: every crate, lb-ebpf on its BPF target");
     layers::check(&workspace_root().join("lb-ebpf/src"))?;
     let started = Instant::now();
-    let lint_dir = target_dir().join("clippy");
     let mut host = Command::new("cargo");
-    host.args(["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"])
-        .env("CARGO_TARGET_DIR", &lint_dir);
+    host.args(["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"]);
     let mut bpf = Command::new("cargo");
     bpf.args(["+nightly", "clippy", "-p", "lb-ebpf", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"])
         .env("RUSTFLAGS", format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH))
-        .env("CARGO_TARGET_DIR", &lint_dir)
+        .env("CARGO_TARGET_DIR", target_dir().join("clippy"))
         // As aya-build does: the nightly toolchain's own rustc, not one inherited from `cargo xtask`.
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
