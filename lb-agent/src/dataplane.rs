@@ -272,32 +272,6 @@ pub fn backend_entry(b: &ResolvedBackend) -> BackendEntry {
     BackendEntry { addr, next_hop_mac: b.next_hop_mac.0, family, _pad: 0 }
 }
 
-/// Pins every map under `dir` (creating it), replacing stale pins of an
-/// agent that did not exit cleanly.
-pub fn pin_maps(ebpf: &Ebpf, dir: &Path) -> Result<()> {
-    ensure_bpffs(dir)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
-    for name in maps::ALL {
-        let path = dir.join(name);
-        if path.exists() {
-            std::fs::remove_file(&path).with_context(|| format!("removing stale pin {}", path.display()))?;
-        }
-        ebpf.map(name)
-            .with_context(|| format!("map {name} missing from the BPF object"))?
-            .pin(&path)
-            .with_context(|| format!("pinning {name} at {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// Removes what [`pin_maps`] created.
-pub fn unpin_maps(dir: &Path) {
-    for name in maps::ALL {
-        let _ = std::fs::remove_file(dir.join(name));
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
 /// Mounts bpffs at /sys/fs/bpf when a pin directory lives there and nothing is
 /// mounted yet (fresh hosts and containers often lack it).
 pub(crate) fn ensure_bpffs(dir: &Path) -> Result<()> {
@@ -320,7 +294,9 @@ pub(crate) fn ensure_bpffs(dir: &Path) -> Result<()> {
 fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: `statfs` is plain old data, for which all-zero bytes are valid.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a live, writable statfs.
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 

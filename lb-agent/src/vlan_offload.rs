@@ -178,6 +178,7 @@ impl Ethtool {
     /// SIOCETHTOOL with `data` (a `u32`-aligned buffer whose first word is the
     /// command); returns the ioctl's non-negative result.
     fn call(&self, data: &mut [u32], what: &str) -> Result<i32> {
+        // SAFETY: `ifreq` is plain old data, for which all-zero bytes are valid.
         let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
         req.ifr_name = self.name;
         req.ifr_ifru.ifru_data = data.as_mut_ptr().cast();

@@ -60,8 +60,9 @@ fn check(dir: &Path, name: &str, config: &str) -> Run {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "lb-agent check failed: {status}");
-    // SAFETY: getrusage writes into the zeroed struct we own.
+    // SAFETY: `rusage` is plain old data, for which all-zero bytes are valid.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
     assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0, "getrusage");
     Run { peak_rss_kib: usage.ru_maxrss, stdout: std::fs::read_to_string(&out).unwrap() }
 }

@@ -125,6 +125,8 @@ const _: () = assert!(core::mem::size_of::<LoadedState>() == 72);
 mod pod {
     // SAFETY: #[repr(C)], integers only, no implicit padding (size assertions).
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::LoadedState {}
 }

@@ -100,6 +100,7 @@ const _: () = assert!(core::mem::size_of::<HealthEntry>() == 24);
 mod pod {
     // SAFETY: #[repr(C)], integers only, no implicit padding (size assertions).
     unsafe impl aya::Pod for super::HealthKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::HealthEntry {}
 }
 

@@ -128,8 +128,11 @@ mod pod {
     // SAFETY: all of these are #[repr(C)], contain only integers and byte
     // arrays, and have no implicit padding (checked by the size assertions).
     unsafe impl aya::Pod for super::VipKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::VipMeta {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::BackendEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Counter {}
 }
 

@@ -8,6 +8,9 @@
 //! - [`hash`]: the flow hash, so the agent (`lb-agent lookup`, tests) computes
 //!   exactly what the kernel computes.
 #![no_std]
+// Not in [workspace.lints]: lb-ebpf is a binary, where it flags every `pub`
+// (86) and tells nothing dead_code does not; here it holds at no cost.
+#![warn(unreachable_pub)]
 
 pub mod checksum;
 pub mod flows;

@@ -13,7 +13,7 @@ use aya_log_ebpf::{
 };
 use lb_common::{flows::FlowEvent, AddrWords, Reason, FAMILY_V4};
 
-use crate::{encap::words_bytes, parse::Flow};
+use crate::{addr::words_bytes, parse::Flow};
 
 /// A packet that the balancer did not forward, other than host traffic.
 #[inline(always)]

@@ -25,12 +25,17 @@ pub fn xdp_floor_tx(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn floor_tx(ctx: &XdpContext) -> Option<Action> {
     let eth: *mut EthHdr = ptr_at_mut(ctx, 0)?;
+    // SAFETY: every pointer here comes from `ptr_at` / `ptr_at_mut`,
+    // bounds-checked. Raw dereferences on purpose: the floor is the cheapest
+    // hand-written program, the yardstick our programs are measured against.
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
         return None;
     }
     let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
+    // SAFETY: see `eth` above.
     let header_len = ((unsafe { (*ip).vihl } & 0x0f) as usize) * 4;
     let l4 = EthHdr::LEN + header_len;
+    // SAFETY: see `eth` above.
     match unsafe { (*ip).proto } {
         PROTO_TCP => {
             let _tcp: *const TcpHdr = ptr_at(ctx, l4)?;
@@ -40,6 +45,7 @@ fn floor_tx(ctx: &XdpContext) -> Option<Action> {
         }
         _ => return None,
     }
+    // SAFETY: see `eth` above.
     unsafe { core::mem::swap(&mut (*eth).dst_addr, &mut (*eth).src_addr) };
     Some(Action::Tx)
 }

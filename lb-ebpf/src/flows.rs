@@ -11,11 +11,11 @@ use lb_common::{
 };
 
 use crate::{
-    balancer::{backend_entry, pick_backend},
     counters::count_flow,
     events,
+    lookup::{backend_entry, pick_backend},
     maps::{max_backends, FLOWS, MEMBERS},
-    packet::ptr_at,
+    packet::read,
     parse::{Flow, Ip},
 };
 
@@ -26,6 +26,7 @@ const TCP_ACK: u8 = 0x10;
 
 /// The backend of this packet's flow: recorded, or chosen by the ring and recorded.
 #[inline(always)]
+#[expect(clippy::needless_borrows_for_generic_args, reason = "a key by value is copied once more: about 20 instructions per packet")]
 pub fn choose(ctx: &XdpContext, ip: &Ip, flow: &Flow, vip: &VipMeta, hash: u32, frame_len: usize) -> Result<(u32, BackendEntry), Reason> {
     if vip.flags & VIP_FLAG_STATELESS != 0 {
         return pick_backend(vip, hash);
@@ -34,6 +35,8 @@ pub fn choose(ctx: &XdpContext, ip: &Ip, flow: &Flow, vip: &VipMeta, hash: u32, 
     let event = if is_connection_start(ctx, ip) {
         FlowEvent::Miss
     } else {
+        // SAFETY: the entry is copied out at once; an LRU entry the kernel
+        // evicts meanwhile can only yield a stale backend id, which `usable` checks.
         match unsafe { FLOWS.get(&key) } {
             None => {
                 // Not a connection start, so a TCP packet here belongs to an
@@ -79,8 +82,5 @@ fn is_connection_start(ctx: &XdpContext, ip: &Ip) -> bool {
     if ip.proto != PROTO_TCP {
         return false;
     }
-    match ptr_at::<u8>(ctx, ip.l4_offset + TCP_FLAGS_OFFSET) {
-        Some(flags) => unsafe { *flags & (TCP_SYN | TCP_ACK) == TCP_SYN },
-        None => false,
-    }
+    read::<u8>(ctx, ip.l4_offset + TCP_FLAGS_OFFSET).is_some_and(|flags| flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
 }

@@ -9,7 +9,8 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{packet_policy::fragment_row, Reason, VipMeta};
 
 use crate::{
-    balancer::{flow_hash, forward, lookup_address, TooBig},
+    forward::{forward, TooBig},
+    lookup::{flow_hash, lookup_address},
     parse::{Flow, Ip},
 };
 

@@ -25,15 +25,17 @@ const IPV4_DF: u16 = 0x4000;
 
 #[classifier]
 pub fn tc_health_encap(ctx: TcContext) -> i32 {
+    // SAFETY: `ctx.skb.skb` is the socket buffer the kernel passed to this
+    // program, valid for its whole run; `mark` is a field tc programs may read.
     let mark = unsafe { (*ctx.skb.skb).mark };
     let Some(id) = dsr::backend_of(mark) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     // A marked check that cannot be encapsulated must not go out plain: it
     // would reach the backend's VIP directly and pass for the wrong reason.
     match encapsulate(&ctx, id) {
-        Ok(()) => TC_ACT_OK as i32,
-        Err(()) => TC_ACT_SHOT as i32,
+        Ok(()) => TC_ACT_OK,
+        Err(()) => TC_ACT_SHOT,
     }
 }
 

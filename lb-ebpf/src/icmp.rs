@@ -16,30 +16,18 @@ use lb_common::{packet_policy::POLICY_ECHO_REPLY, Reason, FAMILY_V4, FAMILY_V6};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
-    balancer::{flow_hash, forward, is_vip_address, lookup_vip, TooBig},
+    addr::words16,
+    forward::{forward, TooBig},
+    icmp_wire::{
+        ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REQUEST, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, ICMP_DEST_UNREACH,
+        ICMP_ECHO_REQUEST, ICMP_HEADER_LEN, ICMP_TIME_EXCEEDED, PROTO_ICMP, PROTO_ICMPV6,
+    },
+    lookup::{flow_hash, is_vip_address, lookup_vip},
     maps::policy,
-    packet::ptr_at,
-    parse::{is_tcp_udp, words16, Flow, Ip},
+    packet::read,
+    parse::{is_tcp_udp, Flow, Ip},
     reply,
 };
-
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_ICMPV6: u8 = 58;
-/// Type, code, checksum and 4 type-specific bytes.
-pub const ICMP_HEADER_LEN: usize = 8;
-
-pub const ICMP_ECHO_REQUEST: u8 = 8;
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
-/// Destination unreachable code: fragmentation needed and DF set.
-pub const ICMP_FRAG_NEEDED: u8 = 4;
-
-pub const ICMPV6_DEST_UNREACH: u8 = 1;
-pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
-pub const ICMPV6_ECHO_REQUEST: u8 = 128;
-pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// Bytes of the quoted TCP/UDP header we read: the two ports.
 const QUOTED_PORTS_LEN: usize = 4;
@@ -54,11 +42,11 @@ pub fn is_icmp(ip: &Ip) -> bool {
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     // Bounds check before the length check, which LLVM would otherwise use to drop it.
-    let Some(header) = ptr_at::<[u8; ICMP_HEADER_LEN]>(ctx, ip.l4_offset) else { return Err(unclaimed(ip)) };
+    let Some(header) = read::<[u8; ICMP_HEADER_LEN]>(ctx, ip.l4_offset) else { return Err(unclaimed(ip)) };
     if ip.l4_len < ICMP_HEADER_LEN {
         return Err(unclaimed(ip));
     }
-    let icmp_type = unsafe { (*header)[0] };
+    let icmp_type = header[0];
     let (echo, error) = if ip.family == FAMILY_V4 {
         (icmp_type == ICMP_ECHO_REQUEST, icmp_type == ICMP_DEST_UNREACH || icmp_type == ICMP_TIME_EXCEEDED)
     } else {
@@ -116,29 +104,28 @@ fn quoted_flow(ctx: &XdpContext, ip: &Ip) -> Option<Flow> {
     let quote = ip.l4_offset + ICMP_HEADER_LEN;
     let ip_end = ip.l4_offset + ip.l4_len;
     let (src, dst, proto, ports_at) = if ip.family == FAMILY_V4 {
-        let q: *const Ipv4Hdr = ptr_at(ctx, quote)?;
-        let (vihl, proto, frags) = unsafe { ((*q).vihl, (*q).proto, u16::from_be_bytes((*q).frags)) };
+        let q = read::<Ipv4Hdr>(ctx, quote)?;
+        let (vihl, proto, frags) = (q.vihl, q.proto, u16::from_be_bytes(q.frags));
         let header_len = ((vihl & 0x0f) as usize) * 4;
         if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || frags & IPV4_OFFSET_MASK != 0 {
             return None;
         }
-        let src = [unsafe { u32::from_ne_bytes((*q).src_addr) }, 0, 0, 0];
-        let dst = [unsafe { u32::from_ne_bytes((*q).dst_addr) }, 0, 0, 0];
+        let src = [u32::from_ne_bytes(q.src_addr), 0, 0, 0];
+        let dst = [u32::from_ne_bytes(q.dst_addr), 0, 0, 0];
         (src, dst, proto, quote + header_len)
     } else {
-        let q: *const Ipv6Hdr = ptr_at(ctx, quote)?;
-        if unsafe { (*q).vcf[0] } >> 4 != 6 {
+        let q = read::<Ipv6Hdr>(ctx, quote)?;
+        if q.vcf[0] >> 4 != 6 {
             return None;
         }
-        let (src, dst) = unsafe { (words16(&(*q).src_addr), words16(&(*q).dst_addr)) };
-        (src, dst, unsafe { (*q).next_hdr }, quote + Ipv6Hdr::LEN)
+        (words16(&q.src_addr), words16(&q.dst_addr), q.next_hdr, quote + Ipv6Hdr::LEN)
     };
     // Only errors about packets we would have sent: from the address the error is for.
-    let ports: *const [u16; 2] = ptr_at(ctx, ports_at)?;
+    let [s0, s1, d0, d1] = read::<[u8; QUOTED_PORTS_LEN]>(ctx, ports_at)?;
     if !is_tcp_udp(proto) || src != ip.dst || ports_at + QUOTED_PORTS_LEN > ip_end {
         return None;
     }
-    let (quoted_src_port_be, quoted_dst_port_be) = unsafe { ((*ports)[0], (*ports)[1]) };
+    let (quoted_src_port_be, quoted_dst_port_be) = (u16::from_ne_bytes([s0, s1]), u16::from_ne_bytes([d0, d1]));
     Some(Flow {
         l2: ip.l2,
         family: ip.family,

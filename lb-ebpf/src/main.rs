@@ -1,24 +1,38 @@
-//! The BPF object: `xdp_balancer` for LB hosts and `xdp_decap` for backends.
+//! The BPF object: `xdp_balancer` for LB hosts, `xdp_decap` for backends,
+//! `tc_health_encap` for DSR health checks, and the bench's floors.
 //!
-//! Layout by concern: `packet` (bounds-checked access), `parse` (Ethernet,
-//! VLAN, IPv4/IPv6, TCP/UDP), `maps` (every map and load-time global),
-//! `balancer` (VIP lookup and Maglev ring), `flows` (the flow table), `encap` (IPIP / IP6IP6),
-//! `fragment` and `icmp` (their policies), `reply` (ICMP answers to the
-//! client), `checksum`, `decap`, `counters`, `events` (aya-log records, off by default).
+//! Modules form layers, listed top down; each imports (`use crate::`) only
+//! from layers below its own, so the module graph has no cycle (`cargo xtask
+//! test` checks this list against the imports, see xtask/src/layers.rs):
+//!
+//! - L6 `main`: the XDP entry points below
+//! - L5 entry programs: `balancer` (dispatch), `decap`, `health_encap`, `floors`
+//! - L4 policies: `flows` (the flow table), `fragment`, `icmp`
+//! - L3 `forward`: MTU check, encapsulate, count
+//! - L2 primitives: `lookup` (VIP, flow hash, Maglev ring, backend), `encap`
+//!   (IPIP / IP6IP6), `reply` (ICMP answers to the client), `events`
+//!   (aya-log records, off by default)
+//! - L1 `parse` (Ethernet, VLAN, IPv4/IPv6, TCP/UDP), `counters`
+//! - L0 no `crate::` imports: `packet` (bounds-checked access), `maps`
+//!   (every map and load-time global), `checksum`, `addr`, `icmp_wire`
 #![no_std]
 #![no_main]
 
+mod addr;
 mod balancer;
 mod checksum;
 mod counters;
 mod decap;
 mod encap;
 mod events;
-mod flows;
-mod fragment;
-mod icmp;
 mod floors;
+mod flows;
+mod forward;
+mod fragment;
 mod health_encap;
+mod icmp;
+mod icmp_wire;
+mod lookup;
 mod maps;
 mod packet;
 mod parse;

@@ -19,7 +19,7 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MA
 /// Mappable, so the agent writes ring slots with plain stores (lb-agent rings.rs).
 #[map]
 pub static RINGS: Array<u32> =
-    Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, aya_ebpf::bindings::BPF_F_MMAPABLE as u32);
+    Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 #[map]
 pub static BACKENDS: Array<BackendEntry> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
@@ -82,33 +82,40 @@ static MAX_BACKENDS: u32 = DEFAULT_MAX_BACKENDS;
 
 #[inline(always)]
 pub fn ring_size() -> u32 {
+    // SAFETY: a reference to a static is valid and aligned; volatile only
+    // so that the compiler does not fold the default (see above).
     unsafe { core::ptr::read_volatile(&RING_SIZE) }
 }
 
 #[inline(always)]
 pub fn hash_seed() -> u32 {
+    // SAFETY: as in `ring_size`.
     unsafe { core::ptr::read_volatile(&HASH_SEED) }
 }
 
 #[inline(always)]
 pub fn tunnel_source_v4() -> u32 {
+    // SAFETY: as in `ring_size`.
     unsafe { core::ptr::read_volatile(&TUNNEL_SOURCE_V4[0]) }
 }
 
 #[inline(always)]
 pub fn tunnel_source_v6() -> AddrWords {
+    // SAFETY: as in `ring_size`.
     unsafe { core::ptr::read_volatile(&TUNNEL_SOURCE_V6) }
 }
 
 /// The largest IP packet the interface sends; 0 = unknown (no check).
 #[inline(always)]
 pub fn mtu() -> u32 {
+    // SAFETY: as in `ring_size`.
     unsafe { core::ptr::read_volatile(&MTU) }
 }
 
 /// Whether a `lb_common::packet_policy::POLICY_*` bit is set.
 #[inline(always)]
 pub fn policy(bit: u32) -> bool {
+    // SAFETY: as in `ring_size`.
     let bits = unsafe { core::ptr::read_volatile(&POLICY) };
     bits & bit != 0
 }
@@ -116,5 +123,6 @@ pub fn policy(bit: u32) -> bool {
 /// Backend ids per VIP row in `MEMBERS`.
 #[inline(always)]
 pub fn max_backends() -> u32 {
+    // SAFETY: as in `ring_size`.
     unsafe { core::ptr::read_volatile(&MAX_BACKENDS) }
 }

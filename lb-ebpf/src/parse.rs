@@ -1,6 +1,6 @@
 //! Header parsing: Ethernet with at most one 802.1Q tag, IPv4 (any IHL) or
 //! IPv6 (skipping a bounded number of extension headers), then the TCP/UDP
-//! ports. Every read goes through `packet::ptr_at`.
+//! ports. Every read goes through `packet` (bounds-checked).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{limits::MAX_IPV6_EXT_HEADERS, AddrWords, Reason, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
@@ -12,7 +12,10 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::packet::ptr_at;
+use crate::{
+    addr::words16,
+    packet::{ptr_at, read},
+};
 
 /// IPv4 "more fragments" flag and fragment offset, in host order.
 pub const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
@@ -102,11 +105,16 @@ impl Flow {
 #[inline(always)]
 pub fn parse_l2(ctx: &XdpContext) -> Result<L2, Reason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::MalformedL3)?;
+    // SAFETY: `ptr_at` checked the bounds. Not `read`: `ether_type` is a u16
+    // at an even offset of a frame that starts 2-aligned (the kernel's
+    // headroom, and our head adjustments are even), and an aligned load is
+    // one instruction where an unaligned one is four, on every packet.
     let ether_type_be = unsafe { (*eth).ether_type };
     if ether_type_be != EtherType::Ieee8021q as u16 {
         return Ok(L2 { len: EthHdr::LEN, ether_type_be });
     }
     let vlan: *const VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(Reason::MalformedL3)?;
+    // SAFETY: as for `eth` above: bounds checked, an aligned u16.
     Ok(L2 { len: EthHdr::LEN + VlanHdr::LEN, ether_type_be: unsafe { (*vlan).ether_type } })
 }
 
@@ -121,8 +129,8 @@ pub fn parse_ip(ctx: &XdpContext) -> Result<Ip, Reason> {
     }
     // A group-addressed frame is never balanced: its destination MAC would
     // become the outer source MAC.
-    let dst_mac: *const [u8; 6] = ptr_at(ctx, 0).ok_or(Reason::MalformedL3)?;
-    if unsafe { (*dst_mac)[0] } & MAC_GROUP_BIT != 0 {
+    let dst_mac = read::<[u8; 6]>(ctx, 0).ok_or(Reason::MalformedL3)?;
+    if dst_mac[0] & MAC_GROUP_BIT != 0 {
         return Err(Reason::L2Multicast);
     }
     if is_v4 {
@@ -134,20 +142,20 @@ pub fn parse_ip(ctx: &XdpContext) -> Result<Ip, Reason> {
 
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
-    let ip: *const Ipv4Hdr = ptr_at(ctx, l2.len).ok_or(Reason::MalformedL3)?;
-    let (vihl, tos, proto, ttl) = unsafe { ((*ip).vihl, (*ip).tos, (*ip).proto, (*ip).ttl) };
+    let ip = read::<Ipv4Hdr>(ctx, l2.len).ok_or(Reason::MalformedL3)?;
+    let (vihl, tos, proto, ttl) = (ip.vihl, ip.tos, ip.proto, ip.ttl);
     let header_len = ((vihl & 0x0f) as usize) * 4;
-    let ip_len = u16::from_be_bytes(unsafe { (*ip).tot_len }) as usize;
+    let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
     let available = ctx.data_end() - ctx.data() - l2.len;
     if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || ip_len < header_len || ip_len > available {
         return Err(Reason::MalformedL3);
     }
-    let fragment = u16::from_be_bytes(unsafe { (*ip).frags }) & IPV4_MF_AND_OFFSET != 0;
+    let fragment = u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0;
     Ok(Ip {
         l2,
         family: FAMILY_V4,
-        src: [unsafe { u32::from_ne_bytes((*ip).src_addr) }, 0, 0, 0],
-        dst: [unsafe { u32::from_ne_bytes((*ip).dst_addr) }, 0, 0, 0],
+        src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
+        dst: [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0],
         proto,
         tos,
         ttl,
@@ -160,16 +168,16 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
 
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
-    let ip: *const Ipv6Hdr = ptr_at(ctx, l2.len).ok_or(Reason::MalformedL3)?;
-    let vcf = unsafe { (*ip).vcf };
-    let payload_len = u16::from_be_bytes(unsafe { (*ip).payload_len }) as usize;
+    let ip = read::<Ipv6Hdr>(ctx, l2.len).ok_or(Reason::MalformedL3)?;
+    let vcf = ip.vcf;
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
     let available = ctx.data_end() - ctx.data() - l2.len;
     if vcf[0] >> 4 != 6 || Ipv6Hdr::LEN + payload_len > available {
         return Err(Reason::MalformedL3);
     }
-    let (src, dst) = unsafe { (words16(&(*ip).src_addr), words16(&(*ip).dst_addr)) };
+    let (src, dst) = (words16(&ip.src_addr), words16(&ip.dst_addr));
     let ip_end = l2.len + Ipv6Hdr::LEN + payload_len;
-    let (proto, l4_offset, fragment) = skip_ipv6_ext_headers(ctx, unsafe { (*ip).next_hdr }, l2.len + Ipv6Hdr::LEN, ip_end)?;
+    let (proto, l4_offset, fragment) = skip_ipv6_ext_headers(ctx, ip.next_hdr, l2.len + Ipv6Hdr::LEN, ip_end)?;
     Ok(Ip {
         l2,
         family: FAMILY_V6,
@@ -177,7 +185,7 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
         dst,
         proto,
         tos: (vcf[0] << 4) | (vcf[1] >> 4),
-        ttl: unsafe { (*ip).hop_limit },
+        ttl: ip.hop_limit,
         ip_len: Ipv6Hdr::LEN + payload_len,
         l4_offset,
         l4_len: ip_end - l4_offset,
@@ -203,6 +211,8 @@ fn skip_ipv6_ext_headers(ctx: &XdpContext, first: u8, start: usize, ip_end: usiz
         if offset + IPV6_EXT_MIN > ip_end {
             return Err(Reason::MalformedL3);
         }
+        // SAFETY: `ptr_at` checked the bounds. Not `read`: loading before
+        // the length check above costs instructions in each unrolled round.
         let (following, ext_len) = unsafe { ((*hdr)[0], (*hdr)[1]) };
         if next == IPV6_FRAGMENT {
             // The fragment header is 8 bytes; its length field is reserved.
@@ -229,12 +239,16 @@ pub fn parse_ports(ctx: &XdpContext, offset: usize, payload_len: usize, proto: u
         if payload_len < TcpHdr::LEN {
             return Err(Reason::MalformedL4);
         }
+        // SAFETY: `ptr_at` checked the bounds. Not `read`: bounds check first
+        // for the verifier (see `skip_ipv6_ext_headers`), load after the
+        // length check, which is cheaper on every packet.
         Ok(unsafe { (u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest)) })
     } else {
         let udp: *const UdpHdr = ptr_at(ctx, offset).ok_or(Reason::MalformedL4)?;
         if payload_len < UdpHdr::LEN {
             return Err(Reason::MalformedL4);
         }
+        // SAFETY: as for TCP above.
         Ok(unsafe { (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst)) })
     }
 }
@@ -243,14 +257,4 @@ pub fn parse_ports(ctx: &XdpContext, offset: usize, payload_len: usize, proto: u
 #[inline(always)]
 pub fn is_tcp_udp(proto: u8) -> bool {
     proto == PROTO_TCP || proto == PROTO_UDP
-}
-
-#[inline(always)]
-pub fn words16(a: &[u8; 16]) -> AddrWords {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }

@@ -113,9 +113,11 @@ impl PacketSocket {
 
     fn recv(&self) -> Result<Option<Captured>> {
         let mut buf = vec![0u8; 65_536];
+        // SAFETY: plain old data, for which all-zero bytes are valid.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut control = [0u64; 16];
         let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: plain old data, for which all-zero bytes are valid.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_name = (&mut addr as *mut libc::sockaddr_ll).cast();
         msg.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
@@ -179,6 +181,7 @@ fn open_bound(iface: &str) -> Result<OwnedFd> {
     };
     setopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECEIVE_BUFFER)?;
     setopt(libc::SOL_PACKET, libc::PACKET_AUXDATA, 1)?;
+    // SAFETY: plain old data, for which all-zero bytes are valid.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
     addr.sll_protocol = protocol;

@@ -22,6 +22,7 @@ fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
     let len = match addr {
         SocketAddr::V4(a) => {
+            // SAFETY: see `ss`: large and aligned enough, and valid as zeros.
             let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
@@ -31,6 +32,7 @@ fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             mem::size_of::<libc::sockaddr_in>()
         }
         SocketAddr::V6(a) => {
+            // SAFETY: see `ss`: large and aligned enough, and valid as zeros.
             let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sin6.sin6_port = a.port().to_be();
@@ -48,6 +50,7 @@ fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 fn new_socket(family: libc::c_int, ty: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; on success we own the returned descriptor.
     let fd = cvt(unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -176,6 +179,7 @@ pub fn tcp_connect(
     // Back to blocking mode; reads and writes use SO_RCVTIMEO/SO_SNDTIMEO from std.
     // SAFETY: fcntl on a descriptor we own.
     let flags = cvt(unsafe { libc::fcntl(raw, libc::F_GETFL) })?;
+    // SAFETY: as above.
     cvt(unsafe { libc::fcntl(raw, libc::F_SETFL, flags & !libc::O_NONBLOCK) })?;
     Ok(TcpStream::from(fd))
 }
@@ -208,12 +212,14 @@ pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
             let family = unsafe { (*ifa.ifa_addr).sa_family } as libc::c_int;
             let ip = match family {
                 libc::AF_INET => {
+                    // SAFETY: the family says the sockaddr is a sockaddr_in.
                     let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
                     Some(IpAddr::V4(Ipv4Addr::from(
                         sin.sin_addr.s_addr.to_ne_bytes(),
                     )))
                 }
                 libc::AF_INET6 => {
+                    // SAFETY: the family says the sockaddr is a sockaddr_in6.
                     let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
                     Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
                 }

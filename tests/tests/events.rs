@@ -99,6 +99,7 @@ fn run(kernel_events: bool) -> Run {
 
 #[test]
 fn kernel_events_on_log_flows_and_decisions_off_cost_nothing() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIPPED: kernel-event fixtures load BPF programs and need root");
         return;

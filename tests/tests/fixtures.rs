@@ -151,6 +151,7 @@ impl Harness {
 
     /// A harness whose `[lb]` table also has `policy_lines` (packet policies).
     fn with_policy(policy_lines: &str) -> Option<Self> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("SKIPPED: packet fixtures load BPF programs and need root");
             return None;

@@ -73,6 +73,7 @@ struct Harness {
 
 impl Harness {
     fn new() -> Option<Self> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("SKIPPED: flow fixtures load BPF programs and need root");
             return None;

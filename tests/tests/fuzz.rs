@@ -390,6 +390,7 @@ fn packets() -> u64 {
 
 #[test]
 fn fuzzed_packets_keep_the_invariants() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIPPED: fuzzing loads BPF programs and needs root");
         return;

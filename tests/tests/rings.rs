@@ -11,6 +11,7 @@ use lb_common::maps;
 
 #[test]
 fn mapped_ring_slots_are_the_kernel_map_slots() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIPPED: loading BPF maps needs root");
         return;

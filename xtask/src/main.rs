@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's entry points. Every command bootstraps what it
 //! needs first (see `setup`), so a fresh machine needs only the repository.
 
+mod layers;
 mod setup;
 
 
@@ -8,6 +9,7 @@ use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::Instant,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -69,6 +71,7 @@ fn real_main() -> Result<()> {
             require_root("the tests load BPF programs and create network namespaces")?;
             setup::all()?;
             build()?;
+            lint()?;
             test(&args)
         }
         Cmd::Bench { args } => {
@@ -118,6 +121,7 @@ pub fn step(what: &str) {
 }
 
 fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("{why}: run as root, e.g. `sudo -E env PATH=$PATH cargo xtask ...`");
     }
@@ -127,6 +131,39 @@ fn require_root(why: &str) -> Result<()> {
 fn build() -> Result<()> {
     step("building the BPF object, lb-agent and the test binaries");
     run(Command::new("cargo").args(["build", "--bins"]))
+}
+
+/// Clippy with `-D warnings` on every crate, before any test runs: the
+/// workspace lints (Cargo.toml) hold in CI. Host crates in `target/debug`,
+/// right after the build: they reuse its build-script runs (the BPF object
+/// is built once) and its proc macros, and the build after them has nothing
+/// to redo. (Not `AYA_BUILD_SKIP`: lb-agent embeds the object, so it must
+/// exist.) lb-ebpf on its BPF target, the way aya-build compiles it (nightly,
+/// `build-std=core`), in `target/clippy`, away from the stable toolchain's files.
+fn lint() -> Result<()> {
+    step("lb-ebpf's module layers, then clippy -D warnings: every crate, lb-ebpf on its BPF target");
+    layers::check(&workspace_root().join("lb-ebpf/src"))?;
+    let started = Instant::now();
+    let mut host = Command::new("cargo");
+    host.args(["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"]);
+    let mut bpf = Command::new("cargo");
+    bpf.args(["+nightly", "clippy", "-p", "lb-ebpf", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"])
+        .env("RUSTFLAGS", format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH))
+        .env("CARGO_TARGET_DIR", target_dir().join("clippy"))
+        // As aya-build does: the nightly toolchain's own rustc, not one inherited from `cargo xtask`.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    for cmd in [&mut host, &mut bpf] {
+        let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+        if !status.success() {
+            bail!(
+                "clippy failed: fix the warnings above (every one is an error here, as in CI), then run `cargo xtask test` again; \
+                 the command was {cmd:?}"
+            );
+        }
+    }
+    eprintln!("clippy clean in {:.0?}", started.elapsed());
+    Ok(())
 }
 
 /// Runs the unit tests in parallel, then the kernel-touching tests of

@@ -240,6 +240,7 @@ mod tests {
         // SAFETY: umask only changes this process's file creation mask; restored below.
         let old = unsafe { libc::umask(0) };
         let made = prepare_run_dir(&run_dir, effective_uid());
+        // SAFETY: as above; puts the mask back.
         unsafe { libc::umask(old) };
         made.unwrap();
         let mode = std::fs::metadata(&run_dir).unwrap().permissions().mode() & 0o7777;

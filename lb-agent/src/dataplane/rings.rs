@@ -68,6 +68,7 @@ impl MappedRings {
 
     /// Maps the pages holding elements `start .. start + count`.
     fn map(data: &aya::maps::MapData, start: usize, count: usize) -> Result<Self> {
+        // SAFETY: sysconf has no memory preconditions; _SC_PAGESIZE cannot fail.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let elements_per_page = page / ELEMENT_STRIDE;
         let first = start / elements_per_page * elements_per_page;

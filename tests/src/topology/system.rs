@@ -51,6 +51,7 @@ pub(super) fn unmount_and_remove(bpffs: &Path, run_dir: &Path) -> Result<()> {
         if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
             let e = std::io::Error::last_os_error();
             // Busy (something still has its cwd there): detach lazily.
+            // SAFETY: as above.
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
                 bail!("cannot unmount {}: {e}", bpffs.display());
             }
@@ -132,6 +133,7 @@ pub fn creator_pid(name: &str) -> Option<i32> {
 pub(super) fn pid_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks existence.
     pid > 0
+        // SAFETY: kill(2) with signal 0 only checks that the pid exists; no memory involved.
         && (unsafe { libc::kill(pid, 0) } == 0
             || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }

@@ -1,0 +1,95 @@
+//! Lookups shared by every policy: the VIP of a flow or an address (behind
+//! the `VIP_FILTER` pre-check), the flow hash, the Maglev ring's pick and the
+//! backend table.
+
+use lb_common::{
+    hash::{flow_hash_v4, flow_hash_v6, ports_word, source_hash},
+    packet_policy::address_key,
+    vip_filter, AddrWords, BackendEntry, Reason, VipKey, VipMeta, FAMILY_V4, NO_BACKEND, VIP_FLAG_SOURCE_HASH,
+};
+
+use crate::{
+    maps::{hash_seed, ring_size, BACKENDS, RINGS, VIPS, VIP_FILTER},
+    parse::{Flow, Ip},
+};
+
+/// Exact (address, port, protocol) first, then the VIP's all-ports entry.
+#[inline(always)]
+#[expect(clippy::needless_borrows_for_generic_args, reason = "a key by value is copied once more: about 20 instructions per packet")]
+pub fn lookup_vip(flow: &Flow) -> Option<VipMeta> {
+    let mut key = VipKey { addr: flow.dst, port_be: flow.dst_port_be, proto: flow.proto, family: flow.family };
+    // SAFETY: the value is copied out at once, so a concurrent update by
+    // the agent can only yield the old or the new entry (as for every
+    // hash map lookup in BPF), never a dangling one.
+    if let Some(meta) = unsafe { VIPS.get(&key) } {
+        return Some(*meta);
+    }
+    key.port_be = 0;
+    // SAFETY: as above.
+    unsafe { VIPS.get(&key) }.copied()
+}
+
+/// The address entry of the packet's destination, if it is a VIP address.
+#[inline(always)]
+pub fn lookup_address(ip: &Ip) -> Option<VipMeta> {
+    if !may_be_vip_address(&ip.dst, ip.family) {
+        return None;
+    }
+    address_entry(ip)
+}
+
+/// [`lookup_address`] without the filter, for callers that checked it.
+#[inline(always)]
+#[expect(clippy::needless_borrows_for_generic_args, reason = "a key by value is copied once more: about 20 instructions per packet")]
+pub fn address_entry(ip: &Ip) -> Option<VipMeta> {
+    // SAFETY: as in `lookup_vip`.
+    unsafe { VIPS.get(&address_key(ip.dst, ip.family)) }.copied()
+}
+
+/// False when `addr` is certainly no VIP address (its `VIP_FILTER` bit is
+/// clear): one array read, where the VIP table would take two lookups.
+#[inline(always)]
+pub fn may_be_vip_address(addr: &AddrWords, family: u8) -> bool {
+    let (word, mask) = vip_filter::word_and_mask(vip_filter::bit(addr, family));
+    VIP_FILTER.get(word).is_none_or(|w| *w & mask != 0)
+}
+
+#[inline(always)]
+pub fn is_vip_address(ip: &Ip) -> bool {
+    lookup_address(ip).is_some()
+}
+
+#[inline(always)]
+pub fn flow_hash(flow: &Flow, vip: &VipMeta) -> u32 {
+    let seed = hash_seed();
+    if vip.flags & VIP_FLAG_SOURCE_HASH != 0 {
+        return source_hash(seed, flow.family, &flow.src);
+    }
+    let ports = ports_word(flow.src_port_be, flow.dst_port_be);
+    if flow.family == FAMILY_V4 {
+        flow_hash_v4(seed, flow.src[0], flow.dst[0], ports, flow.proto)
+    } else {
+        flow_hash_v6(seed, &flow.src, &flow.dst, ports, flow.proto)
+    }
+}
+
+/// `ring[hash % M]` in the VIP's row of `RINGS`.
+#[inline(always)]
+pub fn pick_backend(vip: &VipMeta, hash: u32) -> Result<(u32, BackendEntry), Reason> {
+    let size = ring_size();
+    // checked: a zero size (never loaded by the agent) must not be a division trap.
+    let slot = vip.row.wrapping_mul(size) + hash.checked_rem(size).ok_or(Reason::MapError)?;
+    let id = *RINGS.get(slot).ok_or(Reason::MapError)?;
+    if id == NO_BACKEND {
+        return Err(Reason::NoBackend);
+    }
+    let backend = backend_entry(id).ok_or(Reason::UnknownBackend)?;
+    Ok((id, backend))
+}
+
+/// The entry of backend `id`, if it is in use (family set).
+#[inline(always)]
+pub fn backend_entry(id: u32) -> Option<BackendEntry> {
+    let backend = *BACKENDS.get(id)?;
+    (backend.family != 0).then_some(backend)
+}
