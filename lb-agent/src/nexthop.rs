@@ -41,6 +41,8 @@ pub struct Interface {
     pub mac: MacAddr,
     pub ipv4: Vec<Ipv4Addr>,
     pub ipv6: Vec<Ipv6Addr>,
+    /// The link's MTU (`IFLA_MTU`, from the same netlink message).
+    pub mtu: u32,
 }
 
 /// Opens a netlink connection on the current tokio runtime.
@@ -71,6 +73,11 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
             _ => None,
         })
         .ok_or_else(|| anyhow!("interface {name} has no Ethernet address"))?;
+    let mtu = link
+        .attributes
+        .iter()
+        .find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None })
+        .ok_or_else(|| anyhow!("the kernel did not report the MTU of {name}"))?;
     let mut ipv4 = Vec::new();
     let mut ipv6 = Vec::new();
     let mut addrs = handle.address().get().set_link_index_filter(index).execute();
@@ -85,7 +92,7 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
     }
     ipv4.dedup();
     ipv6.dedup();
-    Ok(Interface { name: name.to_string(), index, mac, ipv4, ipv6 })
+    Ok(Interface { name: name.to_string(), index, mac, ipv4, ipv6, mtu })
 }
 
 fn is_link_local(a: &Ipv6Addr) -> bool {

@@ -1,10 +1,9 @@
 //! What the packet policies become in the kernel beyond the `POLICY` bits
-//! (the VIP address entries), and the interface MTU.
+//! (the VIP address entries).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use anyhow::{bail, Context as _, Result};
 use lb_common::packet_policy::{address_key, address_meta, VIP_FLAG_FRAGMENTS_FORWARD};
 use lb_common::{VipKey, VipMeta};
 
@@ -28,36 +27,6 @@ pub fn address_entries(plan: &Plan) -> Vec<(VipKey, VipMeta)> {
             (address_key(words, family), address_meta(frag))
         })
         .collect()
-}
-
-/// The MTU of `iface` in the current network namespace (an ioctl on a socket
-/// of this namespace; /sys/class/net may show another namespace's devices).
-pub fn interface_mtu(iface: &str) -> Result<u32> {
-    // SAFETY: `ifreq` is plain old data, for which all-zero bytes are valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    let name = iface.as_bytes();
-    if name.len() >= req.ifr_name.len() {
-        bail!("interface name {iface:?} is too long");
-    }
-    for (d, s) in req.ifr_name.iter_mut().zip(name) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: plain syscall with constant arguments; the fd is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket for SIOCGIFMTU");
-    }
-    // SAFETY: SIOCGIFMTU reads the NUL-terminated name in `req` (checked
-    // shorter than the field) and writes only `ifr_mtu` in it.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: `fd` is ours, open, and not used after this.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(err).with_context(|| format!("reading the MTU of {iface}"));
-    }
-    // SAFETY: a successful SIOCGIFMTU filled the `ifru_mtu` member of the union.
-    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
 }
 
 #[cfg(test)]
@@ -92,10 +61,5 @@ port = 80
         let dns = plan.vip("dns").unwrap();
         assert_eq!(lb_common::packet_policy::fragment_row(&entries[0].1, lb_common::PROTO_UDP), Some(dns.row));
         assert_eq!(lb_common::packet_policy::fragment_row(&entries[0].1, lb_common::PROTO_TCP), None);
-    }
-
-    #[test]
-    fn loopback_mtu_is_readable() {
-        assert!(interface_mtu("lo").unwrap() >= 1280);
     }
 }

@@ -340,7 +340,11 @@ async fn try_reload(running: &mut Running) -> Result<String> {
     let mut phases = Phases::start();
     let config = load_config(&running.options.config_path)?;
     phases.done("parse");
-    let problems = needs_restart(&running.config, &config, &running.loaded, &running.iface)?;
+    // The MTU as it is now (a changed MTU needs a restart); the addresses as
+    // they were at start, which the loaded tunnel sources came from.
+    let mtu = nexthop::interface(&running.handle, &running.iface.name).await?.mtu;
+    let iface = nexthop::Interface { mtu, ..running.iface.clone() };
+    let problems = needs_restart(&running.config, &config, &running.loaded, &iface)?;
     if !problems.is_empty() {
         bail!(
             "these changes cannot be applied in place:\n  {}\nrestart with `lb-agent run --full-restart` to load them (established flows may move), or undo them",
@@ -349,7 +353,7 @@ async fn try_reload(running: &mut Running) -> Result<String> {
     }
     let previous = running.maps_match_plan.then_some(plan::Previous { config: &running.config, plan: &running.plan });
     let plan = plan::plan_reusing(&config, &running.live.kept()?, previous).map_err(anyhow::Error::msg)?;
-    let opts = load_options(&config, &running.iface)?;
+    let opts = load_options(&config, &iface)?;
     phases.done("plan");
     // Everything that can fail without touching the kernel comes first.
     let resolved = resolve_backends(&running.handle, &running.iface, &plan, &opts).await?;
@@ -562,8 +566,7 @@ fn needs_restart(old: &Config, new: &Config, loaded: &LoadedState, iface: &nexth
 }
 
 fn load_options(config: &Config, iface: &nexthop::Interface) -> Result<LoadOptions> {
-    let mtu = crate::packet_policy::interface_mtu(&iface.name)?;
-    Ok(LoadOptions::from_config(config, mtu, iface.ipv4.first().copied(), iface.ipv6.first().copied()))
+    Ok(LoadOptions::from_config(config, iface.mtu, iface.ipv4.first().copied(), iface.ipv6.first().copied()))
 }
 
 /// `lb-agent detach`: removes the balancer pinned under the config's

@@ -6,7 +6,6 @@
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Read as _, Write as _};
-use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -33,11 +32,17 @@ impl Claim {
         prepare_run_dir(run_dir, effective_uid())?;
         let lock_path = lock_path(run_dir, iface);
         let mut lock = open_lock_file(&lock_path)?;
-        // SAFETY: a valid open fd.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let mut pid = String::new();
-            let _ = lock.read_to_string(&mut pid);
-            return Err(Held { pid: pid.trim().to_string(), iface: iface.to_string(), lock_path }.into());
+        // std's try_lock is flock(LOCK_EX | LOCK_NB) on Linux: released by the kernel with the process.
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = lock.read_to_string(&mut pid);
+                return Err(Held { pid: pid.trim().to_string(), iface: iface.to_string(), lock_path }.into());
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+            }
         }
         lock.set_len(0)?;
         write!(lock, "{}", std::process::id())?;
