@@ -157,8 +157,8 @@ fn lint() -> Result<()> {
         let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
         if !status.success() {
             bail!(
-                "clippy failed: fix the warnings above (every one is an error here, as in CI), then run `cargo xtask test` again; \
-                 the command was {cmd:?}"
+                "clippy failed: fix the warnings or build errors above (every warning is an error here, as in CI; \
+                 a build error such as a full disk shows there too), then run `cargo xtask test` again; the command was {cmd:?}"
             );
         }
     }
