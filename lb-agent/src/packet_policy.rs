@@ -33,29 +33,9 @@ pub fn address_entries(plan: &Plan) -> Vec<(VipKey, VipMeta)> {
 mod tests {
     use super::*;
 
-    const CONFIG: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 13
-[[vip]]
-name = "dns"
-address = "192.0.2.10"
-port = 53
-protocol = "udp"
-fragments = "forward"
-  [[vip.backend]]
-  address = "198.51.100.11"
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.12"
-"#;
-
     #[test]
     fn address_entries_name_the_forwarding_vip() {
-        let plan = crate::plan::plan(&crate::config::parse(CONFIG, "t.toml").unwrap());
+        let plan = crate::plan::plan(&crate::config::packets::tests::parse("", "drop").unwrap());
         let entries = address_entries(&plan);
         assert_eq!(entries.len(), 1, "one entry per address");
         let dns = plan.vip("dns").unwrap();

@@ -130,7 +130,7 @@ pub fn fragment_conflicts(vips: &[VipConfig]) -> Vec<(String, String)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -167,7 +167,9 @@ fragments = "WEB_FRAGMENTS"
   address = "198.51.100.12"
 "#;
 
-    fn parse(policy: &str, web_fragments: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+    /// The two-VIP test config with `policy` lines and web's fragment policy
+    /// (also used by `packet_policy`'s tests).
+    pub(crate) fn parse(policy: &str, web_fragments: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
         crate::config::parse(&CONFIG.replace("POLICY_LINES", policy).replace("WEB_FRAGMENTS", web_fragments), "t.toml")
     }
 
