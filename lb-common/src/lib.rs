@@ -20,6 +20,7 @@ pub mod layout;
 pub mod metrics;
 pub mod packet_policy;
 pub mod reason;
+pub mod second_chance;
 pub mod vip_filter;
 
 pub use layout::*;
@@ -59,6 +60,10 @@ pub mod maps {
     pub const LOADED: &str = "LOADED";
     /// `Array<u64>` of [`crate::vip_filter::WORDS`] words: the VIP address filter.
     pub const VIP_FILTER: &str = "VIP_FILTER";
+    /// `Array<u32>` shaped like `RINGS` (mmapable): the previous owner of each
+    /// ring slot of a second-chance VIP, `NO_BACKEND` when none (see
+    /// [`crate::second_chance`]).
+    pub const PREVIOUS: &str = "PREVIOUS";
 
     /// Every map of the object, for pinning and for the loader test.
     pub const ALL: [&str; 13] = [
@@ -99,6 +104,9 @@ pub mod globals {
     pub const POLICY: &str = "POLICY";
     /// `u32`: backend ids per VIP row in `MEMBERS` (the config's `max_backends`).
     pub const MAX_BACKENDS: &str = "MAX_BACKENDS";
+    /// `u32`: UDP destination port of GUE tunnels (host order): where the
+    /// balancer sends GUE and where the decap program expects it.
+    pub const GUE_PORT: &str = "GUE_PORT";
 }
 
 /// Kernel events (aya-log records from the balancer), for debugging; off
