@@ -58,12 +58,12 @@ fn render(config: &Config, plan: &Plan, counters: &Counters, rates: Option<&Rate
 
 /// The `--json` document: counters, health and (over a window) rates, on one line.
 fn json_line(config: &Config, plan: &Plan, counters: &Counters, table: &HealthTable, rates: Option<&Rates>) -> String {
-    let mut out = stats::to_json(plan, counters);
-    health::report::add_to_json(&mut out, config, plan, table);
+    let mut doc = stats::to_json(plan, counters);
+    doc.add_health(&health::report::vip_health(config, plan, table, None));
     if let Some(r) = rates {
-        r.add_to_json(&mut out, plan);
+        doc.add_rates(r);
     }
-    format!("{out}\n")
+    format!("{doc}\n")
 }
 
 pub fn run(config: &Config, opts: &StatsOptions) -> Result<()> {
