@@ -185,6 +185,21 @@ fn every_structure_error_at_once_in_file_order() {
 }
 
 #[test]
+fn structure_errors_stop_at_a_bound() {
+    let typos: String = (0..MAX_STRUCTURE_PROBLEMS + 5).map(|i| format!("typo{i} = 1\n")).collect();
+    let e = errors(&with_lb(&typos));
+    assert_eq!(e.problems.len(), MAX_STRUCTURE_PROBLEMS + 1, "{e}");
+    assert!(e.problems[..MAX_STRUCTURE_PROBLEMS].iter().all(|p| p.field.contains(", lb.typo")), "{e}");
+    let last = e.problems.last().unwrap();
+    assert_eq!((last.field.as_str(), last.message.contains("fix these and check again")), ("", true), "{e}");
+    // Exactly at the bound: all of them, and no note.
+    let typos: String = (0..MAX_STRUCTURE_PROBLEMS).map(|i| format!("typo{i} = 1\n")).collect();
+    let e = errors(&with_lb(&typos));
+    assert_eq!(e.problems.len(), MAX_STRUCTURE_PROBLEMS, "{e}");
+    assert!(e.problems.iter().all(|p| !p.field.is_empty()), "{e}");
+}
+
+#[test]
 fn structure_errors_come_before_validation() {
     // A value serde could not read would look missing to validation, so
     // validation waits: the wrong type is reported alone, not also as

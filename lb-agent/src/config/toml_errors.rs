@@ -14,8 +14,12 @@ use toml::de::{DeTable, DeValue};
 
 use super::*;
 
+/// Structure errors reported at most: each costs a pass over the document,
+/// and a file with more is better fixed from the top.
+pub(super) const MAX_STRUCTURE_PROBLEMS: usize = 50;
+
 /// The raw config in `text`, or every syntax error, or else every
-/// structure error, in file order.
+/// structure error (up to [`MAX_STRUCTURE_PROBLEMS`]), in file order.
 pub(super) fn read_raw(text: &str) -> Result<RawConfig, Vec<Problem>> {
     let (mut doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
@@ -23,19 +27,27 @@ pub(super) fn read_raw(text: &str) -> Result<RawConfig, Vec<Problem>> {
     }
     let mut structure = Vec::new();
     // Bounded: every pass that fails removes at least one key from `doc`.
-    loop {
+    let cut_short = loop {
         let failed = match serde_path_to_error::deserialize(toml::de::Deserializer::from(doc.clone())) {
             Ok(raw) if structure.is_empty() => return Ok(raw),
-            Ok(_) => break,
+            Ok(_) => break false,
             Err(e) => e,
         };
+        if structure.len() == MAX_STRUCTURE_PROBLEMS {
+            break true;
+        }
         let segments: Vec<&Segment> = failed.path().iter().collect();
         structure.push(structure_problem(text, failed.path(), failed.inner()));
         if !remove(doc.get_mut(), &segments) {
-            break;
+            break false;
         }
+    };
+    let mut problems = in_file_order(structure.into_iter());
+    if cut_short {
+        let message = format!("more unknown fields or wrong types follow the first {MAX_STRUCTURE_PROBLEMS}; fix these and check again");
+        problems.push(Problem { field: String::new(), message });
     }
-    Err(in_file_order(structure.into_iter()))
+    Err(problems)
 }
 
 /// Problems sorted by where they are (line, then column), each keeping
