@@ -29,12 +29,12 @@ impl Validator {
         let mut ok = true;
         let mut vips = Vec::with_capacity(raw.len());
         let mut vip_labels: Vec<&str> = Vec::with_capacity(raw.len());
-        let mut by_key: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
+        let mut by_key: HashMap<crate::ids::VipIdentity, usize> = HashMap::new();
         for (i, v) in raw.iter().enumerate() {
             let label = &labels[i];
             match self.vip(v, label, i, &first_by_name, ring_size) {
                 Some(vip) => {
-                    let key = (vip.address, vip.port, vip.protocol);
+                    let key = vip.identity();
                     if let Some(&j) = by_key.get(&key) {
                         self.add(
                             format!("{label}.address"),

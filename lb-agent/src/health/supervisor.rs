@@ -85,17 +85,15 @@ impl<W: HealthWriter> Supervisor<W> {
     /// configured initial state.
     ///
     /// On a reload, `replaced` is the supervisor being replaced: a VIP the
-    /// plan left without a ring (unchanged, see `plan::Previous`) takes over
-    /// its state there, since the kernel holds that state's ring and health
-    /// entries already, and nothing of it is written.
+    /// plan calls [`unchanged`](crate::plan::PlannedVip::unchanged) takes
+    /// over its state there, since the kernel holds that state's ring and
+    /// health entries already, and nothing of it is written.
     pub fn new(config: &Config, plan: &Plan, mut writer: W, prior: &PriorHealth, replaced: Option<&Self>) -> Result<Self> {
         let since = now_unix_ms();
         let mut vips = Vec::with_capacity(config.vips.len());
         for v in &config.vips {
             let planned = plan.vip(&v.name).with_context(|| format!("VIP {} missing from the plan", v.name))?;
-            let carried = replaced
-                .filter(|_| planned.all_up.is_none())
-                .and_then(|p| p.vips.iter().find(|s| s.row == planned.row && s.config == *v));
+            let carried = replaced.filter(|_| planned.unchanged).and_then(|p| p.vips.iter().find(|s| s.row == planned.row));
             if let Some(state) = carried {
                 vips.push(state.clone());
                 continue;
