@@ -186,8 +186,8 @@ impl<W: HealthWriter> Supervisor<W> {
     /// Settles the VIP that has waited longest; returns whether others wait.
     pub fn settle_next(&mut self) -> Result<bool> {
         if let Some(vi) = self.waiting.pop_front() {
-            let transitions = std::mem::take(&mut self.vips[vi].unsettled);
-            self.settle(vi, &transitions)?;
+            let changes = std::mem::take(&mut self.vips[vi].unsettled);
+            self.settle(vi, &changes)?;
         }
         Ok(!self.waiting.is_empty())
     }

@@ -10,6 +10,7 @@
 //! and rows in use are kept ([`plan_keeping`], see [`crate::ids`]): the flow
 //! table stores ids.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -133,6 +134,16 @@ impl Plan {
 }
 
 impl PlannedVip {
+    /// The ring of VIP `v` (this one's config) when backend `i` is up iff
+    /// `up[i]`: the plan's all-up ring when every backend is up and the plan
+    /// kept it (it is [`select::ring`] with every backend up), else a new one.
+    pub fn ring_for(&self, v: &VipConfig, ring_size: u32, id_of: &dyn Fn(IpAddr) -> u32, up: &[bool]) -> Cow<'_, Selection> {
+        match self.all_up.as_ref().filter(|_| up.iter().all(|u| *u)) {
+            Some(selection) => Cow::Borrowed(selection),
+            None => Cow::Owned(select::ring(v, ring_size, id_of, &|i| up[i])),
+        }
+    }
+
     /// What identifies the VIP across reloads: the identity its key was built from.
     pub fn identity(&self) -> VipIdentity {
         VipIdentity::of_key(&self.key).expect("VipKey built from an IpAddr")
@@ -504,6 +515,24 @@ port = 80
         let identities: Vec<VipIdentity> = p.vips.iter().map(PlannedVip::identity).collect();
         assert!(identities.is_sorted(), "fresh rows follow the identities: {identities:?}");
         assert_eq!(p.kept().vip_rows.keys().copied().collect::<Vec<_>>(), identities);
+    }
+
+    #[test]
+    fn ring_for_reuses_the_all_up_ring_only_when_every_backend_is_up() {
+        let c = parse(A, "a.toml").unwrap();
+        let p = plan(&c);
+        let id_of = |a| p.backend_id(a).unwrap_or(NO_BACKEND);
+        let (v, planned) = (&c.vips[0], p.vip("web").unwrap());
+        let all_up = planned.ring_for(v, p.ring_size, &id_of, &[true, true, true]);
+        assert!(matches!(all_up, Cow::Borrowed(_)), "the plan's ring, not a new build");
+        assert_eq!(*all_up, select::ring(v, p.ring_size, &id_of, &|_| true));
+        let one_down = planned.ring_for(v, p.ring_size, &id_of, &[true, false, true]);
+        assert_eq!(*one_down, select::ring(v, p.ring_size, &id_of, &|i| i != 1));
+        assert!(!one_down.ring.contains(&2), "198.51.100.12 (id 2) is down");
+        let mut forgotten = p.clone();
+        forgotten.forget_rings();
+        let rebuilt = forgotten.vip("web").unwrap().ring_for(v, p.ring_size, &id_of, &[true, true, true]);
+        assert_eq!((matches!(rebuilt, Cow::Owned(_)), &*rebuilt), (true, &*all_up), "without the plan's ring: the same, built");
     }
 
     #[test]

@@ -53,13 +53,11 @@ impl<W: HealthWriter> Supervisor<W> {
                     writer.write_member(key, pair.up())?;
                 }
             }
-            let all_up = pairs.iter().all(PairHealth::up);
+            let up: Vec<bool> = pairs.iter().map(PairHealth::up).collect();
+            let id_of = |a| plan.backend_id(a).unwrap_or(lb_common::NO_BACKEND);
+            let selection = planned.ring_for(v, plan.ring_size, &id_of, &up);
             let mut state = VipState { config: v.clone(), row: planned.row, ids, pairs, tier: Tier::Primary, unsettled: Vec::new() };
-            // All up: the plan's ring is the one `select::ring` would build.
-            let (written, _) = match planned.all_up.as_ref().filter(|_| all_up) {
-                Some(selection) => Self::write_selection(&mut state, &selection.ring, selection.tier, &mut writer)?,
-                None => Self::reselect(&mut state, plan.ring_size, &mut writer)?,
-            };
+            let (written, _) = Self::write_selection(&mut state, &selection.ring, selection.tier, &mut writer)?;
             if state.tier != Tier::Primary {
                 tracing::warn!("vip {}: serves from {}", v.name, state.tier.as_str());
             }
