@@ -9,8 +9,37 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-/// A VIP's identity: (address, port, protocol number).
-pub type VipIdentity = (IpAddr, u16, u8);
+use lb_common::VipKey;
+
+/// What identifies a VIP across reloads, restarts and LB hosts: its address,
+/// port and protocol number, which are also its `VIPS` key. Its name is a
+/// label only. Ordered as the fields are listed: a fresh start gives rows in
+/// this order.
+///
+/// Built from a config VIP by `VipConfig::identity` and from a map key by
+/// [`VipIdentity::of_key`]; nothing else assembles one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipIdentity {
+    pub address: IpAddr,
+    /// Host order; 0 = every port.
+    pub port: u16,
+    /// IP protocol number (`lb_common::PROTO_TCP`, `PROTO_UDP`).
+    pub protocol: u8,
+}
+
+impl VipIdentity {
+    /// The VIP's `VIPS` key.
+    pub fn key(self) -> VipKey {
+        VipKey::new(self.address, self.port, self.protocol)
+    }
+
+    /// The identity a `VIPS` key stands for (`None` for a key of no address
+    /// family, which no VIP has).
+    pub fn of_key(key: &VipKey) -> Option<VipIdentity> {
+        let address = lb_common::words_addr(&key.addr, key.family)?;
+        Some(VipIdentity { address, port: u16::from_be(key.port_be), protocol: key.proto })
+    }
+}
 
 /// Ids and rows in use by the running dataplane.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,6 +83,17 @@ mod tests {
 
     fn set(v: &[u32]) -> BTreeSet<u32> {
         v.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_vip_identity_is_its_key() {
+        for (address, port, protocol) in [("192.0.2.10", 80, lb_common::PROTO_TCP), ("2001:db8::10", 0, lb_common::PROTO_UDP)] {
+            let identity = VipIdentity { address: address.parse().unwrap(), port, protocol };
+            let key = identity.key();
+            assert_eq!(key, VipKey::new(identity.address, port, protocol));
+            assert_eq!(VipIdentity::of_key(&key), Some(identity), "{address}");
+        }
+        assert_eq!(VipIdentity::of_key(&VipKey { family: 0, ..VipKey::new("192.0.2.10".parse().unwrap(), 80, 6) }), None);
     }
 
     #[test]

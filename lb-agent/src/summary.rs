@@ -79,7 +79,7 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
 
     let digests: HashMap<_, u64> = plan.vips.iter().map(|v| (v.identity(), v.ring_digest)).collect();
     let mut sorted: Vec<&VipConfig> = vips.iter().collect();
-    sorted.sort_by_key(|v| (v.address, v.port, v.protocol));
+    sorted.sort_by_key(|v| v.identity());
     out.u32("vips", sorted.len() as u32);
     for vip in sorted {
         let VipConfig {
@@ -101,7 +101,7 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
         out.str("vip.fragments", choice_name(packets::FRAGMENT_CHOICES, *fragments));
         out.u32("vip.flow_table", u32::from(*flow_table));
         out.str("vip.health.all_down", all_down.as_str());
-        let digest = digests.get(&(*address, *port, protocol.number())).copied().unwrap_or_default();
+        let digest = digests.get(&vip.identity()).copied().unwrap_or_default();
         out.u64("vip.ring", digest);
         let mut sorted: Vec<&BackendConfig> = backends.iter().collect();
         sorted.sort_by_key(|b| b.address);

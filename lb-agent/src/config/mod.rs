@@ -206,6 +206,14 @@ pub struct BackendConfig {
     pub check: HealthCheck,
 }
 
+impl VipConfig {
+    /// What identifies this VIP (see [`crate::ids::VipIdentity`]): two VIPs
+    /// of a config never share one, and a VIP keeps its row while it keeps it.
+    pub fn identity(&self) -> crate::ids::VipIdentity {
+        crate::ids::VipIdentity { address: self.address, port: self.port, protocol: self.protocol.number() }
+    }
+}
+
 impl Config {
     /// Distinct backend addresses over all VIPs, sorted (the plan's id order).
     pub fn backend_addresses(&self) -> BTreeSet<IpAddr> {

@@ -29,12 +29,12 @@ impl Validator {
         let mut ok = true;
         let mut vips = Vec::with_capacity(raw.len());
         let mut vip_labels: Vec<&str> = Vec::with_capacity(raw.len());
-        let mut by_key: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
+        let mut by_key: HashMap<crate::ids::VipIdentity, usize> = HashMap::new();
         for (i, v) in raw.iter().enumerate() {
             let label = &labels[i];
             match self.vip(v, label, i, &first_by_name, ring_size) {
                 Some(vip) => {
-                    let key = (vip.address, vip.port, vip.protocol);
+                    let key = vip.identity();
                     if let Some(&j) = by_key.get(&key) {
                         self.add(
                             format!("{label}.address"),
@@ -218,6 +218,11 @@ impl Validator {
 
         let fragments = self.choice(&format!("{label}.fragments"), v.fragments.as_deref(), FragmentPolicy::Drop, packets::FRAGMENT_CHOICES);
 
+        // What a backend's health check needs of the VIP, as parsed above.
+        let vip_service = match (protocol, port) {
+            (Some(protocol), Some(port)) => Some(VipService { protocol, port, address }),
+            _ => None,
+        };
         let mut backends_ok = true;
         let mut backends = Vec::with_capacity(v.backends.len());
         let mut seen: HashMap<IpAddr, usize> = HashMap::new();
@@ -269,7 +274,7 @@ impl Validator {
                 },
             };
             match (address, weight, mac) {
-                (Some(address), Some(weight), Some(mac)) => match self.health_check(v, b, label, &at) {
+                (Some(address), Some(weight), Some(mac)) => match self.health_check(v, b, vip_service, address, label, &at) {
                     Some(check) => backends.push(BackendConfig { address, weight, mac, backup: b.backup.unwrap_or(false), check }),
                     None => backends_ok = false,
                 },
@@ -310,17 +315,23 @@ impl Validator {
     }
 
     /// A backend's effective health check; a problem of the VIP's own table
-    /// is reported once, not once per backend.
-    pub(super) fn health_check(&mut self, v: &RawVip, b: &RawBackend, label: &str, at: &str) -> Option<HealthCheck> {
-        let protocol = v.protocol.as_deref().map_or(Some(Protocol::Tcp), |p| p.parse().ok());
-        let port = v.port.and_then(|p| u16::try_from(p).ok());
-        // Without a readable protocol and port the VIP's own problems say enough.
-        let vip_is_v4 = v.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()).map(|a| a.is_ipv4());
-        let backend_is_v4 = b.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()).map(|a| a.is_ipv4());
+    /// is reported once, not once per backend. `vip` is `None` when the VIP's
+    /// protocol or port is wrong: its own problems say enough then.
+    pub(super) fn health_check(
+        &mut self,
+        v: &RawVip,
+        b: &RawBackend,
+        vip: Option<VipService>,
+        backend: IpAddr,
+        label: &str,
+        at: &str,
+    ) -> Option<HealthCheck> {
+        let vip = vip?;
         let service = health::Service {
-            protocol: protocol?,
-            port: port?,
-            backend_in_vip_family: vip_is_v4.is_none() || vip_is_v4 == backend_is_v4,
+            protocol: vip.protocol,
+            port: vip.port,
+            // An unusable VIP address has its own problem; no second one here.
+            backend_in_vip_family: vip.address.is_none_or(|a| a.is_ipv4() == backend.is_ipv4()),
         };
         let mut found = Vec::new();
         let check = health::resolve(v.health.as_ref(), b.health.as_ref(), label, at, service, &mut found);
@@ -356,4 +367,14 @@ impl Validator {
             },
         }
     }
+}
+
+/// The VIP's fields a backend's health check depends on, parsed once by
+/// `Validator::vip`.
+#[derive(Clone, Copy)]
+pub(super) struct VipService {
+    protocol: Protocol,
+    port: u16,
+    /// `None` if the address was refused (reported on its own).
+    address: Option<IpAddr>,
 }

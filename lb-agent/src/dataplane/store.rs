@@ -13,10 +13,10 @@ use lb_common::{
     BackendEntry, VipKey, VipMeta,
 };
 
-use crate::ids::Kept;
+use crate::ids::{Kept, VipIdentity};
 
-/// The kernel's VIP entries by (address, port, protocol).
-pub type VipEntries = BTreeMap<(std::net::IpAddr, u16, u8), (VipKey, VipMeta)>;
+/// The kernel's VIP entries by identity.
+pub type VipEntries = BTreeMap<VipIdentity, (VipKey, VipMeta)>;
 
 /// The balancer's maps, seen by the agent.
 pub trait MapStore {
@@ -60,8 +60,8 @@ pub trait MapStore {
             if k.proto == PROTO_ADDRESS_ENTRY {
                 continue;
             }
-            if let Some(addr) = lb_common::words_addr(&k.addr, k.family) {
-                out.insert((addr, u16::from_be(k.port_be), k.proto), (k, m));
+            if let Some(identity) = VipIdentity::of_key(&k) {
+                out.insert(identity, (k, m));
             }
         }
         Ok(out)

@@ -144,11 +144,7 @@ pub fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable, cach
                 .collect();
             let up: Vec<bool> = members.iter().map(MemberHealth::is_up).collect();
             let all_up = up.iter().all(|u| *u);
-            // All up: the plan built that very ring already (same `select::ring`).
-            let build = || match planned.all_up.as_ref().filter(|_| all_up) {
-                Some(selection) => RingShares::of(selection),
-                None => RingShares::of(&select::ring(v, plan.ring_size, &id_of, &|i| up[i])),
-            };
+            let build = || RingShares::of(&planned.ring_for(v, plan.ring_size, &id_of, &up));
             let shares = match cache {
                 Some(c) => c.get_or_build(index, up.clone(), build),
                 None => Arc::new(build()),

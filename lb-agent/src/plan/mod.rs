@@ -10,13 +10,14 @@
 //! and rows in use are kept ([`plan_keeping`], see [`crate::ids`]): the flow
 //! table stores ids.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use lb_common::hash::{flow_hash, source_hash};
 use lb_common::{NO_BACKEND, VIP_FLAG_SOURCE_HASH, VipKey, VipMeta, addr_words};
 
-use crate::config::{Config, HashMode, MacAddr};
+use crate::config::{Config, HashMode, MacAddr, VipConfig};
 pub mod fnv;
 mod ring_summary;
 pub mod select;
@@ -63,11 +64,15 @@ pub struct PlannedVip {
     pub meta: VipMeta,
     /// The ring with every backend up (`ring_size` backend ids;
     /// [`NO_BACKEND`] only if no backend has weight) and its tier. `None`
-    /// for a VIP unchanged since the plan a reload replaces (the kernel
-    /// holds its ring already, see [`Previous`]), and once
+    /// for an [`unchanged`](Self::unchanged) VIP, and once
     /// [`Plan::forget_rings`] dropped it: the agent keeps no copy of what the
     /// kernel's `RINGS` map holds.
     pub all_up: Option<Selection>,
+    /// Unchanged since the plan a reload replaces ([`Previous`]): same
+    /// config, row, members and ring size. The kernel holds its ring, members
+    /// and health entries already, and the health supervisor carries the
+    /// VIP's state over. The one place this is decided.
+    pub unchanged: bool,
     /// [`crate::summary::RingSummary::digest`] of the all-up ring (kept
     /// when the ring is dropped: the config fingerprint includes it).
     pub ring_digest: u64,
@@ -86,12 +91,12 @@ impl PlannedVip {
 
     /// The VIP's address.
     pub fn address(&self) -> IpAddr {
-        lb_common::words_addr(&self.key.addr, self.key.family).expect("VipKey built from an IpAddr")
+        self.identity().address
     }
 
     /// The VIP's port (host order; 0 = every port).
     pub fn port(&self) -> u16 {
-        u16::from_be(self.key.port_be)
+        self.identity().port
     }
 }
 
@@ -129,9 +134,19 @@ impl Plan {
 }
 
 impl PlannedVip {
-    /// (address, port, protocol number): what identifies the VIP across reloads.
+    /// The ring of VIP `v` (this one's config) when backend `i` is up iff
+    /// `up[i]`: the plan's all-up ring when every backend is up and the plan
+    /// kept it (it is [`select::ring`] with every backend up), else a new one.
+    pub fn ring_for(&self, v: &VipConfig, ring_size: u32, id_of: &dyn Fn(IpAddr) -> u32, up: &[bool]) -> Cow<'_, Selection> {
+        match self.all_up.as_ref().filter(|_| up.iter().all(|u| *u)) {
+            Some(selection) => Cow::Borrowed(selection),
+            None => Cow::Owned(select::ring(v, ring_size, id_of, &|i| up[i])),
+        }
+    }
+
+    /// What identifies the VIP across reloads: the identity its key was built from.
     pub fn identity(&self) -> VipIdentity {
-        (self.address(), self.port(), self.key.proto)
+        VipIdentity::of_key(&self.key).expect("VipKey built from an IpAddr")
     }
 }
 
@@ -195,10 +210,10 @@ pub fn plan_reusing(config: &Config, kept: &Kept, previous: Option<Previous<'_>>
 fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Rings) -> Result<Plan, String> {
     let ring_size = config.lb.ring_size;
 
-    let identities: BTreeSet<VipIdentity> = config.vips.iter().map(|v| (v.address, v.port, v.protocol.number())).collect();
+    let identities: BTreeSet<VipIdentity> = config.vips.iter().map(VipConfig::identity).collect();
     let rows = ids::allocate(&identities, &kept.vip_rows, 0..config.lb.max_vips)
         .ok_or_else(|| format!("{} VIPs do not fit lb.max_vips = {}", identities.len(), config.lb.max_vips))?;
-    let row_of = |v: &crate::config::VipConfig| rows[&(v.address, v.port, v.protocol.number())];
+    let row_of = |v: &VipConfig| rows[&v.identity()];
     let mut vips: Vec<_> = config.vips.iter().collect();
     vips.sort_by_key(|v| row_of(v));
 
@@ -218,7 +233,8 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
         macs.into_iter().map(|(address, mac)| PlannedBackend { id: backend_ids[&address], address, mac }).collect();
     let id_of = |a: IpAddr| backends[backends.binary_search_by(|b| b.address.cmp(&a)).expect("every backend has an id")].id;
 
-    let unchanged = |v: &crate::config::VipConfig, members: &[(u32, u32)]| -> Option<RingSummary> {
+    // The previous ring's summary of a VIP unchanged since `previous`.
+    let unchanged = |v: &VipConfig, members: &[(u32, u32)]| -> Option<RingSummary> {
         let p = previous?;
         let old = p.plan.vip(&v.name)?;
         let same = p.plan.ring_size == ring_size
@@ -235,17 +251,17 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
         let mut members: Vec<(u32, u32)> = v.backends.iter().map(|b| (id_of(b.address), b.weight)).collect();
         members.sort_unstable();
         if let Some(summary) = unchanged(v, &members) {
-            return (members, None, summary);
+            return (members, None, summary, true);
         }
         let all_up = select::ring(v, ring_size, &id_of, &|_| true);
         let summary = RingSummary::of(&all_up.ring, &members);
         let kept = (rings == Rings::Keep).then_some(all_up);
-        (members, kept, summary)
+        (members, kept, summary, false)
     });
     let planned = vips
         .iter()
         .zip(built)
-        .map(|(v, (members, all_up, RingSummary { digest: ring_digest, slots }))| {
+        .map(|(v, (members, all_up, RingSummary { digest: ring_digest, slots }, unchanged))| {
             let row = row_of(v);
             let flags = match v.hash {
                 HashMode::Flow => 0,
@@ -255,9 +271,10 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
             PlannedVip {
                 name: v.name.clone(),
                 row,
-                key: VipKey::new(v.address, v.port, v.protocol.number()),
+                key: v.identity().key(),
                 meta: VipMeta { row, flags },
                 all_up,
+                unchanged,
                 ring_digest,
                 members,
                 slots,
@@ -460,6 +477,62 @@ port = 80
         let text = format!("{A}\n[[vip]]\nname = \"first\"\naddress = \"192.0.2.1\"\nport = 1\n  [[vip.backend]]\n  address = \"198.51.100.11\"\n");
         let shifted = plan_reusing(&parse(&text, "a.toml").unwrap(), &Kept::default(), Some(previous)).unwrap();
         assert!(shifted.vips.iter().all(|v| v.all_up.is_some()), "new rows: every ring built");
+    }
+
+    #[test]
+    fn a_vip_changed_only_in_a_health_field_is_not_unchanged() {
+        let old_config = parse(A, "a.toml").unwrap();
+        let mut old = plan(&old_config);
+        old.forget_rings();
+        let previous = Previous { config: &old_config, plan: &old };
+        let same = plan_reusing(&old_config, &old.kept(), Some(previous)).unwrap();
+        assert!(same.vips.iter().all(|v| v.unchanged && v.all_up.is_none()), "the same config: every VIP unchanged");
+        // A health table on "any6" only: same row, members and ring, another config.
+        let text = A.replace("port = 0\n", "port = 0\n  [vip.health]\n  interval = \"2s\"\n  port = 8080\n");
+        let new_config = parse(&text, "a.toml").unwrap();
+        assert_ne!(new_config.vips[2].backends[0].check, old_config.vips[2].backends[0].check);
+        let reused = plan_reusing(&new_config, &old.kept(), Some(previous)).unwrap();
+        for v in &reused.vips {
+            let changed = v.name == "any6";
+            assert_eq!((v.unchanged, v.all_up.is_some()), (!changed, changed), "{}", v.name);
+        }
+        assert_eq!(reused.vip("any6").unwrap().members, old.vip("any6").unwrap().members, "only the health field differs");
+        // Without a previous plan nothing is unchanged.
+        assert!(plan_reusing(&old_config, &old.kept(), None).unwrap().vips.iter().all(|v| !v.unchanged));
+    }
+
+    #[test]
+    fn a_vip_is_identified_alike_by_its_config_its_plan_and_its_key() {
+        let (a, b) = (parse(A, "a.toml").unwrap(), parse(B, "b.toml").unwrap());
+        let p = plan(&a);
+        for v in &a.vips {
+            let planned = p.vip(&v.name).unwrap();
+            assert_eq!(planned.identity(), v.identity(), "{}", v.name);
+            assert_eq!(planned.key, v.identity().key(), "{}", v.name);
+            let reordered = b.vips.iter().find(|o| o.name == v.name).unwrap();
+            assert_eq!(reordered.identity(), v.identity(), "{}: the order of fields and tables does not matter", v.name);
+        }
+        let identities: Vec<VipIdentity> = p.vips.iter().map(PlannedVip::identity).collect();
+        assert!(identities.is_sorted(), "fresh rows follow the identities: {identities:?}");
+        assert_eq!(p.kept().vip_rows.keys().copied().collect::<Vec<_>>(), identities);
+    }
+
+    #[test]
+    fn ring_for_reuses_the_all_up_ring_only_when_every_backend_is_up() {
+        let c = parse(A, "a.toml").unwrap();
+        let p = plan(&c);
+        let id_of = |a| p.backend_id(a).unwrap_or(NO_BACKEND);
+        let (v, planned) = (&c.vips[0], p.vip("web").unwrap());
+        let all_up = planned.ring_for(v, p.ring_size, &id_of, &[true, true, true]);
+        assert!(matches!(all_up, Cow::Borrowed(_)), "the plan's ring, not a new build");
+        assert_eq!(*all_up, select::ring(v, p.ring_size, &id_of, &|_| true));
+        let one_down = planned.ring_for(v, p.ring_size, &id_of, &[true, false, true]);
+        assert_eq!(*one_down, select::ring(v, p.ring_size, &id_of, &|i| i != 1));
+        assert!(!one_down.ring.contains(&2), "198.51.100.12 (id 2) is down");
+        let mut forgotten = p.clone();
+        forgotten.forget_rings();
+        let rebuilt = forgotten.vip("web").unwrap().ring_for(v, p.ring_size, &id_of, &[true, true, true]);
+        assert_eq!((matches!(rebuilt, Cow::Owned(_)), &*rebuilt), (true, &*all_up), "without the plan's ring: the same, built");
     }
 
     #[test]
