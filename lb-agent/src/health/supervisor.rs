@@ -464,7 +464,7 @@ pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, supervisor: Shar
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse;
+    use crate::test_config::{TestBackend, TestConfig, TestVip};
     use crate::health::probe::Outcome;
     use std::collections::BTreeMap;
 
@@ -509,27 +509,12 @@ mod tests {
         }
     }
 
-    const CONFIG: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 1009
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [vip.health]
-  interval = "1s"
-  timeout = "500ms"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-    [vip.backend.health]
-    initial = "down"
-"#;
+    /// One checked VIP on .11, .12 and .13, which starts down.
+    fn config() -> crate::config::Config {
+        let web = TestVip::new("web", "192.0.2.10:80").health("interval", "1s").health("timeout", "500ms");
+        let web = web.backends(["198.51.100.11", "198.51.100.12"]).backend(TestBackend::new("198.51.100.13").health("initial", "down"));
+        TestConfig::new().ring_size(1009).vip(web).parse()
+    }
 
     /// The kernel's ring of the first VIP, as the supervisor wrote it.
     fn ring0(s: &Supervisor<Recorder>) -> Vec<u32> {
@@ -551,7 +536,7 @@ port = 80
 
     #[test]
     fn writes_only_changed_slots_and_health_entries() {
-        let c = parse(CONFIG, "t.toml").unwrap();
+        let c = config();
         let p = crate::plan::plan(&c);
         // The kernel holds the all-up rings (as after a first reconcile).
         let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() };
@@ -586,7 +571,7 @@ port = 80
 
     #[test]
     fn a_vip_is_serving_while_one_backend_is_up() {
-        let c = parse(CONFIG, "t.toml").unwrap();
+        let c = config();
         let p = crate::plan::plan(&c);
         let mut s = Supervisor::new(&c, &p, Recorder::default(), &PriorHealth::new(), None).unwrap();
         let vip: IpAddr = "192.0.2.10".parse().unwrap();
@@ -600,7 +585,7 @@ port = 80
 
     #[test]
     fn a_successor_keeps_health_states_and_writes_nothing_unchanged() {
-        let c = parse(CONFIG, "t.toml").unwrap();
+        let c = config();
         let p = crate::plan::plan(&c);
         let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() };
         let mut first = Supervisor::new(&c, &p, recorder, &PriorHealth::new(), None).unwrap();
@@ -620,7 +605,7 @@ port = 80
 
     #[test]
     fn a_reload_carries_unchanged_vips_over_without_writing() {
-        let c = parse(CONFIG, "t.toml").unwrap();
+        let c = config();
         let p = crate::plan::plan(&c);
         let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() };
         let mut first = Supervisor::new(&c, &p, recorder, &PriorHealth::new(), None).unwrap();
@@ -648,7 +633,7 @@ port = 80
 
     #[test]
     fn changes_gathered_while_waiting_share_one_ring_build() {
-        let c = parse(CONFIG, "t.toml").unwrap();
+        let c = config();
         let p = crate::plan::plan(&c);
         let key = |id| HealthKey { row: 0, backend_id: id };
         // One by one: a ring build per change.
@@ -673,7 +658,7 @@ port = 80
 
     #[tokio::test]
     async fn reports_of_a_replaced_supervisor_are_never_applied() {
-        let c = parse(CONFIG, "t.toml").unwrap();
+        let c = config();
         let p = crate::plan::plan(&c);
         let key = |id| HealthKey { row: 0, backend_id: id };
         let first = Supervisor::new(&c, &p, all_up_recorder(&p), &PriorHealth::new(), None).unwrap();
