@@ -75,12 +75,12 @@ impl TestConfig {
         self.lb("interface", name)
     }
 
-    pub fn tunnel_source_v4(self, address: &str) -> Self {
-        self.lb("tunnel_source_v4", address)
+    pub fn tunnel_source_v4(self, address: impl ToString) -> Self {
+        self.lb("tunnel_source_v4", address.to_string())
     }
 
-    pub fn tunnel_source_v6(self, address: &str) -> Self {
-        self.lb("tunnel_source_v6", address)
+    pub fn tunnel_source_v6(self, address: impl ToString) -> Self {
+        self.lb("tunnel_source_v6", address.to_string())
     }
 
     pub fn ring_size(self, slots: u32) -> Self {
@@ -196,7 +196,7 @@ impl TestVip {
     }
 
     /// Appends backends of weight 1 at these addresses.
-    pub fn backends<'a>(mut self, addresses: impl IntoIterator<Item = &'a str>) -> Self {
+    pub fn backends(mut self, addresses: impl IntoIterator<Item = impl ToString>) -> Self {
         self.backends.extend(addresses.into_iter().map(TestBackend::new));
         self
     }
@@ -233,9 +233,9 @@ pub struct TestBackend {
 }
 
 impl TestBackend {
-    pub fn new(address: &str) -> Self {
+    pub fn new(address: impl ToString) -> Self {
         let mut table = Table::default();
-        table.set("address", address);
+        table.set("address", address.to_string());
         TestBackend { table, health: None }
     }
 

@@ -58,6 +58,7 @@ use etherparse::PacketBuilder;
 use lb_common::{programs, Reason};
 use lb_tests::{
     agent,
+    configs::{TestBackend, TestConfig, TestVip},
     topology::{Topology, TopologyOptions, CLIENT, CLIENT_V4, IFACE, LB, LB_V4, SWITCH},
 };
 use serde_json::{json, Value};
@@ -505,18 +506,15 @@ impl Probe<'_> {
 // ------------------------------------------------------------ the two runs
 
 fn config_text(bpffs: &str, run_dir: &str) -> String {
-    let mut s = format!(
-        "[lb]\ninterface = \"{IFACE}\"\ntunnel_source_v4 = \"{LB_V4}\"\nbpffs_dir = \"{bpffs}\"\nrun_dir = \"{run_dir}\"\n\
-         metrics_listen = \"off\"\nmax_vips = 4\nmax_backends = 16\n\n\
-         [[vip]]\nname = \"bench-udp\"\naddress = \"{VIP}\"\nport = {VIP_PORT}\nprotocol = \"udp\"\n"
-    );
+    let lb = TestConfig::new().interface(IFACE).tunnel_source_v4(LB_V4).lb("bpffs_dir", bpffs).lb("run_dir", run_dir);
+    let lb = lb.lb("metrics_listen", "off").max_vips(4).max_backends(16);
     // Three backends, all behind the sink's MAC: the LB's output goes where
     // the reflector's goes (see the module comment).
     let sink = mac_text(SINK_MAC);
-    for b in 11..=13 {
-        s += &format!("  [[vip.backend]]\n  address = \"198.51.100.{b}\"\n  mac = \"{sink}\"\n");
-    }
-    s
+    let vip = (11..=13).fold(TestVip::new("bench-udp", &format!("{VIP}:{VIP_PORT}/udp")), |vip, b| {
+        vip.backend(TestBackend::new(format!("198.51.100.{b}")).mac(&sink))
+    });
+    lb.vip(vip).to_toml()
 }
 
 fn run_lb(topo: &Topology, client_ns: &str, frames: &[Vec<u8>], seconds: Duration) -> Result<Sample> {
