@@ -13,6 +13,10 @@ pub mod maglev;
 pub mod metrics;
 pub mod plan;
 pub mod summary;
+/// Test configs written as TOML: for lb-agent's unit tests and, through the
+/// `test-support` feature, the tests crate; not in a release build.
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_config;
 pub mod dataplane;
 pub mod nexthop;
 pub mod packet_policy;

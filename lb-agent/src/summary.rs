@@ -248,59 +248,27 @@ mod tests {
     use super::*;
     use crate::config::parse;
     use crate::plan::plan;
+    use crate::test_config::{TestBackend, TestConfig, TestVip};
     use std::collections::BTreeSet;
 
-    const A: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 1009
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  weight = 3
-[[vip]]
-name = "web6"
-address = "2001:db8:f::10"
-port = 0
-hash = "source"
-  [[vip.backend]]
-  address = "2001:db8::11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  weight = 0
-"#;
-
-    const A_REORDERED: &str = r#"
-[[vip]]
-hash = "source"
-port = 0
-address = "2001:db8:f::10"
-name = "v6"
-  [[vip.backend]]
-  weight = 0
-  address = "198.51.100.12"
-  [[vip.backend]]
-  mac = "02:00:00:00:00:11"
-  address = "2001:db8::11"
-[[vip]]
-name = "www"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  weight = 3
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.11"
-[lb]
-ring_size = 1009
-interface = "eth1"
-"#;
+    /// Two VIPs, one with a drained backend and a static MAC. `reordered`:
+    /// the same data plane written otherwise (VIPs and backends backwards,
+    /// other names, another interface).
+    fn a_config(reordered: bool) -> TestConfig {
+        let order = |mut backends: Vec<TestBackend>| {
+            if reordered {
+                backends.reverse();
+            }
+            backends
+        };
+        let name = |plain, other| if reordered { other } else { plain };
+        let b = TestBackend::new;
+        let web = order(vec![b("198.51.100.11"), b("198.51.100.12").weight(3)]).into_iter().fold(TestVip::new(name("web", "www"), "192.0.2.10:80"), TestVip::backend);
+        let web6 = TestVip::new(name("web6", "v6"), "[2001:db8:f::10]:0").set("hash", "source");
+        let web6 = order(vec![b("2001:db8::11").mac("02:00:00:00:00:11"), b("198.51.100.12").weight(0)]).into_iter().fold(web6, TestVip::backend);
+        let vips = if reordered { [web6, web] } else { [web, web6] };
+        vips.into_iter().fold(TestConfig::new().interface(name("eth0", "eth1")).ring_size(1009), TestConfig::vip)
+    }
 
     fn fp(text: &str) -> String {
         let c = parse(text, "x.toml").unwrap();
@@ -309,22 +277,23 @@ interface = "eth1"
 
     #[test]
     fn fingerprint_ignores_order_and_names() {
-        let a = fp(A);
+        let a = fp(&a_config(false).to_toml());
         assert_eq!(a.len(), 16);
-        assert_eq!(a, fp(A_REORDERED));
+        assert_eq!(a, fp(&a_config(true).to_toml()));
     }
 
     #[test]
     fn fingerprint_sees_dataplane_changes() {
-        let a = fp(A);
+        let a_text = a_config(false).to_toml();
+        let a = fp(&a_text);
         for changed in [
-            A.replace("ring_size = 1009", "ring_size = 1013"),
-            A.replace("ring_size = 1009", "ring_size = 1009\nhash_seed = 1"),
-            A.replace("weight = 3", "weight = 2"),
-            A.replace("hash = \"source\"", "hash = \"flow\""),
-            A.replace("port = 80", "port = 81"),
-            A.replace("02:00:00:00:00:11", "02:00:00:00:00:12"),
-            A.replace("198.51.100.11", "198.51.100.13"),
+            a_text.replace("ring_size = 1009", "ring_size = 1013"),
+            a_text.replace("ring_size = 1009", "ring_size = 1009\nhash_seed = 1"),
+            a_text.replace("weight = 3", "weight = 2"),
+            a_text.replace("hash = \"source\"", "hash = \"flow\""),
+            a_text.replace("port = 80", "port = 81"),
+            a_text.replace("02:00:00:00:00:11", "02:00:00:00:00:12"),
+            a_text.replace("198.51.100.11", "198.51.100.13"),
         ] {
             assert_ne!(fp(&changed), a, "{changed}");
         }
@@ -449,7 +418,7 @@ flow_table = true
 
     #[test]
     fn render_shows_everything() {
-        let c = parse(A, "x.toml").unwrap();
+        let c = a_config(false).parse();
         let p = plan(&c);
         let text = render(&c, &p);
         for needle in [

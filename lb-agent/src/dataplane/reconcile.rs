@@ -216,77 +216,34 @@ pub fn after_rings(store: &mut impl MapStore, plan: &Plan, changes: &Changes) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse, MacAddr};
+    use crate::config::MacAddr;
+    use crate::test_config::{TestBackend, TestConfig, TestVip};
     use crate::dataplane::memory::{Maps, MemoryStore, Write};
     use crate::plan::{plan_reusing, Previous};
     use lb_common::{VipKey, VipMeta};
 
-    /// web (192.0.2.10:80) and dns (192.0.2.20:53, the only user of .13 and
-    /// of its address); web's .12 starts down.
-    const BEFORE: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 13
+    /// web (192.0.2.10:80, checked) on .11, .12 (down at start when
+    /// `down12`) and `extra`.
+    fn web(down12: bool, extra: &[&str]) -> TestVip {
+        let twelve = TestBackend::new("198.51.100.12");
+        let twelve = if down12 { twelve.health("initial", "down") } else { twelve };
+        let web = TestVip::new("web", "192.0.2.10:80").set("fragments", "forward").health("interval", "1s").health("timeout", "500ms");
+        web.backends(["198.51.100.11"]).backend(twelve).backends(extra.iter().copied())
+    }
 
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-fragments = "forward"
-  [vip.health]
-  interval = "1s"
-  timeout = "500ms"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-    [vip.backend.health]
-    initial = "down"
-
-[[vip]]
-name = "dns"
-address = "192.0.2.20"
-port = 53
-protocol = "udp"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-"#;
+    /// web and dns (192.0.2.20:53, the only user of .13 and of its
+    /// address); `down12`: web's .12 starts down.
+    fn config_before(down12: bool) -> Config {
+        let dns = TestVip::new("dns", "192.0.2.20:53/udp").backends(["198.51.100.12", "198.51.100.13"]);
+        TestConfig::new().ring_size(13).vip(web(down12, &[])).vip(dns).parse()
+    }
 
     /// dns (and with it .13 and 192.0.2.20) removed; api added on a new
     /// address with a new backend; web gains that backend too.
-    const AFTER: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 13
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-fragments = "forward"
-  [vip.health]
-  interval = "1s"
-  timeout = "500ms"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-    [vip.backend.health]
-    initial = "down"
-  [[vip.backend]]
-  address = "198.51.100.14"
-
-[[vip]]
-name = "api"
-address = "192.0.2.30"
-port = 443
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.14"
-"#;
+    fn config_after(down12: bool) -> Config {
+        let api = TestVip::new("api", "192.0.2.30:443").backends(["198.51.100.11", "198.51.100.14"]);
+        TestConfig::new().ring_size(13).vip(web(down12, &["198.51.100.14"])).vip(api).parse()
+    }
 
     /// Static next hops, one MAC per backend id.
     fn resolved(plan: &Plan) -> HashMap<u32, ResolvedBackend> {
@@ -388,10 +345,9 @@ port = 443
         assert_eq!(maps.health.keys().copied().collect::<BTreeSet<_>>(), pairs, "health entries");
     }
 
-    /// The store after a first start with `text`, its plan (rings
+    /// The store after a first start with `config`, its plan (rings
     /// forgotten, as the runtime keeps it) and supervisor.
-    fn started(text: &str) -> (Config, Plan, MemoryStore, Supervisor<MemoryStore>) {
-        let config = parse(text, "t.toml").unwrap();
+    fn started(config: Config) -> (Config, Plan, MemoryStore, Supervisor<MemoryStore>) {
         let mut store = MemoryStore::default();
         let plan = crate::plan::plan_keeping(&config, &store.kept().unwrap()).unwrap();
         let (supervisor, _) = apply(&mut store, &config, &plan, &resolved(&plan), None).unwrap();
@@ -402,7 +358,7 @@ port = 443
 
     #[test]
     fn a_first_start_writes_backends_rings_and_bits_before_vips() {
-        let config = parse(BEFORE, "t.toml").unwrap();
+        let config = config_before(true);
         let mut store = MemoryStore::default();
         let plan = crate::plan::plan_keeping(&config, &store.kept().unwrap()).unwrap();
         let (_, changes) = apply(&mut store, &config, &plan, &resolved(&plan), None).unwrap();
@@ -422,10 +378,10 @@ port = 443
 
     #[test]
     fn a_reload_clears_bits_rows_and_backends_only_after_the_vips_are_gone() {
-        let (before, running, mut store, first) = started(BEFORE);
+        let (before, running, mut store, first) = started(config_before(true));
         let start = store.maps();
         store.take_log();
-        let config = parse(AFTER, "t.toml").unwrap();
+        let config = config_after(true);
         let previous = Previous { config: &before, plan: &running };
         let plan = plan_reusing(&config, &store.kept().unwrap(), Some(previous)).unwrap();
         let (_, changes) = apply(&mut store, &config, &plan, &resolved(&plan), Some(&first)).unwrap();
@@ -459,10 +415,9 @@ port = 443
     #[test]
     fn a_reload_that_fails_at_any_write_is_repaired_by_the_next() {
         // Every backend up: the maps must end with the plan's all-up rings.
-        let unchecked = |text: &str| text.replace("    [vip.backend.health]\n    initial = \"down\"\n", "");
-        let (before, running, store, first) = started(&unchecked(BEFORE));
+        let (before, running, store, first) = started(config_before(false));
         let start = store.maps();
-        let config = parse(&unchecked(AFTER), "t.toml").unwrap();
+        let config = config_after(false);
         let previous = || Some(Previous { config: &before, plan: &running });
         // How many writes a successful reload makes.
         let clean = {

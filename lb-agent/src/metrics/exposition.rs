@@ -215,23 +215,13 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_config::{TestConfig, TestVip};
     use lb_common::health::{HEALTH_DOWN, HEALTH_UP, HealthEntry, HealthKey};
 
-    const CONFIG: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 1009
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [vip.health]
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-"#;
+    /// One checked VIP on two backends.
+    fn web() -> TestConfig {
+        TestConfig::new().ring_size(1009).vip(TestVip::new("web", "192.0.2.10:80").checked().backends(["198.51.100.11", "198.51.100.12"]))
+    }
 
     /// The value of the sample line `name{labels}` (labels as printed).
     fn value(text: &str, series: &str) -> f64 {
@@ -241,7 +231,7 @@ port = 80
 
     #[test]
     fn every_metric_with_its_labels_and_values() {
-        let config = crate::config::parse(CONFIG, "t.toml").unwrap();
+        let config = web().parse();
         let plan = crate::plan::plan(&config);
         let programmed = Programmed::new(config, plan.clone(), 3);
         let (b11, b12) = (plan.backend_id("198.51.100.11".parse().unwrap()).unwrap(), plan.backend_id("198.51.100.12".parse().unwrap()).unwrap());
@@ -297,9 +287,8 @@ port = 80
 
     #[test]
     fn a_reload_forgets_the_check_series_of_removed_vips() {
-        let two_vips = format!("{CONFIG}\n[[vip]]\nname = \"api\"\naddress = \"192.0.2.11\"\nport = 80\n  [vip.health]\n  [[vip.backend]]\n  address = \"198.51.100.11\"\n");
-        let old = crate::config::parse(&two_vips, "t.toml").unwrap();
-        let new = crate::config::parse(CONFIG, "t.toml").unwrap();
+        let old = web().vip(TestVip::new("api", "192.0.2.11:80").checked().backends(["198.51.100.11"])).parse();
+        let new = web().parse();
         let hist = check_duration_histogram();
         hist.with_label_values(&["web"]).observe(0.001);
         hist.with_label_values(&["api"]).observe(0.001);

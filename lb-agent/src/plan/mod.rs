@@ -336,90 +336,34 @@ pub fn lookup(plan: &Plan, vip: &PlannedVip, src: IpAddr, src_port: u16, dst_por
 mod tests {
     use super::*;
     use crate::config::parse;
+    use crate::test_config::{TestBackend, TestConfig, TestVip};
     use std::net::Ipv4Addr;
 
-    const A: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 4099
-hash_seed = 7
+    /// Three VIPs on four backends (an IPv6 one with a static MAC, a drained
+    /// one); `reordered` lists the VIPs, and each VIP's backends, backwards.
+    fn a_config(reordered: bool) -> TestConfig {
+        let vip = |vip: TestVip, mut backends: Vec<TestBackend>| {
+            if reordered {
+                backends.reverse();
+            }
+            backends.into_iter().fold(vip, TestVip::backend)
+        };
+        let b = TestBackend::new;
+        let mut vips = vec![
+            vip(TestVip::new("web", "192.0.2.10:80"), vec![b("198.51.100.11"), b("198.51.100.12").weight(2), b("2001:db8::13").mac("02:00:00:00:00:13")]),
+            vip(TestVip::new("dns", "192.0.2.10:53/udp").set("hash", "source"), vec![b("198.51.100.12"), b("198.51.100.14").weight(0), b("198.51.100.11")]),
+            vip(TestVip::new("any6", "[2001:db8:f::10]:0"), vec![b("2001:db8::13")]),
+        ];
+        if reordered {
+            vips.reverse();
+        }
+        vips.into_iter().fold(TestConfig::new().ring_size(4099).hash_seed(7), TestConfig::vip)
+    }
 
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  weight = 2
-  [[vip.backend]]
-  address = "2001:db8::13"
-  mac = "02:00:00:00:00:13"
-
-[[vip]]
-name = "dns"
-address = "192.0.2.10"
-port = 53
-protocol = "udp"
-hash = "source"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.14"
-  weight = 0
-  [[vip.backend]]
-  address = "198.51.100.11"
-
-[[vip]]
-name = "any6"
-address = "2001:db8:f::10"
-port = 0
-  [[vip.backend]]
-  address = "2001:db8::13"
-"#;
-
-    /// The same config with VIPs and backends in another order.
-    const B: &str = r#"
-[lb]
-hash_seed = 7
-ring_size = 4099
-interface = "eth0"
-
-[[vip]]
-name = "any6"
-address = "2001:db8:f::10"
-port = 0
-  [[vip.backend]]
-  address = "2001:db8::13"
-
-[[vip]]
-protocol = "udp"
-name = "dns"
-address = "192.0.2.10"
-port = 53
-hash = "source"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  weight = 0
-  address = "198.51.100.14"
-  [[vip.backend]]
-  address = "198.51.100.12"
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "2001:db8::13"
-  mac = "02:00:00:00:00:13"
-  [[vip.backend]]
-  weight = 2
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.11"
-"#;
+    /// [`a_config`] as text, for the tests that edit it.
+    fn a_text() -> String {
+        a_config(false).to_toml()
+    }
 
     fn rings_as_addresses(p: &Plan) -> Vec<(String, u32, Vec<Option<IpAddr>>)> {
         p.vips.iter().map(|v| (v.name.clone(), v.row, v.ring().iter().map(|&id| p.backend(id).map(|b| b.address)).collect())).collect()
@@ -427,8 +371,8 @@ port = 80
 
     #[test]
     fn stable_under_reordering() {
-        let a = plan(&parse(A, "a.toml").unwrap());
-        let b = plan(&parse(B, "b.toml").unwrap());
+        let a = plan(&a_config(false).parse());
+        let b = plan(&a_config(true).parse());
         assert_eq!(rings_as_addresses(&a), rings_as_addresses(&b));
         // In fact the whole plan is identical: ids and rows too.
         assert_eq!(a, b);
@@ -436,7 +380,7 @@ port = 80
 
     #[test]
     fn a_summary_plan_keeps_no_ring_and_says_the_same() {
-        let c = parse(A, "a.toml").unwrap();
+        let c = a_config(false).parse();
         let full = plan(&c);
         for v in &full.vips {
             let counted: Vec<u32> =
@@ -457,10 +401,10 @@ port = 80
 
     #[test]
     fn a_reload_builds_rings_only_for_changed_vips() {
-        let old_config = parse(A, "a.toml").unwrap();
+        let old_config = a_config(false).parse();
         let mut old = plan(&old_config);
         old.forget_rings(); // as the running agent keeps it
-        let text = A.replace("  address = \"198.51.100.12\"\n  weight = 2", "  address = \"198.51.100.12\"\n  weight = 3");
+        let text = a_text().replace("  address = \"198.51.100.12\"\n  weight = 2", "  address = \"198.51.100.12\"\n  weight = 3");
         let new_config = parse(&text, "a.toml").unwrap();
         let previous = Previous { config: &old_config, plan: &old };
         let reused = plan_reusing(&new_config, &old.kept(), Some(previous)).unwrap();
@@ -474,8 +418,8 @@ port = 80
         assert_eq!(crate::summary::fingerprint(&new_config, &reused), crate::summary::fingerprint(&new_config, &fresh));
         // A VIP that moved to another row (here: every row, after a VIP is
         // inserted before them) is not reused: its ring must be written there.
-        let text = format!("{A}\n[[vip]]\nname = \"first\"\naddress = \"192.0.2.1\"\nport = 1\n  [[vip.backend]]\n  address = \"198.51.100.11\"\n");
-        let shifted = plan_reusing(&parse(&text, "a.toml").unwrap(), &Kept::default(), Some(previous)).unwrap();
+        let first = a_config(false).vip(TestVip::new("first", "192.0.2.1:1").backends(["198.51.100.11"]));
+        let shifted = plan_reusing(&first.parse(), &Kept::default(), Some(previous)).unwrap();
         assert!(shifted.vips.iter().all(|v| v.all_up.is_some()), "new rows: every ring built");
     }
 
@@ -537,7 +481,7 @@ port = 80
 
     #[test]
     fn ids_rows_keys_and_flags() {
-        let p = plan(&parse(A, "a.toml").unwrap());
+        let p = plan(&a_config(false).parse());
         let addrs: Vec<String> = p.backends.iter().map(|b| b.address.to_string()).collect();
         assert_eq!(addrs, ["198.51.100.11", "198.51.100.12", "198.51.100.14", "2001:db8::13"]);
         assert_eq!(p.backends.iter().map(|b| b.id).collect::<Vec<_>>(), [1, 2, 3, 4]);
@@ -562,9 +506,9 @@ port = 80
 
     #[test]
     fn reloads_keep_ids_and_rows() {
-        let before = plan(&parse(A, "a.toml").unwrap());
+        let before = plan(&a_config(false).parse());
         // 198.51.100.11 leaves, 198.51.100.10 (sorting first) arrives, VIP dns leaves, a VIP arrives.
-        let text = A.replace("198.51.100.11", "198.51.100.10").replace("name = \"dns\"", "name = \"dns2\"").replace("port = 53", "port = 54");
+        let text = a_text().replace("198.51.100.11", "198.51.100.10").replace("name = \"dns\"", "name = \"dns2\"").replace("port = 53", "port = 54");
         let after = plan_keeping(&parse(&text, "a.toml").unwrap(), &before.kept()).unwrap();
         for address in ["198.51.100.12", "198.51.100.14", "2001:db8::13"] {
             let a: IpAddr = address.parse().unwrap();
@@ -587,7 +531,7 @@ port = 80
 
     #[test]
     fn stateless_vips_are_flagged() {
-        let text = A.replace("hash = \"source\"", "hash = \"source\"\nflow_table = false");
+        let text = a_text().replace("hash = \"source\"", "hash = \"source\"\nflow_table = false");
         let p = plan(&parse(&text, "a.toml").unwrap());
         assert_eq!(p.vip("dns").unwrap().meta.flags, VIP_FLAG_SOURCE_HASH | lb_common::flows::VIP_FLAG_STATELESS);
         assert_eq!(p.vip("web").unwrap().meta.flags, 0);
@@ -595,7 +539,7 @@ port = 80
 
     #[test]
     fn find_vip_prefers_exact_port() {
-        let p = plan(&parse(A, "a.toml").unwrap());
+        let p = plan(&a_config(false).parse());
         let v4: IpAddr = "192.0.2.10".parse().unwrap();
         let v6: IpAddr = "2001:db8:f::10".parse().unwrap();
         assert_eq!(find_vip(&p, v4, 80, lb_common::PROTO_TCP).unwrap().name, "web");
@@ -608,7 +552,7 @@ port = 80
 
     #[test]
     fn lookup_matches_the_kernel_formula_and_spreads() {
-        let p = plan(&parse(A, "a.toml").unwrap());
+        let p = plan(&a_config(false).parse());
         let web = p.vip("web").unwrap();
         let mut counts = BTreeMap::new();
         for i in 0..10_000u32 {
@@ -634,7 +578,7 @@ port = 80
 
     #[test]
     fn source_hash_ignores_ports() {
-        let p = plan(&parse(A, "a.toml").unwrap());
+        let p = plan(&a_config(false).parse());
         let dns = p.vip("dns").unwrap();
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..1000u32 {

@@ -6,7 +6,7 @@ use lb_common::health::{HEALTH_DOWN, HEALTH_UP, HealthReason};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::config::parse;
+use crate::test_config::{TestBackend, TestConfig, TestVip};
 use crate::health::checker::MemberRef;
 use super::tasks::apply_reports;
 use crate::plan::Plan;
@@ -52,27 +52,12 @@ impl HealthWriter for Recorder {
     }
 }
 
-const CONFIG: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 1009
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [vip.health]
-  interval = "1s"
-  timeout = "500ms"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-[vip.backend.health]
-initial = "down"
-"#;
+/// One checked VIP on .11, .12 and .13, which starts down.
+fn config() -> crate::config::Config {
+    let web = TestVip::new("web", "192.0.2.10:80").health("interval", "1s").health("timeout", "500ms");
+    let web = web.backends(["198.51.100.11", "198.51.100.12"]).backend(TestBackend::new("198.51.100.13").health("initial", "down"));
+    TestConfig::new().ring_size(1009).vip(web).parse()
+}
 
 /// The kernel's ring of the first VIP, as the supervisor wrote it.
 fn ring0(s: &Supervisor<Recorder>) -> Vec<u32> {
@@ -87,7 +72,7 @@ fn report(backend: usize, outcome: Outcome) -> Report {
 
 #[test]
 fn writes_only_changed_slots_and_health_entries() {
-    let c = parse(CONFIG, "t.toml").unwrap();
+    let c = config();
     let p = crate::plan::plan(&c);
     // The kernel holds the all-up rings (as after a first reconcile).
     let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() };
@@ -122,7 +107,7 @@ fn writes_only_changed_slots_and_health_entries() {
 
 #[test]
 fn a_vip_is_serving_while_one_backend_is_up() {
-    let c = parse(CONFIG, "t.toml").unwrap();
+    let c = config();
     let p = crate::plan::plan(&c);
     let mut s = Supervisor::new(&c, &p, Recorder::default(), &PriorHealth::new(), None).unwrap();
     let vip: IpAddr = "192.0.2.10".parse().unwrap();
@@ -136,7 +121,7 @@ fn a_vip_is_serving_while_one_backend_is_up() {
 
 #[test]
 fn a_successor_keeps_health_states_and_writes_nothing_unchanged() {
-    let c = parse(CONFIG, "t.toml").unwrap();
+    let c = config();
     let p = crate::plan::plan(&c);
     let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() };
     let mut first = Supervisor::new(&c, &p, recorder, &PriorHealth::new(), None).unwrap();
@@ -156,7 +141,7 @@ fn a_successor_keeps_health_states_and_writes_nothing_unchanged() {
 
 #[test]
 fn a_reload_carries_unchanged_vips_over_without_writing() {
-    let c = parse(CONFIG, "t.toml").unwrap();
+    let c = config();
     let p = crate::plan::plan(&c);
     let recorder = Recorder { initial: p.vips.iter().map(|v| (v.row, v.all_up.as_ref().unwrap().ring.clone())).collect(), ..Recorder::default() };
     let mut first = Supervisor::new(&c, &p, recorder, &PriorHealth::new(), None).unwrap();
@@ -184,7 +169,7 @@ fn all_up_recorder(p: &Plan) -> Recorder {
 
 #[test]
 fn changes_gathered_while_waiting_share_one_ring_build() {
-    let c = parse(CONFIG, "t.toml").unwrap();
+    let c = config();
     let p = crate::plan::plan(&c);
     let key = |id| HealthKey { row: 0, backend_id: id };
     // One by one: a ring build per change.
@@ -209,7 +194,7 @@ fn changes_gathered_while_waiting_share_one_ring_build() {
 
 #[tokio::test]
 async fn reports_of_a_replaced_supervisor_are_never_applied() {
-    let c = parse(CONFIG, "t.toml").unwrap();
+    let c = config();
     let p = crate::plan::plan(&c);
     let key = |id| HealthKey { row: 0, backend_id: id };
     let first = Supervisor::new(&c, &p, all_up_recorder(&p), &PriorHealth::new(), None).unwrap();
@@ -236,7 +221,7 @@ async fn reports_of_a_replaced_supervisor_are_never_applied() {
 
 #[test]
 fn only_a_vip_the_plan_calls_unchanged_is_carried_over() {
-    let c = parse(CONFIG, "t.toml").unwrap();
+    let c = config();
     let p = crate::plan::plan(&c);
     let mut first = Supervisor::new(&c, &p, all_up_recorder(&p), &PriorHealth::new(), None).unwrap();
     // A change counted, its ring not built yet: only the supervisor knows it.

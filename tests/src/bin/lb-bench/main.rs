@@ -33,6 +33,7 @@ use lb_agent::{
     dataplane::rings::MappedRings,
 };
 use lb_tests::bpf::{self, Overrides};
+use lb_tests::configs::{self, TestVip, BACKENDS_V4};
 use lb_common::{flows::FlowEvent, maps, programs, Action};
 use serde_json::{json, Value};
 
@@ -79,67 +80,17 @@ const CLIENT_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 
 const VIP_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
 
-/// The benchmark's data plane: the production ring size, three backends per VIP.
-const CONFIG: &str = r#"
-[lb]
-interface = "bench0"
-tunnel_source_v4 = "198.51.100.2"
-tunnel_source_v6 = "2001:db8::2"
-max_vips = 8
-max_backends = 16
-[[vip]]
-name = "web-stateless"
-address = "192.0.2.10"
-port = 81
-flow_table = false
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-[[vip]]
-name = "dns"
-address = "192.0.2.10"
-port = 53
-protocol = "udp"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-[[vip]]
-name = "web6"
-address = "2001:db8:f::10"
-port = 80
-  [[vip.backend]]
-  address = "2001:db8::11"
-  mac = "02:00:00:00:01:11"
-  [[vip.backend]]
-  address = "2001:db8::12"
-  mac = "02:00:00:00:01:12"
-"#;
+/// The benchmark's data plane: the production ring size, two or three
+/// backends per VIP, a stateless VIP beside the flow table's.
+fn config() -> String {
+    let stateless = TestVip::new("web-stateless", "192.0.2.10:81").flow_table(false).backends(BACKENDS_V4);
+    let c = configs::unattached("bench0").max_vips(8).max_backends(16).vip(stateless);
+    c.vip(configs::web()).vip(configs::dns()).vip(configs::web6()).static_macs().to_toml()
+}
 
 fn load() -> Result<Ebpf> {
     let programs = [programs::BALANCER, programs::DECAP, programs::PASS, programs::FLOOR_TX];
-    Ok(bpf::load(CONFIG, "bench.toml", &programs, Overrides::default())?.ebpf)
+    Ok(bpf::load(&config(), "bench.toml", &programs, Overrides::default())?.ebpf)
 }
 
 fn write(builder: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
