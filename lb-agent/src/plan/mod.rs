@@ -425,14 +425,14 @@ mod tests {
 
     #[test]
     fn a_vip_changed_only_in_a_health_field_is_not_unchanged() {
-        let old_config = parse(A, "a.toml").unwrap();
+        let old_config = a_config(false).parse();
         let mut old = plan(&old_config);
         old.forget_rings();
         let previous = Previous { config: &old_config, plan: &old };
         let same = plan_reusing(&old_config, &old.kept(), Some(previous)).unwrap();
         assert!(same.vips.iter().all(|v| v.unchanged && v.all_up.is_none()), "the same config: every VIP unchanged");
         // A health table on "any6" only: same row, members and ring, another config.
-        let text = A.replace("port = 0\n", "port = 0\n  [vip.health]\n  interval = \"2s\"\n  port = 8080\n");
+        let text = a_text().replace("port = 0\n", "port = 0\n  [vip.health]\n  interval = \"2s\"\n  port = 8080\n");
         let new_config = parse(&text, "a.toml").unwrap();
         assert_ne!(new_config.vips[2].backends[0].check, old_config.vips[2].backends[0].check);
         let reused = plan_reusing(&new_config, &old.kept(), Some(previous)).unwrap();
@@ -447,7 +447,7 @@ mod tests {
 
     #[test]
     fn a_vip_is_identified_alike_by_its_config_its_plan_and_its_key() {
-        let (a, b) = (parse(A, "a.toml").unwrap(), parse(B, "b.toml").unwrap());
+        let (a, b) = (a_config(false).parse(), a_config(true).parse());
         let p = plan(&a);
         for v in &a.vips {
             let planned = p.vip(&v.name).unwrap();
@@ -463,7 +463,7 @@ mod tests {
 
     #[test]
     fn ring_for_reuses_the_all_up_ring_only_when_every_backend_is_up() {
-        let c = parse(A, "a.toml").unwrap();
+        let c = a_config(false).parse();
         let p = plan(&c);
         let id_of = |a| p.backend_id(a).unwrap_or(NO_BACKEND);
         let (v, planned) = (&c.vips[0], p.vip("web").unwrap());
