@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::announce::AnnounceConfig;
+use crate::config::announce::AnnounceConfig;
 use crate::config::{BackendConfig, Config, HashMode, LbSection, Protocol, VipConfig};
 use crate::config::health::{CheckKind, HealthCheck};
 use crate::config::packets::{self, PacketPolicy};
