@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use lb_common::hash::{flow_hash, source_hash};
 use lb_common::{NO_BACKEND, VIP_FLAG_SOURCE_HASH, VipKey, VipMeta, addr_words};
 
-use crate::config::{Config, HashMode, MacAddr};
+use crate::config::{Config, Encap, FlowState, HashMode, MacAddr};
 pub mod fnv;
 mod ring_summary;
 pub mod select;
@@ -251,7 +251,7 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
                 HashMode::Flow => 0,
                 HashMode::Source => VIP_FLAG_SOURCE_HASH,
             } | crate::config::packets::fragment_flags(v.fragments)
-                | if v.flow_table { 0 } else { lb_common::flows::VIP_FLAG_STATELESS };
+                | flow_flags(v.flow_state, v.encap);
             PlannedVip {
                 name: v.name.clone(),
                 row,
@@ -266,6 +266,17 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
         .collect();
 
     Ok(Plan { ring_size, hash_seed: config.lb.hash_seed, backends, vips: planned })
+}
+
+/// The VIP flag bits of where its flow state lives and how it is encapsulated.
+fn flow_flags(state: FlowState, encap: Encap) -> u32 {
+    use lb_common::second_chance::{VIP_FLAG_GUE, VIP_FLAG_SECOND_CHANCE};
+    let state = match state {
+        FlowState::Lb => 0,
+        FlowState::None => lb_common::flows::VIP_FLAG_STATELESS,
+        FlowState::Backend => VIP_FLAG_SECOND_CHANCE,
+    };
+    state | if encap == Encap::Gue { VIP_FLAG_GUE } else { 0 }
 }
 
 /// `f` over `items` on up to one thread per CPU (at most `max_threads`),
