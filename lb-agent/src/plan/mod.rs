@@ -532,6 +532,17 @@ port = 80
     }
 
     #[test]
+    fn backend_state_vips_are_flagged_second_chance_and_gue() {
+        use lb_common::second_chance::{VIP_FLAG_GUE, VIP_FLAG_SECOND_CHANCE};
+        let text = A.replace("hash = \"source\"", "hash = \"source\"\nflow_state = \"backend\"");
+        let p = plan(&parse(&text, "a.toml").unwrap());
+        assert_eq!(p.vip("dns").unwrap().meta.flags, VIP_FLAG_SOURCE_HASH | VIP_FLAG_SECOND_CHANCE | VIP_FLAG_GUE);
+        let gue = A.replace("interface = \"eth0\"", "interface = \"eth0\"\nencap = \"gue\"");
+        let p = plan(&parse(&gue, "a.toml").unwrap());
+        assert_eq!(p.vip("web").unwrap().meta.flags, VIP_FLAG_GUE, "GUE alone: the flow table stays");
+    }
+
+    #[test]
     fn find_vip_prefers_exact_port() {
         let p = plan(&parse(A, "a.toml").unwrap());
         let v4: IpAddr = "192.0.2.10".parse().unwrap();
