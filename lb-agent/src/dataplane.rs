@@ -11,6 +11,7 @@
 pub mod live;
 #[cfg(test)]
 pub mod memory;
+pub mod previous;
 pub mod reconcile;
 pub mod rings;
 pub mod store;

@@ -18,6 +18,7 @@ use lb_common::{NO_BACKEND, VIP_FLAG_SOURCE_HASH, VipKey, VipMeta, addr_words};
 
 use crate::config::{Config, Encap, FlowState, HashMode, MacAddr};
 pub mod fnv;
+pub mod previous;
 mod ring_summary;
 pub mod select;
 
@@ -124,6 +125,8 @@ impl Plan {
         Kept {
             backend_ids: self.backends.iter().map(|b| (b.address, b.id)).collect(),
             vip_rows: self.vips.iter().map(|v| (v.identity(), v.row)).collect(),
+            // The maps know them, not the plan (`MapStore::kept`).
+            previous_owners: BTreeSet::new(),
         }
     }
 }
@@ -211,8 +214,15 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
         }
     }
     let addresses: BTreeSet<IpAddr> = macs.keys().copied().collect();
-    let backend_ids = ids::allocate(&addresses, &kept.backend_ids, 1..config.lb.max_backends).ok_or_else(|| {
-        format!("{} backends do not fit lb.max_backends = {} (id 0 is reserved)", addresses.len(), config.lb.max_backends)
+    // A previous owner's id stays its own until its slots drain.
+    let backend_ids = ids::allocate_reserving(&addresses, &kept.backend_ids, 1..config.lb.max_backends, &kept.previous_owners).ok_or_else(|| {
+        let draining = kept.previous_owners.iter().filter(|id| !kept.backend_ids.iter().any(|(a, i)| i == *id && addresses.contains(a))).count();
+        format!(
+            "{} backends and {draining} previous owners still draining do not fit lb.max_backends = {} (id 0 is reserved); \
+             raise max_backends (a full restart) or reload once the previous_owner_window has passed",
+            addresses.len(),
+            config.lb.max_backends
+        )
     })?;
     let backends: Vec<PlannedBackend> =
         macs.into_iter().map(|(address, mac)| PlannedBackend { id: backend_ids[&address], address, mac }).collect();
