@@ -12,6 +12,7 @@ pub mod logging;
 pub mod maglev;
 pub mod metrics;
 pub mod plan;
+pub mod previous_owners;
 pub mod summary;
 pub mod dataplane;
 pub mod nexthop;
