@@ -2,7 +2,9 @@
 
 use std::{fmt::Write as _, net::SocketAddr};
 
-use lb_common::{flows::FlowEvent, Counter, Reason};
+use std::collections::BTreeMap;
+
+use lb_common::{flows::FlowEvent, second_chance::VIP_FLAG_SECOND_CHANCE, Counter, Reason};
 use serde_json::{json, Value};
 
 use crate::{dataplane::Counters, plan::Plan, rates::Rates};
@@ -119,5 +121,69 @@ fn protocol_name(proto: u8) -> &'static str {
         lb_common::PROTO_TCP => "tcp",
         lb_common::PROTO_UDP => "udp",
         _ => "?",
+    }
+}
+
+/// Adds `"previous_owner_slots"` (ring slots with a previous owner, see
+/// `dataplane::previous::slots_with_previous_owner`) to each VIP of
+/// [`to_json`]'s output.
+pub fn add_previous_to_json(json: &mut Value, plan: &Plan, counts: &BTreeMap<u32, u32>) {
+    let Some(vips) = json.get_mut("vips").and_then(Value::as_array_mut) else { return };
+    for (out, vip) in vips.iter_mut().zip(&plan.vips) {
+        out["previous_owner_slots"] = json!(counts.get(&vip.row).copied().unwrap_or(0));
+    }
+}
+
+/// The VIPs with flow state on the backends and their slots with a previous owner.
+pub fn previous_to_text(plan: &Plan, counts: &BTreeMap<u32, u32>) -> String {
+    let mut out = String::new();
+    let backend: Vec<_> = plan.vips.iter().filter(|v| v.meta.flags & VIP_FLAG_SECOND_CHANCE != 0).collect();
+    if backend.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\n{:<24} {:>12} {:>12}", "second chance (VIP)", "slots", "w/ previous");
+    for vip in backend {
+        let _ = writeln!(out, "{:<24} {:>12} {:>12}", vip.name, plan.ring_size, counts.get(&vip.row).copied().unwrap_or(0));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    const TWO: &str = r#"
+[lb]
+interface = "eth0"
+ring_size = 13
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+flow_state = "backend"
+  [[vip.backend]]
+  address = "198.51.100.11"
+[[vip]]
+name = "dns"
+address = "192.0.2.20"
+port = 53
+protocol = "udp"
+  [[vip.backend]]
+  address = "198.51.100.11"
+"#;
+
+    #[test]
+    fn previous_owner_slots_in_json_and_text() {
+        let plan = crate::plan::plan(&parse(TWO, "t.toml").unwrap());
+        let web = plan.vip("web").unwrap().row;
+        let counts: BTreeMap<u32, u32> = [(web, 4)].into();
+        let mut json = to_json(&plan, &Counters::default());
+        add_previous_to_json(&mut json, &plan, &counts);
+        let by_name = |n: &str| json["vips"].as_array().unwrap().iter().find(|v| v["name"] == n).unwrap()["previous_owner_slots"].clone();
+        assert_eq!((by_name("web"), by_name("dns")), (json!(4), json!(0)));
+        let text = previous_to_text(&plan, &counts);
+        assert!(text.lines().any(|l| l.starts_with("web") && l.ends_with(" 4")), "{text}");
+        assert!(!text.contains("dns"), "an \"lb\" VIP has no second chance:\n{text}");
     }
 }

@@ -45,8 +45,11 @@ fn read(config: &Config) -> Result<(Counters, Instant)> {
 
 fn render(config: &Config, plan: &Plan, counters: &Counters, rates: Option<&Rates>, json: bool) -> Result<String> {
     let table = health::report::read_pinned(&config.lb.bpffs_dir)?;
+    let live = crate::dataplane::live::LiveMaps::open(&config.lb.bpffs_dir)?;
+    let previous = crate::dataplane::previous::slots_with_previous_owner(&live, plan)?;
     if json {
         let mut out = stats::to_json(plan, counters);
+        stats::add_previous_to_json(&mut out, plan, &previous);
         health::report::add_to_json(&mut out, config, plan, &table);
         if let Some(r) = rates {
             r.add_to_json(&mut out, plan);
@@ -54,6 +57,7 @@ fn render(config: &Config, plan: &Plan, counters: &Counters, rates: Option<&Rate
         return Ok(format!("{out}\n"));
     }
     let mut out = stats::to_text(plan, counters, rates);
+    out += &stats::previous_to_text(plan, &previous);
     out += &health::report::to_text(config, plan, &table);
     if let Some(r) = rates {
         out += &format!("\nrates over the last {:.1} s\n", r.window.as_secs_f64());

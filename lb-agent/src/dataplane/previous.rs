@@ -13,6 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use anyhow::Result;
+use lb_common::second_chance::VIP_FLAG_SECOND_CHANCE;
+
+use super::store::MapStore;
+use crate::plan::{previous::with_previous_owner, Plan};
+
 /// See the module's documentation.
 #[derive(Debug)]
 pub struct Ledger {
@@ -96,6 +102,21 @@ impl Ledger {
     pub fn expired(&self, now: Instant) -> Vec<u32> {
         self.changed.iter().filter(|&(_, &at)| now.saturating_duration_since(at) >= self.window).map(|(&row, _)| row).collect()
     }
+}
+
+/// Ring slots with a previous owner, by VIP row of `plan` (only VIPs with
+/// flow state on the backends can have any; the others are 0 unread).
+pub fn slots_with_previous_owner(store: &impl MapStore, plan: &Plan) -> Result<BTreeMap<u32, u32>> {
+    plan.vips
+        .iter()
+        .map(|v| {
+            let count = match v.meta.flags & VIP_FLAG_SECOND_CHANCE {
+                0 => 0,
+                _ => with_previous_owner(&store.previous_row(v.row, plan.ring_size)?),
+            };
+            Ok((v.row, count))
+        })
+        .collect()
 }
 
 #[cfg(test)]
