@@ -9,6 +9,7 @@ pub mod ids;
 pub mod control;
 pub mod kernel_events;
 pub mod logging;
+pub mod lookup_command;
 pub mod maglev;
 pub mod metrics;
 pub mod plan;

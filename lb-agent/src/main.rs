@@ -167,17 +167,12 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Lookup { config, vip, port, protocol, src, src_port } => {
-            let config = load_config(&config)?;
-            let plan = plan::plan(&config);
-            let proto = match protocol {
+            let protocol = match protocol {
                 ProtocolArg::Tcp => Protocol::Tcp,
                 ProtocolArg::Udp => Protocol::Udp,
             };
-            let planned = plan::find_vip(&plan, vip, port, proto.number())
-                .with_context(|| format!("no VIP {vip} port {port} in the config"))?;
-            let id = plan::lookup(&plan, planned, src, src_port, port);
-            let backend = plan.backends.iter().find(|b| b.id == id).context("the VIP's ring is empty")?;
-            println!("{}", backend.address);
+            let flow = lb_agent::lookup_command::Flow { vip, port, protocol, src, src_port };
+            print!("{}", lb_agent::lookup_command::run(&load_config(&config)?, &flow)?);
             Ok(())
         }
         Command::Stats { config, json, interval, watch } => {
