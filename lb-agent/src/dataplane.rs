@@ -205,6 +205,12 @@ const MINIMAL_FLOW_TABLE: u32 = 1;
 /// `xdp_decap`, or a test port running `xdp_pass`): the balancer's big maps
 /// are shrunk to one entry.
 pub fn load_minimal_object() -> Result<Ebpf> {
+    load_decap_object(lb_common::second_chance::DEFAULT_GUE_PORT)
+}
+
+/// [`load_minimal_object`] with the UDP port `xdp_decap` takes GUE on.
+pub fn load_decap_object(gue_port: u16) -> Result<Ebpf> {
+    let gue_port = u32::from(gue_port);
     EbpfLoader::new()
         .map_max_entries(maps::VIPS, 1)
         .map_max_entries(maps::RINGS, 1)
@@ -214,6 +220,9 @@ pub fn load_minimal_object() -> Result<Ebpf> {
         .map_max_entries(maps::HEALTH, 1)
         .map_max_entries(maps::MEMBERS, 1)
         .map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE)
+        .map_max_entries(maps::PREVIOUS, 1)
+        // Not required to exist until the kernel side of second chance is in the object.
+        .override_global(globals::GUE_PORT, &gue_port, false)
         .override_global(events::LEVEL_GLOBAL, &events::OFF, true)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")

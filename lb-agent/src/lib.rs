@@ -16,6 +16,7 @@ pub mod plan;
 pub mod previous_owners;
 pub mod summary;
 pub mod dataplane;
+pub mod decap_command;
 pub mod nexthop;
 pub mod packet_policy;
 pub mod pin_names;
