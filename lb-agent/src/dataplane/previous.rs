@@ -93,6 +93,11 @@ impl Ledger {
         }
     }
 
+    /// Whether row `row` holds any previous owner.
+    pub fn has_previous(&self, row: u32) -> bool {
+        self.changed.contains_key(&row)
+    }
+
     /// Rows holding previous owners.
     pub fn rows(&self) -> impl Iterator<Item = u32> + '_ {
         self.changed.keys().copied()

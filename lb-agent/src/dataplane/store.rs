@@ -69,6 +69,10 @@ pub trait MapStore {
         let ledger = self.scanned_ledger()?;
         let mut ledger = lock(&ledger);
         let size = ring.len() as u32;
+        if !ledger.is_second_chance(row) && !ledger.has_previous(row) {
+            // Nothing to remember or to clear (most rows: "lb" and "none" VIPs).
+            return self.write_ring_row(row, ring);
+        }
         let old = self.ring_row(row, size)?;
         let mut owners = self.previous_row(row, size)?;
         if previous::advance(&old, ring, &mut owners, ledger.is_second_chance(row)) {
