@@ -616,4 +616,28 @@ port = 80
         assert!(after.previous(web, size).iter().all(|&id| id == NO_BACKEND || id == down), "only .12 moved");
         assert!(after.previous(web, size).contains(&down));
     }
+
+    #[test]
+    fn a_restart_adopting_the_maps_keeps_previous_owners_and_starts_their_window_again() {
+        let (before, running, mut store, first) = started(SECOND_CHANCE);
+        let without = SECOND_CHANCE.replace("  [[vip.backend]]\n  address = \"198.51.100.13\"\n", "");
+        reload(&mut store, &before, &running, &first, &without);
+        let gone = running.backend_id("198.51.100.13".parse().unwrap()).unwrap();
+        let web = running.vip("web").unwrap().row;
+        let pinned = store.maps();
+
+        // A new agent: the same maps, a new ledger (nothing known of the times).
+        let mut adopted = MemoryStore::new(pinned.clone());
+        let restarted = Instant::now();
+        assert!(adopted.kept().unwrap().previous_owners.contains(&gone), "read from PREVIOUS");
+        let config = parse(&without, "t.toml").unwrap();
+        let plan = crate::plan::plan_keeping(&config, &adopted.kept().unwrap()).unwrap();
+        apply(&mut adopted, &config, &plan, &resolved(&plan), None).unwrap();
+        let end = adopted.maps();
+        assert_eq!(end.previous(web, plan.ring_size), pinned.previous(web, plan.ring_size), "kept as pinned");
+        assert!(end.backends.contains_key(&gone), "its entry too");
+        // The 10 s window counts from the restart.
+        assert!(adopted.drain_previous(restarted + Duration::from_secs(9)).unwrap().is_empty());
+        assert_eq!(adopted.drain_previous(restarted + Duration::from_secs(11)).unwrap(), [web]);
+    }
 }
