@@ -46,6 +46,11 @@ impl VipIdentity {
 pub struct Kept {
     pub backend_ids: BTreeMap<IpAddr, u32>,
     pub vip_rows: BTreeMap<VipIdentity, u32>,
+    /// Backend ids named as a ring slot's previous owner (`PREVIOUS`): they
+    /// keep their `BACKENDS` entry, even when the config removed their
+    /// address, and no other address gets them until the slot drains; else
+    /// "remove a backend" would break its connections.
+    pub previous_owners: BTreeSet<u32>,
 }
 
 /// Gives every item of `wanted` (sorted) a number in `range`: its kept one if
@@ -57,8 +62,19 @@ pub fn allocate<K: Ord + Clone>(
     kept: &BTreeMap<K, u32>,
     range: std::ops::Range<u32>,
 ) -> Option<BTreeMap<K, u32>> {
+    allocate_reserving(wanted, kept, range, &BTreeSet::new())
+}
+
+/// [`allocate`], never giving out a number of `reserved` except as an
+/// item's kept one.
+pub fn allocate_reserving<K: Ord + Clone>(
+    wanted: &BTreeSet<K>,
+    kept: &BTreeMap<K, u32>,
+    range: std::ops::Range<u32>,
+    reserved: &BTreeSet<u32>,
+) -> Option<BTreeMap<K, u32>> {
     let mut out = BTreeMap::new();
-    let mut taken = BTreeSet::new();
+    let mut taken = reserved.clone();
     for k in wanted {
         if let Some(&n) = kept.get(k).filter(|n| range.contains(n)) {
             out.insert(k.clone(), n);
@@ -114,5 +130,15 @@ mod tests {
         let got = allocate(&set(&[5, 10, 30]), &kept, 1..4).unwrap();
         assert_eq!(got[&5], 2);
         assert!(allocate(&set(&[5, 6, 10, 30]), &kept, 1..4).is_none());
+    }
+
+    #[test]
+    fn reserved_numbers_go_only_to_their_own_item() {
+        let kept: BTreeMap<u32, u32> = [(10, 1), (20, 2)].into();
+        // 20 removed but reserved (a previous owner): 5 cannot have its 2.
+        assert!(allocate_reserving(&set(&[5, 10]), &kept, 1..3, &set(&[2])).is_none());
+        assert_eq!(allocate_reserving(&set(&[5, 10]), &kept, 1..4, &set(&[2])).unwrap()[&5], 3);
+        // 20 back in the config: it gets its own number again.
+        assert_eq!(allocate_reserving(&set(&[10, 20]), &kept, 1..3, &set(&[2])).unwrap()[&20], 2);
     }
 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 
-use lb_common::{flows::FlowEvent, Counter, Reason};
+use lb_common::{flows::FlowEvent, second_chance::VIP_FLAG_SECOND_CHANCE, Counter, Reason};
 use serde::Serialize;
 
 use crate::health::report::{self, MemberHealth, VipHealth};
@@ -44,6 +44,10 @@ pub struct VipJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<&'static str>,
     pub backends: Vec<MemberJson>,
+    /// A `flow_state = "backend"` VIP's ring slots that have a previous
+    /// owner (see [`StatsJson::add_previous`]); absent for other VIPs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_owner_slots: Option<u32>,
     /// The VIP's row in the kernel's maps: where its rates are.
     #[serde(skip)]
     row: u32,
@@ -133,6 +137,7 @@ pub fn to_json<'a>(plan: &'a Plan, counters: &Counters) -> StatsJson<'a> {
                 .iter()
                 .filter_map(|&(id, weight)| plan.backend(id).map(|b| MemberJson { address: b.address, weight, health: None }))
                 .collect(),
+            previous_owner_slots: None,
             row: vip.row,
         })
         .collect();
@@ -180,6 +185,17 @@ impl StatsJson<'_> {
                         http_status: e.http_status,
                     }),
                 });
+            }
+        }
+    }
+
+    /// Adds each second-chance VIP's slots with a previous owner (`counts`
+    /// by ring row, see `dataplane::previous::slots_with_previous_owner`).
+    pub fn add_previous(&mut self, plan: &Plan, counts: &BTreeMap<u32, u32>) {
+        for vip in &mut self.vips {
+            let second_chance = plan.vip(vip.name).is_some_and(|v| v.meta.flags & VIP_FLAG_SECOND_CHANCE != 0);
+            if second_chance {
+                vip.previous_owner_slots = Some(counts.get(&vip.row).copied().unwrap_or(0));
             }
         }
     }
@@ -256,5 +272,41 @@ fn protocol_name(proto: u8) -> &'static str {
         lb_common::PROTO_TCP => "tcp",
         lb_common::PROTO_UDP => "udp",
         _ => "?",
+    }
+}
+
+/// The VIPs with flow state on the backends and their slots with a previous owner.
+pub fn previous_to_text(plan: &Plan, counts: &BTreeMap<u32, u32>) -> String {
+    let mut out = String::new();
+    let backend: Vec<_> = plan.vips.iter().filter(|v| v.meta.flags & VIP_FLAG_SECOND_CHANCE != 0).collect();
+    if backend.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\n{:<24} {:>12} {:>12}", "second chance (VIP)", "slots", "w/ previous");
+    for vip in backend {
+        let _ = writeln!(out, "{:<24} {:>12} {:>12}", vip.name, plan.ring_size, counts.get(&vip.row).copied().unwrap_or(0));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_config::{TestConfig, TestVip};
+
+    #[test]
+    fn previous_owner_slots_in_json_and_text() {
+        let web = TestVip::new("web", "192.0.2.10:80").set("flow_state", "backend").backends(["198.51.100.11"]);
+        let dns = TestVip::new("dns", "192.0.2.20:53/udp").backends(["198.51.100.11"]);
+        let plan = crate::plan::plan(&TestConfig::new().ring_size(13).vip(web).vip(dns).parse());
+        let counts: BTreeMap<u32, u32> = [(plan.vip("web").unwrap().row, 4)].into();
+        let mut doc = to_json(&plan, &Counters::default());
+        doc.add_previous(&plan, &counts);
+        let json: serde_json::Value = serde_json::from_str(&doc.to_string()).unwrap();
+        let by_name = |n: &str| json["vips"].as_array().unwrap().iter().find(|v| v["name"] == n).unwrap()["previous_owner_slots"].clone();
+        assert_eq!((by_name("web"), by_name("dns")), (serde_json::json!(4), serde_json::Value::Null), "only a \"backend\" VIP has the field");
+        let text = previous_to_text(&plan, &counts);
+        assert!(text.lines().any(|l| l.starts_with("web") && l.ends_with(" 4")), "{text}");
+        assert!(!text.contains("dns"), "an \"lb\" VIP has no second chance:\n{text}");
     }
 }

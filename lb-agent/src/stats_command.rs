@@ -45,10 +45,13 @@ fn read(config: &Config) -> Result<(Counters, Instant)> {
 
 fn render(config: &Config, plan: &Plan, counters: &Counters, rates: Option<&Rates>, json: bool) -> Result<String> {
     let table = health::report::read_pinned(&config.lb.bpffs_dir)?;
+    let live = crate::dataplane::live::LiveMaps::open(&config.lb.bpffs_dir)?;
+    let previous = crate::dataplane::previous::slots_with_previous_owner(&live, plan)?;
     if json {
-        return Ok(json_line(config, plan, counters, &table, rates));
+        return Ok(json_line(config, plan, counters, &table, rates, &previous));
     }
     let mut out = stats::to_text(plan, counters, rates);
+    out += &stats::previous_to_text(plan, &previous);
     out += &health::report::to_text(config, plan, &table);
     if let Some(r) = rates {
         out += &format!("\nrates over the last {:.1} s\n", r.window.as_secs_f64());
@@ -57,8 +60,16 @@ fn render(config: &Config, plan: &Plan, counters: &Counters, rates: Option<&Rate
 }
 
 /// The `--json` document: counters, health and (over a window) rates, on one line.
-fn json_line(config: &Config, plan: &Plan, counters: &Counters, table: &HealthTable, rates: Option<&Rates>) -> String {
+fn json_line(
+    config: &Config,
+    plan: &Plan,
+    counters: &Counters,
+    table: &HealthTable,
+    rates: Option<&Rates>,
+    previous: &std::collections::BTreeMap<u32, u32>,
+) -> String {
     let mut doc = stats::to_json(plan, counters);
+    doc.add_previous(plan, previous);
     doc.add_health(&health::report::vip_health(config, plan, table, None));
     if let Some(r) = rates {
         doc.add_rates(r);
@@ -179,7 +190,7 @@ port = 53
         rates.vips[web] = r(400.0, 18000.0);
         rates.backends[id("198.51.100.11") as usize] = r(300.0, 12000.0);
 
-        let line = json_line(&config, &plan, &counters, &table, Some(&rates));
+        let line = json_line(&config, &plan, &counters, &table, Some(&rates), &Default::default());
         assert!(line.ends_with("}\n") && line.matches('\n').count() == 1, "one document per line: {line:?}");
         let mut doc: Value = serde_json::from_str(&line).unwrap();
         let reasons = doc.as_object_mut().unwrap().remove("reasons").unwrap();
@@ -200,7 +211,7 @@ port = 53
         }
 
         // Without a window: no rates; without health entries: no check fields.
-        let line = json_line(&config, &plan, &counters, &HealthTable::new(), None);
+        let line = json_line(&config, &plan, &counters, &HealthTable::new(), None, &Default::default());
         let doc: Value = serde_json::from_str(&line).unwrap();
         assert!(doc.get("window_seconds").is_none(), "{doc}");
         let member = &doc["vips"][0]["backends"][0];

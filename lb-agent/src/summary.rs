@@ -67,11 +67,18 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
         metrics_listen: _,
         // How many established flows keep their backend through a ring change.
         flow_table_size,
+        // Reaches the kernel as each VIP's `vip.encap` (emitted there).
+        encap: _,
+        gue_port,
+        // How long second chance lasts after a ring change.
+        previous_owner_window,
         packets,
     } = lb;
     out.u32("lb.ring_size", *ring_size);
     out.u32("lb.hash_seed", *hash_seed);
     out.u32("lb.flow_table_size", *flow_table_size);
+    out.u32("lb.gue_port", u32::from(*gue_port));
+    out.u64("lb.previous_owner_window", previous_owner_window.as_millis() as u64);
     let PacketPolicy { icmp_echo, too_big, unknown_port } = packets;
     out.str("lb.icmp_echo", choice_name(packets::ECHO_CHOICES, *icmp_echo));
     out.str("lb.too_big", choice_name(packets::TOO_BIG_CHOICES, *too_big));
@@ -90,7 +97,8 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
             protocol,
             hash,
             fragments,
-            flow_table,
+            flow_state,
+            encap,
             backends,
             all_down,
         } = vip;
@@ -99,7 +107,8 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
         out.str("vip.protocol", protocol.as_str());
         out.str("vip.hash", hash.as_str());
         out.str("vip.fragments", choice_name(packets::FRAGMENT_CHOICES, *fragments));
-        out.u32("vip.flow_table", u32::from(*flow_table));
+        out.str("vip.flow_state", flow_state.as_str());
+        out.str("vip.encap", encap.as_str());
         out.str("vip.health.all_down", all_down.as_str());
         let digest = digests.get(&vip.identity()).copied().unwrap_or_default();
         out.u64("vip.ring", digest);
@@ -207,6 +216,7 @@ pub fn render(config: &Config, plan: &Plan) -> String {
         plan.backends.len(),
         lb.max_backends - 1
     );
+    let _ = writeln!(out, "gue port       {} (previous owners kept {}s after a slot changes)", lb.gue_port, lb.previous_owner_window.as_secs());
     let _ = writeln!(out, "pinned under   {}", lb.bpffs_dir.display());
     let _ = writeln!(out, "fingerprint    {}", fingerprint(config, plan));
 
@@ -217,7 +227,16 @@ pub fn render(config: &Config, plan: &Plan) -> String {
             HashMode::Source => "source (client affinity)",
         };
         let _ = writeln!(out);
-        let _ = writeln!(out, "vip {:?}  {}  hash {}  row {}", vip.name, endpoint(vip.address, vip.port, vip.protocol), hash, pv.row);
+        let _ = writeln!(
+            out,
+            "vip {:?}  {}  hash {}  row {}  flow state {}  encap {}",
+            vip.name,
+            endpoint(vip.address, vip.port, vip.protocol),
+            hash,
+            pv.row,
+            vip.flow_state,
+            vip.encap
+        );
         render_backends(&mut out, plan, pv);
     }
     out
@@ -306,6 +325,9 @@ interface = "eth0"
 ring_size = 1009
 hash_seed = 0
 flow_table_size = 4096
+gue_port = 6080
+previous_owner_window = "1h"
+encap = "ipip"
 icmp_echo = "reply"
 too_big = "icmp"
 unknown_port = "pass"
@@ -316,7 +338,7 @@ port = 80
 protocol = "tcp"
 hash = "flow"
 fragments = "drop"
-flow_table = true
+flow_state = "lb"
   [vip.health]
   check = "http"
   timeout = "1s"
@@ -350,7 +372,10 @@ flow_table = true
         ("vip.protocol", "protocol = \"tcp\"", "protocol = \"udp\""),
         ("vip.hash", "hash = \"flow\"", "hash = \"source\""),
         ("vip.fragments", "fragments = \"drop\"", "fragments = \"forward\""),
-        ("vip.flow_table", "flow_table = true", "flow_table = false"),
+        ("vip.flow_state", "flow_state = \"lb\"", "flow_state = \"none\""),
+        ("vip.encap", "encap = \"ipip\"", "encap = \"gue\""),
+        ("lb.gue_port", "gue_port = 6080", "gue_port = 6081"),
+        ("lb.previous_owner_window", "previous_owner_window = \"1h\"", "previous_owner_window = \"2h\""),
         ("vip.health.all_down", "all_down = \"drop\"", "all_down = \"fail_open\""),
         ("vip.backends", "  [[vip.backend]]\n  address = \"198.51.100.12\"", "  [[vip.backend]]\n  address = \"198.51.100.12\"\n  [[vip.backend]]\n  address = \"198.51.100.13\"\n  weight = 0"),
         ("vip.backend.address", "198.51.100.12", "198.51.100.13"),

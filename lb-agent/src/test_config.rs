@@ -287,7 +287,7 @@ mod tests {
         assert_eq!((parsed.lb.ring_size, parsed.lb.hash_seed), (251, 7));
         let (web, dns) = (&parsed.vips[0], &parsed.vips[1]);
         assert_eq!((web.name.as_str(), web.port, web.protocol), ("web", 80, config::Protocol::Tcp));
-        assert_eq!((dns.name.as_str(), dns.port, dns.protocol, dns.flow_table), ("dns6", 53, config::Protocol::Udp, false));
+        assert_eq!((dns.name.as_str(), dns.port, dns.protocol, dns.flow_state), ("dns6", 53, config::Protocol::Udp, config::FlowState::None));
         assert_eq!(dns.address, "2001:db8:f::10".parse::<IpAddr>().unwrap());
         assert_eq!((web.backends[1].weight, web.backends[1].backup), (2, true));
         let mac = |b: &config::BackendConfig| b.mac.unwrap().to_string();

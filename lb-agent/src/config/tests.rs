@@ -340,7 +340,7 @@ fn tunnel_source_family() {
 fn run_dir_and_flow_table() {
     let c = parse(&with_lb(""), "t.toml").unwrap();
     assert_eq!((c.lb.run_dir.clone(), c.lb.flow_table_size), (PathBuf::from(DEFAULT_RUN_DIR), DEFAULT_FLOW_TABLE_SIZE));
-    assert!(c.vips.iter().all(|v| v.flow_table), "VIPs use the flow table by default");
+    assert!(c.vips.iter().all(|v| v.flow_state == FlowState::Lb), "VIPs use the flow table by default");
     assert_problem(&with_lb("run_dir = \"run/lb\""), "lb.run_dir", &["\"run/lb\"", "absolute"]);
     assert_problem(&with_lb("flow_table_size = 10"), "lb.flow_table_size", &["10", "out of range"]);
     assert_problem(&with_lb("max_vips = 4096\nmax_backends = 65536"), "lb.max_backends", &["member entries"]);

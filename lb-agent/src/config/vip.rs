@@ -32,7 +32,7 @@ impl Validator {
         let mut by_key: HashMap<crate::ids::VipIdentity, usize> = HashMap::new();
         for (i, v) in raw.iter().enumerate() {
             let label = &labels[i];
-            match self.vip(v, label, i, &first_by_name, ring_size) {
+            match self.vip(v, label, i, &first_by_name, ring_size, lb.map_or(DEFAULT_ENCAP, |l| l.encap)) {
                 Some(vip) => {
                     let key = vip.identity();
                     if let Some(&j) = by_key.get(&key) {
@@ -153,6 +153,7 @@ impl Validator {
         i: usize,
         first_by_name: &HashMap<&str, usize>,
         ring_size: Option<u32>,
+        lb_encap: Encap,
     ) -> Option<VipConfig> {
         let name = match v.name.as_deref() {
             None => {
@@ -217,6 +218,8 @@ impl Validator {
         };
 
         let fragments = self.choice(&format!("{label}.fragments"), v.fragments.as_deref(), FragmentPolicy::Drop, packets::FRAGMENT_CHOICES);
+        let flow_state = self.flow_state(v, label);
+        let encap = flow_state.and_then(|state| self.encap(v, label, state, lb_encap));
 
         // What a backend's health check needs of the VIP, as parsed above.
         let vip_service = match (protocol, port) {
@@ -311,7 +314,43 @@ impl Validator {
         let mut health_problems = Vec::new();
         let all_down = health::all_down_policy(v.health.as_ref(), label, &mut health_problems);
         self.problems.extend(health_problems);
-        Some(VipConfig { name: name?, address: address?, port: port?, protocol: protocol?, hash: hash?, fragments: fragments?, flow_table: v.flow_table.unwrap_or(true), backends, all_down: all_down? })
+        Some(VipConfig { name: name?, address: address?, port: port?, protocol: protocol?, hash: hash?, fragments: fragments?, flow_state: flow_state?, encap: encap?, backends, all_down: all_down? })
+    }
+
+    /// `flow_state`, or its older spelling `flow_table` (never both).
+    fn flow_state(&mut self, v: &RawVip, label: &str) -> Option<FlowState> {
+        match (v.flow_state.as_deref(), v.flow_table) {
+            (Some(state), Some(table)) => {
+                self.add(
+                    format!("{label}.flow_table"),
+                    format!(
+                        "{table} is set together with flow_state = {state:?}; flow_table is the older name of flow_state \
+                         (true = \"lb\", false = \"none\"): keep only flow_state"
+                    ),
+                );
+                None
+            }
+            (None, Some(true)) => Some(FlowState::Lb),
+            (None, Some(false)) => Some(FlowState::None),
+            (state, None) => self.choice(&format!("{label}.flow_state"), state, DEFAULT_FLOW_STATE, FLOW_STATE_CHOICES),
+        }
+    }
+
+    /// The VIP's effective encapsulation (see [`VipConfig::encap`]).
+    fn encap(&mut self, v: &RawVip, label: &str, state: FlowState, lb_encap: Encap) -> Option<Encap> {
+        let field = format!("{label}.encap");
+        let own = self.choice(&field, v.encap.as_deref(), lb_encap, ENCAP_CHOICES)?;
+        match (state, v.encap.is_some(), own) {
+            (FlowState::Backend, true, Encap::Ipip) => {
+                self.add(
+                    field,
+                    "\"ipip\" cannot carry a previous owner; a flow_state = \"backend\" VIP uses \"gue\" (remove encap or set it to \"gue\")",
+                );
+                None
+            }
+            (FlowState::Backend, _, _) => Some(Encap::Gue),
+            _ => Some(own),
+        }
     }
 
     /// A backend's effective health check; a problem of the VIP's own table

@@ -30,6 +30,8 @@ pub struct LoadOptions {
     pub packets: PacketOptions,
     /// aya-log records from the balancer (`run --kernel-events`).
     pub kernel_events: bool,
+    /// UDP destination port of GUE tunnels (`GUE_PORT` global).
+    pub gue_port: u16,
 }
 
 /// The `MTU` and `POLICY` globals (see `lb_common::packet_policy`).
@@ -61,6 +63,7 @@ impl LoadOptions {
             tunnel_source_v6: config.lb.tunnel_source_v6.or(fallback_v6),
             packets: PacketOptions { mtu, policy: config.lb.packets.bits() },
             kernel_events: false,
+            gue_port: config.lb.gue_port,
         }
     }
 }
@@ -77,6 +80,7 @@ impl Default for LoadOptions {
             tunnel_source_v6: None,
             packets: PacketOptions::default(),
             kernel_events: false,
+            gue_port: lb_common::second_chance::DEFAULT_GUE_PORT,
         }
     }
 }
@@ -91,9 +95,11 @@ pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
         .checked_mul(opts.max_vips)
         .context("ring_size * max_vips does not fit in 32 bits")?;
     let member_entries = member_entries(opts)?;
+    let gue_port = u32::from(opts.gue_port);
     EbpfLoader::new()
         .map_max_entries(maps::VIPS, opts.max_vips * 2)
         .map_max_entries(maps::RINGS, ring_entries)
+        .map_max_entries(maps::PREVIOUS, ring_entries)
         .map_max_entries(maps::BACKENDS, opts.max_backends)
         .map_max_entries(maps::VIP_STATS, opts.max_vips)
         .map_max_entries(maps::BACKEND_STATS, opts.max_backends)
@@ -107,6 +113,8 @@ pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
         .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
         .override_global(globals::MTU, &opts.packets.mtu, true)
         .override_global(globals::POLICY, &opts.packets.policy, true)
+        // Not required to exist until the kernel side of second chance is in the object.
+        .override_global(globals::GUE_PORT, &gue_port, false)
         .override_global(events::LEVEL_GLOBAL, &events_level(opts.kernel_events), true)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
@@ -138,6 +146,7 @@ pub fn loaded_state(opts: &LoadOptions, ifindex: u32) -> lb_common::flows::Loade
         tunnel_source_v4: opts.tunnel_source_v4.map(v4_words).unwrap_or([0; 4]),
         tunnel_source_v6: opts.tunnel_source_v6.map(v6_words).unwrap_or([0; 4]),
         kernel_events: u32::from(events_level(opts.kernel_events)),
+        gue_port: u32::from(opts.gue_port),
     }
 }
 
@@ -158,6 +167,7 @@ pub fn load_health_encap_object(opts: &LoadOptions, dir: &Path) -> Result<Ebpf> 
         .map_max_entries(maps::HEALTH, 1)
         .map_max_entries(maps::MEMBERS, 1)
         .map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE)
+        .map_max_entries(maps::PREVIOUS, 1)
         .override_global(globals::TUNNEL_SOURCE_V4, &v4, true)
         .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
         .override_global(events::LEVEL_GLOBAL, &events::OFF, true)
@@ -173,6 +183,12 @@ const MINIMAL_FLOW_TABLE: u32 = 1;
 /// `xdp_decap`, or a test port running `xdp_pass`): the balancer's big maps
 /// are shrunk to one entry.
 pub fn load_minimal_object() -> Result<Ebpf> {
+    load_decap_object(lb_common::second_chance::DEFAULT_GUE_PORT)
+}
+
+/// [`load_minimal_object`] with the UDP port `xdp_decap` takes GUE on.
+pub fn load_decap_object(gue_port: u16) -> Result<Ebpf> {
+    let gue_port = u32::from(gue_port);
     EbpfLoader::new()
         .map_max_entries(maps::VIPS, 1)
         .map_max_entries(maps::RINGS, 1)
@@ -182,6 +198,9 @@ pub fn load_minimal_object() -> Result<Ebpf> {
         .map_max_entries(maps::HEALTH, 1)
         .map_max_entries(maps::MEMBERS, 1)
         .map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE)
+        .map_max_entries(maps::PREVIOUS, 1)
+        // Not required to exist until the kernel side of second chance is in the object.
+        .override_global(globals::GUE_PORT, &gue_port, false)
         .override_global(events::LEVEL_GLOBAL, &events::OFF, true)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")

@@ -18,6 +18,7 @@ pub mod live;
 pub mod load;
 #[cfg(test)]
 pub mod memory;
+pub mod previous;
 pub mod reconcile;
 pub mod rings;
 pub mod store;
@@ -32,7 +33,7 @@ use crate::config::MacAddr;
 pub use attach::{attach, AttachedMode};
 pub use counters::{read_counters, read_pinned_counters, Counters};
 pub use load::{
-    events_level, load_balancer_object, load_health_encap_object, load_minimal_object, load_program, loaded_state, LoadOptions,
+    events_level, load_balancer_object, load_decap_object, load_health_encap_object, load_minimal_object, load_program, loaded_state, LoadOptions,
     PacketOptions, BPF_OBJECT,
 };
 

@@ -32,6 +32,7 @@ use lb_common::{
     flows::{MEMBER_UNUSABLE, MEMBER_USABLE},
     health::{HealthEntry, HealthKey},
     packet_policy::PROTO_ADDRESS_ENTRY,
+    second_chance::VIP_FLAG_SECOND_CHANCE,
     BackendEntry, NO_BACKEND,
 };
 
@@ -72,6 +73,8 @@ pub fn apply<S: MapStore>(
         step = std::time::Instant::now();
     };
     let prior = store.health_entries()?;
+    let second_chance = plan.vips.iter().filter(|v| v.meta.flags & VIP_FLAG_SECOND_CHANCE != 0).map(|v| v.row).collect();
+    store.configure_previous(second_chance, config.lb.previous_owner_window, plan.ring_size)?;
     let changes = before_rings(store, plan, resolved)?;
     done("backends and members");
     let supervisor = Supervisor::new(config, plan, store.reopen()?, &prior, previous)?;
@@ -203,8 +206,11 @@ pub fn after_rings(store: &mut impl MapStore, plan: &Plan, changes: &Changes) ->
     for key in store.health_entries()?.into_keys().filter(|k| !pairs.contains(k)) {
         store.remove_health(&key).context("removing a HEALTH entry")?;
     }
-    // Last: no ring slot names these any more.
-    for &id in &changes.removed_ids {
+    // Last: no ring slot names these any more. A previous owner keeps its
+    // entry (the balancer only names previous owners that have one) until
+    // its slots drain; a later reconcile erases it.
+    let previous_owners = store.previous_ids()?;
+    for &id in changes.removed_ids.iter().filter(|id| !previous_owners.contains(id)) {
         let unused = BackendEntry { addr: [0; 4], next_hop_mac: [0; 6], family: 0, _pad: 0 };
         store.set_backend(id, unused).with_context(|| format!("erasing backend id {id}"))?;
     }
@@ -216,11 +222,12 @@ pub fn after_rings(store: &mut impl MapStore, plan: &Plan, changes: &Changes) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MacAddr;
+    use crate::config::{parse, MacAddr};
     use crate::test_config::{TestBackend, TestConfig, TestVip};
     use crate::dataplane::memory::{Maps, MemoryStore, Write};
     use crate::plan::{plan_reusing, Previous};
     use lb_common::{VipKey, VipMeta};
+    use std::time::{Duration, Instant};
 
     /// web (192.0.2.10:80, checked) on .11, .12 (down at start when
     /// `down12`) and `extra`.
@@ -440,5 +447,144 @@ mod tests {
             replay(&start, &log, &store.maps(), plan.ring_size);
             assert_matches(&store.maps(), &plan);
         }
+    }
+
+    /// "web" keeps flow state on the backends; "plain" (same backends) on the LB.
+    const SECOND_CHANCE: &str = r#"
+[lb]
+interface = "eth0"
+ring_size = 13
+previous_owner_window = "10s"
+
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+flow_state = "backend"
+  [vip.health]
+  interval = "1s"
+  timeout = "500ms"
+  [[vip.backend]]
+  address = "198.51.100.11"
+  [[vip.backend]]
+  address = "198.51.100.12"
+  [[vip.backend]]
+  address = "198.51.100.13"
+
+[[vip]]
+name = "plain"
+address = "192.0.2.20"
+port = 80
+  [[vip.backend]]
+  address = "198.51.100.11"
+  [[vip.backend]]
+  address = "198.51.100.12"
+  [[vip.backend]]
+  address = "198.51.100.13"
+"#;
+
+    /// Reloads `store` (running `before` / `running`) to `text`.
+    fn reload(store: &mut MemoryStore, before: &Config, running: &Plan, first: &Supervisor<MemoryStore>, text: &str) -> (Config, Plan, Supervisor<MemoryStore>) {
+        let config = parse(text, "t.toml").unwrap();
+        let previous = Previous { config: before, plan: running };
+        let plan = plan_reusing(&config, &store.kept().unwrap(), Some(previous)).unwrap();
+        let (supervisor, _) = apply(store, &config, &plan, &resolved(&plan), Some(first)).unwrap();
+        let mut kept = plan;
+        kept.forget_rings();
+        (config, kept, supervisor)
+    }
+
+    /// Every slot that changed from `old` to `new` names its old owner; the others none.
+    #[track_caller]
+    fn assert_previous_follows(old: &[u32], new: &[u32], previous: &[u32]) {
+        let wanted: Vec<u32> = old.iter().zip(new).map(|(&o, &n)| if o != n { o } else { NO_BACKEND }).collect();
+        assert_eq!(previous, wanted, "old {old:?}, new {new:?}");
+        assert!(old != new, "the change must move some slot");
+    }
+
+    #[test]
+    fn removing_a_backend_makes_it_the_previous_owner_of_its_slots_and_keeps_its_entry() {
+        let (before, running, mut store, first) = started(parse(SECOND_CHANCE, "t.toml").unwrap());
+        let (web, plain) = (running.vip("web").unwrap().row, running.vip("plain").unwrap().row);
+        let size = running.ring_size;
+        let start = store.maps();
+        assert!(start.previous.values().flatten().all(|&id| id == NO_BACKEND), "a first start has no previous owners");
+        let gone = running.backend_id("198.51.100.13".parse().unwrap()).unwrap();
+
+        let without = SECOND_CHANCE.replace("  [[vip.backend]]\n  address = \"198.51.100.13\"\n", "");
+        let (config, plan, second) = reload(&mut store, &before, &running, &first, &without);
+        let end = store.maps();
+        assert_previous_follows(&start.ring(web, size), &end.ring(web, size), &end.previous(web, size));
+        assert!(end.previous(web, size).contains(&gone));
+        assert!(end.previous(plain, size).iter().all(|&id| id == NO_BACKEND), "an \"lb\" VIP has none");
+        assert!(end.backends.contains_key(&gone), "a previous owner keeps its BACKENDS entry");
+        assert!(store.kept().unwrap().previous_owners.contains(&gone));
+        // PREVIOUS is written before the ring that moves the slots.
+        let log = store.log();
+        let named = log.iter().position(|w| matches!(w, Write::Previous(row, p) if *row == web && p.contains(&gone))).unwrap();
+        let moved = log.iter().position(|w| matches!(w, Write::Ring(row, r) if *row == web && !r.contains(&gone))).unwrap();
+        assert!(named < moved, "previous owners before the ring");
+
+        // A backend added meanwhile does not get the draining id.
+        let added = without.replace("address = \"198.51.100.12\"\n", "address = \"198.51.100.12\"\n  [[vip.backend]]\n  address = \"198.51.100.14\"\n");
+        // Ids 1..=3 only: .11, .12 and the draining one; .14 would need the latter.
+        let tight = added.replace("ring_size = 13", "ring_size = 13\nmax_backends = 4");
+        let refused = plan_reusing(&parse(&tight, "t.toml").unwrap(), &store.kept().unwrap(), None).unwrap_err();
+        assert!(refused.contains("1 previous owners still draining"), "{refused}");
+        let (config2, plan2, third) = reload(&mut store, &config, &plan, &second, &added);
+        let new_id = plan2.backend_id("198.51.100.14".parse().unwrap()).unwrap();
+        assert_ne!(new_id, gone, "ids 1..=4 exist; the draining one is not reused");
+        assert!(store.maps().backends.contains_key(&gone));
+
+        // The window passes: the rows clear, and the next reload erases the entry.
+        assert!(store.drain_previous(Instant::now()).unwrap().is_empty(), "not yet");
+        let drained = store.drain_previous(Instant::now() + Duration::from_secs(10)).unwrap();
+        assert_eq!(drained, [web]);
+        assert!(store.maps().previous(web, size).iter().all(|&id| id == NO_BACKEND));
+        assert!(store.kept().unwrap().previous_owners.is_empty());
+        reload(&mut store, &config2, &plan2, &third, &added);
+        assert!(!store.maps().backends.contains_key(&gone), "drained: the entry goes");
+    }
+
+    #[test]
+    fn a_backend_marked_down_becomes_the_previous_owner_of_its_slots() {
+        use crate::health::{checker::{MemberRef, Report}, probe::Outcome};
+        let (config, running, store, mut supervisor) = started(parse(SECOND_CHANCE, "t.toml").unwrap());
+        let size = running.ring_size;
+        let before = store.maps();
+        let vi = config.vips.iter().position(|v| v.name == "web").unwrap();
+        let web = running.vip("web").unwrap().row;
+        let down = running.backend_id("198.51.100.12".parse().unwrap()).unwrap();
+        // One failed check takes it down (fails = 1 by default).
+        let report = Report { member: MemberRef { vip: vi, backend: 1 }, outcome: Outcome::Timeout, latency: Duration::from_millis(1) };
+        supervisor.apply(&report).unwrap();
+        let after = store.maps();
+        assert_previous_follows(&before.ring(web, size), &after.ring(web, size), &after.previous(web, size));
+        assert!(after.previous(web, size).iter().all(|&id| id == NO_BACKEND || id == down), "only .12 moved");
+        assert!(after.previous(web, size).contains(&down));
+    }
+
+    #[test]
+    fn a_restart_adopting_the_maps_keeps_previous_owners_and_starts_their_window_again() {
+        let (before, running, mut store, first) = started(parse(SECOND_CHANCE, "t.toml").unwrap());
+        let without = SECOND_CHANCE.replace("  [[vip.backend]]\n  address = \"198.51.100.13\"\n", "");
+        reload(&mut store, &before, &running, &first, &without);
+        let gone = running.backend_id("198.51.100.13".parse().unwrap()).unwrap();
+        let web = running.vip("web").unwrap().row;
+        let pinned = store.maps();
+
+        // A new agent: the same maps, a new ledger (nothing known of the times).
+        let mut adopted = MemoryStore::new(pinned.clone());
+        let restarted = Instant::now();
+        assert!(adopted.kept().unwrap().previous_owners.contains(&gone), "read from PREVIOUS");
+        let config = parse(&without, "t.toml").unwrap();
+        let plan = crate::plan::plan_keeping(&config, &adopted.kept().unwrap()).unwrap();
+        apply(&mut adopted, &config, &plan, &resolved(&plan), None).unwrap();
+        let end = adopted.maps();
+        assert_eq!(end.previous(web, plan.ring_size), pinned.previous(web, plan.ring_size), "kept as pinned");
+        assert!(end.backends.contains_key(&gone), "its entry too");
+        // The 10 s window counts from the restart.
+        assert!(adopted.drain_previous(restarted + Duration::from_secs(9)).unwrap().is_empty());
+        assert_eq!(adopted.drain_previous(restarted + Duration::from_secs(11)).unwrap(), [web]);
     }
 }

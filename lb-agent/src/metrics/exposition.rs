@@ -182,6 +182,10 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
     for (vip, backend, m) in pairs() {
         t.sample(names::RING_SHARE, &pair(vip, backend), m.ring_share);
     }
+    t.family(names::VIP_PREVIOUS_OWNER_SLOTS, Kind::Gauge, "Ring slots of the VIP that have a previous owner now (flow_state = \"backend\" VIPs after a ring change, until lb.previous_owner_window passes).");
+    for vip in &plan.vips {
+        t.sample(names::VIP_PREVIOUS_OWNER_SLOTS, &[(labels::VIP, vip.name.as_str())], u64::from(sample.shares.with_previous_owner(vip.row)));
+    }
     t.family(names::VIP_BACKENDS_UP, Kind::Gauge, "Backends of the VIP that are up; 0 means the VIP has no healthy backend.");
     for (vip, members) in &health {
         t.sample(names::VIP_BACKENDS_UP, &[(labels::VIP, vip)], members.iter().filter(|(_, m)| m.is_up()).count() as u64);
@@ -254,7 +258,10 @@ mod tests {
         hist.with_label_values(&["web"]).observe(0.003);
         // The ring as the supervisor writes it with .11 down: all .12's.
         let ring = vec![b12; plan.ring_size as usize];
-        let shares = RingShares::from_rings(plan.ring_size, [(0, &ring[..])]);
+        let mut shares = RingShares::from_rings(plan.ring_size, [(0, &ring[..])]);
+        let mut previous = vec![lb_common::NO_BACKEND; ring.len()];
+        previous[..3].copy_from_slice(&[2, 2, 1]);
+        shares.set_previous(0, &previous);
         let sample = Sample { counters: &counters, health: &health, shares: &shares, now_unix_ms: 3_500 };
         let text = encode(&programmed, &attachment, &sample, &hist).unwrap();
 
@@ -275,6 +282,7 @@ mod tests {
         assert_eq!(value(&text, r#"lb_ring_share_ratio{backend="198.51.100.12",vip="web"}"#), 1.0);
         assert_eq!(value(&text, r#"lb_health_check_duration_seconds_count{vip="web"}"#), 1.0);
         assert_eq!(value(&text, "lb_ring_size"), 1009.0);
+        assert_eq!(value(&text, r#"lb_vip_previous_owner_slots{vip="web"}"#), 3.0);
         assert_eq!(value(&text, r#"lb_flow_table_lookups_total{result="hit"}"#), 42.0);
         assert_eq!(value(&text, "lb_flow_table_non_syn_misses_total"), 5.0);
         assert!(!text.contains("non_syn_miss\""), "the non-SYN misses are not a lookup result (they are misses already):\n{text}");

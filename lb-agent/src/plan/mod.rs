@@ -17,8 +17,9 @@ use std::net::IpAddr;
 use lb_common::hash::{flow_hash, source_hash};
 use lb_common::{NO_BACKEND, VIP_FLAG_SOURCE_HASH, VipKey, VipMeta, addr_words};
 
-use crate::config::{Config, HashMode, MacAddr, VipConfig};
+use crate::config::{Config, Encap, FlowState, HashMode, MacAddr, VipConfig};
 pub mod fnv;
+pub mod previous;
 mod ring_summary;
 pub mod select;
 
@@ -129,6 +130,8 @@ impl Plan {
         Kept {
             backend_ids: self.backends.iter().map(|b| (b.address, b.id)).collect(),
             vip_rows: self.vips.iter().map(|v| (v.identity(), v.row)).collect(),
+            // The maps know them, not the plan (`MapStore::kept`).
+            previous_owners: BTreeSet::new(),
         }
     }
 }
@@ -226,8 +229,15 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
         }
     }
     let addresses: BTreeSet<IpAddr> = macs.keys().copied().collect();
-    let backend_ids = ids::allocate(&addresses, &kept.backend_ids, 1..config.lb.max_backends).ok_or_else(|| {
-        format!("{} backends do not fit lb.max_backends = {} (id 0 is reserved)", addresses.len(), config.lb.max_backends)
+    // A previous owner's id stays its own until its slots drain.
+    let backend_ids = ids::allocate_reserving(&addresses, &kept.backend_ids, 1..config.lb.max_backends, &kept.previous_owners).ok_or_else(|| {
+        let draining = kept.previous_owners.iter().filter(|id| !kept.backend_ids.iter().any(|(a, i)| i == *id && addresses.contains(a))).count();
+        format!(
+            "{} backends and {draining} previous owners still draining do not fit lb.max_backends = {} (id 0 is reserved); \
+             raise max_backends (a full restart) or reload once the previous_owner_window has passed",
+            addresses.len(),
+            config.lb.max_backends
+        )
     })?;
     let backends: Vec<PlannedBackend> =
         macs.into_iter().map(|(address, mac)| PlannedBackend { id: backend_ids[&address], address, mac }).collect();
@@ -267,7 +277,7 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
                 HashMode::Flow => 0,
                 HashMode::Source => VIP_FLAG_SOURCE_HASH,
             } | crate::config::packets::fragment_flags(v.fragments)
-                | if v.flow_table { 0 } else { lb_common::flows::VIP_FLAG_STATELESS };
+                | flow_flags(v.flow_state, v.encap);
             PlannedVip {
                 name: v.name.clone(),
                 row,
@@ -283,6 +293,17 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
         .collect();
 
     Ok(Plan { ring_size, hash_seed: config.lb.hash_seed, backends, vips: planned })
+}
+
+/// The VIP flag bits of where its flow state lives and how it is encapsulated.
+fn flow_flags(state: FlowState, encap: Encap) -> u32 {
+    use lb_common::second_chance::{VIP_FLAG_GUE, VIP_FLAG_SECOND_CHANCE};
+    let state = match state {
+        FlowState::Lb => 0,
+        FlowState::None => lb_common::flows::VIP_FLAG_STATELESS,
+        FlowState::Backend => VIP_FLAG_SECOND_CHANCE,
+    };
+    state | if encap == Encap::Gue { VIP_FLAG_GUE } else { 0 }
 }
 
 /// `f` over `items` on up to one thread per CPU (at most `max_threads`),
@@ -535,6 +556,17 @@ mod tests {
         let p = plan(&parse(&text, "a.toml").unwrap());
         assert_eq!(p.vip("dns").unwrap().meta.flags, VIP_FLAG_SOURCE_HASH | lb_common::flows::VIP_FLAG_STATELESS);
         assert_eq!(p.vip("web").unwrap().meta.flags, 0);
+    }
+
+    #[test]
+    fn backend_state_vips_are_flagged_second_chance_and_gue() {
+        use lb_common::second_chance::{VIP_FLAG_GUE, VIP_FLAG_SECOND_CHANCE};
+        let text = a_text().replace("hash = \"source\"", "hash = \"source\"\nflow_state = \"backend\"");
+        let p = plan(&parse(&text, "a.toml").unwrap());
+        assert_eq!(p.vip("dns").unwrap().meta.flags, VIP_FLAG_SOURCE_HASH | VIP_FLAG_SECOND_CHANCE | VIP_FLAG_GUE);
+        let gue = a_text().replace("interface = \"eth0\"", "interface = \"eth0\"\nencap = \"gue\"");
+        let p = plan(&parse(&gue, "a.toml").unwrap());
+        assert_eq!(p.vip("web").unwrap().meta.flags, VIP_FLAG_GUE, "GUE alone: the flow table stays");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub(super) fn loaded_differences(old: &LoadedState, new: &LoadedState) -> Vec<St
     field("interface MTU", old.mtu.to_string(), new.mtu.to_string());
     field("lb.icmp_echo/too_big/unknown_port (policy bits)", format!("{:#x}", old.policy), format!("{:#x}", new.policy));
     field("interface index", old.ifindex.to_string(), new.ifindex.to_string());
+    field("lb.gue_port", old.gue_port.to_string(), new.gue_port.to_string());
     for (name, family, was, now) in [
         ("lb.tunnel_source_v4", lb_common::FAMILY_V4, &old.tunnel_source_v4, &new.tunnel_source_v4),
         ("lb.tunnel_source_v6", lb_common::FAMILY_V6, &old.tunnel_source_v6, &new.tunnel_source_v6),

@@ -110,6 +110,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         }
         None => None,
     };
+    let previous_drain = crate::previous_owners::spawn(live.reopen()?);
     let supervisor = Arc::new(Mutex::new(observed(supervisor, &metrics)));
     let checkers = supervisor::spawn(&config, supervisor.clone());
     let (control_server, requests) = control::server::start(claim.listen()?);
@@ -124,7 +125,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     if let Some(announcer) = running.announcer.take() {
         announcer.stop(signal).await;
     }
-    for task in running.checkers.iter().chain(&metrics_server).chain(&kernel_events) {
+    for task in running.checkers.iter().chain(&metrics_server).chain(&kernel_events).chain([&previous_drain]) {
         task.abort();
     }
     running.dsr.remove().await;
