@@ -52,6 +52,8 @@ pub struct LoadOptions {
     pub packets: PacketOptions,
     /// aya-log records from the balancer (`run --kernel-events`).
     pub kernel_events: bool,
+    /// UDP destination port of GUE tunnels (`GUE_PORT` global).
+    pub gue_port: u16,
 }
 
 /// The `MTU` and `POLICY` globals (see `lb_common::packet_policy`).
@@ -83,6 +85,7 @@ impl LoadOptions {
             tunnel_source_v6: config.lb.tunnel_source_v6.or(fallback_v6),
             packets: PacketOptions { mtu, policy: config.lb.packets.bits() },
             kernel_events: false,
+            gue_port: lb_common::second_chance::DEFAULT_GUE_PORT,
         }
     }
 }
@@ -99,6 +102,7 @@ impl Default for LoadOptions {
             tunnel_source_v6: None,
             packets: PacketOptions::default(),
             kernel_events: false,
+            gue_port: lb_common::second_chance::DEFAULT_GUE_PORT,
         }
     }
 }
@@ -116,6 +120,7 @@ pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries(maps::VIPS, opts.max_vips * 2)
         .map_max_entries(maps::RINGS, ring_entries)
+        .map_max_entries(maps::PREVIOUS, ring_entries)
         .map_max_entries(maps::BACKENDS, opts.max_backends)
         .map_max_entries(maps::VIP_STATS, opts.max_vips)
         .map_max_entries(maps::BACKEND_STATS, opts.max_backends)
@@ -129,6 +134,7 @@ pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
         .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
         .override_global(globals::MTU, &opts.packets.mtu, true)
         .override_global(globals::POLICY, &opts.packets.policy, true)
+        .override_global(globals::GUE_PORT, &opts.gue_port, true)
         .override_global(events::LEVEL_GLOBAL, &events_level(opts.kernel_events), true)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
@@ -175,6 +181,7 @@ pub fn load_health_encap_object(opts: &LoadOptions, dir: &Path) -> Result<Ebpf> 
         .map_max_entries(maps::BACKENDS, opts.max_backends)
         .map_max_entries(maps::VIPS, 1)
         .map_max_entries(maps::RINGS, 1)
+        .map_max_entries(maps::PREVIOUS, 1)
         .map_max_entries(maps::VIP_STATS, 1)
         .map_max_entries(maps::BACKEND_STATS, 1)
         .map_max_entries(maps::HEALTH, 1)
@@ -198,6 +205,7 @@ pub fn load_minimal_object() -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries(maps::VIPS, 1)
         .map_max_entries(maps::RINGS, 1)
+        .map_max_entries(maps::PREVIOUS, 1)
         .map_max_entries(maps::BACKENDS, 1)
         .map_max_entries(maps::VIP_STATS, 1)
         .map_max_entries(maps::BACKEND_STATS, 1)

@@ -66,9 +66,9 @@ pub mod maps {
     pub const PREVIOUS: &str = "PREVIOUS";
 
     /// Every map of the object, for pinning and for the loader test.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         VIPS, RINGS, BACKENDS, VIP_STATS, BACKEND_STATS, REASON_STATS, DECAP_STATS, HEALTH, FLOWS, MEMBERS, FLOW_STATS,
-        LOADED, VIP_FILTER,
+        LOADED, VIP_FILTER, PREVIOUS,
     ];
 }
 
