@@ -112,7 +112,8 @@ reasons! {
 reasons! {
     /// Outcome of the decap program for one packet.
     DecapReason {
-        /// An IPIP / IP6IP6 / 4in6 / 6in4 packet whose outer header was removed.
+        /// An IPIP / IP6IP6 / 4in6 / 6in4 packet, or GUE without second-chance data, whose outer
+        /// headers were removed.
         Decapsulated = 0 => Pass, "decapsulated";
         /// Not a tunnel packet: passed untouched.
         NotTunnel = 1 => Pass, "not_tunnel";
@@ -145,8 +146,8 @@ reasons! {
         /// TCP without a local connection whose previous owner is not reachable through the interface it
         /// came in on (no route, no neighbour entry, forwarding off, another interface): decapsulated.
         RedirectFailed = 12 => Pass, "redirect_failed";
-        /// UDP to the GUE port that is not GUE as the balancer sends it (version or C bit set, inner
-        /// protocol not 4/41, Hlen neither 0 nor the second-chance block, unknown private data, Hlen or
+        /// UDP to the GUE port that is not GUE as the balancer sends it (version or C bit set, flags
+        /// set, inner protocol not 4/41, Hlen neither 0 nor the second-chance block, unknown private data, Hlen or
         /// inner header beyond the packet, inner version not the announced one): dropped, since nothing
         /// else listens on that port.
         GueMalformed = 13 => Drop, "gue_malformed";

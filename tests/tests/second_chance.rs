@@ -18,7 +18,7 @@ use lb_common::{
     maps,
     programs,
     second_chance::{gue_source_port, DEFAULT_GUE_PORT, SECOND_CHANCE_HLEN, SECOND_CHANCE_KIND, VIP_FLAG_GUE, VIP_FLAG_SECOND_CHANCE},
-    Action, DecapReason, Reason, FAMILY_V4, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
+    Action, DecapReason, Reason, FAMILY_V4, FAMILY_V6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
 };
 use lb_tests::{
     bpf::{self, Loaded, Overrides},
@@ -787,6 +787,11 @@ fn balancer_output_decapsulates_to_the_clients_packet() {
         }
         let input = tcp_frame(client, vip_addr, sport, 80, true, b"hello");
         let (_, out) = balance(&ebpf, &input);
+        let expected_block = same_family.map(|id| {
+            let addr = backend_addr(&plan, id);
+            (SECOND_CHANCE_KIND, 0, if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }, addr)
+        });
+        assert_eq!(parse_gue(&out).block, expected_block, "{vip}: the block names the previous owner");
         let reason = if same_family.is_some() { DecapReason::AcceptedSyn } else { DecapReason::Decapsulated };
         expect_decap(&ebpf, vip, &out, &input[14..], None, reason);
     }
