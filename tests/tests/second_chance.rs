@@ -682,6 +682,13 @@ fn decap_accepts_known_connections_and_redirects_the_rest_once() {
         let input = gue_frame(b1, eth0_mac, &gue_header(true, no_neighbour), &unknown);
         expect_decap(&ebpf, "no neighbour", &input, &unknown, Some(eth0), DecapReason::RedirectFailed);
 
+        // The FIB lookup is a forwarding lookup: with forwarding off on the
+        // receiving interface a backend cannot redirect (`lb-agent decap` hosts need it on).
+        // (This thread is in b1: /proc/sys/net is its namespace's.)
+        std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "0")?;
+        let input = gue_frame(b1, eth0_mac, &gue_header(true, prev), &unknown);
+        expect_decap(&ebpf, "forwarding off", &input, &unknown, Some(eth0), DecapReason::RedirectFailed);
+
         drop((client, client6));
         Ok(())
     })
