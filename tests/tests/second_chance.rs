@@ -640,6 +640,7 @@ fn decap_accepts_known_connections_and_redirects_the_rest_once() {
             ("established IPv4", gue_frame(b1, eth0_mac, &gue_header(true, prev), &known), &known, DecapReason::AcceptedSocket),
             ("established IPv6", gue_frame(b1_6, eth0_mac, &gue_header(false, prev6), &known6), &known6, DecapReason::AcceptedSocket),
             ("established IPv6 in IPv4", gue_frame(b1, eth0_mac, &gue_header(false, prev), &known6), &known6, DecapReason::AcceptedSocket),
+            ("established IPv4 in IPv6", gue_frame(b1_6, eth0_mac, &gue_header(true, prev6), &known), &known, DecapReason::AcceptedSocket),
             ("not TCP", gue_frame(b1, eth0_mac, &gue_header(true, prev), &udp), &udp, DecapReason::AcceptedOther),
             ("already redirected", gue_frame(b1, eth0_mac, &gue_header(true, Some((IpAddr::V4(PREVIOUS_V4), 1))), &unknown), &unknown, DecapReason::AcceptedRedirected),
             ("no second-chance block", gue_frame(b1, eth0_mac, &gue_header(true, None), &unknown), &unknown, DecapReason::Decapsulated),
