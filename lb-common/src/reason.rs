@@ -134,8 +134,8 @@ reasons! {
         /// GUE with second-chance data already redirected once (hops >= 1): decapsulated whatever else is
         /// true, never redirected again.
         AcceptedRedirected = 8 => Pass, "accepted_redirected";
-        /// GUE with second-chance data whose inner packet is not TCP (or IPv6 TCP behind extension
-        /// headers): no connection to look up, decapsulated.
+        /// GUE with second-chance data whose inner packet is not TCP, or has no TCP header to judge
+        /// by (an IPv4 fragment or short header, IPv6 TCP behind extension headers): decapsulated.
         AcceptedOther = 9 => Pass, "accepted_other";
         /// GUE with second-chance data, TCP without a local connection, and no previous owner this host
         /// can send to (its family is not the outer header's): decapsulated; the stack answers RST.

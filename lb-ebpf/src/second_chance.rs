@@ -26,6 +26,7 @@ use crate::{
     addr::words16,
     checksum,
     packet::{ptr_at_mut, read, write},
+    parse::IPV4_MF_AND_OFFSET,
 };
 
 /// Offset of the flags byte in the TCP header.
@@ -60,7 +61,8 @@ pub fn judge(ctx: &XdpContext, inner_at: usize, inner_v4: bool, block: &SecondCh
     }
     let (tcp_at, ip_len) = if inner_v4 {
         let Some(ip) = read::<Ipv4Hdr>(ctx, inner_at) else { return Verdict::Accept(DecapReason::AcceptedOther) };
-        if ip.proto != PROTO_TCP {
+        // A fragment or a short header has no TCP header to judge by: the stack judges it.
+        if ip.proto != PROTO_TCP || ip.vihl & 0x0f < 5 || u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0 {
             return Verdict::Accept(DecapReason::AcceptedOther);
         }
         (inner_at + ((ip.vihl & 0x0f) as usize) * 4, Ipv4Hdr::LEN)

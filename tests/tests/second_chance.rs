@@ -634,6 +634,11 @@ fn decap_accepts_known_connections_and_redirects_the_rest_once() {
         let unknown6 = tcp_packet(IpAddr::V6(CLIENT_V6), vip6, 45_000, 7001, TCP_ACK, 1, 1);
         let syn = tcp_packet(IpAddr::V4(CLIENT_V4), vip, 45_001, 7001, TCP_SYN, 1, 0);
         let udp = bytes!(PacketBuilder::ipv4(CLIENT_V4.octets(), VIP_V4.octets(), 64).udp(5000, 53), b"q");
+        let mut fragment = unknown.clone();
+        fragment[6] = 0x20; // more fragments
+        fragment[10..12].copy_from_slice(&[0, 0]);
+        let check = !ones_sum(&fragment[..20]);
+        fragment[10..12].copy_from_slice(&check.to_be_bytes());
 
         let cases: Vec<(&str, Vec<u8>, &[u8], DecapReason)> = vec![
             ("SYN", gue_frame(b1, eth0_mac, &gue_header(true, prev), &syn), &syn, DecapReason::AcceptedSyn),
@@ -642,6 +647,7 @@ fn decap_accepts_known_connections_and_redirects_the_rest_once() {
             ("established IPv6 in IPv4", gue_frame(b1, eth0_mac, &gue_header(false, prev), &known6), &known6, DecapReason::AcceptedSocket),
             ("established IPv4 in IPv6", gue_frame(b1_6, eth0_mac, &gue_header(true, prev6), &known), &known, DecapReason::AcceptedSocket),
             ("not TCP", gue_frame(b1, eth0_mac, &gue_header(true, prev), &udp), &udp, DecapReason::AcceptedOther),
+            ("IPv4 fragment", gue_frame(b1, eth0_mac, &gue_header(true, prev), &fragment), &fragment, DecapReason::AcceptedOther),
             ("already redirected", gue_frame(b1, eth0_mac, &gue_header(true, Some((IpAddr::V4(PREVIOUS_V4), 1))), &unknown), &unknown, DecapReason::AcceptedRedirected),
             ("no second-chance block", gue_frame(b1, eth0_mac, &gue_header(true, None), &unknown), &unknown, DecapReason::Decapsulated),
             ("previous of the other family", gue_frame(b1, eth0_mac, &gue_header(true, prev6), &unknown), &unknown, DecapReason::UnknownNoPrevious),
