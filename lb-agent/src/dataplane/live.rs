@@ -60,9 +60,10 @@ impl Source {
 const NAMES: [&str; 8] =
     [maps::VIPS, maps::BACKENDS, maps::MEMBERS, maps::HEALTH, maps::LOADED, maps::VIP_FILTER, maps::RINGS, maps::PREVIOUS];
 
-/// Maps of [`NAMES`] an object may lack: `PREVIOUS` arrives with the
-/// kernel side of second chance; without it no slot has a previous owner,
-/// and writing one is an error.
+/// Maps of [`NAMES`] an object may lack: `PREVIOUS` is missing from
+/// objects built before second chance (pinned by an older agent, which
+/// `stats` may still read); without it no slot has a previous owner, and
+/// writing one is an error that asks for `--full-restart`.
 const OPTIONAL: [&str; 1] = [maps::PREVIOUS];
 
 pub struct LiveMaps {

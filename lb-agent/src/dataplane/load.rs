@@ -95,7 +95,6 @@ pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
         .checked_mul(opts.max_vips)
         .context("ring_size * max_vips does not fit in 32 bits")?;
     let member_entries = member_entries(opts)?;
-    let gue_port = u32::from(opts.gue_port);
     EbpfLoader::new()
         .map_max_entries(maps::VIPS, opts.max_vips * 2)
         .map_max_entries(maps::RINGS, ring_entries)
@@ -113,8 +112,7 @@ pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
         .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
         .override_global(globals::MTU, &opts.packets.mtu, true)
         .override_global(globals::POLICY, &opts.packets.policy, true)
-        // Not required to exist until the kernel side of second chance is in the object.
-        .override_global(globals::GUE_PORT, &gue_port, false)
+        .override_global(globals::GUE_PORT, &opts.gue_port, true)
         .override_global(events::LEVEL_GLOBAL, &events_level(opts.kernel_events), true)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
@@ -162,12 +160,12 @@ pub fn load_health_encap_object(opts: &LoadOptions, dir: &Path) -> Result<Ebpf> 
         .map_max_entries(maps::BACKENDS, opts.max_backends)
         .map_max_entries(maps::VIPS, 1)
         .map_max_entries(maps::RINGS, 1)
+        .map_max_entries(maps::PREVIOUS, 1)
         .map_max_entries(maps::VIP_STATS, 1)
         .map_max_entries(maps::BACKEND_STATS, 1)
         .map_max_entries(maps::HEALTH, 1)
         .map_max_entries(maps::MEMBERS, 1)
         .map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE)
-        .map_max_entries(maps::PREVIOUS, 1)
         .override_global(globals::TUNNEL_SOURCE_V4, &v4, true)
         .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
         .override_global(events::LEVEL_GLOBAL, &events::OFF, true)
@@ -188,19 +186,17 @@ pub fn load_minimal_object() -> Result<Ebpf> {
 
 /// [`load_minimal_object`] with the UDP port `xdp_decap` takes GUE on.
 pub fn load_decap_object(gue_port: u16) -> Result<Ebpf> {
-    let gue_port = u32::from(gue_port);
     EbpfLoader::new()
         .map_max_entries(maps::VIPS, 1)
         .map_max_entries(maps::RINGS, 1)
+        .map_max_entries(maps::PREVIOUS, 1)
         .map_max_entries(maps::BACKENDS, 1)
         .map_max_entries(maps::VIP_STATS, 1)
         .map_max_entries(maps::BACKEND_STATS, 1)
         .map_max_entries(maps::HEALTH, 1)
         .map_max_entries(maps::MEMBERS, 1)
         .map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE)
-        .map_max_entries(maps::PREVIOUS, 1)
-        // Not required to exist until the kernel side of second chance is in the object.
-        .override_global(globals::GUE_PORT, &gue_port, false)
+        .override_global(globals::GUE_PORT, &gue_port, true)
         .override_global(events::LEVEL_GLOBAL, &events::OFF, true)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
