@@ -42,6 +42,7 @@ const TUNNEL_V6: Ipv6Addr = configs::TUNNEL_V6;
 const MTU: u32 = 1500;
 const MIXED_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 30);
 const GUE_LB_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
+const IPIP_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
 
 /// The backend each second-chance VIP loses in [`config_after`]: every slot
 /// it owned moves, and it becomes those slots' previous owner.
@@ -63,12 +64,23 @@ fn config(leaving: bool) -> String {
         .max_vips(16)
         .max_backends(64)
         .vip(backend("sc4", "192.0.2.10:80").backends(keep(&configs::BACKENDS_V4, LEAVING_SC4)))
-        .vip(backend("sc4-udp", "192.0.2.10:53/udp").backends(keep(&configs::BACKENDS_V4[..2], LEAVING_SC4_UDP)))
+        .vip(
+            backend("sc4-udp", "192.0.2.10:53/udp")
+                .set("fragments", "forward")
+                .backends(keep(&configs::BACKENDS_V4[..2], LEAVING_SC4_UDP)),
+        )
         .vip(backend("sc6", "[2001:db8:f::10]:80").backends(keep(&configs::BACKENDS_V6, LEAVING_SC6)))
         // One backend of each family: a flow's previous owner may be of the other family.
         .vip(backend("sc-mixed", &format!("{MIXED_VIP}:80")).backends(["2001:db8::21", "198.51.100.21"]))
         // GUE with the flow table on the LB.
-        .vip(TestVip::new("gue-lb", &format!("{GUE_LB_VIP}:80")).set("encap", "gue").backends(&configs::BACKENDS_V4[..2]))
+        .vip(
+            TestVip::new("gue-lb", &format!("{GUE_LB_VIP}:80"))
+                .set("encap", "gue")
+                .set("fragments", "forward")
+                .backends(&configs::BACKENDS_V4[..2]),
+        )
+        // IPIP (the default encapsulation), forwarding fragments too.
+        .vip(TestVip::new("ipip", &format!("{IPIP_VIP}:53/udp")).set("fragments", "forward").backends(configs::BACKENDS_V4))
         .static_macs()
         .to_toml()
 }
@@ -516,6 +528,86 @@ fn the_mtu_check_counts_the_whole_gue_overhead() {
     assert_eq!(parse_gue(&out).hlen, SECOND_CHANCE_HLEN, "exactly the MTU with the block");
     balance(&loaded.ebpf, &frame_of(limit - 51));
     assert_eq!(reasons(&loaded.ebpf).reason(Reason::TooBigIcmp).packets, before + 2, "the block counts toward the MTU");
+}
+
+/// A frame's IPv4 packet made a first fragment (MF set), checksum fixed.
+fn first_fragment(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[14 + 6] = 0x20;
+    frame[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let check = !ones_sum(&frame[14..34]);
+    frame[14 + 10..14 + 12].copy_from_slice(&check.to_be_bytes());
+    frame
+}
+
+/// Checks that `out` is `input`'s IP packet in the tunnel of its VIP toward
+/// `backend`: GUE (no private data) or IPIP.
+fn assert_tunnel(name: &str, out: &[u8], input: &[u8], backend: IpAddr, gue: bool) {
+    assert_eq!(out[12..14], [0x08, 0x00], "{name}: outer IPv4");
+    if gue {
+        let g = parse_gue(out);
+        assert_eq!((g.outer_dst, g.dport, g.hlen), (backend, DEFAULT_GUE_PORT, 0), "{name}: GUE to the backend, no private data");
+        assert_eq!(g.inner, &input[14..], "{name}: the packet follows GUE unchanged");
+    } else {
+        assert_eq!(out[14 + 9], PROTO_IPIP, "{name}: outer protocol IPIP");
+        assert_eq!(IpAddr::from(<[u8; 4]>::try_from(&out[30..34]).unwrap()), backend, "{name}: outer destination");
+        assert_eq!(&out[34..], &input[14..], "{name}: the packet follows the IPIP header unchanged");
+    }
+}
+
+#[test]
+fn fragments_and_icmp_errors_travel_in_their_vips_tunnel() {
+    if !is_root() {
+        return;
+    }
+    let Loaded { ebpf, plan, .. } = load();
+    let client = IpAddr::V4(CLIENT_V4);
+    let count = |r: Reason| lb_agent::dataplane::read_counters(&ebpf).unwrap().reason(r).packets;
+    // The fragment path knows the VIP only by its address entry: it must carry the VIP's tunnel.
+    for (name, vip_name, vip_addr, gue) in [
+        ("TCP fragment to a GUE VIP", "gue-lb", GUE_LB_VIP, true),
+        ("UDP fragment to a flow_state = \"backend\" VIP", "sc4-udp", VIP_V4, true),
+        ("UDP fragment to an IPIP VIP", "ipip", IPIP_VIP, false),
+    ] {
+        let v = vip(&plan, vip_name);
+        let whole = if v.key.proto == PROTO_TCP {
+            tcp_frame(client, IpAddr::V4(vip_addr), 44_000, v.port(), false, &[7; 64])
+        } else {
+            udp_frame(CLIENT_V4, vip_addr, 44_000, v.port(), &[7; 64])
+        };
+        let input = first_fragment(whole);
+        let before = count(Reason::FragmentForwarded);
+        let (action, out) = balance(&ebpf, &input);
+        assert_eq!((action, count(Reason::FragmentForwarded)), (Action::Tx as u32, before + 1), "{name}: fragment_forwarded");
+        // Fragments hash addresses and protocol only (ports 0).
+        let backend = backend_addr(&plan, plan::lookup(&plan, v, client, 0, 0));
+        assert_tunnel(name, &out, &input, backend, gue);
+    }
+    // ICMP errors find their VIP by the quoted flow, and its entry decides the tunnel.
+    for (name, vip_name, vip_addr, gue) in [
+        ("ICMP error about a GUE VIP's flow", "gue-lb", GUE_LB_VIP, true),
+        ("ICMP error about a flow_state = \"backend\" VIP's flow", "sc4", VIP_V4, true),
+        ("ICMP error about an IPIP VIP's flow", "ipip", IPIP_VIP, false),
+    ] {
+        let v = vip(&plan, vip_name);
+        let cport = 44_100;
+        // What the backend sent (VIP -> client), quoted by a router's fragmentation-needed.
+        let reply = match v.key.proto {
+            PROTO_TCP => bytes!(PacketBuilder::ipv4(vip_addr.octets(), CLIENT_V4.octets(), 64).tcp(v.port(), cport, 1, 1000), &[0; 8]),
+            _ => bytes!(PacketBuilder::ipv4(vip_addr.octets(), CLIENT_V4.octets(), 64).udp(v.port(), cport), &[0; 8]),
+        };
+        let icmp = lb_tests::packets::icmp(3, 4, &reply[..28]);
+        let mut input = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv4([203, 0, 113, 1], vip_addr.octets(), 64)
+            .write_to_vec(&mut input, etherparse::IpNumber(1), &icmp)
+            .unwrap();
+        let before = count(Reason::IcmpErrorForwarded);
+        let (action, out) = balance(&ebpf, &input);
+        assert_eq!((action, count(Reason::IcmpErrorForwarded)), (Action::Tx as u32, before + 1), "{name}: icmp_error_forwarded");
+        // The backend of the client's flow.
+        let backend = backend_addr(&plan, plan::lookup(&plan, v, client, cport, v.port()));
+        assert_tunnel(name, &out, &input, backend, gue);
+    }
 }
 
 // ---------------------------------------------------------------- decap
