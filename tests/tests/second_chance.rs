@@ -44,7 +44,7 @@ const MIXED_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 30);
 const GUE_LB_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
 const IPIP_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
 
-/// The backend each second-chance VIP loses in [`config_after`]: every slot
+/// The backend each second-chance VIP loses in `config(true)`: every slot
 /// it owned moves, and it becomes those slots' previous owner.
 const LEAVING_SC4: &str = "198.51.100.13";
 const LEAVING_SC4_UDP: &str = "198.51.100.12";
@@ -70,7 +70,7 @@ fn config(leaving: bool) -> String {
                 .backends(keep(&configs::BACKENDS_V4[..2], LEAVING_SC4_UDP)),
         )
         .vip(backend("sc6", "[2001:db8:f::10]:80").backends(keep(&configs::BACKENDS_V6, LEAVING_SC6)))
-        // One backend of each family: a flow's previous owner may be of the other family.
+        // One backend of each family: 4in4 and 4in6 from one VIP (no reload changes it).
         .vip(backend("sc-mixed", &format!("{MIXED_VIP}:80")).backends(["2001:db8::21", "198.51.100.21"]))
         // GUE with the flow table on the LB.
         .vip(
@@ -99,7 +99,7 @@ fn load() -> Loaded {
     bpf::load(&config(false), "second_chance.toml", &[programs::BALANCER, programs::DECAP], overrides).expect("load the fixture object")
 }
 
-/// Reloads `loaded` with [`config_after`]'s backends gone (reconcile, as
+/// Reloads `loaded` with the `LEAVING_*` backends gone (reconcile, as
 /// `lb-agent reload`); returns the plan from before, whose rings the moved
 /// slots' previous owners come from.
 fn reload_without_leaving(loaded: &mut Loaded) -> Plan {
