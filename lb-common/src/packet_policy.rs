@@ -6,9 +6,9 @@
 //! An address entry lives in `VIPS` under a key that no packet can produce:
 //! port 0 and protocol [`PROTO_ADDRESS_ENTRY`] (the kernel only looks up
 //! TCP/UDP keys). Its value says whether, and through which VIP's ring,
-//! fragments to that address are forwarded.
+//! fragments to that address are forwarded, and in which tunnel.
 
-use crate::{AddrWords, VipKey, VipMeta};
+use crate::{second_chance::VIP_FLAG_GUE, AddrWords, VipKey, VipMeta};
 
 /// `POLICY` bit: answer ICMP/ICMPv6 echo requests to VIP addresses ourselves
 /// (otherwise they pass to the host stack).
@@ -43,14 +43,24 @@ pub const fn address_key(addr: AddrWords, family: u8) -> VipKey {
     VipKey { addr, port_be: 0, proto: PROTO_ADDRESS_ENTRY, family }
 }
 
+/// The flags of the forwarding VIP an address entry copies: its
+/// encapsulation, so its fragments travel in the tunnel its other packets
+/// use (the kernel reads the GUE bit of the address entry, having no VIP
+/// entry for a packet without ports).
+pub const ADDRESS_ENTRY_COPIED_FLAGS: u32 = VIP_FLAG_GUE;
+
 /// The value of an address entry: fragments of protocol `proto` go through
-/// ring `row`; `None`: fragments to this address are dropped.
+/// the ring (row) of the VIP `vip`, encapsulated as that VIP's packets are;
+/// `None`: fragments to this address are dropped.
 #[inline(always)]
-pub const fn address_meta(fragments: Option<(u32, u8)>) -> VipMeta {
+pub const fn address_meta(fragments: Option<(&VipMeta, u8)>) -> VipMeta {
     match fragments {
-        Some((row, proto)) => {
-            VipMeta { row, flags: VIP_FLAG_FRAGMENTS_FORWARD | ((proto as u32) << FRAGMENT_PROTO_SHIFT) }
-        }
+        Some((vip, proto)) => VipMeta {
+            row: vip.row,
+            flags: VIP_FLAG_FRAGMENTS_FORWARD
+                | (vip.flags & ADDRESS_ENTRY_COPIED_FLAGS)
+                | ((proto as u32) << FRAGMENT_PROTO_SHIFT),
+        },
         None => VipMeta { row: 0, flags: 0 },
     }
 }
@@ -73,10 +83,22 @@ mod tests {
 
     #[test]
     fn fragment_row_only_for_the_forwarded_protocol() {
-        let m = address_meta(Some((3, PROTO_UDP)));
+        let m = address_meta(Some((&VipMeta { row: 3, flags: 0 }, PROTO_UDP)));
         assert_eq!(fragment_row(&m, PROTO_UDP), Some(3));
         assert_eq!(fragment_row(&m, PROTO_TCP), None);
         assert_eq!(fragment_row(&address_meta(None), PROTO_UDP), None);
         assert_eq!(fragment_row(&address_meta(None), 0), None);
+    }
+
+    #[test]
+    fn an_address_entry_copies_the_encapsulation_and_nothing_else() {
+        use crate::{flows::VIP_FLAG_STATELESS, second_chance::VIP_FLAG_SECOND_CHANCE, VIP_FLAG_SOURCE_HASH};
+        let other = VIP_FLAG_SECOND_CHANCE | VIP_FLAG_STATELESS | VIP_FLAG_SOURCE_HASH;
+        let gue = address_meta(Some((&VipMeta { row: 2, flags: VIP_FLAG_GUE | other }, PROTO_TCP)));
+        assert_eq!(gue.flags & !(VIP_FLAG_GUE | VIP_FLAG_FRAGMENTS_FORWARD), (PROTO_TCP as u32) << FRAGMENT_PROTO_SHIFT);
+        assert_ne!(gue.flags & VIP_FLAG_GUE, 0, "a GUE VIP's fragments go in GUE");
+        assert_eq!(fragment_row(&gue, PROTO_TCP), Some(2), "the GUE bit leaves the protocol bits alone");
+        let ipip = address_meta(Some((&VipMeta { row: 2, flags: other }, PROTO_TCP)));
+        assert_eq!(ipip.flags & VIP_FLAG_GUE, 0);
     }
 }

@@ -11,7 +11,7 @@ use aya::{
 };
 use lb_agent::{
     config::{self, Config},
-    dataplane::{self, live::LiveMaps, reconcile, LoadOptions, ResolvedBackend},
+    dataplane::{self, live::LiveMaps, reconcile, store::MapStore as _, LoadOptions, ResolvedBackend},
     plan::{self, Plan},
 };
 
@@ -29,9 +29,6 @@ pub struct Overrides {
     pub flow_table_size: Option<u32>,
     /// Load with kernel events (aya-log records) on.
     pub kernel_events: bool,
-    /// (VIP name, flags) added to a planned VIP's flags before the plan is
-    /// written: flags a test needs that its config does not set.
-    pub vip_flags: &'static [(&'static str, u32)],
 }
 
 /// A loaded object, the config it came from and the plan written into it.
@@ -45,11 +42,7 @@ pub struct Loaded {
 /// `programs`, and writes the plan (backends must all have a `mac`).
 pub fn load(text: &str, origin: &str, programs: &[&str], overrides: Overrides) -> Result<Loaded> {
     let config = config::parse(text, origin).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut plan = plan::plan(&config);
-    for (name, flags) in overrides.vip_flags {
-        let vip = plan.vips.iter_mut().find(|v| v.name == *name).with_context(|| format!("no VIP {name} in {origin}"))?;
-        vip.meta.flags |= flags;
-    }
+    let plan = plan::plan(&config);
     let mut opts = LoadOptions::from_config(&config, overrides.mtu, None, None);
     if let Some(size) = overrides.flow_table_size {
         opts.flow_table_size = size;
@@ -59,6 +52,30 @@ pub fn load(text: &str, origin: &str, programs: &[&str], overrides: Overrides) -
     for p in programs {
         dataplane::load_program(&mut ebpf, p)?;
     }
+    // As `lb-agent run` records a fresh object (no interface here: ifindex
+    // 0): the store reads the ring size from it (previous owners, drain).
+    LiveMaps::from_object(&ebpf)?.set_loaded_state(dataplane::loaded_state(&opts, 0))?;
+    write_plan(&ebpf, &config, &plan, origin)?;
+    Ok(Loaded { ebpf, config, plan })
+}
+
+impl Loaded {
+    /// Reloads the object with a new config as `lb-agent reload` does: a
+    /// plan keeping the ids and rows the maps hold (and the ids of previous
+    /// owners), written by reconcile. The rings it changes give previous
+    /// owners to the moved slots of `flow_state = "backend"` VIPs. Load-time
+    /// settings (sizes, globals) stay as loaded.
+    pub fn reload(&mut self, text: &str, origin: &str) -> Result<()> {
+        let config = config::parse(text, origin).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let plan = plan::plan_keeping(&config, &LiveMaps::from_object(&self.ebpf)?.kept()?).map_err(anyhow::Error::msg)?;
+        write_plan(&self.ebpf, &config, &plan, origin)?;
+        (self.config, self.plan) = (config, plan);
+        Ok(())
+    }
+}
+
+/// Writes `plan` into the object's maps through the agent's reconcile.
+fn write_plan(ebpf: &Ebpf, config: &Config, plan: &Plan, origin: &str) -> Result<()> {
     let resolved = plan
         .backends
         .iter()
@@ -68,8 +85,8 @@ pub fn load(text: &str, origin: &str, programs: &[&str], overrides: Overrides) -
         })
         .collect::<Result<_>>()?;
     // The supervisor that reconciling returns is dropped: no checks run here.
-    reconcile::apply(&mut LiveMaps::from_object(&ebpf)?, &config, &plan, &resolved, None)?;
-    Ok(Loaded { ebpf, config, plan })
+    reconcile::apply(&mut LiveMaps::from_object(ebpf)?, config, plan, &resolved, None)?;
+    Ok(())
 }
 
 /// One BPF_PROG_TEST_RUN of `program` on a fresh copy of `input`: the

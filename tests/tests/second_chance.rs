@@ -1,28 +1,34 @@
 //! Second chance and GUE through BPF_PROG_TEST_RUN: the balancer's GUE
-//! header field by field and the previous owner it carries (maps written by
-//! the agent's reconcile; `PREVIOUS` by [`set_previous`]), and the backend's
-//! `xdp_decap` judging GUE packets in a backend namespace of a test topology,
-//! against real sockets of that namespace (the socket and FIB lookups of a
-//! test run use the netns of the device the run says the packet came in on).
+//! header field by field and the previous owner it carries (VIPs configured
+//! with `flow_state = "backend"` / `encap = "gue"`, maps written by the
+//! agent's reconcile, previous owners by a reload that moves slots, as
+//! `lb-agent reload` gives them), and the backend's `xdp_decap` judging GUE
+//! packets in a backend namespace of a test topology, against real sockets
+//! of that namespace (the socket and FIB lookups of a test run use the
+//! netns of the device the run says the packet came in on).
 //!
 //! Needs root (loading BPF programs, namespaces); skips with a message otherwise.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use aya::{maps::Array, Ebpf};
+use aya::Ebpf;
 use etherparse::PacketBuilder;
-use lb_agent::plan::{self, Plan};
+use lb_agent::{
+    dataplane::{live::LiveMaps, store::MapStore},
+    plan::{self, Plan},
+};
 use lb_common::{
     flows::FlowEvent,
-    maps,
     programs,
-    second_chance::{gue_source_port, DEFAULT_GUE_PORT, SECOND_CHANCE_HLEN, SECOND_CHANCE_KIND, VIP_FLAG_GUE, VIP_FLAG_SECOND_CHANCE},
-    Action, DecapReason, Reason, FAMILY_V4, FAMILY_V6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
+    second_chance::{gue_source_port, DEFAULT_GUE_PORT, SECOND_CHANCE_HLEN, SECOND_CHANCE_KIND, VIP_FLAG_SECOND_CHANCE},
+    Action, DecapReason, Reason, FAMILY_V4, FAMILY_V6, NO_BACKEND, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
 };
 use lb_tests::{
     bpf::{self, Loaded, Overrides},
     capture::PacketSocket,
+    configs::{self, TestVip},
     netns,
     topology::{self, Topology, TopologyOptions, VIP_V4, VIP_V6},
 };
@@ -31,90 +37,53 @@ const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
-const TUNNEL_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const TUNNEL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x2);
+const TUNNEL_V4: Ipv4Addr = configs::TUNNEL_V4;
+const TUNNEL_V6: Ipv6Addr = configs::TUNNEL_V6;
 const MTU: u32 = 1500;
+const MIXED_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 30);
+const GUE_LB_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
+const IPIP_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
 
-const CONFIG: &str = r#"
-[lb]
-interface = "fixture0"
-tunnel_source_v4 = "198.51.100.2"
-tunnel_source_v6 = "2001:db8::2"
-ring_size = 1021
-hash_seed = 0x5eed
-max_vips = 16
-max_backends = 64
-bpffs_dir = "/sys/fs/bpf/lb-second-chance-unused"
+/// The backend each second-chance VIP loses in `config(true)`: every slot
+/// it owned moves, and it becomes those slots' previous owner.
+const LEAVING_SC4: &str = "198.51.100.13";
+const LEAVING_SC4_UDP: &str = "198.51.100.12";
+const LEAVING_SC6: &str = "2001:db8::12";
 
-[[vip]]
-name = "sc4"
-address = "192.0.2.10"
-port = 80
-protocol = "tcp"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-
-[[vip]]
-name = "sc4-udp"
-address = "192.0.2.10"
-port = 53
-protocol = "udp"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-
-[[vip]]
-name = "sc6"
-address = "2001:db8:f::10"
-port = 80
-protocol = "tcp"
-  [[vip.backend]]
-  address = "2001:db8::11"
-  mac = "02:00:00:00:01:11"
-  [[vip.backend]]
-  address = "2001:db8::12"
-  mac = "02:00:00:00:01:12"
-
-[[vip]]
-name = "sc-mixed"
-address = "192.0.2.30"
-port = 80
-protocol = "tcp"
-  [[vip.backend]]
-  address = "2001:db8::21"
-  mac = "02:00:00:00:01:21"
-  [[vip.backend]]
-  address = "198.51.100.21"
-  mac = "02:00:00:00:00:21"
-
-[[vip]]
-name = "gue-lb"
-address = "192.0.2.20"
-port = 80
-protocol = "tcp"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-"#;
-
-const SECOND_CHANCE: u32 = VIP_FLAG_SECOND_CHANCE | VIP_FLAG_GUE;
-/// What `flow_state = "backend"` and `encap = "gue"` will set (the agent's
-/// config side of issue 13); set here directly so these fixtures test the kernel alone.
-const VIP_FLAGS: &[(&str, u32)] =
-    &[("sc4", SECOND_CHANCE), ("sc4-udp", SECOND_CHANCE), ("sc6", SECOND_CHANCE), ("sc-mixed", SECOND_CHANCE), ("gue-lb", VIP_FLAG_GUE)];
+/// The fixtures' config (static MACs 02:00:00:00:00:NN for IPv4 backends,
+/// 02:00:00:00:01:NN for IPv6). `leaving` = true: without the `LEAVING_*`
+/// backends, the config a reload applies to give slots previous owners.
+fn config(leaving: bool) -> String {
+    let keep = |all: &[&'static str], gone: &str| -> Vec<&'static str> {
+        all.iter().copied().filter(|b| !leaving || *b != gone).collect()
+    };
+    let backend = |name: &str, endpoint: &str| TestVip::new(name, endpoint).set("flow_state", "backend");
+    configs::unattached("fixture0")
+        .ring_size(1021)
+        .hash_seed(0x5eed)
+        .max_vips(16)
+        .max_backends(64)
+        .vip(backend("sc4", "192.0.2.10:80").backends(keep(&configs::BACKENDS_V4, LEAVING_SC4)))
+        .vip(
+            backend("sc4-udp", "192.0.2.10:53/udp")
+                .set("fragments", "forward")
+                .backends(keep(&configs::BACKENDS_V4[..2], LEAVING_SC4_UDP)),
+        )
+        .vip(backend("sc6", "[2001:db8:f::10]:80").backends(keep(&configs::BACKENDS_V6, LEAVING_SC6)))
+        // One backend of each family: 4in4 and 4in6 from one VIP (no reload changes it).
+        .vip(backend("sc-mixed", &format!("{MIXED_VIP}:80")).backends(["2001:db8::21", "198.51.100.21"]))
+        // GUE with the flow table on the LB.
+        .vip(
+            TestVip::new("gue-lb", &format!("{GUE_LB_VIP}:80"))
+                .set("encap", "gue")
+                .set("fragments", "forward")
+                .backends(&configs::BACKENDS_V4[..2]),
+        )
+        // IPIP (the default encapsulation), forwarding fragments too.
+        .vip(TestVip::new("ipip", &format!("{IPIP_VIP}:53/udp")).set("fragments", "forward").backends(configs::BACKENDS_V4))
+        .static_macs()
+        .to_toml()
+}
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -126,18 +95,63 @@ fn is_root() -> bool {
 }
 
 fn load() -> Loaded {
-    let overrides = Overrides { mtu: MTU, flow_table_size: Some(1024), vip_flags: VIP_FLAGS, ..Overrides::default() };
-    bpf::load(CONFIG, "second_chance.toml", &[programs::BALANCER, programs::DECAP], overrides).expect("load the fixture object")
+    let overrides = Overrides { mtu: MTU, flow_table_size: Some(1024), ..Overrides::default() };
+    bpf::load(&config(false), "second_chance.toml", &[programs::BALANCER, programs::DECAP], overrides).expect("load the fixture object")
 }
 
-/// Writes `PREVIOUS` for the slot of one flow: what the agent's
-/// previous-owner maintenance does when a slot of a "backend" VIP changes
-/// (this helper stands in for its API, which these fixtures do not need).
-fn set_previous(ebpf: &mut Ebpf, plan: &Plan, vip: &str, src: IpAddr, sport: u16, dport: u16, previous: u32) {
-    let v = plan.vips.iter().find(|v| v.name == vip).expect("VIP in the config");
-    let slot = plan::slot(plan, v, src, sport, dport).expect("a slot for the flow");
-    let mut array: Array<_, u32> = Array::try_from(ebpf.map_mut(maps::PREVIOUS).expect("PREVIOUS map")).unwrap();
-    array.set(v.row * plan.ring_size + slot, previous, 0).unwrap();
+/// Reloads `loaded` with the `LEAVING_*` backends gone (reconcile, as
+/// `lb-agent reload`); returns the plan from before, whose rings the moved
+/// slots' previous owners come from.
+fn reload_without_leaving(loaded: &mut Loaded) -> Plan {
+    let before = loaded.plan.clone();
+    loaded.reload(&config(true), "second_chance_after.toml").expect("reload without the leaving backends");
+    before
+}
+
+fn vip<'p>(plan: &'p Plan, name: &str) -> &'p plan::PlannedVip {
+    plan.vip(name).expect("VIP in the config")
+}
+
+/// The first source port from `from` whose flow from `client` to `name`:`dport`
+/// the backend at `address` owns in `plan`.
+fn port_owned_by(plan: &Plan, name: &str, client: IpAddr, dport: u16, address: &str, from: u16) -> u16 {
+    let id = plan.backend_id(address.parse().unwrap()).expect("backend in the plan");
+    (from..from + 2000).find(|p| plan::lookup(plan, vip(plan, name), client, *p, dport) == id).expect("a flow of that backend within 2000 ports")
+}
+
+/// The first source port from `from` whose slot `after` left as `before` had it.
+fn unmoved_port(before: &Plan, after: &Plan, name: &str, client: IpAddr, dport: u16, from: u16) -> u16 {
+    let owner_addr = |plan: &Plan, p: u16| backend_addr(plan, plan::lookup(plan, vip(plan, name), client, p, dport));
+    (from..from + 2000).find(|p| owner_addr(before, *p) == owner_addr(after, *p)).expect("an unmoved slot within 2000 ports")
+}
+
+/// What `PREVIOUS` holds for one flow's slot (read through the agent's store).
+fn previous_of(loaded: &Loaded, name: &str, client: IpAddr, sport: u16, dport: u16) -> u32 {
+    let v = vip(&loaded.plan, name);
+    let slot = plan::slot(&loaded.plan, v, client, sport, dport).expect("a slot for the flow");
+    LiveMaps::from_object(&loaded.ebpf).unwrap().previous_row(v.row, loaded.plan.ring_size).unwrap()[slot as usize]
+}
+
+/// Writes one flow's slot of `PREVIOUS` through the agent's store, for the
+/// states the agent's rule never produces but the kernel must still judge
+/// (each caller says which and why).
+fn write_previous_of(loaded: &Loaded, name: &str, client: IpAddr, sport: u16, dport: u16, previous: u32) {
+    let v = vip(&loaded.plan, name);
+    let slot = plan::slot(&loaded.plan, v, client, sport, dport).expect("a slot for the flow");
+    let mut store = LiveMaps::from_object(&loaded.ebpf).unwrap();
+    let mut row = store.previous_row(v.row, loaded.plan.ring_size).unwrap();
+    row[slot as usize] = previous;
+    store.write_previous_row(v.row, &row).unwrap();
+}
+
+/// The agent's drain timer, once the window has passed: every row of a
+/// second-chance VIP forgets its previous owners. Returns the rows cleared.
+fn drain(loaded: &Loaded) -> Vec<u32> {
+    let mut store = LiveMaps::from_object(&loaded.ebpf).unwrap();
+    let window = loaded.config.lb.previous_owner_window;
+    let rows: BTreeSet<u32> = loaded.plan.vips.iter().filter(|v| v.meta.flags & VIP_FLAG_SECOND_CHANCE != 0).map(|v| v.row).collect();
+    store.configure_previous(rows, window, loaded.plan.ring_size).unwrap();
+    store.drain_previous(Instant::now() + window).unwrap()
 }
 
 /// (current owner id, flow hash) the agent predicts for a flow.
@@ -423,55 +437,73 @@ fn previous_owner_is_carried_when_and_only_when_the_slot_has_one() {
     if !is_root() {
         return;
     }
-    let Loaded { mut ebpf, plan, .. } = load();
+    let mut loaded = load();
     let client = IpAddr::V4(CLIENT_V4);
-    let sport = 41_000;
-    let (current, _) = owner(&plan, "sc4", client, sport, 80);
-    let other = other_owner(&plan, "sc4", client, sport, 80);
-    let unused = 60; // below max_backends, never given to a backend here
+    let leaving: IpAddr = LEAVING_SC4.parse().unwrap();
+    // A flow of the backend the reload removes: its slot moves.
+    let sport = port_owned_by(&loaded.plan, "sc4", client, 80, LEAVING_SC4, 41_000);
     let input = tcp_frame(client, IpAddr::V4(VIP_V4), sport, 80, false, b"data");
-    let flows_before = flow_events(&ebpf);
+    let flows_before = flow_events(&loaded.ebpf);
 
-    let g = parse_gue(&balance(&ebpf, &input).1);
+    let g = parse_gue(&balance(&loaded.ebpf, &input).1);
     assert_eq!(g.hlen, 0, "no previous owner yet");
+    assert_eq!(g.outer_dst, leaving, "sent to the backend that will leave");
 
-    set_previous(&mut ebpf, &plan, "sc4", client, sport, 80, other);
-    let g = parse_gue(&balance(&ebpf, &input).1);
-    assert_eq!(g.outer_dst, backend_addr(&plan, current), "still sent to the current owner");
+    let before = reload_without_leaving(&mut loaded);
+    let (current, _) = owner(&loaded.plan, "sc4", client, sport, 80);
+    let g = parse_gue(&balance(&loaded.ebpf, &input).1);
+    assert_eq!(g.outer_dst, backend_addr(&loaded.plan, current), "sent to the slot's new owner");
+    assert_ne!(g.outer_dst, leaving, "the removed backend owns no slot");
     assert_eq!(g.hlen, SECOND_CHANCE_HLEN, "a previous owner: the second-chance block");
-    assert_eq!(g.block, Some((SECOND_CHANCE_KIND, 0, FAMILY_V4, backend_addr(&plan, other))), "kind, hops 0, family, previous owner");
+    assert_eq!(g.block, Some((SECOND_CHANCE_KIND, 0, FAMILY_V4, leaving)), "kind, hops 0, family, previous owner (the removed backend)");
     assert_eq!(g.udp_len, 8 + 4 + 20 + input.len() - 14, "UDP length counts the block");
     assert_eq!(g.outer_len, 20 + g.udp_len, "IPv4 total length counts the block");
     assert!(g.v4.unwrap().4, "checksum with the block");
     assert_eq!(g.inner, &input[14..], "the client's packet after the block");
-    let sc4 = plan.vips.iter().find(|v| v.name == "sc4").unwrap();
-    let other_port = (sport + 1..).find(|p| plan::slot(&plan, sc4, client, *p, 80) != plan::slot(&plan, sc4, client, sport, 80)).unwrap();
-    let other_flow = parse_gue(&balance(&ebpf, &tcp_frame(client, IpAddr::V4(VIP_V4), other_port, 80, false, b"")).1);
-    assert_eq!(other_flow.hlen, 0, "another slot has no previous owner");
+    let other_port = unmoved_port(&before, &loaded.plan, "sc4", client, 80, sport + 1);
+    let other_flow = parse_gue(&balance(&loaded.ebpf, &tcp_frame(client, IpAddr::V4(VIP_V4), other_port, 80, false, b"")).1);
+    assert_eq!(other_flow.hlen, 0, "a slot the reload did not change has no previous owner");
 
-    set_previous(&mut ebpf, &plan, "sc4", client, sport, 80, current);
-    assert_eq!(parse_gue(&balance(&ebpf, &input).1).hlen, 0, "previous == current: nothing to carry");
-    set_previous(&mut ebpf, &plan, "sc4", client, sport, 80, unused);
-    assert_eq!(parse_gue(&balance(&ebpf, &input).1).hlen, 0, "a previous owner without a backend entry is not carried");
-    set_previous(&mut ebpf, &plan, "sc4", client, sport, 80, 0);
-    assert_eq!(parse_gue(&balance(&ebpf, &input).1).hlen, 0, "cleared");
-    assert_eq!(flow_events(&ebpf), flows_before, "TCP on a second-chance VIP never touches the flow table");
+    // The agent writes a slot's previous owner before the slot itself
+    // (`MapStore::set_ring`), so for an instant a moving slot's previous
+    // owner is its current one: too short for a reload to show, so written here.
+    write_previous_of(&loaded, "sc4", client, sport, 80, current);
+    assert_eq!(parse_gue(&balance(&loaded.ebpf, &input).1).hlen, 0, "previous == current: nothing to carry");
+    // The agent keeps a previous owner's BACKENDS entry until its slots
+    // drain, so only a map written otherwise (by hand, or an older agent's
+    // pins) names one without an entry: written here.
+    let unused = 60; // below max_backends, never given to a backend here
+    assert!(loaded.plan.backend(unused).is_none() && before.backend(unused).is_none());
+    write_previous_of(&loaded, "sc4", client, sport, 80, unused);
+    assert_eq!(parse_gue(&balance(&loaded.ebpf, &input).1).hlen, 0, "a previous owner without a backend entry is not carried");
+    assert_eq!(flow_events(&loaded.ebpf), flows_before, "TCP on a second-chance VIP never touches the flow table");
 
-    // UDP on a second-chance VIP: the flow table, GUE without the block.
-    let udp_port = 41_500;
-    set_previous(&mut ebpf, &plan, "sc4-udp", client, udp_port, 53, other_owner(&plan, "sc4-udp", client, udp_port, 53));
-    let (action, out) = balance(&ebpf, &udp_frame(CLIENT_V4, VIP_V4, udp_port, 53, b"query"));
+    // UDP on a second-chance VIP: the flow table, GUE without the block,
+    // though the reload gave its slot a previous owner.
+    let udp_port = port_owned_by(&before, "sc4-udp", client, 53, LEAVING_SC4_UDP, 41_500);
+    assert_eq!(previous_of(&loaded, "sc4-udp", client, udp_port, 53), before.backend_id(LEAVING_SC4_UDP.parse().unwrap()).unwrap());
+    let (action, out) = balance(&loaded.ebpf, &udp_frame(CLIENT_V4, VIP_V4, udp_port, 53, b"query"));
     assert_eq!(action, Action::Tx as u32);
     let g = parse_gue(&out);
     assert_eq!(g.hlen, 0, "UDP carries no previous owner");
-    assert_eq!(flow_events(&ebpf), flows_before + 1, "UDP on a second-chance VIP goes through the flow table");
+    assert_eq!(flow_events(&loaded.ebpf), flows_before + 1, "UDP on a second-chance VIP goes through the flow table");
 
-    // A GUE VIP without second chance: flow table, no block, even with PREVIOUS set.
+    // A GUE VIP without second chance: flow table, no block, even with
+    // PREVIOUS set. The agent never gives such a row previous owners (it
+    // clears them, plan/previous.rs), so it is written here.
     let lb_client_port = 42_000;
-    set_previous(&mut ebpf, &plan, "gue-lb", client, lb_client_port, 80, other_owner(&plan, "gue-lb", client, lb_client_port, 80));
-    let g = parse_gue(&balance(&ebpf, &tcp_frame(client, "192.0.2.20".parse().unwrap(), lb_client_port, 80, true, b"")).1);
+    write_previous_of(&loaded, "gue-lb", client, lb_client_port, 80, other_owner(&loaded.plan, "gue-lb", client, lb_client_port, 80));
+    let g = parse_gue(&balance(&loaded.ebpf, &tcp_frame(client, IpAddr::V4(GUE_LB_VIP), lb_client_port, 80, true, b"")).1);
     assert_eq!((g.hlen, g.dport), (0, DEFAULT_GUE_PORT), "GUE, no private data");
-    assert_eq!(flow_events(&ebpf), flows_before + 2, "a GUE VIP without second chance keeps its flow table");
+    assert_eq!(flow_events(&loaded.ebpf), flows_before + 2, "a GUE VIP without second chance keeps its flow table");
+
+    // The drain window passes: the agent's timer clears the rows.
+    let sc_rows: Vec<u32> = ["sc4", "sc4-udp", "sc6"].iter().map(|n| vip(&loaded.plan, n).row).collect();
+    let drained = drain(&loaded);
+    assert!(sc_rows.iter().all(|r| drained.contains(r)), "rows {sc_rows:?} drained, got {drained:?}");
+    assert_eq!(previous_of(&loaded, "sc4", client, sport, 80), NO_BACKEND);
+    assert_eq!(parse_gue(&balance(&loaded.ebpf, &input).1).hlen, 0, "cleared");
+    assert_eq!(flow_events(&loaded.ebpf), flows_before + 2, "TCP on a second-chance VIP never touches the flow table");
 }
 
 #[test]
@@ -479,22 +511,103 @@ fn the_mtu_check_counts_the_whole_gue_overhead() {
     if !is_root() {
         return;
     }
-    let Loaded { mut ebpf, plan, .. } = load();
+    let mut loaded = load();
     let client = IpAddr::V4(CLIENT_V4);
-    let sport = 43_000;
+    // A flow whose slot the reload below moves (then it carries the block).
+    let sport = port_owned_by(&loaded.plan, "sc4", client, 80, LEAVING_SC4, 43_000);
     // Inner IP length L: GUE without the block adds 32 bytes (IPv4 20, UDP 8, GUE 4), with it 52.
     let frame_of = |ip_len: usize| tcp_frame(client, IpAddr::V4(VIP_V4), sport, 80, false, &vec![0u8; ip_len - 40]);
     let limit = MTU as usize;
     let reasons = |ebpf: &Ebpf| lb_agent::dataplane::read_counters(ebpf).unwrap();
-    assert_eq!(balance(&ebpf, &frame_of(limit - 32)).0, Action::Tx as u32, "exactly the MTU once in GUE");
-    let before = reasons(&ebpf).reason(Reason::TooBigIcmp).packets;
-    assert_eq!(balance(&ebpf, &frame_of(limit - 31)).0, Action::Tx as u32, "answered with ICMP (TX)");
-    assert_eq!(reasons(&ebpf).reason(Reason::TooBigIcmp).packets, before + 1, "one byte over the MTU in GUE: too big");
-    set_previous(&mut ebpf, &plan, "sc4", client, sport, 80, other_owner(&plan, "sc4", client, sport, 80));
-    let (_, out) = balance(&ebpf, &frame_of(limit - 52));
+    assert_eq!(balance(&loaded.ebpf, &frame_of(limit - 32)).0, Action::Tx as u32, "exactly the MTU once in GUE");
+    let before = reasons(&loaded.ebpf).reason(Reason::TooBigIcmp).packets;
+    assert_eq!(balance(&loaded.ebpf, &frame_of(limit - 31)).0, Action::Tx as u32, "answered with ICMP (TX)");
+    assert_eq!(reasons(&loaded.ebpf).reason(Reason::TooBigIcmp).packets, before + 1, "one byte over the MTU in GUE: too big");
+    reload_without_leaving(&mut loaded);
+    let (_, out) = balance(&loaded.ebpf, &frame_of(limit - 52));
     assert_eq!(parse_gue(&out).hlen, SECOND_CHANCE_HLEN, "exactly the MTU with the block");
-    balance(&ebpf, &frame_of(limit - 51));
-    assert_eq!(reasons(&ebpf).reason(Reason::TooBigIcmp).packets, before + 2, "the block counts toward the MTU");
+    balance(&loaded.ebpf, &frame_of(limit - 51));
+    assert_eq!(reasons(&loaded.ebpf).reason(Reason::TooBigIcmp).packets, before + 2, "the block counts toward the MTU");
+}
+
+/// A frame's IPv4 packet made a first fragment (MF set), checksum fixed.
+fn first_fragment(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[14 + 6] = 0x20;
+    frame[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let check = !ones_sum(&frame[14..34]);
+    frame[14 + 10..14 + 12].copy_from_slice(&check.to_be_bytes());
+    frame
+}
+
+/// Checks that `out` is `input`'s IP packet in the tunnel of its VIP toward
+/// `backend`: GUE (no private data) or IPIP.
+fn assert_tunnel(name: &str, out: &[u8], input: &[u8], backend: IpAddr, gue: bool) {
+    assert_eq!(out[12..14], [0x08, 0x00], "{name}: outer IPv4");
+    if gue {
+        let g = parse_gue(out);
+        assert_eq!((g.outer_dst, g.dport, g.hlen), (backend, DEFAULT_GUE_PORT, 0), "{name}: GUE to the backend, no private data");
+        assert_eq!(g.inner, &input[14..], "{name}: the packet follows GUE unchanged");
+    } else {
+        assert_eq!(out[14 + 9], PROTO_IPIP, "{name}: outer protocol IPIP");
+        assert_eq!(IpAddr::from(<[u8; 4]>::try_from(&out[30..34]).unwrap()), backend, "{name}: outer destination");
+        assert_eq!(&out[34..], &input[14..], "{name}: the packet follows the IPIP header unchanged");
+    }
+}
+
+#[test]
+fn fragments_and_icmp_errors_travel_in_their_vips_tunnel() {
+    if !is_root() {
+        return;
+    }
+    let Loaded { ebpf, plan, .. } = load();
+    let client = IpAddr::V4(CLIENT_V4);
+    let count = |r: Reason| lb_agent::dataplane::read_counters(&ebpf).unwrap().reason(r).packets;
+    // The fragment path knows the VIP only by its address entry: it must carry the VIP's tunnel.
+    for (name, vip_name, vip_addr, gue) in [
+        ("TCP fragment to a GUE VIP", "gue-lb", GUE_LB_VIP, true),
+        ("UDP fragment to a flow_state = \"backend\" VIP", "sc4-udp", VIP_V4, true),
+        ("UDP fragment to an IPIP VIP", "ipip", IPIP_VIP, false),
+    ] {
+        let v = vip(&plan, vip_name);
+        let whole = if v.key.proto == PROTO_TCP {
+            tcp_frame(client, IpAddr::V4(vip_addr), 44_000, v.port(), false, &[7; 64])
+        } else {
+            udp_frame(CLIENT_V4, vip_addr, 44_000, v.port(), &[7; 64])
+        };
+        let input = first_fragment(whole);
+        let before = count(Reason::FragmentForwarded);
+        let (action, out) = balance(&ebpf, &input);
+        assert_eq!((action, count(Reason::FragmentForwarded)), (Action::Tx as u32, before + 1), "{name}: fragment_forwarded");
+        // Fragments hash addresses and protocol only (ports 0).
+        let backend = backend_addr(&plan, plan::lookup(&plan, v, client, 0, 0));
+        assert_tunnel(name, &out, &input, backend, gue);
+    }
+    // ICMP errors find their VIP by the quoted flow, and its entry decides the tunnel.
+    for (name, vip_name, vip_addr, gue) in [
+        ("ICMP error about a GUE VIP's flow", "gue-lb", GUE_LB_VIP, true),
+        ("ICMP error about a flow_state = \"backend\" VIP's flow", "sc4", VIP_V4, true),
+        ("ICMP error about an IPIP VIP's flow", "ipip", IPIP_VIP, false),
+    ] {
+        let v = vip(&plan, vip_name);
+        let cport = 44_100;
+        // What the backend sent (VIP -> client), quoted by a router's fragmentation-needed.
+        let reply = match v.key.proto {
+            PROTO_TCP => bytes!(PacketBuilder::ipv4(vip_addr.octets(), CLIENT_V4.octets(), 64).tcp(v.port(), cport, 1, 1000), &[0; 8]),
+            _ => bytes!(PacketBuilder::ipv4(vip_addr.octets(), CLIENT_V4.octets(), 64).udp(v.port(), cport), &[0; 8]),
+        };
+        let icmp = lb_tests::packets::icmp(3, 4, &reply[..28]);
+        let mut input = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv4([203, 0, 113, 1], vip_addr.octets(), 64)
+            .write_to_vec(&mut input, etherparse::IpNumber(1), &icmp)
+            .unwrap();
+        let before = count(Reason::IcmpErrorForwarded);
+        let (action, out) = balance(&ebpf, &input);
+        assert_eq!((action, count(Reason::IcmpErrorForwarded)), (Action::Tx as u32, before + 1), "{name}: icmp_error_forwarded");
+        // The backend of the client's flow.
+        let backend = backend_addr(&plan, plan::lookup(&plan, v, client, cport, v.port()));
+        assert_tunnel(name, &out, &input, backend, gue);
+    }
 }
 
 // ---------------------------------------------------------------- decap
@@ -786,27 +899,25 @@ fn balancer_output_decapsulates_to_the_clients_packet() {
     if !is_root() {
         return;
     }
-    let Loaded { mut ebpf, plan, .. } = load();
-    for (vip, client, vip_addr) in [
-        ("sc4", IpAddr::V4(CLIENT_V4), IpAddr::V4(VIP_V4)),
-        ("sc6", IpAddr::V6(CLIENT_V6), IpAddr::V6(VIP_V6)),
-        ("sc-mixed", IpAddr::V4(CLIENT_V4), "192.0.2.30".parse().unwrap()),
+    let mut loaded = load();
+    let before = reload_without_leaving(&mut loaded);
+    // (VIP, client, VIP address, the backend the reload removed from it):
+    // a flow of that backend has it as its previous owner, of its family.
+    // sc-mixed keeps its backends (one per family): no previous owner.
+    for (vip, client, vip_addr, leaving) in [
+        ("sc4", IpAddr::V4(CLIENT_V4), IpAddr::V4(VIP_V4), Some(LEAVING_SC4)),
+        ("sc6", IpAddr::V6(CLIENT_V6), IpAddr::V6(VIP_V6), Some(LEAVING_SC6)),
+        ("sc-mixed", IpAddr::V4(CLIENT_V4), IpAddr::V4(MIXED_VIP), None),
     ] {
-        let sport = 48_000;
-        let (current, _) = owner(&plan, vip, client, sport, 80);
-        let v = plan.vips.iter().find(|v| v.name == vip).unwrap();
-        let same_family = v.members.iter().map(|m| m.0).find(|id| *id != current && backend_addr(&plan, *id).is_ipv4() == backend_addr(&plan, current).is_ipv4());
-        if let Some(other) = same_family {
-            set_previous(&mut ebpf, &plan, vip, client, sport, 80, other);
-        }
+        let sport = leaving.map_or(48_000, |gone| port_owned_by(&before, vip, client, 80, gone, 48_000));
         let input = tcp_frame(client, vip_addr, sport, 80, true, b"hello");
-        let (_, out) = balance(&ebpf, &input);
-        let expected_block = same_family.map(|id| {
-            let addr = backend_addr(&plan, id);
+        let (_, out) = balance(&loaded.ebpf, &input);
+        let expected_block = leaving.map(|gone| {
+            let addr: IpAddr = gone.parse().unwrap();
             (SECOND_CHANCE_KIND, 0, if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }, addr)
         });
         assert_eq!(parse_gue(&out).block, expected_block, "{vip}: the block names the previous owner");
-        let reason = if same_family.is_some() { DecapReason::AcceptedSyn } else { DecapReason::Decapsulated };
-        expect_decap(&ebpf, vip, &out, &input[14..], None, reason);
+        let reason = if leaving.is_some() { DecapReason::AcceptedSyn } else { DecapReason::Decapsulated };
+        expect_decap(&loaded.ebpf, vip, &out, &input[14..], None, reason);
     }
 }

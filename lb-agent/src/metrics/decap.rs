@@ -69,5 +69,9 @@ mod tests {
             assert!(text.lines().any(|l| l == format!("{series}{value}")), "{series}{value} not in:\n{text}");
         }
         assert!(summary(&decap).lines().any(|l| l.starts_with("not_tunnel") && l.contains(" 7 packets")), "{}", summary(&decap));
+        // What `lb-agent decap` prints on exit: one line per outcome, every one of them.
+        let printed = summary(&decap);
+        let labels: Vec<&str> = printed.lines().map(|l| l.split_whitespace().next().unwrap_or("")).collect();
+        assert_eq!(labels, DecapReason::ALL.iter().map(|r| r.label()).collect::<Vec<_>>());
     }
 }
