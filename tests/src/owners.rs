@@ -41,7 +41,8 @@ impl RingSnapshot {
     pub fn read(bpffs: &Path, config_path: &Path, target: SocketAddr, protocol: Proto) -> Result<RingSnapshot> {
         let text = std::fs::read_to_string(config_path).with_context(|| format!("reading {}", config_path.display()))?;
         let config = config::parse(&text, &config_path.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let plan = plan::plan(&config);
+        // Only the slot is needed here, not the rings: the kernel has those.
+        let plan = plan::plan_summary(&config);
         let proto = match protocol {
             Proto::Tcp => lb_common::PROTO_TCP,
             Proto::Udp => lb_common::PROTO_UDP,

@@ -28,7 +28,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use lb_common::DecapReason;
+use lb_common::metrics::{self as names, labels};
 use lb_tests::agent::{self, Proto, Stats};
+use lb_tests::metrics;
 use lb_tests::held::{Broken, HeldSet};
 use lb_tests::lab::{Lab, LabBins, LabOptions};
 use lb_tests::netns::NsListener;
@@ -50,6 +53,8 @@ const DOWN_WITHIN: Duration = Duration::from_secs(10);
 const CONNECTIONS: u16 = 200;
 /// A non-default GUE port for the IPv6 case (agent and decap must agree).
 const GUE_PORT: u16 = 7000;
+/// Where each backend's `lb-agent decap` serves its counters (its own namespace's loopback).
+const DECAP_METRICS: &str = "127.0.0.1:9111";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -171,9 +176,13 @@ fn bins() -> LabBins {
 impl Scenario {
     fn start(test: &'static str, mode: Mode, vips: Vec<VipPlan>, gue_port: Option<u16>, connections: u16) -> Scenario {
         let members = vec![(1, 1), (2, 1), (3, 1)];
-        let mut options = LabOptions { server_extra: vec!["--echo-port".into(), ECHO_PORT.to_string()], ..LabOptions::default() };
+        let mut options = LabOptions {
+            server_extra: vec!["--echo-port".into(), ECHO_PORT.to_string()],
+            decap_extra: vec!["--metrics".into(), DECAP_METRICS.into()],
+            ..LabOptions::default()
+        };
         if let Some(port) = gue_port {
-            options.decap_extra = vec!["--gue-port".into(), port.to_string()];
+            options.decap_extra.extend(["--gue-port".into(), port.to_string()]);
         }
         let lab = Lab::start_with_options(
             bins(),
@@ -213,6 +222,20 @@ impl Scenario {
             assert!(started.elapsed() < DOWN_WITHIN, "[{}] {what}: not within {DOWN_WITHIN:?}; stats: {stats:?}", self.test);
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Packets counted under `reason` by the decap programs of all backends.
+    fn decap_count(&self, reason: DecapReason) -> u64 {
+        let scraper = env!("CARGO_BIN_EXE_lb-scrape");
+        (1..=HOSTS)
+            .map(|i| {
+                let host = backend_name(i);
+                let text = self.lab.topo.exec_ok(&host, scraper, &[DECAP_METRICS, "/metrics"]).unwrap_or_else(|e| panic!("{e:#}"));
+                let samples = metrics::parse(&text).unwrap_or_else(|e| panic!("{e:#}"));
+                let v = metrics::value(&samples, names::DECAP_PACKETS, &[(labels::REASON, reason.label())]).unwrap_or_else(|e| panic!("{host}: {e:#}"));
+                v as u64
+            })
+            .sum()
     }
 
     fn snapshot(&self, vip: &VipPlan) -> RingSnapshot {
@@ -288,6 +311,9 @@ impl Scenario {
         self.open_generation(20_000 + k as u16 * 1_000, true);
         let before: Vec<RingSnapshot> = self.vips.iter().map(|v| self.snapshot(v)).collect();
         let live_before: Vec<usize> = self.tracked.iter().map(|t| t.generations.iter().map(HeldSet::len).sum()).collect();
+        let decap_before = (self.decap_count(DecapReason::Redirected), self.decap_count(DecapReason::RedirectFailed));
+        // Connections kept only because their new owner redirected them.
+        let mut second_chances = 0;
         self.apply(step);
         let mut counts = Vec::new();
         for t in 0..self.tracked.len() {
@@ -304,6 +330,7 @@ impl Scenario {
                     let moved = !is_backend(owners.current);
                     let survives = !moved || (self.mode == Mode::Backend && is_backend(owners.previous));
                     count.moved += moved as usize;
+                    second_chances += (moved && survives) as usize;
                     if g == newest {
                         count.newest += 1;
                         count.newest_moved += moved as usize;
@@ -348,6 +375,22 @@ impl Scenario {
             }
             assert_plausible_share(self.test, &format!("{step}, {}", vip.name), count.newest, count.newest_moved, changed, after.ring_size());
             counts.push(count);
+        }
+        // The decap programs' own account: every kept moved connection's
+        // line was redirected at least once, and no redirect failed.
+        let redirected = self.decap_count(DecapReason::Redirected) - decap_before.0;
+        let failed = self.decap_count(DecapReason::RedirectFailed) - decap_before.1;
+        let line = format!("{step}: decap redirected {redirected} packets, {failed} redirects failed");
+        eprintln!("[{}] {line}", self.test);
+        self.lines.push(line);
+        assert_eq!(failed, 0, "[{}] {step}: redirects failed (see the decap logs)", self.test);
+        match self.mode {
+            Mode::Backend => assert!(
+                redirected >= second_chances as u64,
+                "[{}] {step}: {second_chances} connections live on through a redirect, but only {redirected} packets were redirected",
+                self.test
+            ),
+            Mode::None => assert_eq!(redirected, 0, "[{}] {step}: nothing is redirected without second chance", self.test),
         }
         self.lab.check_running().unwrap_or_else(|e| panic!("{e:#}"));
         counts
