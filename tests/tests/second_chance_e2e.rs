@@ -192,6 +192,8 @@ impl Scenario {
             &|m| eprintln!("[{test}] {m}"),
         )
         .unwrap_or_else(|e| panic!("starting the lab: {e:#}"));
+        // What the README asks of "backend" backends (both modes get it, so they differ in flow_state only).
+        lab.topo.backends_reach_each_other().unwrap_or_else(|e| panic!("{e:#}"));
         let health = (1..=HOSTS)
             .map(|i| Some(NsListener::start(lab.topo.ns_name(&backend_name(i)), HEALTH_PORT).unwrap_or_else(|e| panic!("{e:#}"))))
             .collect();

@@ -90,6 +90,8 @@ struct Outcome {
 fn run(test: &str, flow_state: &'static str, port_base: u16) -> Outcome {
     let options = HaOptions { backends: HOSTS, vips: HaVips { all: vec![1, 2, 3], flow_state: Some(flow_state) } };
     let mut lab = HaLab::start_with(bins(), [Role::Active, Role::Active], options, &|m| eprintln!("[{test}] {m}")).unwrap_or_else(|e| panic!("{e:#}"));
+    // What the README asks of "backend" backends (both modes get it, so they differ in flow_state only).
+    lab.topo.backends_reach_each_other().unwrap_or_else(|e| panic!("{e:#}"));
     lab.wait_next_hops(VIP_ALL, &[LB1_V4, LB2_V4], BGP_UP).unwrap_or_else(|e| panic!("{e:#}"));
     let client = lab.hold_client(target(), CONNECTIONS, port_base, HOLD_MS, INTERVAL_MS, ANSWER_TIMEOUT_MS).unwrap_or_else(|e| panic!("{e:#}"));
     std::thread::sleep(WARM_UP);
