@@ -1,5 +1,5 @@
 //! Builds the BPF object (lb-ebpf, with nightly and bpf-linker) and leaves it
-//! in OUT_DIR, where `dataplane::BPF_OBJECT` embeds it. Set AYA_BUILD_SKIP=1
+//! in OUT_DIR, where `dataplane::load::BPF_OBJECT` embeds it. Set AYA_BUILD_SKIP=1
 //! to skip this (e.g. for `cargo check` or clippy without bpf-linker).
 use anyhow::{anyhow, Context as _};
 use aya_build::{Package, Toolchain};

@@ -7,8 +7,9 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
     /// Where: a path such as `lb.ring_size`, `vip "web".backend[2].address`
-    /// or `vip[3].name`; for TOML syntax errors `line 7, vip[1].port`. Empty
-    /// when the problem is the file as a whole (e.g. it cannot be read).
+    /// or `vip[3].name`; for TOML errors `line 7, vip[1].port` (syntax errors:
+    /// `line 7, column 3`). Empty when the problem is the file as a whole
+    /// (e.g. it cannot be read).
     pub field: String,
     /// What, quoting the offending value.
     pub message: String,

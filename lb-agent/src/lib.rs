@@ -1,5 +1,26 @@
-//! lb-agent as a library: the pure parts (config, Maglev, plan, summary) that
-//! the binary, the tests crate and `lb-agent check` share.
+//! lb-agent as a library: what the binary (`main.rs`, the CLI on top of
+//! everything) and the tests crate share.
+//!
+//! Modules form layers, listed top down; each imports (`use crate::`) only
+//! from layers below its own, or from its own layer without forming a cycle
+//! (`cargo xtask test` checks this list against the imports, test code left
+//! out, see xtask/src/layers.rs):
+//!
+//! - L6 `runtime`: `lb-agent run` (start, adopt, reload, serve, shut down);
+//!   `decap_command`: `lb-agent decap` on a backend
+//! - L5 services and commands: `announce` (VIP routes, drain, maintenance),
+//!   `metrics`, `control` (lock, socket, client), `stats_command`, `stats`, `rates`,
+//!   `lookup_command`, `previous_owners` (the drain timer of second chance)
+//! - L4 `dataplane`: load, attach, counters, the map store and reconcile (plan
+//!   to maps), which hands the rings over to the health supervisor
+//! - L3 `health`: state machine, checkers, DSR routes; it writes rings through
+//!   a trait it owns (`HealthWriter`) and knows no map
+//! - L2 kernel access: `nexthop` (netlink), `pins` (bpffs), `xdp_attach`,
+//!   `vlan_offload`, `kernel_events`
+//! - L1 pure logic: `config` (parse and validate), `plan` (config to map
+//!   contents), `packet_policy`, `summary`; `test_config` (test configs, tests only)
+//! - L0 no `crate::` imports: `diag` (the problem type), `ids`, `maglev`,
+//!   `pin_names`, `logging`
 
 pub mod announce;
 pub mod config;
@@ -9,11 +30,18 @@ pub mod ids;
 pub mod control;
 pub mod kernel_events;
 pub mod logging;
+pub mod lookup_command;
 pub mod maglev;
 pub mod metrics;
 pub mod plan;
+pub mod previous_owners;
 pub mod summary;
+/// Test configs written as TOML: for lb-agent's unit tests and, through the
+/// `test-support` feature, the tests crate; not in a release build.
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_config;
 pub mod dataplane;
+pub mod decap_command;
 pub mod nexthop;
 pub mod packet_policy;
 pub mod pin_names;

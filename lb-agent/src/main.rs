@@ -8,12 +8,9 @@ use clap::{Parser, Subcommand};
 use lb_agent::{
     config::{Config, Protocol, XdpMode},
     control::{client, exit_code, Answer, Request},
-    dataplane,
     logging::{self, LogFormat},
     plan, runtime, stats_command, summary,
 };
-use lb_common::{programs, DecapReason};
-
 #[derive(Parser)]
 #[command(version, about = "Maglev XDP layer-4 load balancer agent", after_help = exit_code::help())]
 struct Cli {
@@ -91,6 +88,12 @@ enum Command {
         iface: String,
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: XdpModeArg,
+        /// UDP port of GUE tunnels: the LB hosts' lb.gue_port.
+        #[arg(long, default_value_t = lb_common::second_chance::DEFAULT_GUE_PORT)]
+        gue_port: u16,
+        /// Serve the decap counters in the Prometheus format at ADDRESS:PORT/metrics.
+        #[arg(long, value_name = "ADDRESS:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Print the counters of the agent running with this config.
     Stats {
@@ -167,17 +170,12 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Lookup { config, vip, port, protocol, src, src_port } => {
-            let config = load_config(&config)?;
-            let plan = plan::plan(&config);
-            let proto = match protocol {
+            let protocol = match protocol {
                 ProtocolArg::Tcp => Protocol::Tcp,
                 ProtocolArg::Udp => Protocol::Udp,
             };
-            let planned = plan::find_vip(&plan, vip, port, proto.number())
-                .with_context(|| format!("no VIP {vip} port {port} in the config"))?;
-            let id = plan::lookup(&plan, planned, src, src_port, port);
-            let backend = plan.backends.iter().find(|b| b.id == id).context("the VIP's ring is empty")?;
-            println!("{}", backend.address);
+            let flow = lb_agent::lookup_command::Flow { vip, port, protocol, src, src_port };
+            print!("{}", lb_agent::lookup_command::run(&load_config(&config)?, &flow)?);
             Ok(())
         }
         Command::Stats { config, json, interval, watch } => {
@@ -209,7 +207,11 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Decap { iface, xdp_mode } => runtime()?.block_on(decap(iface, xdp_mode.into())),
+        Command::Decap { iface, xdp_mode, gue_port, metrics } => {
+            let opts = lb_agent::decap_command::DecapOptions { iface, xdp_mode: xdp_mode.into(), gue_port, metrics };
+            print!("{}", runtime()?.block_on(lb_agent::decap_command::run(opts, wait_for_shutdown()))?);
+            Ok(())
+        }
     }
 }
 
@@ -224,30 +226,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")
-}
-
-async fn decap(iface: String, mode: XdpMode) -> Result<()> {
-    let mut ebpf = dataplane::load_minimal_object()?;
-    dataplane::load_program(&mut ebpf, programs::DECAP)?;
-    let (link, mode) = dataplane::attach(ebpf_program(&mut ebpf, programs::DECAP)?, &iface, mode)?;
-    ready(&format!("attached {} to {iface} in {mode} mode", programs::DECAP));
-    let signal = wait_for_shutdown().await;
-    let counters = dataplane::read_counters(&ebpf)?;
-    tracing::info!(
-        "{signal}: detaching from {iface}; decapsulated {} packets, passed {} others",
-        counters.decap_reason(DecapReason::Decapsulated).packets,
-        counters.decap_reason(DecapReason::NotTunnel).packets
-    );
-    ebpf_program(&mut ebpf, programs::DECAP)?.detach(link)?;
-    Ok(())
-}
-
-fn ebpf_program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut aya::programs::Xdp> {
-    Ok(ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
-}
-
-fn ready(what: &str) {
-    runtime::ready(what);
 }
 
 async fn wait_for_shutdown() -> &'static str {

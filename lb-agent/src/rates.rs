@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use lb_common::Counter;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::dataplane::Counters;
-use crate::plan::Plan;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// Per second over a window; its field names are those of `stats --json`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Rate {
     pub packets_per_second: f64,
     pub bytes_per_second: f64,
@@ -49,26 +49,6 @@ impl Rates {
 
     pub fn backend(&self, id: u32) -> Rate {
         self.backends.get(id as usize).copied().unwrap_or_default()
-    }
-
-    /// Adds `window_seconds` at the top, and `packets_per_second`,
-    /// `bytes_per_second` to each VIP and backend of `stats::to_json`'s output.
-    pub fn add_to_json(&self, json: &mut Value, plan: &Plan) {
-        json["window_seconds"] = json!(self.window.as_secs_f64());
-        let set = |v: &mut Value, r: Rate| {
-            v["packets_per_second"] = json!(r.packets_per_second);
-            v["bytes_per_second"] = json!(r.bytes_per_second);
-        };
-        if let Some(vips) = json.get_mut("vips").and_then(Value::as_array_mut) {
-            for (v, planned) in vips.iter_mut().zip(&plan.vips) {
-                set(v, self.vip(planned.row));
-            }
-        }
-        if let Some(backends) = json.get_mut("backends").and_then(Value::as_array_mut) {
-            for (v, planned) in backends.iter_mut().zip(&plan.backends) {
-                set(v, self.backend(planned.id));
-            }
-        }
     }
 }
 

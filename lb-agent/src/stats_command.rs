@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::config::Config;
 use crate::dataplane::{self, Counters};
-use crate::health;
+use crate::health::{self, report::HealthTable};
 use crate::plan::{self, Plan};
 use crate::rates::Rates;
 use crate::stats;
@@ -45,20 +45,36 @@ fn read(config: &Config) -> Result<(Counters, Instant)> {
 
 fn render(config: &Config, plan: &Plan, counters: &Counters, rates: Option<&Rates>, json: bool) -> Result<String> {
     let table = health::report::read_pinned(&config.lb.bpffs_dir)?;
+    let live = crate::dataplane::live::LiveMaps::open(&config.lb.bpffs_dir)?;
+    let previous = crate::dataplane::previous::slots_with_previous_owner(&live, plan)?;
     if json {
-        let mut out = stats::to_json(plan, counters);
-        health::report::add_to_json(&mut out, config, plan, &table);
-        if let Some(r) = rates {
-            r.add_to_json(&mut out, plan);
-        }
-        return Ok(format!("{out}\n"));
+        return Ok(json_line(config, plan, counters, &table, rates, &previous));
     }
     let mut out = stats::to_text(plan, counters, rates);
+    out += &stats::previous_to_text(plan, &previous);
     out += &health::report::to_text(config, plan, &table);
     if let Some(r) = rates {
         out += &format!("\nrates over the last {:.1} s\n", r.window.as_secs_f64());
     }
     Ok(out)
+}
+
+/// The `--json` document: counters, health and (over a window) rates, on one line.
+fn json_line(
+    config: &Config,
+    plan: &Plan,
+    counters: &Counters,
+    table: &HealthTable,
+    rates: Option<&Rates>,
+    previous: &std::collections::BTreeMap<u32, u32>,
+) -> String {
+    let mut doc = stats::to_json(plan, counters);
+    doc.add_previous(plan, previous);
+    doc.add_health(&health::report::vip_health(config, plan, table, None));
+    if let Some(r) = rates {
+        doc.add_rates(r);
+    }
+    format!("{doc}\n")
 }
 
 pub fn run(config: &Config, opts: &StatsOptions) -> Result<()> {
@@ -94,4 +110,151 @@ pub fn run(config: &Config, opts: &StatsOptions) -> Result<()> {
             return Ok(());
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use lb_common::health::{HEALTH_DOWN, HEALTH_UP, HealthEntry, HealthKey, HealthReason};
+    use lb_common::{Counter, Reason, flows::FlowEvent};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::rates::Rate;
+
+    const CONFIG: &str = r#"
+[lb]
+interface = "eth0"
+ring_size = 7
+
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+  [[vip.backend]]
+  address = "198.51.100.11"
+  [[vip.backend]]
+  address = "198.51.100.12"
+  weight = 2
+  [[vip.backend]]
+  address = "198.51.100.13"
+  backup = true
+
+[[vip]]
+name = "dns"
+address = "2001:db8::53"
+port = 53
+  [[vip.backend]]
+  address = "2001:db8::21"
+"#;
+
+    /// The whole `stats --json` document for known counters, health and
+    /// rates: the names, nesting and values operators' scripts read.
+    #[test]
+    fn json_document_names_and_nesting() {
+        let config = crate::config::parse(CONFIG, "t.toml").unwrap();
+        let plan = plan::plan(&config);
+        let (web, dns) = (plan.vip("web").unwrap().row as usize, plan.vip("dns").unwrap().row as usize);
+        let id = |a: &str| plan.backend_id(a.parse().unwrap()).unwrap();
+        let c = |packets, bytes| Counter { packets, bytes };
+        let mut counters = Counters {
+            vips: vec![Counter::default(); plan.vips.len()],
+            backends: vec![Counter::default(); plan.backends.len() + 1],
+            reasons: vec![Counter::default(); Reason::COUNT as usize],
+            ..Default::default()
+        };
+        counters.vips[web] = c(200, 9000);
+        counters.vips[dns] = c(7, 700);
+        counters.backends[id("198.51.100.11") as usize] = c(150, 6000);
+        counters.reasons[Reason::Forwarded as usize] = c(207, 9700);
+        counters.reasons[Reason::NoVip as usize] = c(3, 180);
+        let entry = |state, reason: HealthReason, since_unix_ms, fails, passes, changes, http_status| HealthEntry {
+            since_unix_ms,
+            consecutive_fails: fails,
+            consecutive_passes: passes,
+            changes,
+            http_status,
+            state,
+            reason: reason as u8,
+        };
+        let row = |r: usize| r as u32;
+        let table: HealthTable = [
+            (HealthKey { row: row(web), backend_id: id("198.51.100.11") }, entry(HEALTH_UP, HealthReason::Passed, 1000, 0, 3, 1, 200)),
+            (HealthKey { row: row(web), backend_id: id("198.51.100.12") }, entry(HEALTH_DOWN, HealthReason::HttpStatus, 2000, 3, 0, 2, 503)),
+        ]
+        .into_iter()
+        .collect();
+        let r = |packets_per_second, bytes_per_second| Rate { packets_per_second, bytes_per_second };
+        let mut rates = Rates { window: Duration::from_millis(500), vips: vec![Rate::default(); plan.vips.len()], backends: vec![Rate::default(); plan.backends.len() + 1] };
+        rates.vips[web] = r(400.0, 18000.0);
+        rates.backends[id("198.51.100.11") as usize] = r(300.0, 12000.0);
+
+        let line = json_line(&config, &plan, &counters, &table, Some(&rates), &Default::default());
+        assert!(line.ends_with("}\n") && line.matches('\n').count() == 1, "one document per line: {line:?}");
+        let mut doc: Value = serde_json::from_str(&line).unwrap();
+        let reasons = doc.as_object_mut().unwrap().remove("reasons").unwrap();
+        let flows = doc.as_object_mut().unwrap().remove("flows").unwrap();
+        let expected: Value = serde_json::from_str(EXPECTED).unwrap();
+        assert_eq!(doc, expected, "got {doc:#}");
+
+        // Every outcome and flow-table counter by its label, zero or not.
+        assert_eq!(reasons.as_object().unwrap().len(), Reason::ALL.len(), "{reasons}");
+        for reason in Reason::ALL {
+            let Counter { packets, bytes } = counters.reason(*reason);
+            assert_eq!(reasons[reason.label()], serde_json::json!({"packets": packets, "bytes": bytes}), "{}", reason.label());
+        }
+        assert_eq!(reasons["forwarded"]["packets"], 207);
+        assert_eq!(flows.as_object().unwrap().len(), FlowEvent::COUNTERS.len(), "{flows}");
+        for event in FlowEvent::COUNTERS {
+            assert_eq!(flows[event.label()], serde_json::json!({"packets": 0, "bytes": 0}), "{}", event.label());
+        }
+
+        // Without a window: no rates; without health entries: no check fields.
+        let line = json_line(&config, &plan, &counters, &HealthTable::new(), None, &Default::default());
+        let doc: Value = serde_json::from_str(&line).unwrap();
+        assert!(doc.get("window_seconds").is_none(), "{doc}");
+        let member = &doc["vips"][0]["backends"][0];
+        let keys: Vec<&str> = member.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["address", "backup", "share", "weight"], "{doc:#}");
+        assert!(doc["vips"][0].get("packets_per_second").is_none(), "{doc:#}");
+    }
+
+    /// Web: .11 up, .12 down (HTTP 503), backup .13 unchecked: degraded, .11
+    /// owns the whole ring. DNS: its one backend unchecked (counts as up).
+    const EXPECTED: &str = r#"{
+  "window_seconds": 0.5,
+  "vips": [
+    {
+      "name": "web", "address": "192.0.2.10", "port": 80, "protocol": "tcp",
+      "packets": 200, "bytes": 9000, "packets_per_second": 400.0, "bytes_per_second": 18000.0,
+      "health": "degraded",
+      "backends": [
+        {
+          "address": "198.51.100.11", "weight": 1, "backup": false, "share": 1.0,
+          "state": "up", "reason": "passed", "since_unix_ms": 1000, "fails": 0, "passes": 3, "changes": 1, "http_status": 200
+        },
+        {
+          "address": "198.51.100.12", "weight": 2, "backup": false, "share": 0.0,
+          "state": "down", "reason": "http_status 503", "since_unix_ms": 2000, "fails": 3, "passes": 0, "changes": 2, "http_status": 503
+        },
+        { "address": "198.51.100.13", "weight": 1, "backup": true, "share": 0.0 }
+      ]
+    },
+    {
+      "name": "dns", "address": "2001:db8::53", "port": 53, "protocol": "tcp",
+      "packets": 7, "bytes": 700, "packets_per_second": 0.0, "bytes_per_second": 0.0,
+      "health": "up",
+      "backends": [
+        { "address": "2001:db8::21", "weight": 1, "backup": false, "share": 1.0 }
+      ]
+    }
+  ],
+  "backends": [
+    { "address": "198.51.100.11", "packets": 150, "bytes": 6000, "packets_per_second": 300.0, "bytes_per_second": 12000.0 },
+    { "address": "198.51.100.12", "packets": 0, "bytes": 0, "packets_per_second": 0.0, "bytes_per_second": 0.0 },
+    { "address": "198.51.100.13", "packets": 0, "bytes": 0, "packets_per_second": 0.0, "bytes_per_second": 0.0 },
+    { "address": "2001:db8::21", "packets": 0, "bytes": 0, "packets_per_second": 0.0, "bytes_per_second": 0.0 }
+  ]
+}"#;
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::announce::AnnounceConfig;
+use crate::config::announce::AnnounceConfig;
 use crate::config::{BackendConfig, Config, HashMode, LbSection, Protocol, VipConfig};
 use crate::config::health::{CheckKind, HealthCheck};
 use crate::config::packets::{self, PacketPolicy};
@@ -67,11 +67,18 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
         metrics_listen: _,
         // How many established flows keep their backend through a ring change.
         flow_table_size,
+        // Reaches the kernel as each VIP's `vip.encap` (emitted there).
+        encap: _,
+        gue_port,
+        // How long second chance lasts after a ring change.
+        previous_owner_window,
         packets,
     } = lb;
     out.u32("lb.ring_size", *ring_size);
     out.u32("lb.hash_seed", *hash_seed);
     out.u32("lb.flow_table_size", *flow_table_size);
+    out.u32("lb.gue_port", u32::from(*gue_port));
+    out.u64("lb.previous_owner_window", previous_owner_window.as_millis() as u64);
     let PacketPolicy { icmp_echo, too_big, unknown_port } = packets;
     out.str("lb.icmp_echo", choice_name(packets::ECHO_CHOICES, *icmp_echo));
     out.str("lb.too_big", choice_name(packets::TOO_BIG_CHOICES, *too_big));
@@ -79,7 +86,7 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
 
     let digests: HashMap<_, u64> = plan.vips.iter().map(|v| (v.identity(), v.ring_digest)).collect();
     let mut sorted: Vec<&VipConfig> = vips.iter().collect();
-    sorted.sort_by_key(|v| (v.address, v.port, v.protocol));
+    sorted.sort_by_key(|v| v.identity());
     out.u32("vips", sorted.len() as u32);
     for vip in sorted {
         let VipConfig {
@@ -90,7 +97,8 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
             protocol,
             hash,
             fragments,
-            flow_table,
+            flow_state,
+            encap,
             backends,
             all_down,
         } = vip;
@@ -99,9 +107,10 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
         out.str("vip.protocol", protocol.as_str());
         out.str("vip.hash", hash.as_str());
         out.str("vip.fragments", choice_name(packets::FRAGMENT_CHOICES, *fragments));
-        out.u32("vip.flow_table", u32::from(*flow_table));
+        out.str("vip.flow_state", flow_state.as_str());
+        out.str("vip.encap", encap.as_str());
         out.str("vip.health.all_down", all_down.as_str());
-        let digest = digests.get(&(*address, *port, protocol.number())).copied().unwrap_or_default();
+        let digest = digests.get(&vip.identity()).copied().unwrap_or_default();
         out.u64("vip.ring", digest);
         let mut sorted: Vec<&BackendConfig> = backends.iter().collect();
         sorted.sort_by_key(|b| b.address);
@@ -207,6 +216,7 @@ pub fn render(config: &Config, plan: &Plan) -> String {
         plan.backends.len(),
         lb.max_backends - 1
     );
+    let _ = writeln!(out, "gue port       {} (previous owners kept {}s after a slot changes)", lb.gue_port, lb.previous_owner_window.as_secs());
     let _ = writeln!(out, "pinned under   {}", lb.bpffs_dir.display());
     let _ = writeln!(out, "fingerprint    {}", fingerprint(config, plan));
 
@@ -217,7 +227,16 @@ pub fn render(config: &Config, plan: &Plan) -> String {
             HashMode::Source => "source (client affinity)",
         };
         let _ = writeln!(out);
-        let _ = writeln!(out, "vip {:?}  {}  hash {}  row {}", vip.name, endpoint(vip.address, vip.port, vip.protocol), hash, pv.row);
+        let _ = writeln!(
+            out,
+            "vip {:?}  {}  hash {}  row {}  flow state {}  encap {}",
+            vip.name,
+            endpoint(vip.address, vip.port, vip.protocol),
+            hash,
+            pv.row,
+            vip.flow_state,
+            vip.encap
+        );
         render_backends(&mut out, plan, pv);
     }
     out
@@ -248,59 +267,27 @@ mod tests {
     use super::*;
     use crate::config::parse;
     use crate::plan::plan;
+    use crate::test_config::{TestBackend, TestConfig, TestVip};
     use std::collections::BTreeSet;
 
-    const A: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 1009
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  weight = 3
-[[vip]]
-name = "web6"
-address = "2001:db8:f::10"
-port = 0
-hash = "source"
-  [[vip.backend]]
-  address = "2001:db8::11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  weight = 0
-"#;
-
-    const A_REORDERED: &str = r#"
-[[vip]]
-hash = "source"
-port = 0
-address = "2001:db8:f::10"
-name = "v6"
-  [[vip.backend]]
-  weight = 0
-  address = "198.51.100.12"
-  [[vip.backend]]
-  mac = "02:00:00:00:00:11"
-  address = "2001:db8::11"
-[[vip]]
-name = "www"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  weight = 3
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.11"
-[lb]
-ring_size = 1009
-interface = "eth1"
-"#;
+    /// Two VIPs, one with a drained backend and a static MAC. `reordered`:
+    /// the same data plane written otherwise (VIPs and backends backwards,
+    /// other names, another interface).
+    fn a_config(reordered: bool) -> TestConfig {
+        let order = |mut backends: Vec<TestBackend>| {
+            if reordered {
+                backends.reverse();
+            }
+            backends
+        };
+        let name = |plain, other| if reordered { other } else { plain };
+        let b = TestBackend::new;
+        let web = order(vec![b("198.51.100.11"), b("198.51.100.12").weight(3)]).into_iter().fold(TestVip::new(name("web", "www"), "192.0.2.10:80"), TestVip::backend);
+        let web6 = TestVip::new(name("web6", "v6"), "[2001:db8:f::10]:0").set("hash", "source");
+        let web6 = order(vec![b("2001:db8::11").mac("02:00:00:00:00:11"), b("198.51.100.12").weight(0)]).into_iter().fold(web6, TestVip::backend);
+        let vips = if reordered { [web6, web] } else { [web, web6] };
+        vips.into_iter().fold(TestConfig::new().interface(name("eth0", "eth1")).ring_size(1009), TestConfig::vip)
+    }
 
     fn fp(text: &str) -> String {
         let c = parse(text, "x.toml").unwrap();
@@ -309,22 +296,23 @@ interface = "eth1"
 
     #[test]
     fn fingerprint_ignores_order_and_names() {
-        let a = fp(A);
+        let a = fp(&a_config(false).to_toml());
         assert_eq!(a.len(), 16);
-        assert_eq!(a, fp(A_REORDERED));
+        assert_eq!(a, fp(&a_config(true).to_toml()));
     }
 
     #[test]
     fn fingerprint_sees_dataplane_changes() {
-        let a = fp(A);
+        let a_text = a_config(false).to_toml();
+        let a = fp(&a_text);
         for changed in [
-            A.replace("ring_size = 1009", "ring_size = 1013"),
-            A.replace("ring_size = 1009", "ring_size = 1009\nhash_seed = 1"),
-            A.replace("weight = 3", "weight = 2"),
-            A.replace("hash = \"source\"", "hash = \"flow\""),
-            A.replace("port = 80", "port = 81"),
-            A.replace("02:00:00:00:00:11", "02:00:00:00:00:12"),
-            A.replace("198.51.100.11", "198.51.100.13"),
+            a_text.replace("ring_size = 1009", "ring_size = 1013"),
+            a_text.replace("ring_size = 1009", "ring_size = 1009\nhash_seed = 1"),
+            a_text.replace("weight = 3", "weight = 2"),
+            a_text.replace("hash = \"source\"", "hash = \"flow\""),
+            a_text.replace("port = 80", "port = 81"),
+            a_text.replace("02:00:00:00:00:11", "02:00:00:00:00:12"),
+            a_text.replace("198.51.100.11", "198.51.100.13"),
         ] {
             assert_ne!(fp(&changed), a, "{changed}");
         }
@@ -337,6 +325,9 @@ interface = "eth0"
 ring_size = 1009
 hash_seed = 0
 flow_table_size = 4096
+gue_port = 6080
+previous_owner_window = "1h"
+encap = "ipip"
 icmp_echo = "reply"
 too_big = "icmp"
 unknown_port = "pass"
@@ -347,7 +338,7 @@ port = 80
 protocol = "tcp"
 hash = "flow"
 fragments = "drop"
-flow_table = true
+flow_state = "lb"
   [vip.health]
   check = "http"
   timeout = "1s"
@@ -381,7 +372,10 @@ flow_table = true
         ("vip.protocol", "protocol = \"tcp\"", "protocol = \"udp\""),
         ("vip.hash", "hash = \"flow\"", "hash = \"source\""),
         ("vip.fragments", "fragments = \"drop\"", "fragments = \"forward\""),
-        ("vip.flow_table", "flow_table = true", "flow_table = false"),
+        ("vip.flow_state", "flow_state = \"lb\"", "flow_state = \"none\""),
+        ("vip.encap", "encap = \"ipip\"", "encap = \"gue\""),
+        ("lb.gue_port", "gue_port = 6080", "gue_port = 6081"),
+        ("lb.previous_owner_window", "previous_owner_window = \"1h\"", "previous_owner_window = \"2h\""),
         ("vip.health.all_down", "all_down = \"drop\"", "all_down = \"fail_open\""),
         ("vip.backends", "  [[vip.backend]]\n  address = \"198.51.100.12\"", "  [[vip.backend]]\n  address = \"198.51.100.12\"\n  [[vip.backend]]\n  address = \"198.51.100.13\"\n  weight = 0"),
         ("vip.backend.address", "198.51.100.12", "198.51.100.13"),
@@ -449,7 +443,7 @@ flow_table = true
 
     #[test]
     fn render_shows_everything() {
-        let c = parse(A, "x.toml").unwrap();
+        let c = a_config(false).parse();
         let p = plan(&c);
         let text = render(&c, &p);
         for needle in [

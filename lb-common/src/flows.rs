@@ -94,7 +94,7 @@ impl FlowEvent {
 
 /// Version of [`LoadedState`]'s meaning; bump when the object's maps change
 /// in a way an older pinned object cannot serve.
-pub const LOADED_STATE_VERSION: u32 = 3;
+pub const LOADED_STATE_VERSION: u32 = 4;
 
 /// The one entry of `LOADED`: what the pinned object was loaded with. A
 /// restarting agent compares it with its config; any difference needs a new
@@ -118,8 +118,10 @@ pub struct LoadedState {
     /// or `events::ON`). Unlike the fields above, a difference does not stop
     /// an adoption: the agent warns and keeps what runs.
     pub kernel_events: u32,
+    /// The `GUE_PORT` global (a changed `lb.gue_port` needs a new object).
+    pub gue_port: u32,
 }
-const _: () = assert!(core::mem::size_of::<LoadedState>() == 72);
+const _: () = assert!(core::mem::size_of::<LoadedState>() == 76);
 
 #[cfg(feature = "user")]
 mod pod {

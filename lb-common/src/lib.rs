@@ -66,9 +66,9 @@ pub mod maps {
     pub const PREVIOUS: &str = "PREVIOUS";
 
     /// Every map of the object, for pinning and for the loader test.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         VIPS, RINGS, BACKENDS, VIP_STATS, BACKEND_STATS, REASON_STATS, DECAP_STATS, HEALTH, FLOWS, MEMBERS, FLOW_STATS,
-        LOADED, VIP_FILTER,
+        LOADED, VIP_FILTER, PREVIOUS,
     ];
 }
 
@@ -104,7 +104,7 @@ pub mod globals {
     pub const POLICY: &str = "POLICY";
     /// `u32`: backend ids per VIP row in `MEMBERS` (the config's `max_backends`).
     pub const MAX_BACKENDS: &str = "MAX_BACKENDS";
-    /// `u32`: UDP destination port of GUE tunnels (host order): where the
+    /// `u16`: UDP destination port of GUE tunnels (host order): where the
     /// balancer sends GUE and where the decap program expects it.
     pub const GUE_PORT: &str = "GUE_PORT";
 }

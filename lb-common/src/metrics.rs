@@ -38,6 +38,14 @@ pub const VIP_BACKENDS_UP: &str = "lb_vip_backends_up";
 pub const RING_SIZE: &str = "lb_ring_size";
 /// Gauge `{vip, backend}`: fraction of the VIP's ring slots the backend owns now (0..=1).
 pub const RING_SHARE: &str = "lb_ring_share_ratio";
+/// Gauge `{vip}`: ring slots that have a previous owner now (`flow_state = "backend"`
+/// VIPs after a ring change, until `lb.previous_owner_window` passes; 0 for other VIPs).
+pub const VIP_PREVIOUS_OWNER_SLOTS: &str = "lb_vip_previous_owner_slots";
+/// Counter `{reason, action}`: packets the backends' decap program saw
+/// (`lb-agent decap --metrics`), by outcome (`lb_common::DecapReason::label`).
+pub const DECAP_PACKETS: &str = "lb_decap_packets_total";
+/// Counter `{reason, action}`: bytes of those packets.
+pub const DECAP_BYTES: &str = "lb_decap_bytes_total";
 /// Gauge: bumped every time the agent programs a config (1 after start).
 pub const CONFIG_GENERATION: &str = "lb_config_generation";
 /// Gauge `{fingerprint}` = 1: fingerprint of the effective config (`lb-agent check`), equal on LB hosts that forward alike.
@@ -47,7 +55,10 @@ pub const BUILD_INFO: &str = "lb_build_info";
 /// Gauge `{interface, mode}` = 1: where the balancer is attached and how (`native` or `generic` XDP).
 pub const XDP_ATTACH_INFO: &str = "lb_xdp_attach_info";
 
-/// Every metric name, for tests and documentation.
+/// The metrics of `lb-agent decap --metrics` (a backend host's own endpoint).
+pub const DECAP_ALL: &[&str] = &[DECAP_PACKETS, DECAP_BYTES, BUILD_INFO];
+
+/// Every metric name `lb-agent run` serves, for tests and documentation.
 pub const ALL: &[&str] = &[
     VIP_PACKETS,
     VIP_BYTES,
@@ -65,6 +76,7 @@ pub const ALL: &[&str] = &[
     VIP_BACKENDS_UP,
     RING_SIZE,
     RING_SHARE,
+    VIP_PREVIOUS_OWNER_SLOTS,
     CONFIG_GENERATION,
     CONFIG_INFO,
     BUILD_INFO,

@@ -112,7 +112,8 @@ reasons! {
 reasons! {
     /// Outcome of the decap program for one packet.
     DecapReason {
-        /// An IPIP / IP6IP6 / 4in6 / 6in4 packet whose outer header was removed.
+        /// An IPIP / IP6IP6 / 4in6 / 6in4 packet, or GUE without second-chance data, whose outer
+        /// headers were removed.
         Decapsulated = 0 => Pass, "decapsulated";
         /// Not a tunnel packet: passed untouched.
         NotTunnel = 1 => Pass, "not_tunnel";
@@ -122,6 +123,34 @@ reasons! {
         Unsupported = 3 => Pass, "unsupported";
         /// `bpf_xdp_adjust_head` failed after the packet was recognised.
         AdjustFailed = 4 => Drop, "adjust_failed";
+        /// GUE with second-chance data, inner packet a TCP SYN without ACK: a new connection, decapsulated.
+        AcceptedSyn = 5 => Pass, "accepted_syn";
+        /// GUE with second-chance data, TCP, and a local socket of its 4-tuple that is not a listener
+        /// (established, closing, or a request socket in SYN-RECV): decapsulated.
+        AcceptedSocket = 6 => Pass, "accepted_socket";
+        /// GUE with second-chance data, TCP, only a listener, and `bpf_tcp_check_syncookie` accepted the
+        /// ACK: the handshake's last ACK of a SYN-cookie connection, decapsulated.
+        AcceptedSyncookie = 7 => Pass, "accepted_syncookie";
+        /// GUE with second-chance data already redirected once (hops >= 1): decapsulated whatever else is
+        /// true, never redirected again.
+        AcceptedRedirected = 8 => Pass, "accepted_redirected";
+        /// GUE with second-chance data whose inner packet is not TCP, or has no TCP header to judge
+        /// by (an IPv4 fragment or short header, IPv6 TCP behind extension headers): decapsulated.
+        AcceptedOther = 9 => Pass, "accepted_other";
+        /// GUE with second-chance data, TCP without a local connection, and no previous owner this host
+        /// can send to (its family is not the outer header's): decapsulated; the stack answers RST.
+        UnknownNoPrevious = 10 => Pass, "unknown_no_previous";
+        /// TCP without a local connection, re-encapsulated in place toward the previous owner (hops 1)
+        /// and sent back out of the interface it came in on.
+        Redirected = 11 => Tx, "redirected";
+        /// TCP without a local connection whose previous owner is not reachable through the interface it
+        /// came in on (no route, no neighbour entry, forwarding off, another interface): decapsulated.
+        RedirectFailed = 12 => Pass, "redirect_failed";
+        /// UDP to the GUE port that is not GUE as the balancer sends it (version or C bit set, flags
+        /// set, inner protocol not 4/41, Hlen neither 0 nor the second-chance block, unknown private data, Hlen or
+        /// inner header beyond the packet, inner version not the announced one): dropped, since nothing
+        /// else listens on that port.
+        GueMalformed = 13 => Drop, "gue_malformed";
     }
 }
 

@@ -1,15 +1,16 @@
 //! The balancer's per-packet dispatch: fragments, TCP/UDP flows and ICMP
 //! each go to their policy; a TCP/UDP packet to a VIP is placed by the flow
-//! table and forwarded.
+//! table (or, TCP to a second-chance VIP, by the ring alone) and forwarded,
+//! in GUE with the slot's previous owner for a second-chance VIP.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{packet_policy::POLICY_UNKNOWN_PORT_DROP, Reason};
+use lb_common::{packet_policy::POLICY_UNKNOWN_PORT_DROP, second_chance::VIP_FLAG_GUE, Reason};
 
 use crate::{
     flows,
-    forward::{forward_to, TooBig},
+    forward::{forward_gue_to, forward_to, TooBig},
     fragment, icmp,
-    lookup::{address_entry, flow_hash, lookup_vip, may_be_vip_address},
+    lookup::{address_entry, flow_hash, lookup_vip, may_be_vip_address, previous_owner},
     maps::policy,
     parse::{is_tcp_udp, parse_ip, parse_ports, Flow, Ip},
 };
@@ -58,6 +59,11 @@ fn balance_flow(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     }
     let hash = flow_hash(&flow, &vip);
     let (backend_id, backend) = flows::choose(ctx, ip, &flow, &vip, hash, ctx.data_end() - ctx.data())?;
+    if vip.flags & VIP_FLAG_GUE != 0 {
+        let previous = if flows::ring_only(ip, &vip) { previous_owner(&vip, hash, backend_id) } else { None };
+        forward_gue_to(ctx, &flow, &vip, hash, TooBig::Answer, backend_id, backend, previous.as_ref())?;
+        return Ok(Reason::Forwarded);
+    }
     forward_to(ctx, &flow, &vip, hash, TooBig::Answer, backend_id, backend)?;
     Ok(Reason::Forwarded)
 }

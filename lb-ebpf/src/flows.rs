@@ -2,11 +2,13 @@
 //! backend is a usable member of the VIP; a TCP SYN, an unknown flow, or a
 //! flow whose backend was removed or went down takes the ring's choice, which
 //! is then recorded. A TCP packet without SYN that misses is also counted as
-//! `NonSynMiss` (an established flow the table lost). VIPs with `VIP_FLAG_STATELESS` skip the table.
+//! `NonSynMiss` (an established flow the table lost). VIPs with `VIP_FLAG_STATELESS` skip the table,
+//! and so does TCP to a second-chance VIP.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     flows::{member_index, FlowEntry, FlowEvent, FlowKey, MEMBER_USABLE, VIP_FLAG_STATELESS},
+    second_chance::VIP_FLAG_SECOND_CHANCE,
     BackendEntry, Reason, VipMeta, PROTO_TCP,
 };
 
@@ -28,7 +30,9 @@ const TCP_ACK: u8 = 0x10;
 #[inline(always)]
 #[expect(clippy::needless_borrows_for_generic_args, reason = "a key by value is copied once more: about 20 instructions per packet")]
 pub fn choose(ctx: &XdpContext, ip: &Ip, flow: &Flow, vip: &VipMeta, hash: u32, frame_len: usize) -> Result<(u32, BackendEntry), Reason> {
-    if vip.flags & VIP_FLAG_STATELESS != 0 {
+    // One test of the flags on the common path; TCP on a second-chance VIP
+    // keeps its state on the backends (see `lb_common::second_chance`).
+    if vip.flags & (VIP_FLAG_STATELESS | VIP_FLAG_SECOND_CHANCE) != 0 && ring_only(ip, vip) {
         return pick_backend(vip, hash);
     }
     let key = FlowKey::new(flow.src, flow.dst, flow.src_port_be, flow.dst_port_be, flow.proto, flow.family);
@@ -63,6 +67,13 @@ pub fn choose(ctx: &XdpContext, ip: &Ip, flow: &Flow, vip: &VipMeta, hash: u32, 
     // stickiness for this flow, so it does not stop the packet.
     let _ = FLOWS.insert(&key, &FlowEntry { backend_id: id, _pad: 0 }, 0);
     Ok((id, backend))
+}
+
+/// Whether the ring alone places this packet (no flow table): a stateless
+/// VIP, or TCP to a second-chance VIP.
+#[inline(always)]
+pub fn ring_only(ip: &Ip, vip: &VipMeta) -> bool {
+    vip.flags & VIP_FLAG_STATELESS != 0 || (vip.flags & VIP_FLAG_SECOND_CHANCE != 0 && ip.proto == PROTO_TCP)
 }
 
 /// The backend `id` if it is still a usable member of VIP `row`.

@@ -1,12 +1,13 @@
 //! Forwarding toward a chosen backend: the MTU check (answered or dropped,
-//! per `TooBig`), encapsulation, and the VIP and backend counters.
+//! per `TooBig`), encapsulation (IPIP / IP6IP6 or GUE), and the VIP and
+//! backend counters.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{packet_policy::POLICY_TOO_BIG_ICMP, BackendEntry, Reason, VipMeta};
+use lb_common::{packet_policy::POLICY_TOO_BIG_ICMP, second_chance::VIP_FLAG_GUE, BackendEntry, Reason, VipMeta};
 
 use crate::{
     counters::{count_backend, count_vip},
-    encap,
+    encap, gue,
     lookup::pick_backend,
     maps::{mtu, policy},
     parse::Flow,
@@ -22,10 +23,14 @@ pub enum TooBig {
     Drop,
 }
 
-/// Picks the backend from the VIP's ring, checks the MTU and encapsulates.
+/// Picks the backend from the VIP's ring, checks the MTU and encapsulates
+/// (in GUE, without second-chance data, for a VIP with `VIP_FLAG_GUE`).
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, flow: &Flow, vip: &VipMeta, hash: u32, too_big: TooBig) -> Result<(), Reason> {
     let (backend_id, backend) = pick_backend(vip, hash)?;
+    if vip.flags & VIP_FLAG_GUE != 0 {
+        return forward_gue_to(ctx, flow, vip, hash, too_big, backend_id, backend, None);
+    }
     forward_to(ctx, flow, vip, hash, too_big, backend_id, backend)
 }
 
@@ -40,7 +45,40 @@ pub fn forward_to(
     backend_id: u32,
     backend: BackendEntry,
 ) -> Result<(), Reason> {
-    let overhead = encap::overhead(&backend);
+    check_mtu(ctx, flow, too_big, encap::overhead(&backend))?;
+    let frame_len = ctx.data_end() - ctx.data();
+    encap::encapsulate(ctx, flow, &backend, hash)?;
+    count_vip(vip.row, frame_len);
+    count_backend(backend_id, frame_len);
+    Ok(())
+}
+
+/// [`forward_to`] in GUE; `previous` (a slot's previous owner) goes into
+/// the second-chance block.
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "as `forward_to`, plus the previous owner")]
+pub fn forward_gue_to(
+    ctx: &XdpContext,
+    flow: &Flow,
+    vip: &VipMeta,
+    hash: u32,
+    too_big: TooBig,
+    backend_id: u32,
+    backend: BackendEntry,
+    previous: Option<&BackendEntry>,
+) -> Result<(), Reason> {
+    check_mtu(ctx, flow, too_big, gue::overhead(&backend, previous))?;
+    let frame_len = ctx.data_end() - ctx.data();
+    gue::encapsulate(ctx, flow, &backend, previous, hash)?;
+    count_vip(vip.row, frame_len);
+    count_backend(backend_id, frame_len);
+    Ok(())
+}
+
+/// `Err` when the packet plus `overhead` bytes of tunnel would exceed the
+/// MTU (answered with ICMP per `too_big` and the policy, or dropped).
+#[inline(always)]
+fn check_mtu(ctx: &XdpContext, flow: &Flow, too_big: TooBig, overhead: usize) -> Result<(), Reason> {
     let limit = mtu() as usize;
     if limit != 0 && flow.ip_len + overhead > limit {
         if too_big == TooBig::Answer && policy(POLICY_TOO_BIG_ICMP) {
@@ -49,9 +87,5 @@ pub fn forward_to(
         }
         return Err(Reason::TooBigDropped);
     }
-    let frame_len = ctx.data_end() - ctx.data();
-    encap::encapsulate(ctx, flow, &backend, hash)?;
-    count_vip(vip.row, frame_len);
-    count_backend(backend_id, frame_len);
     Ok(())
 }

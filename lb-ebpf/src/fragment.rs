@@ -6,7 +6,7 @@
 //! which reassembles. Fragments to other addresses pass untouched.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{packet_policy::fragment_row, Reason, VipMeta};
+use lb_common::{packet_policy::fragment_row, second_chance::VIP_FLAG_GUE, Reason, VipMeta};
 
 use crate::{
     forward::{forward, TooBig},
@@ -26,7 +26,9 @@ pub fn handle(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     }
     let flow = Flow::of(ip, NO_PORT, NO_PORT);
     // Flow hashing (not source hashing) with zero ports: addresses and protocol.
-    let vip = VipMeta { row, flags: 0 };
+    // The address entry carries the VIP's GUE flag (the agent copies it), so
+    // fragments travel in the tunnel their VIP's other packets use.
+    let vip = VipMeta { row, flags: entry.flags & VIP_FLAG_GUE };
     forward(ctx, &flow, &vip, flow_hash(&flow, &vip), TooBig::Drop)?;
     Ok(Reason::FragmentForwarded)
 }

@@ -1,6 +1,6 @@
 //! Lookups shared by every policy: the VIP of a flow or an address (behind
-//! the `VIP_FILTER` pre-check), the flow hash, the Maglev ring's pick and the
-//! backend table.
+//! the `VIP_FILTER` pre-check), the flow hash, the Maglev ring's pick (and a
+//! slot's previous owner) and the backend table.
 
 use lb_common::{
     hash::{flow_hash_v4, flow_hash_v6, ports_word, source_hash},
@@ -9,7 +9,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{hash_seed, ring_size, BACKENDS, RINGS, VIPS, VIP_FILTER},
+    maps::{hash_seed, ring_size, BACKENDS, PREVIOUS, RINGS, VIPS, VIP_FILTER},
     parse::{Flow, Ip},
 };
 
@@ -85,6 +85,20 @@ pub fn pick_backend(vip: &VipMeta, hash: u32) -> Result<(u32, BackendEntry), Rea
     }
     let backend = backend_entry(id).ok_or(Reason::UnknownBackend)?;
     Ok((id, backend))
+}
+
+/// The previous owner of the ring slot of `hash` (`PREVIOUS`), when there is
+/// one that differs from `current` and is in use: second chance, the
+/// previous owner may still hold the flow's connection.
+#[inline(always)]
+pub fn previous_owner(vip: &VipMeta, hash: u32, current: u32) -> Option<BackendEntry> {
+    let size = ring_size();
+    let slot = vip.row.wrapping_mul(size) + hash.checked_rem(size)?;
+    let id = *PREVIOUS.get(slot)?;
+    if id == NO_BACKEND || id == current {
+        return None;
+    }
+    backend_entry(id)
 }
 
 /// The entry of backend `id`, if it is in use (family set).

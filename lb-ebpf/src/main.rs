@@ -7,12 +7,14 @@
 //!
 //! - L6 `main`: the XDP entry points below
 //! - L5 entry programs: `balancer` (dispatch), `decap`, `health_encap`, `floors`
-//! - L4 policies: `flows` (the flow table), `fragment`, `icmp`
+//! - L4 policies: `flows` (the flow table), `fragment`, `icmp`,
+//!   `second_chance` (the backend's accept-or-redirect of GUE packets)
 //! - L3 `forward`: MTU check, encapsulate, count
 //! - L2 primitives: `lookup` (VIP, flow hash, Maglev ring, backend), `encap`
-//!   (IPIP / IP6IP6), `reply` (ICMP answers to the client), `events`
-//!   (aya-log records, off by default)
-//! - L1 `parse` (Ethernet, VLAN, IPv4/IPv6, TCP/UDP), `counters`
+//!   (IPIP / IP6IP6), `gue` (GUE), `reply` (ICMP answers to the client),
+//!   `events` (aya-log records, off by default)
+//! - L1 `parse` (Ethernet, VLAN, IPv4/IPv6, TCP/UDP), `counters`, `outer`
+//!   (the tunnels' L2 and outer IP headers)
 //! - L0 no `crate::` imports: `packet` (bounds-checked access), `maps`
 //!   (every map and load-time global), `checksum`, `addr`, `icmp_wire`
 #![no_std]
@@ -29,14 +31,17 @@ mod floors;
 mod flows;
 mod forward;
 mod fragment;
+mod gue;
 mod health_encap;
 mod icmp;
 mod icmp_wire;
 mod lookup;
 mod maps;
+mod outer;
 mod packet;
 mod parse;
 mod reply;
+mod second_chance;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 

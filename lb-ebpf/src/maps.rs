@@ -58,6 +58,13 @@ pub static FLOW_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Flow
 #[map]
 pub static VIP_FILTER: Array<u64> = Array::with_max_entries(lb_common::vip_filter::WORDS, 0);
 
+/// The previous owner of each ring slot of a second-chance VIP, shaped like
+/// `RINGS` (the agent sizes it the same); written by the agent only (see
+/// `lb_common::second_chance`).
+#[map]
+pub static PREVIOUS: Array<u32> =
+    Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
 /// Written by the agent only (see `lb_common::maps::LOADED`).
 #[map]
 pub static LOADED: Array<LoadedState> = Array::with_max_entries(1, 0);
@@ -79,6 +86,8 @@ static MTU: u32 = 0;
 static POLICY: u32 = lb_common::packet_policy::DEFAULT_POLICY;
 #[unsafe(no_mangle)]
 static MAX_BACKENDS: u32 = DEFAULT_MAX_BACKENDS;
+#[unsafe(no_mangle)]
+static GUE_PORT: u16 = lb_common::second_chance::DEFAULT_GUE_PORT;
 
 #[inline(always)]
 pub fn ring_size() -> u32 {
@@ -125,4 +134,11 @@ pub fn policy(bit: u32) -> bool {
 pub fn max_backends() -> u32 {
     // SAFETY: as in `ring_size`.
     unsafe { core::ptr::read_volatile(&MAX_BACKENDS) }
+}
+
+/// UDP destination port of GUE tunnels, in network order (as in the packet).
+#[inline(always)]
+pub fn gue_port_be() -> u16 {
+    // SAFETY: as in `ring_size`.
+    unsafe { core::ptr::read_volatile(&GUE_PORT) }.to_be()
 }

@@ -320,7 +320,8 @@ impl Stats {
 
 /// Parses the stdout of `lb-agent lookup`: one backend address.
 pub fn parse_lookup(stdout: &str) -> Result<IpAddr> {
-    let t = stdout.trim();
+    // The first line; a "backend" VIP's second names the previous owner.
+    let t = stdout.lines().next().unwrap_or_default().trim();
     t.parse::<IpAddr>()
         .or_else(|_| t.parse::<SocketAddr>().map(|s| s.ip()))
         .with_context(|| format!("`lb-agent lookup` printed {t:?}, not a backend address"))

@@ -29,6 +29,9 @@ pub struct Overrides {
     pub flow_table_size: Option<u32>,
     /// Load with kernel events (aya-log records) on.
     pub kernel_events: bool,
+    /// (VIP name, flags) added to a planned VIP's flags before the plan is
+    /// written: flags a test needs that its config does not set.
+    pub vip_flags: &'static [(&'static str, u32)],
 }
 
 /// A loaded object, the config it came from and the plan written into it.
@@ -42,7 +45,11 @@ pub struct Loaded {
 /// `programs`, and writes the plan (backends must all have a `mac`).
 pub fn load(text: &str, origin: &str, programs: &[&str], overrides: Overrides) -> Result<Loaded> {
     let config = config::parse(text, origin).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let plan = plan::plan(&config);
+    let mut plan = plan::plan(&config);
+    for (name, flags) in overrides.vip_flags {
+        let vip = plan.vips.iter_mut().find(|v| v.name == *name).with_context(|| format!("no VIP {name} in {origin}"))?;
+        vip.meta.flags |= flags;
+    }
     let mut opts = LoadOptions::from_config(&config, overrides.mtu, None, None);
     if let Some(size) = overrides.flow_table_size {
         opts.flow_table_size = size;
@@ -68,9 +75,22 @@ pub fn load(text: &str, origin: &str, programs: &[&str], overrides: Overrides) -
 /// One BPF_PROG_TEST_RUN of `program` on a fresh copy of `input`: the
 /// action, the output packet and the kernel-reported duration.
 pub fn run(ebpf: &Ebpf, program: &str, input: &[u8]) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+    run_from(ebpf, program, input, None)
+}
+
+/// [`run`] as if the packet arrived on interface `ingress_ifindex` of the
+/// calling thread's network namespace (`None`: its loopback device, the
+/// kernel's default). Helpers that look at the netns (socket and FIB
+/// lookups) see that namespace.
+pub fn run_from(ebpf: &Ebpf, program: &str, input: &[u8], ingress_ifindex: Option<u32>) -> Result<(u32, Vec<u8>, std::time::Duration)> {
     let xdp: &Xdp = ebpf.program(program).with_context(|| format!("no program {program}"))?.try_into()?;
     let mut out = vec![0u8; input.len() + OUT_SLACK];
-    let r = xdp.test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() })?;
+    // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let md: Vec<u8> = ingress_ifindex
+        .map(|i| [0, input.len() as u32, 0, i, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect())
+        .unwrap_or_default();
+    let ctx_in = ingress_ifindex.map(|_| md.as_slice());
+    let r = xdp.test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ctx_in, ..TestRunOptions::new() })?;
     out.truncate(r.data_size_out as usize);
     Ok((r.return_value, out, r.duration))
 }

@@ -12,6 +12,7 @@ use std::{
 use aya_log::EbpfLogger;
 use etherparse::PacketBuilder;
 use lb_tests::bpf::{self, Loaded, Overrides};
+use lb_tests::configs::{self, TestVip, BACKENDS_V4};
 use lb_common::{programs, Action};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
@@ -21,25 +22,11 @@ const CLIENT_PORT: u16 = 40_000;
 /// Offset of the outer IPv4 destination in an encapsulated frame.
 const OUTER_DST: usize = 14 + 16;
 
-const CONFIG: &str = r#"
-[lb]
-interface = "fixture0"
-tunnel_source_v4 = "198.51.100.2"
-ring_size = 1021
-max_vips = 2
-max_backends = 8
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-"#;
+/// One VIP on two backends.
+fn config() -> String {
+    let web = TestVip::new("web", "192.0.2.10:80").backends(&BACKENDS_V4[..2]);
+    configs::unattached("fixture0").ring_size(1021).max_vips(2).max_backends(8).vip(web).static_macs().to_toml()
+}
 
 /// Collects the records aya-log hands over.
 #[derive(Clone, Default)]
@@ -77,7 +64,7 @@ struct Run {
 /// for another host (passed).
 fn run(kernel_events: bool) -> Run {
     let overrides = Overrides { kernel_events, flow_table_size: Some(64), ..Overrides::default() };
-    let Loaded { mut ebpf, .. } = bpf::load(CONFIG, "events.toml", &[programs::BALANCER], overrides).expect("load the balancer");
+    let Loaded { mut ebpf, .. } = bpf::load(&config(), "events.toml", &[programs::BALANCER], overrides).expect("load the balancer");
     let capture = Capture::default();
     let mut logger = EbpfLogger::init_with_logger(&mut ebpf, capture.clone()).expect("open the aya-log ring buffer");
 

@@ -14,128 +14,35 @@ use lb_agent::{
     plan::{self, Plan},
 };
 use lb_tests::bpf::{self, Loaded, Overrides};
+use lb_tests::configs::{self, TestVip, BACKENDS_V4, TUNNEL_V4, TUNNEL_V6};
 use lb_common::{programs, Action, DecapReason, Reason, PROTO_TCP, PROTO_UDP};
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
-const TUNNEL_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const TUNNEL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x2);
 /// The interface MTU the balancer is loaded with.
 const FIXTURE_MTU: u32 = 1500;
 /// Flows the fixtures' flow table holds (a few hundred are used).
 const FIXTURE_FLOW_TABLE: u32 = 4096;
 
-const CONFIG: &str = r#"
-[lb]
-interface = "fixture0"
-tunnel_source_v4 = "198.51.100.2"
-tunnel_source_v6 = "2001:db8::2"
-ring_size = 1021
-hash_seed = 0x5eed
-max_vips = 16
-max_backends = 64
-bpffs_dir = "/sys/fs/bpf/lb-fixtures-unused"
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-protocol = "tcp"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-
-[[vip]]
-name = "dns"
-address = "192.0.2.10"
-port = 53
-protocol = "udp"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-
-[[vip]]
-name = "any-port"
-address = "192.0.2.20"
-port = 0
-protocol = "tcp"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-
-[[vip]]
-name = "sticky"
-address = "192.0.2.40"
-port = 80
-protocol = "tcp"
-hash = "source"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-
-[[vip]]
-name = "web6"
-address = "2001:db8:f::10"
-port = 80
-protocol = "tcp"
-  [[vip.backend]]
-  address = "2001:db8::11"
-  mac = "02:00:00:00:01:11"
-  [[vip.backend]]
-  address = "2001:db8::12"
-  mac = "02:00:00:00:01:12"
-
-[[vip]]
-name = "v4-to-v6"
-address = "192.0.2.30"
-port = 80
-protocol = "tcp"
-  [[vip.backend]]
-  address = "2001:db8::21"
-  mac = "02:00:00:00:01:21"
-
-[[vip]]
-name = "frag-dns"
-address = "192.0.2.50"
-port = 53
-protocol = "udp"
-fragments = "forward"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-
-[[vip]]
-name = "v6-to-v4"
-address = "2001:db8:f::20"
-port = 53
-protocol = "udp"
-  [[vip.backend]]
-  address = "198.51.100.21"
-  mac = "02:00:00:00:00:21"
-"#;
+/// Eight VIPs: TCP and UDP on one address, any port, source hash, IPv6,
+/// both cross-family tunnels and forwarded fragments; `policy` adds `[lb]`
+/// packet policies.
+fn config(policy: &[(&str, &str)]) -> String {
+    let c = configs::unattached("fixture0").ring_size(1021).hash_seed(0x5eed).max_vips(16).max_backends(64);
+    let c = policy.iter().fold(c.lb("bpffs_dir", "/sys/fs/bpf/lb-fixtures-unused"), |c, (key, value)| c.lb(key, *value));
+    c.vip(configs::web())
+        .vip(configs::dns())
+        .vip(TestVip::new("any-port", "192.0.2.20:0").backends(["198.51.100.13"]))
+        .vip(TestVip::new("sticky", "192.0.2.40:80").set("hash", "source").backends(BACKENDS_V4))
+        .vip(configs::web6())
+        .vip(TestVip::new("v4-to-v6", "192.0.2.30:80").backends(["2001:db8::21"]))
+        .vip(TestVip::new("frag-dns", "192.0.2.50:53/udp").set("fragments", "forward").backends(BACKENDS_V4))
+        .vip(TestVip::new("v6-to-v4", "[2001:db8:f::20]:53/udp").backends(["198.51.100.21"]))
+        .static_macs()
+        .to_toml()
+}
 
 struct Harness {
     ebpf: Ebpf,
@@ -146,17 +53,17 @@ struct Harness {
 
 impl Harness {
     fn new() -> Option<Self> {
-        Self::with_policy("")
+        Self::with_policy(&[])
     }
 
-    /// A harness whose `[lb]` table also has `policy_lines` (packet policies).
-    fn with_policy(policy_lines: &str) -> Option<Self> {
+    /// A harness whose `[lb]` table also has `policy` (packet policies).
+    fn with_policy(policy: &[(&str, &str)]) -> Option<Self> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("SKIPPED: packet fixtures load BPF programs and need root");
             return None;
         }
-        let text = CONFIG.replacen("[lb]\n", &format!("[lb]\n{policy_lines}"), 1);
+        let text = config(policy);
         let overrides = Overrides { mtu: FIXTURE_MTU, flow_table_size: Some(FIXTURE_FLOW_TABLE), ..Overrides::default() };
         let Loaded { ebpf, plan, .. } =
             bpf::load(&text, "fixtures.toml", &[programs::BALANCER, programs::DECAP], overrides).expect("load the fixture object");
@@ -727,7 +634,7 @@ fn icmp_echo_to_a_vip_is_answered_and_other_echo_passes() {
     let short = ip4_raw(CLIENT_V4, VIP4, 64, ICMP, &[8, 0, 0]);
     h.expect("icmp header cut short", &short, Reason::IcmpToVip);
 
-    let Some(mut pass) = Harness::with_policy("icmp_echo = \"pass\"\n") else { return };
+    let Some(mut pass) = Harness::with_policy(&[("icmp_echo", "pass")]) else { return };
     pass.expect("icmp echo to a vip, icmp_echo = pass", &echo4, Reason::IcmpToVip);
     pass.expect("icmpv6 echo to a vip, icmp_echo = pass", &echo6, Reason::IcmpToVip);
 }
@@ -813,7 +720,7 @@ fn packets_too_big_for_the_tunnel_get_an_icmp_answer_or_a_drop() {
     let big_error = icmp4_error(Ipv4Addr::new(198, 51, 100, 1), VIP4, 11, 0, [0; 4], &backend_reply4(VIP4, 80, 41000, 1460));
     h.expect("too-big icmp error", &big_error, Reason::TooBigDropped);
 
-    let Some(mut drop) = Harness::with_policy("too_big = \"drop\"\n") else { return };
+    let Some(mut drop) = Harness::with_policy(&[("too_big", "drop")]) else { return };
     drop.expect("too big, too_big = drop", &big, Reason::TooBigDropped);
     drop.expect("fits, too_big = drop", &fits, Reason::Forwarded);
 }
@@ -884,7 +791,7 @@ fn unknown_ports_ttl_multicast_and_other_protocols_get_defined_actions() {
     h.expect("esp to a vip", &ip4_raw(CLIENT_V4, VIP4, 64, 50, &[0; 32]), Reason::NotTcpUdp);
     h.expect("ipv6 udp to a tcp vip", &udp6(VIP6, 1, 80, b"x"), Reason::UnknownPortPassed);
 
-    let Some(mut strict) = Harness::with_policy("unknown_port = \"drop\"\n") else { return };
+    let Some(mut strict) = Harness::with_policy(&[("unknown_port", "drop")]) else { return };
     strict.expect("vip address, unknown port (drop)", &tcp4(VIP4, 1, 443), Reason::UnknownPortDropped);
     strict.expect("vip address, other protocol on a vip port (drop)", &udp4(VIP4, 1, 80, b"x"), Reason::UnknownPortDropped);
     strict.expect("host address, unknown port", &tcp4(TUNNEL_V4, 1, 443), Reason::NoVip);

@@ -14,6 +14,7 @@ use lb_agent::{
     dataplane::rings::MappedRings,
 };
 use lb_tests::bpf::{self, Loaded, Overrides};
+use lb_tests::configs::{self, TestVip, BACKENDS_V4};
 use lb_common::{
     flows::{member_index, FlowEvent, MEMBER_UNUSABLE},
     maps, programs, Action, BackendEntry,
@@ -27,43 +28,17 @@ const FLOW_TABLE: u32 = 4096;
 /// Offset of the outer IPv4 destination in an encapsulated frame.
 const OUTER_DST: usize = 14 + 16;
 
-const CONFIG: &str = r#"
-[lb]
-interface = "fixture0"
-tunnel_source_v4 = "198.51.100.2"
-ring_size = 1021
-max_vips = 4
-max_backends = 16
-
-[[vip]]
-name = "sticky"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-
-[[vip]]
-name = "stateless"
-address = "192.0.2.10"
-port = 81
-flow_table = false
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-"#;
+/// One address, two ports: a VIP with the flow table and a stateless one.
+fn config() -> String {
+    configs::unattached("fixture0")
+        .ring_size(1021)
+        .max_vips(4)
+        .max_backends(16)
+        .vip(TestVip::new("sticky", "192.0.2.10:80").backends(BACKENDS_V4))
+        .vip(TestVip::new("stateless", "192.0.2.10:81").flow_table(false).backends(BACKENDS_V4))
+        .static_macs()
+        .to_toml()
+}
 
 struct Harness {
     ebpf: Ebpf,
@@ -80,7 +55,7 @@ impl Harness {
         }
         let overrides = Overrides { flow_table_size: Some(FLOW_TABLE), ..Overrides::default() };
         let Loaded { ebpf, plan, config } =
-            bpf::load(CONFIG, "flows.toml", &[programs::BALANCER], overrides).expect("load the fixture object");
+            bpf::load(&config(), "flows.toml", &[programs::BALANCER], overrides).expect("load the fixture object");
         Some(Harness { ebpf, plan, max_backends: config.lb.max_backends })
     }
 

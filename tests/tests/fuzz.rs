@@ -24,6 +24,7 @@ use aya::Ebpf;
 use etherparse::{IpNumber, PacketBuilder, VlanId};
 use lb_agent::dataplane;
 use lb_tests::bpf::{self, Loaded, Overrides};
+use lb_tests::configs::{self, TestVip, BACKENDS_V4};
 use lb_tests::packets::{Rng, icmp, inet_checksum};
 use lb_common::{programs, Action};
 
@@ -38,62 +39,27 @@ const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const CLIENT_V4: [u8; 4] = [198, 51, 100, 10];
 const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
-const TUNNEL_V4: [u8; 4] = [198, 51, 100, 2];
-const TUNNEL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x2);
+const TUNNEL_V4: [u8; 4] = configs::TUNNEL_V4.octets();
+const TUNNEL_V6: Ipv6Addr = configs::TUNNEL_V6;
 const VIP_V4: [[u8; 4]; 3] = [[192, 0, 2, 10], [192, 0, 2, 20], [192, 0, 2, 30]];
 const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
 const OTHER_V4: [u8; 4] = [203, 0, 113, 7];
 
-const CONFIG: &str = r#"
-[lb]
-interface = "fuzz0"
-tunnel_source_v4 = "198.51.100.2"
-tunnel_source_v6 = "2001:db8::2"
-ring_size = 251
-max_vips = 8
-max_backends = 16
-POLICY_LINES
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-
-[[vip]]
-name = "udp-any"
-address = "192.0.2.20"
-port = 0
-protocol = "udp"
-fragments = "forward"
-hash = "source"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-
-[[vip]]
-name = "to-v6"
-address = "192.0.2.30"
-port = 80
-  [[vip.backend]]
-  address = "2001:db8::21"
-  mac = "02:00:00:00:01:21"
-
-[[vip]]
-name = "web6"
-address = "2001:db8:f::10"
-port = 80
-  [[vip.backend]]
-  address = "2001:db8::11"
-  mac = "02:00:00:00:01:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-"#;
+/// Four VIPs: TCP on two backends, any UDP port with source hash and
+/// forwarded fragments, IPv4 to an IPv6 backend, IPv6 to both families;
+/// `policy` adds `[lb]` packet policies.
+fn config(policy: &[(&str, &str)]) -> String {
+    let c = configs::unattached("fuzz0").ring_size(251).max_vips(8).max_backends(16);
+    policy
+        .iter()
+        .fold(c, |c, (key, value)| c.lb(key, *value))
+        .vip(TestVip::new("web", "192.0.2.10:80").backends(&BACKENDS_V4[..2]))
+        .vip(TestVip::new("udp-any", "192.0.2.20:0/udp").set("fragments", "forward").set("hash", "source").backends(["198.51.100.13"]))
+        .vip(TestVip::new("to-v6", "192.0.2.30:80").backends(["2001:db8::21"]))
+        .vip(TestVip::new("web6", "[2001:db8:f::10]:80").backends(["2001:db8::11", "198.51.100.12"]))
+        .static_macs()
+        .to_toml()
+}
 
 /// Flow table entries of the fuzz target.
 const FUZZ_FLOW_TABLE: u32 = 65_536;
@@ -105,8 +71,8 @@ struct Target {
 }
 
 impl Target {
-    fn load(policy_lines: &str) -> Self {
-        let text = CONFIG.replace("POLICY_LINES", policy_lines);
+    fn load(policy: &[(&str, &str)]) -> Self {
+        let text = config(policy);
         // Random flows: the LRU evicts the oldest once full.
         let overrides = Overrides { mtu: MTU, flow_table_size: Some(FUZZ_FLOW_TABLE), ..Overrides::default() };
         let Loaded { ebpf, plan, .. } = bpf::load(&text, "fuzz.toml", &[programs::BALANCER], overrides).expect("load the fuzz object");
@@ -400,8 +366,8 @@ fn fuzzed_packets_keep_the_invariants() {
     let mut rng = Rng(seed);
     // Defaults, and every policy switched the other way.
     let mut targets = [
-        Target::load(""),
-        Target::load("icmp_echo = \"pass\"\ntoo_big = \"drop\"\nunknown_port = \"drop\"\n"),
+        Target::load(&[]),
+        Target::load(&[("icmp_echo", "pass"), ("too_big", "drop"), ("unknown_port", "drop")]),
     ];
     let started = Instant::now();
     let mut seen = std::collections::BTreeMap::<(&str, u32), u64>::new();

@@ -103,6 +103,12 @@ fn real_main() -> Result<()> {
     }
 }
 
+/// The crates whose modules must keep their declared layers (see layers.rs).
+const LAYERED: [layers::Crate; 2] = [
+    layers::Crate { name: "lb-ebpf", src: "lb-ebpf/src", list: "main.rs", same_layer: layers::SameLayer::Forbidden },
+    layers::Crate { name: "lb-agent", src: "lb-agent/src", list: "lib.rs", same_layer: layers::SameLayer::Acyclic },
+];
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
@@ -141,8 +147,10 @@ fn build() -> Result<()> {
 /// exist.) lb-ebpf on its BPF target, the way aya-build compiles it (nightly,
 /// `build-std=core`), in `target/clippy`, away from the stable toolchain's files.
 fn lint() -> Result<()> {
-    step("lb-ebpf's module layers, then clippy -D warnings: every crate, lb-ebpf on its BPF target");
-    layers::check(&workspace_root().join("lb-ebpf/src"))?;
+    step("lb-ebpf's and lb-agent's module layers, then clippy -D warnings: every crate, lb-ebpf on its BPF target");
+    for krate in &LAYERED {
+        layers::check(&workspace_root(), krate)?;
+    }
     let started = Instant::now();
     let mut host = Command::new("cargo");
     host.args(["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"]);

@@ -85,3 +85,28 @@ pub const MAX_PATH_LEN: usize = libc::PATH_MAX as usize - 1;
 
 /// Longest name of one path component (`NAME_MAX`).
 pub const MAX_PATH_COMPONENT_LEN: usize = libc::NAME_MAX as usize;
+
+/// `"ipip"`: what backends decapsulate without this project's decap program
+/// (the kernel's ipip module). A `"backend"` VIP uses GUE whatever this says.
+pub const DEFAULT_ENCAP: Encap = Encap::Ipip;
+
+/// `"lb"`: today's flow table; second chance needs `lb-agent decap` on every
+/// backend, which an operator opts into per VIP.
+pub const DEFAULT_FLOW_STATE: FlowState = FlowState::Lb;
+
+/// 6080, Katran's GUE port: backends that already run Katran's decap, and
+/// firewall rules written for it, keep working.
+pub const DEFAULT_GUE_PORT: u16 = lb_common::second_chance::DEFAULT_GUE_PORT;
+
+/// One hour: long enough for the established connections that matter to
+/// finish (or to be carried to the end of a rolling change); after it a slot
+/// that changed forgets its previous owner, and that owner's id can go.
+pub const DEFAULT_PREVIOUS_OWNER_WINDOW: Duration =
+    Duration::from_secs(lb_common::second_chance::DEFAULT_DRAIN_SECONDS as u64);
+
+/// Shortest `previous_owner_window`: the drain timer ticks once a second.
+pub const MIN_PREVIOUS_OWNER_WINDOW: Duration = Duration::from_secs(1);
+
+/// Longest `previous_owner_window` (7 days): a previous owner pins its
+/// backend id; a longer window keeps removed backends' ids for no purpose.
+pub const MAX_PREVIOUS_OWNER_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);

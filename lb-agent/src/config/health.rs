@@ -214,9 +214,9 @@ pub struct RawHealth {
     dsr: Option<bool>,
 }
 
-/// `"250ms"`, `"5s"`, `"1m"`.
+/// `"250ms"`, `"5s"`, `"1m"`, `"1h"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration (expected a whole number with ms, s or m, e.g. \"500ms\" or \"5s\")");
+    let bad = || format!("{s:?} is not a duration (expected a whole number with ms, s, m or h, e.g. \"500ms\" or \"5s\")");
     let t = s.trim();
     let (num, unit_ms) = if let Some(n) = t.strip_suffix("ms") {
         (n, 1)
@@ -224,6 +224,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         (n, 1000)
     } else if let Some(n) = t.strip_suffix('m') {
         (n, 60_000)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3_600_000)
     } else {
         return Err(bad());
     };
@@ -485,7 +487,8 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["5", "1.5s", "s", "-1s", "5h"] {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["5", "1.5s", "s", "-1s", "5d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

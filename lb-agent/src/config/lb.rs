@@ -115,6 +115,10 @@ impl Validator {
             },
         };
 
+        let encap = self.choice("lb.encap", raw.encap.as_deref(), DEFAULT_ENCAP, ENCAP_CHOICES);
+        let gue_port = self.int("lb.gue_port", raw.gue_port, u32::from(DEFAULT_GUE_PORT), 1, u32::from(u16::MAX)).map(|p| p as u16);
+        let previous_owner_window = self.previous_owner_window(raw.previous_owner_window.as_deref());
+
         let packets = self.packet_policy(raw.icmp_echo.as_deref(), raw.too_big.as_deref(), raw.unknown_port.as_deref());
 
         Some(LbSection {
@@ -130,8 +134,30 @@ impl Validator {
             run_dir: run_dir?,
             flow_table_size: flow_table_size?,
             metrics_listen: metrics_listen?,
+            encap: encap?,
+            gue_port: gue_port?,
+            previous_owner_window: previous_owner_window?,
             packets: packets?,
         })
+    }
+
+    /// `lb.previous_owner_window`: a duration within its range, or a problem.
+    fn previous_owner_window(&mut self, value: Option<&str>) -> Option<Duration> {
+        const FIELD: &str = "lb.previous_owner_window";
+        let Some(s) = value else { return Some(DEFAULT_PREVIOUS_OWNER_WINDOW) };
+        let window = health::parse_duration(s).map_err(|why| self.add(FIELD, why)).ok()?;
+        if !(MIN_PREVIOUS_OWNER_WINDOW..=MAX_PREVIOUS_OWNER_WINDOW).contains(&window) {
+            self.add(
+                FIELD,
+                format!(
+                    "{s:?} is out of range {}s..={}h (how long a changed ring slot keeps its previous owner)",
+                    MIN_PREVIOUS_OWNER_WINDOW.as_secs(),
+                    MAX_PREVIOUS_OWNER_WINDOW.as_secs() / 3600
+                ),
+            );
+            return None;
+        }
+        Some(window)
     }
 
     /// `lb.tunnel_source_v{family}`: absent (`Some(None)`), a usable source

@@ -36,10 +36,7 @@ pub(super) fn not_utf8(bytes: &[u8], e: &std::str::Utf8Error) -> Problem {
 /// Parses and validates config text; `origin` (usually the file name) prefixes
 /// every error line.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    let raw: RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => return Err(ConfigError { origin: origin.to_string(), problems: vec![toml_problem(text, &e)] }),
-    };
+    let raw = read_raw(text).map_err(|problems| ConfigError { origin: origin.to_string(), problems })?;
     let mut v = Validator::default();
     let config = v.config(raw);
     match config {

@@ -28,6 +28,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use lb_common::limits;
 use serde::Deserialize;
@@ -47,6 +48,8 @@ mod values;
 mod vip;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod flow_state_tests;
 
 pub use crate::diag::{ConfigError, Problem};
 pub use defaults::*;
@@ -134,6 +137,21 @@ pub struct LbSection {
     /// metrics at `/metrics`. Default [`DEFAULT_METRICS_LISTEN`];
     /// [`METRICS_OFF`] (`"off"`) = `None`, no endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// `encap`: `"ipip"` (default, [`DEFAULT_ENCAP`]) or `"gue"`: how every
+    /// VIP's packets travel to its backends unless the VIP says otherwise
+    /// (a `"backend"` VIP always uses GUE). See [`VipConfig::encap`].
+    pub encap: Encap,
+    /// `gue_port`: UDP destination port of GUE packets, `1..=65535`, default
+    /// [`DEFAULT_GUE_PORT`]. A load-time global (`GUE_PORT`): changing it
+    /// needs `run --full-restart`, and the backends' `lb-agent decap
+    /// --gue-port` must say the same.
+    pub gue_port: u16,
+    /// `previous_owner_window`: how long a ring slot of a `"backend"` VIP
+    /// keeps its previous owner after it changed (`"30m"`, `"1h"`, ...).
+    /// Default [`DEFAULT_PREVIOUS_OWNER_WINDOW`], range
+    /// [`MIN_PREVIOUS_OWNER_WINDOW`]`..=`[`MAX_PREVIOUS_OWNER_WINDOW`].
+    /// Counted from the row's last change; a restart restarts it.
+    pub previous_owner_window: Duration,
     /// `icmp_echo`, `too_big`, `unknown_port`: what happens to ICMP echo,
     /// too-big packets and unconfigured ports of VIP addresses (defaults in
     /// [`PacketPolicy::default`]).
@@ -166,10 +184,15 @@ pub struct VipConfig {
     pub hash: HashMode,
     /// `fragments`: `"drop"` (default) or `"forward"`; see [`FragmentPolicy`].
     pub fragments: FragmentPolicy,
-    /// `flow_table`: default true: established flows stay on their backend
-    /// while it is usable, whatever happens to the ring. `false`: stateless
-    /// (every packet follows the ring).
-    pub flow_table: bool,
+    /// `flow_state`: where the state of established flows lives; see
+    /// [`FlowState`]. Default [`DEFAULT_FLOW_STATE`]. The older
+    /// `flow_table = true | false` still reads as `"lb"` / `"none"`; giving
+    /// both is an error.
+    pub flow_state: FlowState,
+    /// `encap`: the VIP's own `encap`, else `lb.encap`; always [`Encap::Gue`]
+    /// on a `"backend"` VIP (the previous owner travels in the GUE header),
+    /// where `encap = "ipip"` is an error.
+    pub encap: Encap,
     /// The `[[vip.backend]]` tables: at least one, distinct addresses, and at
     /// least one with weight > 0.
     pub backends: Vec<BackendConfig>,
@@ -204,6 +227,14 @@ pub struct BackendConfig {
     /// The effective health check: the VIP's `[vip.health]` table with this
     /// backend's `[vip.backend.health]` fields over it (see [`crate::health`]).
     pub check: HealthCheck,
+}
+
+impl VipConfig {
+    /// What identifies this VIP (see [`crate::ids::VipIdentity`]): two VIPs
+    /// of a config never share one, and a VIP keeps its row while it keeps it.
+    pub fn identity(&self) -> crate::ids::VipIdentity {
+        crate::ids::VipIdentity { address: self.address, port: self.port, protocol: self.protocol.number() }
+    }
 }
 
 impl Config {

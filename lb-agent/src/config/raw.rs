@@ -29,6 +29,9 @@ pub(super) struct RawLb {
     pub(super) icmp_echo: Option<String>,
     pub(super) too_big: Option<String>,
     pub(super) unknown_port: Option<String>,
+    pub(super) encap: Option<String>,
+    pub(super) gue_port: Option<i64>,
+    pub(super) previous_owner_window: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -40,7 +43,10 @@ pub(super) struct RawVip {
     pub(super) protocol: Option<String>,
     pub(super) hash: Option<String>,
     pub(super) fragments: Option<String>,
+    /// The older spelling of `flow_state` (true = "lb", false = "none").
     pub(super) flow_table: Option<bool>,
+    pub(super) flow_state: Option<String>,
+    pub(super) encap: Option<String>,
     pub(super) health: Option<RawHealth>,
     #[serde(default, rename = "backend")]
     pub(super) backends: Vec<RawBackend>,

@@ -112,7 +112,104 @@ fn unknown_field_names_file_line_and_key() {
 
     let t = GOOD.replace("[lb]", "[lbx]");
     let e = errors(&t);
-    assert!(e.to_string().contains("line 2, [lbx]"), "{e}");
+    assert!(e.to_string().contains("lb.toml: line 2, lbx: unknown field `lbx`, expected one of `lb`, `vip`, `announce`"), "{e}");
+}
+
+/// `GOOD` and a second VIP with a `[vip.health]` table and three backends.
+fn two_vips(health: &str, third_weight: &str) -> String {
+    format!(
+        "{GOOD}
+[[vip]]
+name = \"tls\"
+address = \"192.0.2.10\"
+port = 443
+
+  [vip.health]
+  {health}
+
+  [[vip.backend]]
+  address = \"198.51.100.21\"
+
+  [[vip.backend]]
+  address = \"198.51.100.22\"
+
+  [[vip.backend]]
+  address = \"198.51.100.23\"
+  weight = {third_weight}
+"
+    )
+}
+
+#[test]
+fn unknown_field_in_a_later_vip_names_its_index() {
+    assert!(parse(&two_vips("interval = \"5s\"", "3"), "x").is_ok());
+    let e = errors(&two_vips("intervall = \"5s\"", "3"));
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert_eq!(e.problems[0].field, "line 23, vip[1].health.intervall", "{e}");
+    assert!(e.problems[0].message.starts_with("unknown field `intervall`, expected one of `check`, `interval`"), "{e}");
+}
+
+#[test]
+fn wrong_type_in_a_backend_names_its_index() {
+    let e = errors(&two_vips("interval = \"5s\"", "\"3\""));
+    assert_eq!(e.to_string(), "lb.toml: line 33, vip[1].backend[2].weight: invalid type: string \"3\", expected an integer");
+    let e = errors(&GOOD.replace("address = \"198.51.100.11\"", "address = 198"));
+    assert_eq!(e.to_string(), "lb.toml: line 11, vip[0].backend[0].address: invalid type: integer `198`, expected a string", "{e}");
+}
+
+#[test]
+fn toml_syntax_errors_name_line_and_column_all_at_once() {
+    let e = errors("[lb]\ninterface = \"eth0\nring_size = = 3\n");
+    let fields: Vec<&str> = e.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields.first(), Some(&"line 2, column 18"), "where the closing quote should be: {e}");
+    assert!(fields.iter().any(|f| f.starts_with("line 3, column ")), "the second `=`, too: {e}");
+    assert!(e.problems[0].message.contains("invalid basic string"), "{e}");
+    // Columns count characters, not bytes.
+    let e = errors("[lb]\ninterface = \"é\" x\n");
+    assert_eq!(e.problems[0].field, "line 2, column 17", "{e}");
+    assert!(e.to_string().starts_with("lb.toml: line 2, column 17: "), "{e}");
+}
+
+#[test]
+fn every_structure_error_at_once_in_file_order() {
+    let t = with_lb("colour = \"blue\"\nring_size = \"big\"").replace("port = 80", "port = 80\nprot = \"tcp\"").replace("weight = 2", "weight = [2]")
+        + "\n[announce]\nrole = 1\n";
+    let e = errors(&t);
+    let fields: Vec<&str> = e.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["line 4, lb.colour", "line 5, lb.ring_size", "line 11, vip[0].prot", "line 18, vip[0].backend[1].weight", "line 21, announce.role"],
+        "{e}"
+    );
+    assert_eq!(e.to_string().lines().count(), 5, "{e}");
+}
+
+#[test]
+fn structure_errors_stop_at_a_bound() {
+    let typos: String = (0..MAX_STRUCTURE_PROBLEMS + 5).map(|i| format!("typo{i} = 1\n")).collect();
+    let e = errors(&with_lb(&typos));
+    assert_eq!(e.problems.len(), MAX_STRUCTURE_PROBLEMS + 1, "{e}");
+    assert!(e.problems[..MAX_STRUCTURE_PROBLEMS].iter().all(|p| p.field.contains(", lb.typo")), "{e}");
+    let last = e.problems.last().unwrap();
+    assert_eq!((last.field.as_str(), last.message.contains("fix these and check again")), ("", true), "{e}");
+    // Exactly at the bound: all of them, and no note.
+    let typos: String = (0..MAX_STRUCTURE_PROBLEMS).map(|i| format!("typo{i} = 1\n")).collect();
+    let e = errors(&with_lb(&typos));
+    assert_eq!(e.problems.len(), MAX_STRUCTURE_PROBLEMS, "{e}");
+    assert!(e.problems.iter().all(|p| !p.field.is_empty()), "{e}");
+}
+
+#[test]
+fn structure_errors_come_before_validation() {
+    // A value serde could not read would look missing to validation, so
+    // validation waits: the wrong type is reported alone, not also as
+    // "name is missing" nor with the ring size.
+    let t = with_lb("ring_size = 100").replace("name = \"web\"", "name = 7");
+    let e = errors(&t);
+    assert_eq!(e.to_string(), "lb.toml: line 7, vip[0].name: invalid type: integer `7`, expected a string");
+    // A wrong shape for a whole array of tables is one problem, too.
+    let e = errors(&GOOD.replace("[[vip]]", "[vip]"));
+    assert_eq!(e.to_string(), "lb.toml: line 5, vip: invalid type: map, expected a sequence");
 }
 
 #[test]
@@ -243,7 +340,7 @@ fn tunnel_source_family() {
 fn run_dir_and_flow_table() {
     let c = parse(&with_lb(""), "t.toml").unwrap();
     assert_eq!((c.lb.run_dir.clone(), c.lb.flow_table_size), (PathBuf::from(DEFAULT_RUN_DIR), DEFAULT_FLOW_TABLE_SIZE));
-    assert!(c.vips.iter().all(|v| v.flow_table), "VIPs use the flow table by default");
+    assert!(c.vips.iter().all(|v| v.flow_state == FlowState::Lb), "VIPs use the flow table by default");
     assert_problem(&with_lb("run_dir = \"run/lb\""), "lb.run_dir", &["\"run/lb\"", "absolute"]);
     assert_problem(&with_lb("flow_table_size = 10"), "lb.flow_table_size", &["10", "out of range"]);
     assert_problem(&with_lb("max_vips = 4096\nmax_backends = 65536"), "lb.max_backends", &["member entries"]);

@@ -81,7 +81,7 @@ pub(super) fn pin_dir_too_long(dir: &str) -> Option<String> {
     if let Some(name) = dir.split('/').find(|c| c.len() > MAX_PATH_COMPONENT_LEN) {
         return Some(format!(
             "its component \"{}...\" is {} bytes, more than the {MAX_PATH_COMPONENT_LEN} a name may have",
-            &name[..floor_char_boundary(name, 16)],
+            &name[..name.floor_char_boundary(16)],
             name.len()
         ));
     }

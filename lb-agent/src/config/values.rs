@@ -1,4 +1,5 @@
-//! Small value types of the config: attach mode, protocol, hash mode, MAC address.
+//! Small value types of the config: attach mode, protocol, hash mode, MAC
+//! address, flow state, encapsulation.
 
 use super::*;
 
@@ -142,5 +143,67 @@ impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = &self.0;
         write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+}
+
+/// Where a VIP's flow state lives (`flow_state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlowState {
+    /// The LB host's flow table (established flows keep their backend while
+    /// it is usable). Backends may decapsulate with the kernel's ipip module.
+    Lb,
+    /// The backends ("second chance"): TCP keeps no state on the LB host;
+    /// each ring slot's previous owner travels in the GUE header and the
+    /// backends' `lb-agent decap` sends a packet it has no connection for
+    /// there once. UDP behaves as [`FlowState::Lb`] (no connection to look up).
+    Backend,
+    /// Nowhere: pure Maglev, every packet follows the ring.
+    None,
+}
+
+/// `flow_state` values, by name.
+pub const FLOW_STATE_CHOICES: &[(&str, FlowState)] =
+    &[("lb", FlowState::Lb), ("backend", FlowState::Backend), ("none", FlowState::None)];
+
+impl FlowState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FlowState::Lb => "lb",
+            FlowState::Backend => "backend",
+            FlowState::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for FlowState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How packets travel to the backends (`encap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encap {
+    /// IPv4-in-IPv4 / IPv6-in-IPv6 (and the mixed families).
+    Ipip,
+    /// IP / UDP (destination `lb.gue_port`, source port from the flow hash) / GUE.
+    Gue,
+}
+
+/// `encap` values, by name.
+pub const ENCAP_CHOICES: &[(&str, Encap)] = &[("ipip", Encap::Ipip), ("gue", Encap::Gue)];
+
+impl Encap {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Encap::Ipip => "ipip",
+            Encap::Gue => "gue",
+        }
+    }
+}
+
+impl fmt::Display for Encap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -29,12 +29,12 @@ impl Validator {
         let mut ok = true;
         let mut vips = Vec::with_capacity(raw.len());
         let mut vip_labels: Vec<&str> = Vec::with_capacity(raw.len());
-        let mut by_key: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
+        let mut by_key: HashMap<crate::ids::VipIdentity, usize> = HashMap::new();
         for (i, v) in raw.iter().enumerate() {
             let label = &labels[i];
-            match self.vip(v, label, i, &first_by_name, ring_size) {
+            match self.vip(v, label, i, &first_by_name, ring_size, lb.map_or(DEFAULT_ENCAP, |l| l.encap)) {
                 Some(vip) => {
-                    let key = (vip.address, vip.port, vip.protocol);
+                    let key = vip.identity();
                     if let Some(&j) = by_key.get(&key) {
                         self.add(
                             format!("{label}.address"),
@@ -153,6 +153,7 @@ impl Validator {
         i: usize,
         first_by_name: &HashMap<&str, usize>,
         ring_size: Option<u32>,
+        lb_encap: Encap,
     ) -> Option<VipConfig> {
         let name = match v.name.as_deref() {
             None => {
@@ -217,7 +218,14 @@ impl Validator {
         };
 
         let fragments = self.choice(&format!("{label}.fragments"), v.fragments.as_deref(), FragmentPolicy::Drop, packets::FRAGMENT_CHOICES);
+        let flow_state = self.flow_state(v, label);
+        let encap = flow_state.and_then(|state| self.encap(v, label, state, lb_encap));
 
+        // What a backend's health check needs of the VIP, as parsed above.
+        let vip_service = match (protocol, port) {
+            (Some(protocol), Some(port)) => Some(VipService { protocol, port, address }),
+            _ => None,
+        };
         let mut backends_ok = true;
         let mut backends = Vec::with_capacity(v.backends.len());
         let mut seen: HashMap<IpAddr, usize> = HashMap::new();
@@ -269,7 +277,7 @@ impl Validator {
                 },
             };
             match (address, weight, mac) {
-                (Some(address), Some(weight), Some(mac)) => match self.health_check(v, b, label, &at) {
+                (Some(address), Some(weight), Some(mac)) => match self.health_check(v, b, vip_service, address, label, &at) {
                     Some(check) => backends.push(BackendConfig { address, weight, mac, backup: b.backup.unwrap_or(false), check }),
                     None => backends_ok = false,
                 },
@@ -306,21 +314,63 @@ impl Validator {
         let mut health_problems = Vec::new();
         let all_down = health::all_down_policy(v.health.as_ref(), label, &mut health_problems);
         self.problems.extend(health_problems);
-        Some(VipConfig { name: name?, address: address?, port: port?, protocol: protocol?, hash: hash?, fragments: fragments?, flow_table: v.flow_table.unwrap_or(true), backends, all_down: all_down? })
+        Some(VipConfig { name: name?, address: address?, port: port?, protocol: protocol?, hash: hash?, fragments: fragments?, flow_state: flow_state?, encap: encap?, backends, all_down: all_down? })
+    }
+
+    /// `flow_state`, or its older spelling `flow_table` (never both).
+    fn flow_state(&mut self, v: &RawVip, label: &str) -> Option<FlowState> {
+        match (v.flow_state.as_deref(), v.flow_table) {
+            (Some(state), Some(table)) => {
+                self.add(
+                    format!("{label}.flow_table"),
+                    format!(
+                        "{table} is set together with flow_state = {state:?}; flow_table is the older name of flow_state \
+                         (true = \"lb\", false = \"none\"): keep only flow_state"
+                    ),
+                );
+                None
+            }
+            (None, Some(true)) => Some(FlowState::Lb),
+            (None, Some(false)) => Some(FlowState::None),
+            (state, None) => self.choice(&format!("{label}.flow_state"), state, DEFAULT_FLOW_STATE, FLOW_STATE_CHOICES),
+        }
+    }
+
+    /// The VIP's effective encapsulation (see [`VipConfig::encap`]).
+    fn encap(&mut self, v: &RawVip, label: &str, state: FlowState, lb_encap: Encap) -> Option<Encap> {
+        let field = format!("{label}.encap");
+        let own = self.choice(&field, v.encap.as_deref(), lb_encap, ENCAP_CHOICES)?;
+        match (state, v.encap.is_some(), own) {
+            (FlowState::Backend, true, Encap::Ipip) => {
+                self.add(
+                    field,
+                    "\"ipip\" cannot carry a previous owner; a flow_state = \"backend\" VIP uses \"gue\" (remove encap or set it to \"gue\")",
+                );
+                None
+            }
+            (FlowState::Backend, _, _) => Some(Encap::Gue),
+            _ => Some(own),
+        }
     }
 
     /// A backend's effective health check; a problem of the VIP's own table
-    /// is reported once, not once per backend.
-    pub(super) fn health_check(&mut self, v: &RawVip, b: &RawBackend, label: &str, at: &str) -> Option<HealthCheck> {
-        let protocol = v.protocol.as_deref().map_or(Some(Protocol::Tcp), |p| p.parse().ok());
-        let port = v.port.and_then(|p| u16::try_from(p).ok());
-        // Without a readable protocol and port the VIP's own problems say enough.
-        let vip_is_v4 = v.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()).map(|a| a.is_ipv4());
-        let backend_is_v4 = b.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()).map(|a| a.is_ipv4());
+    /// is reported once, not once per backend. `vip` is `None` when the VIP's
+    /// protocol or port is wrong: its own problems say enough then.
+    pub(super) fn health_check(
+        &mut self,
+        v: &RawVip,
+        b: &RawBackend,
+        vip: Option<VipService>,
+        backend: IpAddr,
+        label: &str,
+        at: &str,
+    ) -> Option<HealthCheck> {
+        let vip = vip?;
         let service = health::Service {
-            protocol: protocol?,
-            port: port?,
-            backend_in_vip_family: vip_is_v4.is_none() || vip_is_v4 == backend_is_v4,
+            protocol: vip.protocol,
+            port: vip.port,
+            // An unusable VIP address has its own problem; no second one here.
+            backend_in_vip_family: vip.address.is_none_or(|a| a.is_ipv4() == backend.is_ipv4()),
         };
         let mut found = Vec::new();
         let check = health::resolve(v.health.as_ref(), b.health.as_ref(), label, at, service, &mut found);
@@ -356,4 +406,14 @@ impl Validator {
             },
         }
     }
+}
+
+/// The VIP's fields a backend's health check depends on, parsed once by
+/// `Validator::vip`.
+#[derive(Clone, Copy)]
+pub(super) struct VipService {
+    protocol: Protocol,
+    port: u16,
+    /// `None` if the address was refused (reported on its own).
+    address: Option<IpAddr>,
 }

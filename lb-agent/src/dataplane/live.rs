@@ -12,10 +12,10 @@ use aya::Ebpf;
 use lb_common::{
     flows::{member_index, LoadedState},
     health::{HealthEntry, HealthKey},
-    maps, BackendEntry, VipKey, VipMeta,
+    maps, BackendEntry, VipKey, VipMeta, NO_BACKEND,
 };
 
-use super::{rings::MappedRings, store::MapStore};
+use super::{previous::SharedLedger, rings::MappedRings, store::MapStore};
 use crate::pins;
 
 /// Where the maps are opened from (again, for [`MapStore::reopen`]).
@@ -37,6 +37,15 @@ impl Source {
         }
     }
 
+    /// A map the object may lack ([`OPTIONAL`]): `None` when it does.
+    fn open_optional(&self, name: &str) -> Result<Option<MapData>> {
+        let present = match self {
+            Source::Pins(dir) => dir.join(name).exists(),
+            Source::Fds(fds) => fds.iter().any(|(n, _)| *n == name),
+        };
+        present.then(|| self.open(name)).transpose()
+    }
+
     fn again(&self) -> Result<Self> {
         Ok(match self {
             Source::Pins(dir) => Source::Pins(dir.clone()),
@@ -48,7 +57,14 @@ impl Source {
 }
 
 /// The maps reconciling reads and writes.
-const NAMES: [&str; 7] = [maps::VIPS, maps::BACKENDS, maps::MEMBERS, maps::HEALTH, maps::LOADED, maps::VIP_FILTER, maps::RINGS];
+const NAMES: [&str; 8] =
+    [maps::VIPS, maps::BACKENDS, maps::MEMBERS, maps::HEALTH, maps::LOADED, maps::VIP_FILTER, maps::RINGS, maps::PREVIOUS];
+
+/// Maps of [`NAMES`] an object may lack: `PREVIOUS` is missing from
+/// objects built before second chance (pinned by an older agent, which
+/// `stats` may still read); without it no slot has a previous owner, and
+/// writing one is an error that asks for `--full-restart`.
+const OPTIONAL: [&str; 1] = [maps::PREVIOUS];
 
 pub struct LiveMaps {
     source: Source,
@@ -60,6 +76,10 @@ pub struct LiveMaps {
     vip_filter: Array<MapData, u64>,
     /// `RINGS`, mapped a row at a time when written (`MappedRings::row`).
     rings: MapData,
+    /// `PREVIOUS`, the same way (see [`OPTIONAL`]).
+    previous: Option<MapData>,
+    /// Shared with every handle [`MapStore::reopen`] makes.
+    ledger: SharedLedger,
 }
 
 impl LiveMaps {
@@ -72,6 +92,7 @@ impl LiveMaps {
     pub fn from_object(ebpf: &Ebpf) -> Result<Self> {
         let fds = NAMES
             .iter()
+            .filter(|&&name| ebpf.map(name).is_some() || !OPTIONAL.contains(&name))
             .map(|&name| {
                 let map = ebpf.map(name).with_context(|| format!("map {name} missing from the BPF object"))?;
                 let data = match map {
@@ -94,7 +115,9 @@ impl LiveMaps {
             loaded: Array::try_from(Map::Array(open(maps::LOADED)?))?,
             vip_filter: Array::try_from(Map::Array(open(maps::VIP_FILTER)?))?,
             rings: open(maps::RINGS)?,
+            previous: source.open_optional(maps::PREVIOUS)?,
             source,
+            ledger: SharedLedger::default(),
         })
     }
 
@@ -124,7 +147,9 @@ impl LiveMaps {
 
 impl MapStore for LiveMaps {
     fn reopen(&self) -> Result<Self> {
-        Self::from_source(self.source.again()?)
+        let mut again = Self::from_source(self.source.again()?)?;
+        again.ledger = self.ledger.clone();
+        Ok(again)
     }
 
     fn backend_entries(&self) -> Result<BTreeMap<u32, BackendEntry>> {
@@ -158,7 +183,60 @@ impl MapStore for LiveMaps {
         self.vips.remove(key).context("removing from the VIPS map")
     }
 
-    fn set_ring(&mut self, row: u32, ring: &[u32]) -> Result<usize> {
+    fn ring_row(&self, row: u32, size: u32) -> Result<Vec<u32>> {
+        read_row(&self.rings, maps::RINGS, row, size)
+    }
+
+    fn previous_row(&self, row: u32, size: u32) -> Result<Vec<u32>> {
+        match &self.previous {
+            Some(data) => read_row(data, maps::PREVIOUS, row, size),
+            None => Ok(vec![NO_BACKEND; size as usize]),
+        }
+    }
+
+    fn write_previous_row(&mut self, row: u32, previous: &[u32]) -> Result<()> {
+        let Some(data) = &self.previous else {
+            if previous.iter().any(|&id| id != NO_BACKEND) {
+                anyhow::bail!(
+                    "the loaded BPF object has no {} map, so a flow_state = \"backend\" VIP cannot work; \
+                     restart with `lb-agent run --full-restart` to load this agent's object",
+                    maps::PREVIOUS
+                );
+            }
+            return Ok(());
+        };
+        let size = previous.len() as u32;
+        let mapped = MappedRings::row_of(data, maps::PREVIOUS, row, size)?;
+        for (slot, &id) in (row * size..).zip(previous) {
+            if mapped.get(slot) != Some(id) {
+                mapped.set(slot, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn rows_with_previous(&self) -> Result<Vec<u32>> {
+        let Some(data) = &self.previous else { return Ok(Vec::new()) };
+        let size = self.ring_size()?;
+        let slots = data.info().context("reading PREVIOUS map info")?.max_entries();
+        let mut rows = Vec::new();
+        for row in 0..slots.checked_div(size).unwrap_or(0) {
+            if read_row(data, maps::PREVIOUS, row, size)?.iter().any(|&id| id != NO_BACKEND) {
+                rows.push(row);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn ring_size(&self) -> Result<u32> {
+        Ok(self.loaded_state()?.ring_size)
+    }
+
+    fn ledger(&self) -> &SharedLedger {
+        &self.ledger
+    }
+
+    fn write_ring_row(&mut self, row: u32, ring: &[u32]) -> Result<usize> {
         let size = ring.len() as u32;
         let mapped = MappedRings::row(&self.rings, row, size)?;
         let base = row * size;
@@ -200,4 +278,12 @@ impl MapStore for LiveMaps {
     fn set_filter_word(&mut self, index: u32, word: u64) -> Result<()> {
         self.vip_filter.set(index, word, 0).with_context(|| format!("writing word {index} of the VIP filter"))
     }
+}
+
+/// Row `row` of a map shaped like `RINGS`, mapped only while it is read.
+fn read_row(data: &MapData, name: &'static str, row: u32, size: u32) -> Result<Vec<u32>> {
+    let mapped = MappedRings::row_of(data, name, row, size)?;
+    (row * size..(row + 1) * size)
+        .map(|slot| mapped.get(slot).with_context(|| format!("slot {slot} of {name} not mapped")))
+        .collect()
 }

@@ -14,7 +14,7 @@ use lb_common::{
     BackendEntry, VipKey, VipMeta, NO_BACKEND,
 };
 
-use super::store::MapStore;
+use super::{previous::SharedLedger, store::MapStore};
 
 /// One write, as the kernel would receive it.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +23,8 @@ pub enum Write {
     Vip(VipKey, Option<VipMeta>),
     /// The whole new ring of a row (written only where it differs).
     Ring(u32, Vec<u32>),
+    /// The whole new row of `PREVIOUS` (written only where it differs).
+    Previous(u32, Vec<u32>),
     Member(HealthKey, u32),
     Health(HealthKey, Option<HealthEntry>),
     FilterWord(u32, u64),
@@ -36,6 +38,8 @@ pub struct Maps {
     pub vips: Vec<(VipKey, VipMeta)>,
     /// Rows ever written; others are all `NO_BACKEND`.
     pub rings: BTreeMap<u32, Vec<u32>>,
+    /// Rows of `PREVIOUS` ever written; others are all `NO_BACKEND`.
+    pub previous: BTreeMap<u32, Vec<u32>>,
     /// Entries ever written; others are `MEMBER_UNUSABLE`.
     pub members: BTreeMap<HealthKey, u32>,
     pub health: BTreeMap<HealthKey, HealthEntry>,
@@ -48,6 +52,7 @@ impl Default for Maps {
             backends: BTreeMap::new(),
             vips: Vec::new(),
             rings: BTreeMap::new(),
+            previous: BTreeMap::new(),
             members: BTreeMap::new(),
             health: BTreeMap::new(),
             filter: vec![0; WORDS as usize],
@@ -74,6 +79,9 @@ impl Maps {
             Write::Ring(row, ring) => {
                 self.rings.insert(*row, ring.clone());
             }
+            Write::Previous(row, previous) => {
+                self.previous.insert(*row, previous.clone());
+            }
             Write::Member(key, value) => {
                 self.members.insert(*key, *value);
             }
@@ -96,6 +104,11 @@ impl Maps {
         self.rings.get(&row).cloned().unwrap_or_else(|| vec![NO_BACKEND; ring_size as usize])
     }
 
+    /// Row `row` of `PREVIOUS`, `ring_size` slots.
+    pub fn previous(&self, row: u32, ring_size: u32) -> Vec<u32> {
+        self.previous.get(&row).cloned().unwrap_or_else(|| vec![NO_BACKEND; ring_size as usize])
+    }
+
     pub fn member(&self, key: HealthKey) -> u32 {
         self.members.get(&key).copied().unwrap_or(MEMBER_UNUSABLE)
     }
@@ -109,17 +122,21 @@ struct Shared {
     fail_at: Option<usize>,
 }
 
-/// Handles made by [`MapStore::reopen`] share the maps and the log.
+/// Handles made by [`MapStore::reopen`] share the maps, the log and the
+/// ledger of previous owners.
 #[derive(Clone, Default)]
-pub struct MemoryStore(Arc<Mutex<Shared>>);
+pub struct MemoryStore {
+    shared: Arc<Mutex<Shared>>,
+    ledger: SharedLedger,
+}
 
 impl MemoryStore {
     pub fn new(maps: Maps) -> Self {
-        Self(Arc::new(Mutex::new(Shared { maps, ..Shared::default() })))
+        Self { shared: Arc::new(Mutex::new(Shared { maps, ..Shared::default() })), ledger: SharedLedger::default() }
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn maps(&self) -> Maps {
@@ -182,13 +199,43 @@ impl MapStore for MemoryStore {
         self.write(Write::Vip(*key, None))
     }
 
-    fn set_ring(&mut self, row: u32, ring: &[u32]) -> Result<usize> {
+    fn ring_row(&self, row: u32, size: u32) -> Result<Vec<u32>> {
+        Ok(self.shared().maps.ring(row, size))
+    }
+
+    fn write_ring_row(&mut self, row: u32, ring: &[u32]) -> Result<usize> {
         let current = self.shared().maps.ring(row, ring.len() as u32);
         let differ = current.iter().zip(ring).filter(|(a, b)| a != b).count();
         if differ > 0 {
             self.write(Write::Ring(row, ring.to_vec()))?;
         }
         Ok(differ)
+    }
+
+    fn previous_row(&self, row: u32, size: u32) -> Result<Vec<u32>> {
+        Ok(self.shared().maps.previous(row, size))
+    }
+
+    fn write_previous_row(&mut self, row: u32, previous: &[u32]) -> Result<()> {
+        if self.shared().maps.previous(row, previous.len() as u32) != previous {
+            self.write(Write::Previous(row, previous.to_vec()))?;
+        }
+        Ok(())
+    }
+
+    fn rows_with_previous(&self) -> Result<Vec<u32>> {
+        let maps = &self.shared().maps;
+        Ok(maps.previous.iter().filter(|(_, p)| p.iter().any(|&id| id != NO_BACKEND)).map(|(&row, _)| row).collect())
+    }
+
+    fn ring_size(&self) -> Result<u32> {
+        // The rows written so far tell (every row has the ring's size).
+        let maps = &self.shared().maps;
+        Ok(maps.rings.values().chain(maps.previous.values()).next().map_or(0, |r| r.len() as u32))
+    }
+
+    fn ledger(&self) -> &SharedLedger {
+        &self.ledger
     }
 
     fn member(&self, key: HealthKey) -> Result<u32> {

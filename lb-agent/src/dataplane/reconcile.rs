@@ -32,6 +32,7 @@ use lb_common::{
     flows::{MEMBER_UNUSABLE, MEMBER_USABLE},
     health::{HealthEntry, HealthKey},
     packet_policy::PROTO_ADDRESS_ENTRY,
+    second_chance::VIP_FLAG_SECOND_CHANCE,
     BackendEntry, NO_BACKEND,
 };
 
@@ -72,6 +73,8 @@ pub fn apply<S: MapStore>(
         step = std::time::Instant::now();
     };
     let prior = store.health_entries()?;
+    let second_chance = plan.vips.iter().filter(|v| v.meta.flags & VIP_FLAG_SECOND_CHANCE != 0).map(|v| v.row).collect();
+    store.configure_previous(second_chance, config.lb.previous_owner_window, plan.ring_size)?;
     let changes = before_rings(store, plan, resolved)?;
     done("backends and members");
     let supervisor = Supervisor::new(config, plan, store.reopen()?, &prior, previous)?;
@@ -203,8 +206,11 @@ pub fn after_rings(store: &mut impl MapStore, plan: &Plan, changes: &Changes) ->
     for key in store.health_entries()?.into_keys().filter(|k| !pairs.contains(k)) {
         store.remove_health(&key).context("removing a HEALTH entry")?;
     }
-    // Last: no ring slot names these any more.
-    for &id in &changes.removed_ids {
+    // Last: no ring slot names these any more. A previous owner keeps its
+    // entry (the balancer only names previous owners that have one) until
+    // its slots drain; a later reconcile erases it.
+    let previous_owners = store.previous_ids()?;
+    for &id in changes.removed_ids.iter().filter(|id| !previous_owners.contains(id)) {
         let unused = BackendEntry { addr: [0; 4], next_hop_mac: [0; 6], family: 0, _pad: 0 };
         store.set_backend(id, unused).with_context(|| format!("erasing backend id {id}"))?;
     }
@@ -217,76 +223,34 @@ pub fn after_rings(store: &mut impl MapStore, plan: &Plan, changes: &Changes) ->
 mod tests {
     use super::*;
     use crate::config::{parse, MacAddr};
+    use crate::test_config::{TestBackend, TestConfig, TestVip};
     use crate::dataplane::memory::{Maps, MemoryStore, Write};
     use crate::plan::{plan_reusing, Previous};
     use lb_common::{VipKey, VipMeta};
+    use std::time::{Duration, Instant};
 
-    /// web (192.0.2.10:80) and dns (192.0.2.20:53, the only user of .13 and
-    /// of its address); web's .12 starts down.
-    const BEFORE: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 13
+    /// web (192.0.2.10:80, checked) on .11, .12 (down at start when
+    /// `down12`) and `extra`.
+    fn web(down12: bool, extra: &[&str]) -> TestVip {
+        let twelve = TestBackend::new("198.51.100.12");
+        let twelve = if down12 { twelve.health("initial", "down") } else { twelve };
+        let web = TestVip::new("web", "192.0.2.10:80").set("fragments", "forward").health("interval", "1s").health("timeout", "500ms");
+        web.backends(["198.51.100.11"]).backend(twelve).backends(extra.iter().copied())
+    }
 
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-fragments = "forward"
-  [vip.health]
-  interval = "1s"
-  timeout = "500ms"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-    [vip.backend.health]
-    initial = "down"
-
-[[vip]]
-name = "dns"
-address = "192.0.2.20"
-port = 53
-protocol = "udp"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-"#;
+    /// web and dns (192.0.2.20:53, the only user of .13 and of its
+    /// address); `down12`: web's .12 starts down.
+    fn config_before(down12: bool) -> Config {
+        let dns = TestVip::new("dns", "192.0.2.20:53/udp").backends(["198.51.100.12", "198.51.100.13"]);
+        TestConfig::new().ring_size(13).vip(web(down12, &[])).vip(dns).parse()
+    }
 
     /// dns (and with it .13 and 192.0.2.20) removed; api added on a new
     /// address with a new backend; web gains that backend too.
-    const AFTER: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 13
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-fragments = "forward"
-  [vip.health]
-  interval = "1s"
-  timeout = "500ms"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-    [vip.backend.health]
-    initial = "down"
-  [[vip.backend]]
-  address = "198.51.100.14"
-
-[[vip]]
-name = "api"
-address = "192.0.2.30"
-port = 443
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.14"
-"#;
+    fn config_after(down12: bool) -> Config {
+        let api = TestVip::new("api", "192.0.2.30:443").backends(["198.51.100.11", "198.51.100.14"]);
+        TestConfig::new().ring_size(13).vip(web(down12, &["198.51.100.14"])).vip(api).parse()
+    }
 
     /// Static next hops, one MAC per backend id.
     fn resolved(plan: &Plan) -> HashMap<u32, ResolvedBackend> {
@@ -388,10 +352,9 @@ port = 443
         assert_eq!(maps.health.keys().copied().collect::<BTreeSet<_>>(), pairs, "health entries");
     }
 
-    /// The store after a first start with `text`, its plan (rings
+    /// The store after a first start with `config`, its plan (rings
     /// forgotten, as the runtime keeps it) and supervisor.
-    fn started(text: &str) -> (Config, Plan, MemoryStore, Supervisor<MemoryStore>) {
-        let config = parse(text, "t.toml").unwrap();
+    fn started(config: Config) -> (Config, Plan, MemoryStore, Supervisor<MemoryStore>) {
         let mut store = MemoryStore::default();
         let plan = crate::plan::plan_keeping(&config, &store.kept().unwrap()).unwrap();
         let (supervisor, _) = apply(&mut store, &config, &plan, &resolved(&plan), None).unwrap();
@@ -402,7 +365,7 @@ port = 443
 
     #[test]
     fn a_first_start_writes_backends_rings_and_bits_before_vips() {
-        let config = parse(BEFORE, "t.toml").unwrap();
+        let config = config_before(true);
         let mut store = MemoryStore::default();
         let plan = crate::plan::plan_keeping(&config, &store.kept().unwrap()).unwrap();
         let (_, changes) = apply(&mut store, &config, &plan, &resolved(&plan), None).unwrap();
@@ -422,10 +385,10 @@ port = 443
 
     #[test]
     fn a_reload_clears_bits_rows_and_backends_only_after_the_vips_are_gone() {
-        let (before, running, mut store, first) = started(BEFORE);
+        let (before, running, mut store, first) = started(config_before(true));
         let start = store.maps();
         store.take_log();
-        let config = parse(AFTER, "t.toml").unwrap();
+        let config = config_after(true);
         let previous = Previous { config: &before, plan: &running };
         let plan = plan_reusing(&config, &store.kept().unwrap(), Some(previous)).unwrap();
         let (_, changes) = apply(&mut store, &config, &plan, &resolved(&plan), Some(&first)).unwrap();
@@ -459,10 +422,9 @@ port = 443
     #[test]
     fn a_reload_that_fails_at_any_write_is_repaired_by_the_next() {
         // Every backend up: the maps must end with the plan's all-up rings.
-        let unchecked = |text: &str| text.replace("    [vip.backend.health]\n    initial = \"down\"\n", "");
-        let (before, running, store, first) = started(&unchecked(BEFORE));
+        let (before, running, store, first) = started(config_before(false));
         let start = store.maps();
-        let config = parse(&unchecked(AFTER), "t.toml").unwrap();
+        let config = config_after(false);
         let previous = || Some(Previous { config: &before, plan: &running });
         // How many writes a successful reload makes.
         let clean = {
@@ -485,5 +447,144 @@ port = 443
             replay(&start, &log, &store.maps(), plan.ring_size);
             assert_matches(&store.maps(), &plan);
         }
+    }
+
+    /// "web" keeps flow state on the backends; "plain" (same backends) on the LB.
+    const SECOND_CHANCE: &str = r#"
+[lb]
+interface = "eth0"
+ring_size = 13
+previous_owner_window = "10s"
+
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+flow_state = "backend"
+  [vip.health]
+  interval = "1s"
+  timeout = "500ms"
+  [[vip.backend]]
+  address = "198.51.100.11"
+  [[vip.backend]]
+  address = "198.51.100.12"
+  [[vip.backend]]
+  address = "198.51.100.13"
+
+[[vip]]
+name = "plain"
+address = "192.0.2.20"
+port = 80
+  [[vip.backend]]
+  address = "198.51.100.11"
+  [[vip.backend]]
+  address = "198.51.100.12"
+  [[vip.backend]]
+  address = "198.51.100.13"
+"#;
+
+    /// Reloads `store` (running `before` / `running`) to `text`.
+    fn reload(store: &mut MemoryStore, before: &Config, running: &Plan, first: &Supervisor<MemoryStore>, text: &str) -> (Config, Plan, Supervisor<MemoryStore>) {
+        let config = parse(text, "t.toml").unwrap();
+        let previous = Previous { config: before, plan: running };
+        let plan = plan_reusing(&config, &store.kept().unwrap(), Some(previous)).unwrap();
+        let (supervisor, _) = apply(store, &config, &plan, &resolved(&plan), Some(first)).unwrap();
+        let mut kept = plan;
+        kept.forget_rings();
+        (config, kept, supervisor)
+    }
+
+    /// Every slot that changed from `old` to `new` names its old owner; the others none.
+    #[track_caller]
+    fn assert_previous_follows(old: &[u32], new: &[u32], previous: &[u32]) {
+        let wanted: Vec<u32> = old.iter().zip(new).map(|(&o, &n)| if o != n { o } else { NO_BACKEND }).collect();
+        assert_eq!(previous, wanted, "old {old:?}, new {new:?}");
+        assert!(old != new, "the change must move some slot");
+    }
+
+    #[test]
+    fn removing_a_backend_makes_it_the_previous_owner_of_its_slots_and_keeps_its_entry() {
+        let (before, running, mut store, first) = started(parse(SECOND_CHANCE, "t.toml").unwrap());
+        let (web, plain) = (running.vip("web").unwrap().row, running.vip("plain").unwrap().row);
+        let size = running.ring_size;
+        let start = store.maps();
+        assert!(start.previous.values().flatten().all(|&id| id == NO_BACKEND), "a first start has no previous owners");
+        let gone = running.backend_id("198.51.100.13".parse().unwrap()).unwrap();
+
+        let without = SECOND_CHANCE.replace("  [[vip.backend]]\n  address = \"198.51.100.13\"\n", "");
+        let (config, plan, second) = reload(&mut store, &before, &running, &first, &without);
+        let end = store.maps();
+        assert_previous_follows(&start.ring(web, size), &end.ring(web, size), &end.previous(web, size));
+        assert!(end.previous(web, size).contains(&gone));
+        assert!(end.previous(plain, size).iter().all(|&id| id == NO_BACKEND), "an \"lb\" VIP has none");
+        assert!(end.backends.contains_key(&gone), "a previous owner keeps its BACKENDS entry");
+        assert!(store.kept().unwrap().previous_owners.contains(&gone));
+        // PREVIOUS is written before the ring that moves the slots.
+        let log = store.log();
+        let named = log.iter().position(|w| matches!(w, Write::Previous(row, p) if *row == web && p.contains(&gone))).unwrap();
+        let moved = log.iter().position(|w| matches!(w, Write::Ring(row, r) if *row == web && !r.contains(&gone))).unwrap();
+        assert!(named < moved, "previous owners before the ring");
+
+        // A backend added meanwhile does not get the draining id.
+        let added = without.replace("address = \"198.51.100.12\"\n", "address = \"198.51.100.12\"\n  [[vip.backend]]\n  address = \"198.51.100.14\"\n");
+        // Ids 1..=3 only: .11, .12 and the draining one; .14 would need the latter.
+        let tight = added.replace("ring_size = 13", "ring_size = 13\nmax_backends = 4");
+        let refused = plan_reusing(&parse(&tight, "t.toml").unwrap(), &store.kept().unwrap(), None).unwrap_err();
+        assert!(refused.contains("1 previous owners still draining"), "{refused}");
+        let (config2, plan2, third) = reload(&mut store, &config, &plan, &second, &added);
+        let new_id = plan2.backend_id("198.51.100.14".parse().unwrap()).unwrap();
+        assert_ne!(new_id, gone, "ids 1..=4 exist; the draining one is not reused");
+        assert!(store.maps().backends.contains_key(&gone));
+
+        // The window passes: the rows clear, and the next reload erases the entry.
+        assert!(store.drain_previous(Instant::now()).unwrap().is_empty(), "not yet");
+        let drained = store.drain_previous(Instant::now() + Duration::from_secs(10)).unwrap();
+        assert_eq!(drained, [web]);
+        assert!(store.maps().previous(web, size).iter().all(|&id| id == NO_BACKEND));
+        assert!(store.kept().unwrap().previous_owners.is_empty());
+        reload(&mut store, &config2, &plan2, &third, &added);
+        assert!(!store.maps().backends.contains_key(&gone), "drained: the entry goes");
+    }
+
+    #[test]
+    fn a_backend_marked_down_becomes_the_previous_owner_of_its_slots() {
+        use crate::health::{checker::{MemberRef, Report}, probe::Outcome};
+        let (config, running, store, mut supervisor) = started(parse(SECOND_CHANCE, "t.toml").unwrap());
+        let size = running.ring_size;
+        let before = store.maps();
+        let vi = config.vips.iter().position(|v| v.name == "web").unwrap();
+        let web = running.vip("web").unwrap().row;
+        let down = running.backend_id("198.51.100.12".parse().unwrap()).unwrap();
+        // One failed check takes it down (fails = 1 by default).
+        let report = Report { member: MemberRef { vip: vi, backend: 1 }, outcome: Outcome::Timeout, latency: Duration::from_millis(1) };
+        supervisor.apply(&report).unwrap();
+        let after = store.maps();
+        assert_previous_follows(&before.ring(web, size), &after.ring(web, size), &after.previous(web, size));
+        assert!(after.previous(web, size).iter().all(|&id| id == NO_BACKEND || id == down), "only .12 moved");
+        assert!(after.previous(web, size).contains(&down));
+    }
+
+    #[test]
+    fn a_restart_adopting_the_maps_keeps_previous_owners_and_starts_their_window_again() {
+        let (before, running, mut store, first) = started(parse(SECOND_CHANCE, "t.toml").unwrap());
+        let without = SECOND_CHANCE.replace("  [[vip.backend]]\n  address = \"198.51.100.13\"\n", "");
+        reload(&mut store, &before, &running, &first, &without);
+        let gone = running.backend_id("198.51.100.13".parse().unwrap()).unwrap();
+        let web = running.vip("web").unwrap().row;
+        let pinned = store.maps();
+
+        // A new agent: the same maps, a new ledger (nothing known of the times).
+        let mut adopted = MemoryStore::new(pinned.clone());
+        let restarted = Instant::now();
+        assert!(adopted.kept().unwrap().previous_owners.contains(&gone), "read from PREVIOUS");
+        let config = parse(&without, "t.toml").unwrap();
+        let plan = crate::plan::plan_keeping(&config, &adopted.kept().unwrap()).unwrap();
+        apply(&mut adopted, &config, &plan, &resolved(&plan), None).unwrap();
+        let end = adopted.maps();
+        assert_eq!(end.previous(web, plan.ring_size), pinned.previous(web, plan.ring_size), "kept as pinned");
+        assert!(end.backends.contains_key(&gone), "its entry too");
+        // The 10 s window counts from the restart.
+        assert!(adopted.drain_previous(restarted + Duration::from_secs(9)).unwrap().is_empty());
+        assert_eq!(adopted.drain_previous(restarted + Duration::from_secs(11)).unwrap(), [web]);
     }
 }

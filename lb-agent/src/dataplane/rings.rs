@@ -1,4 +1,4 @@
-//! The `RINGS` map mapped into the agent's memory (the map is created with
+//! The `RINGS` map (and `PREVIOUS`, which has its shape) mapped into the agent's memory (the map is created with
 //! `BPF_F_MMAPABLE`). Writing a slot is one store instead of one `bpf()`
 //! call: a whole 65,537-slot ring goes in well under a millisecond, which is
 //! what lets health changes and reloads apply many rings quickly. The BPF
@@ -34,6 +34,8 @@ pub struct MappedRings {
     /// Elements in the mapping, from `first`.
     len: usize,
     map_bytes: usize,
+    /// `RINGS` or `PREVIOUS`, for messages.
+    name: &'static str,
 }
 
 // SAFETY: the mapping is plain shared memory accessed through atomics.
@@ -42,32 +44,43 @@ unsafe impl Send for MappedRings {}
 impl MappedRings {
     /// Maps the `RINGS` map of a loaded object.
     pub fn new(ebpf: &Ebpf) -> Result<Self> {
-        let Some(Map::Array(data)) = ebpf.map(maps::RINGS) else {
-            bail!("map {} missing from the BPF object or not an array", maps::RINGS);
+        Self::named(ebpf, maps::RINGS)
+    }
+
+    /// Maps a map shaped like `RINGS` of a loaded object (`PREVIOUS`).
+    pub fn named(ebpf: &Ebpf, name: &'static str) -> Result<Self> {
+        let Some(Map::Array(data)) = ebpf.map(name) else {
+            bail!("map {name} missing from the BPF object or not an array");
         };
-        Self::from_map(data)
+        let info = data.info().with_context(|| format!("reading {name} map info"))?;
+        Self::map(data, name, 0, info.max_entries() as usize)
     }
 
     /// Maps a `RINGS` map opened any other way (e.g. from its pin). The
     /// mapping keeps the map alive on its own.
     pub fn from_map(data: &aya::maps::MapData) -> Result<Self> {
         let info = data.info().context("reading RINGS map info")?;
-        Self::map(data, 0, info.max_entries() as usize)
+        Self::map(data, maps::RINGS, 0, info.max_entries() as usize)
     }
 
     /// Maps only the slots of ring `row` (plus the rest of their first and
     /// last pages); other slots are out of reach.
     pub fn row(data: &aya::maps::MapData, row: u32, ring_size: u32) -> Result<Self> {
-        let info = data.info().context("reading RINGS map info")?;
+        Self::row_of(data, maps::RINGS, row, ring_size)
+    }
+
+    /// [`Self::row`] of another map shaped like `RINGS` (`PREVIOUS`).
+    pub fn row_of(data: &aya::maps::MapData, name: &'static str, row: u32, ring_size: u32) -> Result<Self> {
+        let info = data.info().with_context(|| format!("reading {name} map info"))?;
         let (start, end) = (row as usize * ring_size as usize, (row as usize + 1) * ring_size as usize);
         if end > info.max_entries() as usize {
-            bail!("ring row {row} beyond the {} slots of {}", info.max_entries(), maps::RINGS);
+            bail!("ring row {row} beyond the {} slots of {name}", info.max_entries());
         }
-        Self::map(data, start, end - start)
+        Self::map(data, name, start, end - start)
     }
 
     /// Maps the pages holding elements `start .. start + count`.
-    fn map(data: &aya::maps::MapData, start: usize, count: usize) -> Result<Self> {
+    fn map(data: &aya::maps::MapData, name: &'static str, start: usize, count: usize) -> Result<Self> {
         // SAFETY: sysconf has no memory preconditions; _SC_PAGESIZE cannot fail.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let elements_per_page = page / ELEMENT_STRIDE;
@@ -89,11 +102,11 @@ impl MappedRings {
         if ptr == libc::MAP_FAILED {
             bail!(
                 "mmap of the {} map failed: {} (the object must create it with BPF_F_MMAPABLE)",
-                maps::RINGS,
+                name,
                 std::io::Error::last_os_error()
             );
         }
-        Ok(Self { words: NonNull::new(ptr.cast()).context("mmap returned null")?, first, len, map_bytes })
+        Ok(Self { words: NonNull::new(ptr.cast()).context("mmap returned null")?, first, len, map_bytes, name })
     }
 
     /// Slot `index` (of the whole map): the first word of its element.
@@ -117,7 +130,7 @@ impl MappedRings {
     }
 
     pub fn set(&self, index: u32, backend_id: u32) -> Result<()> {
-        let slot = self.slot(index).with_context(|| format!("ring slot {index} not in this mapping of {}", maps::RINGS))?;
+        let slot = self.slot(index).with_context(|| format!("ring slot {index} not in this mapping of {}", self.name))?;
         slot.store(backend_id, Ordering::Relaxed);
         Ok(())
     }

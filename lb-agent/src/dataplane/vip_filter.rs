@@ -49,32 +49,17 @@ pub fn write(store: &mut impl MapStore, wanted: &[u64], merge: Merge) -> Result<
 mod tests {
     use super::*;
 
-    const CONFIG: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 13
+    use crate::test_config::{TestConfig, TestVip};
 
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-
-[[vip]]
-name = "web-tls"
-address = "192.0.2.10"
-port = 443
-  [[vip.backend]]
-  address = "198.51.100.11"
-
-[[vip]]
-name = "v6"
-address = "2001:db8:f::10"
-port = 80
-  [[vip.backend]]
-  address = "2001:db8::11"
-"#;
+    /// Two VIPs on one IPv4 address, one on an IPv6 address.
+    fn config() -> crate::config::Config {
+        TestConfig::new()
+            .ring_size(13)
+            .vip(TestVip::new("web", "192.0.2.10:80").backends(["198.51.100.11"]))
+            .vip(TestVip::new("web-tls", "192.0.2.10:443").backends(["198.51.100.11"]))
+            .vip(TestVip::new("v6", "[2001:db8:f::10]:80").backends(["2001:db8::11"]))
+            .parse()
+    }
 
     fn is_set(words: &[u64], addr: &str) -> bool {
         let (w, f) = lb_common::addr_words(addr.parse().unwrap());
@@ -84,7 +69,7 @@ port = 80
 
     #[test]
     fn every_vip_address_and_little_else_is_set() {
-        let plan = crate::plan::plan(&crate::config::parse(CONFIG, "t.toml").unwrap());
+        let plan = crate::plan::plan(&config());
         let words = words(&plan);
         assert!(is_set(&words, "192.0.2.10") && is_set(&words, "2001:db8:f::10"));
         let set: u32 = words.iter().map(|w| w.count_ones()).sum();

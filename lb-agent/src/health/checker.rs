@@ -1,4 +1,5 @@
-//! One tokio task per checked backend of a VIP: check, count, report, wait.
+//! One tokio task per checked backend of a VIP: check, report, wait. A
+//! checker holds no health state: the supervisor counts its outcomes.
 //!
 //! Tasks share nothing but the report channel, so a slow or hung backend
 //! delays only its own next check; each probe is cut off at `timeout` and
@@ -12,9 +13,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::health::probe::{Outcome, Probe};
 use crate::config::health::HealthCheck;
-use crate::health::tracker::{State, Tracker};
+use crate::health::probe::{Outcome, Probe};
 
 /// Largest extra wait between two checks, in percent of the interval.
 pub const JITTER_PERCENT: u64 = 10;
@@ -26,18 +26,12 @@ pub struct MemberRef {
     pub backend: usize,
 }
 
-/// What a checker tells the supervisor after every check.
+/// What a checker tells the supervisor after every check: the probe's
+/// outcome only (what it means for the backend's state is the supervisor's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
     pub member: MemberRef,
     pub outcome: Outcome,
-    /// The tracker after counting this check.
-    pub state: State,
-    pub fails: u32,
-    pub passes: u32,
-    pub changes: u32,
-    /// Whether this check changed the state.
-    pub changed: bool,
     /// How long the check took (its timeout, if it timed out).
     pub latency: Duration,
 }
@@ -64,12 +58,9 @@ impl Jitter {
 }
 
 /// Checks one backend until the report channel closes.
-/// Checks one backend forever, counting results on `tracker` (fresh, or
-/// resumed from the supervisor's state, see [`Tracker::resume`]).
 pub async fn run<P: Probe>(
     member: MemberRef,
     check: HealthCheck,
-    mut tracker: Tracker,
     mut probe: P,
     mut jitter: Jitter,
     reports: mpsc::Sender<Report>,
@@ -80,18 +71,7 @@ pub async fn run<P: Probe>(
         let started = Instant::now();
         let outcome = timeout(check.timeout, probe.check()).await.unwrap_or(Outcome::Timeout);
         let latency = started.elapsed();
-        let changed = tracker.record(outcome.passed()).is_some();
-        let report = Report {
-            member,
-            outcome,
-            state: tracker.state,
-            fails: tracker.fails,
-            passes: tracker.passes,
-            changes: tracker.changes,
-            changed,
-            latency,
-        };
-        if reports.send(report).await.is_err() {
+        if reports.send(Report { member, outcome, latency }).await.is_err() {
             return;
         }
         let extra = jitter.below(check.interval * JITTER_PERCENT as u32 / 100);
@@ -103,6 +83,7 @@ pub async fn run<P: Probe>(
 mod tests {
     use super::*;
     use crate::config::health::{CheckKind, InitialState};
+    use crate::health::tracker::{State, Tracker};
     use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
 
@@ -139,19 +120,41 @@ mod tests {
         HealthCheck { kind: CheckKind::Tcp, interval: INTERVAL, timeout: TIMEOUT, fails, passes, initial, ..HealthCheck::unchecked() }
     }
 
-    /// Runs a checker over `steps` and returns its first `n` reports with
-    /// the (virtual) time each arrived, and when each check started.
-    async fn script(steps: &[Step], check: HealthCheck, n: usize) -> (Vec<(Duration, Report)>, Vec<Duration>) {
+    /// A report and what it adds up to: the state machine the supervisor
+    /// counts reports with, after counting this one.
+    struct Counted {
+        outcome: Outcome,
+        state: State,
+        fails: u32,
+        passes: u32,
+        changes: u32,
+        changed: bool,
+    }
+
+    /// Runs a checker over `steps` and returns its first `n` reports, counted
+    /// in order from the check's initial state, with the (virtual) time each
+    /// arrived, and when each check started.
+    async fn script(steps: &[Step], check: HealthCheck, n: usize) -> (Vec<(Duration, Counted)>, Vec<Duration>) {
         let t0 = Instant::now();
         let starts = Arc::new(Mutex::new(Vec::new()));
         let probe = Scripted { steps: steps.iter().copied().collect(), starts: starts.clone() };
         let (tx, mut rx) = mpsc::channel(4);
-        let tracker = Tracker::new(check.initial, check.fails, check.passes);
-        let task = tokio::spawn(run(MemberRef { vip: 0, backend: 0 }, check, tracker, probe, Jitter::new(42), tx));
+        let mut tracker = Tracker::new(check.initial, check.fails, check.passes);
+        let task = tokio::spawn(run(MemberRef { vip: 0, backend: 0 }, check, probe, Jitter::new(42), tx));
         let mut out = Vec::new();
         while out.len() < n {
             let r = rx.recv().await.expect("checker stopped");
-            out.push((t0.elapsed(), r));
+            assert_eq!(r.member, MemberRef { vip: 0, backend: 0 });
+            let changed = tracker.record(r.outcome.passed()).is_some();
+            let counted = Counted {
+                outcome: r.outcome,
+                state: tracker.state,
+                fails: tracker.fails,
+                passes: tracker.passes,
+                changes: tracker.changes,
+                changed,
+            };
+            out.push((t0.elapsed(), counted));
         }
         task.abort();
         let starts = starts.lock().unwrap().iter().map(|s| *s - t0).collect();

@@ -5,7 +5,7 @@
 //! - [`probe`]: one TCP or HTTP check.
 //! - [`checker`]: one tokio task per checked backend (jitter, timeout).
 //! - [`select`]: the ring of a VIP for a set of healthy backends (backups, policy).
-//! - [`supervisor`]: applies reports to the `HEALTH` and `RINGS` maps, logs changes.
+//! - [`supervisor`]: owns every backend's health state; applies reports to the `HEALTH` and `RINGS` maps, logs changes.
 //! - [`report`]: the health part of `lb-agent stats`.
 
 pub mod checker;

@@ -11,7 +11,6 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use lb_common::health::{HEALTH_DOWN, HEALTH_UNCHECKED, HEALTH_UP, HealthEntry, HealthKey, HealthReason};
 use lb_common::maps;
-use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::plan::select;
@@ -42,7 +41,8 @@ pub fn state_label(state: u8) -> &'static str {
     }
 }
 
-fn reason_label(e: &HealthEntry) -> String {
+/// The last check's reason; with its status for an unexpected HTTP answer.
+pub fn reason_label(e: &HealthEntry) -> String {
     match HealthReason::from_u8(e.reason) {
         Some(HealthReason::HttpStatus) => format!("http_status {}", e.http_status),
         Some(r) => r.label().to_string(),
@@ -144,11 +144,7 @@ pub fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable, cach
                 .collect();
             let up: Vec<bool> = members.iter().map(MemberHealth::is_up).collect();
             let all_up = up.iter().all(|u| *u);
-            // All up: the plan built that very ring already (same `select::ring`).
-            let build = || match planned.all_up.as_ref().filter(|_| all_up) {
-                Some(selection) => RingShares::of(selection),
-                None => RingShares::of(&select::ring(v, plan.ring_size, &id_of, &|i| up[i])),
-            };
+            let build = || RingShares::of(&planned.ring_for(v, plan.ring_size, &id_of, &up));
             let shares = match cache {
                 Some(c) => c.get_or_build(index, up.clone(), build),
                 None => Arc::new(build()),
@@ -168,36 +164,6 @@ pub fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable, cach
             Some(VipHealth { name: &v.name, health, members })
         })
         .collect()
-}
-
-/// Adds `health` to each VIP of `stats::to_json`'s output and
-/// `backup`, `share` (of the ring, 0..=1), `state`, `reason`, `since_unix_ms`, `fails`, `passes`,
-/// `changes`, `http_status` to each of its backends.
-pub fn add_to_json(json: &mut Value, config: &Config, plan: &Plan, table: &HealthTable) {
-    let Some(vips) = json.get_mut("vips").and_then(Value::as_array_mut) else { return };
-    // Found by name and address through indexes: 10,000 members stay linear.
-    let vip_index: HashMap<String, usize> = vips.iter().enumerate().filter_map(|(i, v)| Some((v["name"].as_str()?.to_string(), i))).collect();
-    for vh in vip_health(config, plan, table, None) {
-        let Some(v) = vip_index.get(vh.name).and_then(|&i| vips.get_mut(i)) else { continue };
-        v["health"] = json!(vh.health);
-        let Some(members) = v.get_mut("backends").and_then(Value::as_array_mut) else { continue };
-        let member_index: HashMap<String, usize> =
-            members.iter().enumerate().filter_map(|(i, m)| Some((m["address"].as_str()?.to_string(), i))).collect();
-        for member in &vh.members {
-            let Some(m) = member_index.get(&member.address.to_string()).and_then(|&i| members.get_mut(i)) else { continue };
-            m["backup"] = json!(member.backup);
-            m["share"] = json!(member.ring_share);
-            if let Some(e) = member.entry {
-                m["state"] = json!(state_label(e.state));
-                m["reason"] = json!(reason_label(&e));
-                m["since_unix_ms"] = json!(e.since_unix_ms);
-                m["fails"] = json!(e.consecutive_fails);
-                m["passes"] = json!(e.consecutive_passes);
-                m["changes"] = json!(e.changes);
-                m["http_status"] = json!(e.http_status);
-            }
-        }
-    }
 }
 
 /// A text section: one line per VIP, one per backend.

@@ -43,9 +43,9 @@ impl Tracker {
         Tracker { state, fails: 0, passes: 0, changes: 0, fails_to_down: fails_to_down.max(1), passes_to_up: passes_to_up.max(1) }
     }
 
-    /// Goes on from a state and counts the supervisor already holds (checkers
-    /// restart with every reload; a fresh tracker would start from the
-    /// configured initial state and miss a down backend's recovery).
+    /// Goes on from a state and counts a previous supervisor left in the
+    /// `HEALTH` map (after a reload or restart; a fresh tracker would start
+    /// from the configured initial state and miss a down backend's recovery).
     pub fn resume(state: State, fails: u32, passes: u32, changes: u32, fails_to_down: u32, passes_to_up: u32) -> Tracker {
         Tracker { state, fails, passes, changes, fails_to_down: fails_to_down.max(1), passes_to_up: passes_to_up.max(1) }
     }

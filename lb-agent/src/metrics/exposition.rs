@@ -182,6 +182,10 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
     for (vip, backend, m) in pairs() {
         t.sample(names::RING_SHARE, &pair(vip, backend), m.ring_share);
     }
+    t.family(names::VIP_PREVIOUS_OWNER_SLOTS, Kind::Gauge, "Ring slots of the VIP that have a previous owner now (flow_state = \"backend\" VIPs after a ring change, until lb.previous_owner_window passes).");
+    for vip in &plan.vips {
+        t.sample(names::VIP_PREVIOUS_OWNER_SLOTS, &[(labels::VIP, vip.name.as_str())], u64::from(sample.shares.with_previous_owner(vip.row)));
+    }
     t.family(names::VIP_BACKENDS_UP, Kind::Gauge, "Backends of the VIP that are up; 0 means the VIP has no healthy backend.");
     for (vip, members) in &health {
         t.sample(names::VIP_BACKENDS_UP, &[(labels::VIP, vip)], members.iter().filter(|(_, m)| m.is_up()).count() as u64);
@@ -215,23 +219,13 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_config::{TestConfig, TestVip};
     use lb_common::health::{HEALTH_DOWN, HEALTH_UP, HealthEntry, HealthKey};
 
-    const CONFIG: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 1009
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [vip.health]
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-"#;
+    /// One checked VIP on two backends.
+    fn web() -> TestConfig {
+        TestConfig::new().ring_size(1009).vip(TestVip::new("web", "192.0.2.10:80").checked().backends(["198.51.100.11", "198.51.100.12"]))
+    }
 
     /// The value of the sample line `name{labels}` (labels as printed).
     fn value(text: &str, series: &str) -> f64 {
@@ -241,7 +235,7 @@ port = 80
 
     #[test]
     fn every_metric_with_its_labels_and_values() {
-        let config = crate::config::parse(CONFIG, "t.toml").unwrap();
+        let config = web().parse();
         let plan = crate::plan::plan(&config);
         let programmed = Programmed::new(config, plan.clone(), 3);
         let (b11, b12) = (plan.backend_id("198.51.100.11".parse().unwrap()).unwrap(), plan.backend_id("198.51.100.12".parse().unwrap()).unwrap());
@@ -264,7 +258,10 @@ port = 80
         hist.with_label_values(&["web"]).observe(0.003);
         // The ring as the supervisor writes it with .11 down: all .12's.
         let ring = vec![b12; plan.ring_size as usize];
-        let shares = RingShares::from_rings(plan.ring_size, [(0, &ring[..])]);
+        let mut shares = RingShares::from_rings(plan.ring_size, [(0, &ring[..])]);
+        let mut previous = vec![lb_common::NO_BACKEND; ring.len()];
+        previous[..3].copy_from_slice(&[2, 2, 1]);
+        shares.set_previous(0, &previous);
         let sample = Sample { counters: &counters, health: &health, shares: &shares, now_unix_ms: 3_500 };
         let text = encode(&programmed, &attachment, &sample, &hist).unwrap();
 
@@ -285,6 +282,7 @@ port = 80
         assert_eq!(value(&text, r#"lb_ring_share_ratio{backend="198.51.100.12",vip="web"}"#), 1.0);
         assert_eq!(value(&text, r#"lb_health_check_duration_seconds_count{vip="web"}"#), 1.0);
         assert_eq!(value(&text, "lb_ring_size"), 1009.0);
+        assert_eq!(value(&text, r#"lb_vip_previous_owner_slots{vip="web"}"#), 3.0);
         assert_eq!(value(&text, r#"lb_flow_table_lookups_total{result="hit"}"#), 42.0);
         assert_eq!(value(&text, "lb_flow_table_non_syn_misses_total"), 5.0);
         assert!(!text.contains("non_syn_miss\""), "the non-SYN misses are not a lookup result (they are misses already):\n{text}");
@@ -297,9 +295,8 @@ port = 80
 
     #[test]
     fn a_reload_forgets_the_check_series_of_removed_vips() {
-        let two_vips = format!("{CONFIG}\n[[vip]]\nname = \"api\"\naddress = \"192.0.2.11\"\nport = 80\n  [vip.health]\n  [[vip.backend]]\n  address = \"198.51.100.11\"\n");
-        let old = crate::config::parse(&two_vips, "t.toml").unwrap();
-        let new = crate::config::parse(CONFIG, "t.toml").unwrap();
+        let old = web().vip(TestVip::new("api", "192.0.2.11:80").checked().backends(["198.51.100.11"])).parse();
+        let new = web().parse();
         let hist = check_duration_histogram();
         hist.with_label_values(&["web"]).observe(0.001);
         hist.with_label_values(&["api"]).observe(0.001);

@@ -9,6 +9,7 @@
 //! and `stats` always show the same kernel counters (summed over CPUs), and
 //! the endpoint needs no handle on the loaded object.
 
+pub mod decap;
 pub mod exposition;
 pub mod server;
 pub mod shares;
@@ -79,5 +80,11 @@ impl Metrics {
         let now_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let sample = exposition::Sample { counters: &counters, health: &health, shares: &shares, now_unix_ms };
         exposition::encode(&programmed, &self.attachment, &sample, &self.check_duration)
+    }
+}
+
+impl server::Render for Metrics {
+    fn render(&self) -> Result<String> {
+        Metrics::render(self)
     }
 }

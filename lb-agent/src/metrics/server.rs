@@ -21,8 +21,14 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::Metrics;
 use slots::Slots;
+
+/// What an endpoint serves at [`METRICS_PATH`]: the agent's metrics
+/// ([`super::Metrics`]) or a backend's decap counters ([`super::decap`]).
+pub trait Render: Send + Sync + 'static {
+    /// The text exposition, read now (blocking: map reads are syscalls).
+    fn render(&self) -> Result<String>;
+}
 
 /// The path Prometheus scrapes.
 pub const METRICS_PATH: &str = "/metrics";
@@ -50,9 +56,9 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves until the task is aborted.
-pub fn spawn(listener: TcpListener, metrics: Arc<Metrics>) -> JoinHandle<()> {
+pub fn spawn<R: Render>(listener: TcpListener, metrics: Arc<R>) -> JoinHandle<()> {
     let app = Router::new()
-        .route(METRICS_PATH, get(scrape))
+        .route(METRICS_PATH, get(scrape::<R>))
         .route("/", get(|| async { "lb-agent: metrics at /metrics\n" }))
         .with_state(metrics);
     tokio::spawn(async move {
@@ -114,7 +120,7 @@ async fn serve_connection(stream: TcpStream, app: Router, busy: slots::Busy) {
 const CONCURRENT_RENDERS: usize = 2;
 static RENDERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_RENDERS);
 
-async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn scrape<R: Render>(State(metrics): State<Arc<R>>) -> impl IntoResponse {
     let _turn = RENDERING.acquire().await.expect("the semaphore is never closed");
     // Map reads are syscalls and counting ring slots takes a few ms: off the async workers.
     let rendered = tokio::task::spawn_blocking(move || metrics.render()).await;

@@ -11,15 +11,19 @@ use anyhow::{Context as _, Result};
 use aya::maps::MapData;
 use lb_common::maps;
 
-use crate::plan::Plan;
+use lb_common::second_chance::VIP_FLAG_SECOND_CHANCE;
+
+use crate::plan::{previous, Plan};
 use crate::dataplane::rings::MappedRings;
 
-/// Slots owned per backend id, per VIP row.
+/// Slots owned per backend id, per VIP row; and slots with a previous owner.
 #[derive(Clone, Debug, Default)]
 pub struct RingShares {
     ring_size: u32,
     /// Row -> slots owned, indexed by backend id.
     owned: HashMap<u32, Vec<u32>>,
+    /// Row -> slots with a previous owner (second-chance rows only).
+    previous: HashMap<u32, u32>,
 }
 
 impl RingShares {
@@ -29,18 +33,37 @@ impl RingShares {
         let path = dir.join(maps::RINGS);
         let data = MapData::from_pin(&path)
             .with_context(|| format!("opening {} (is `lb-agent run` running with this config's bpffs_dir?)", path.display()))?;
-        let mut shares = RingShares { ring_size: plan.ring_size, owned: HashMap::new() };
+        // Absent from an object without second chance: no previous owners.
+        let previous = dir.join(maps::PREVIOUS);
+        let previous = previous.exists().then(|| MapData::from_pin(&previous)).transpose().context("opening the pinned PREVIOUS map")?;
+        let mut shares = RingShares { ring_size: plan.ring_size, ..RingShares::default() };
         for vip in &plan.vips {
-            let ring = MappedRings::row(&data, vip.row, plan.ring_size)?;
             let base = vip.row * plan.ring_size;
+            let ring = MappedRings::row(&data, vip.row, plan.ring_size)?;
             shares.count(vip.row, (0..plan.ring_size).filter_map(|slot| ring.get(base + slot)));
+            drop(ring);
+            if let Some(data) = previous.as_ref().filter(|_| vip.meta.flags & VIP_FLAG_SECOND_CHANCE != 0) {
+                let row = MappedRings::row_of(data, maps::PREVIOUS, vip.row, plan.ring_size)?;
+                let owners: Vec<u32> = (0..plan.ring_size).filter_map(|slot| row.get(base + slot)).collect();
+                shares.previous.insert(vip.row, previous::with_previous_owner(&owners));
+            }
         }
         Ok(shares)
     }
 
+    /// Slots of VIP `row`'s ring that have a previous owner.
+    pub fn with_previous_owner(&self, row: u32) -> u32 {
+        self.previous.get(&row).copied().unwrap_or(0)
+    }
+
+    /// Records `previous` as row `row` of `PREVIOUS` (tests and fixtures).
+    pub fn set_previous(&mut self, row: u32, previous: &[u32]) {
+        self.previous.insert(row, previous::with_previous_owner(previous));
+    }
+
     /// Shares of rings given slot by slot (`rings`: row -> backend id per slot).
     pub fn from_rings<'a>(ring_size: u32, rings: impl IntoIterator<Item = (u32, &'a [u32])>) -> RingShares {
-        let mut shares = RingShares { ring_size, owned: HashMap::new() };
+        let mut shares = RingShares { ring_size, ..RingShares::default() };
         for (row, ring) in rings {
             shares.count(row, ring.iter().copied());
         }

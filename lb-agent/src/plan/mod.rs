@@ -10,14 +10,16 @@
 //! and rows in use are kept ([`plan_keeping`], see [`crate::ids`]): the flow
 //! table stores ids.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use lb_common::hash::{flow_hash, source_hash};
 use lb_common::{NO_BACKEND, VIP_FLAG_SOURCE_HASH, VipKey, VipMeta, addr_words};
 
-use crate::config::{Config, HashMode, MacAddr};
+use crate::config::{Config, Encap, FlowState, HashMode, MacAddr, VipConfig};
 pub mod fnv;
+pub mod previous;
 mod ring_summary;
 pub mod select;
 
@@ -63,11 +65,15 @@ pub struct PlannedVip {
     pub meta: VipMeta,
     /// The ring with every backend up (`ring_size` backend ids;
     /// [`NO_BACKEND`] only if no backend has weight) and its tier. `None`
-    /// for a VIP unchanged since the plan a reload replaces (the kernel
-    /// holds its ring already, see [`Previous`]), and once
+    /// for an [`unchanged`](Self::unchanged) VIP, and once
     /// [`Plan::forget_rings`] dropped it: the agent keeps no copy of what the
     /// kernel's `RINGS` map holds.
     pub all_up: Option<Selection>,
+    /// Unchanged since the plan a reload replaces ([`Previous`]): same
+    /// config, row, members and ring size. The kernel holds its ring, members
+    /// and health entries already, and the health supervisor carries the
+    /// VIP's state over. The one place this is decided.
+    pub unchanged: bool,
     /// [`crate::summary::RingSummary::digest`] of the all-up ring (kept
     /// when the ring is dropped: the config fingerprint includes it).
     pub ring_digest: u64,
@@ -86,12 +92,12 @@ impl PlannedVip {
 
     /// The VIP's address.
     pub fn address(&self) -> IpAddr {
-        lb_common::words_addr(&self.key.addr, self.key.family).expect("VipKey built from an IpAddr")
+        self.identity().address
     }
 
     /// The VIP's port (host order; 0 = every port).
     pub fn port(&self) -> u16 {
-        u16::from_be(self.key.port_be)
+        self.identity().port
     }
 }
 
@@ -124,14 +130,26 @@ impl Plan {
         Kept {
             backend_ids: self.backends.iter().map(|b| (b.address, b.id)).collect(),
             vip_rows: self.vips.iter().map(|v| (v.identity(), v.row)).collect(),
+            // The maps know them, not the plan (`MapStore::kept`).
+            previous_owners: BTreeSet::new(),
         }
     }
 }
 
 impl PlannedVip {
-    /// (address, port, protocol number): what identifies the VIP across reloads.
+    /// The ring of VIP `v` (this one's config) when backend `i` is up iff
+    /// `up[i]`: the plan's all-up ring when every backend is up and the plan
+    /// kept it (it is [`select::ring`] with every backend up), else a new one.
+    pub fn ring_for(&self, v: &VipConfig, ring_size: u32, id_of: &dyn Fn(IpAddr) -> u32, up: &[bool]) -> Cow<'_, Selection> {
+        match self.all_up.as_ref().filter(|_| up.iter().all(|u| *u)) {
+            Some(selection) => Cow::Borrowed(selection),
+            None => Cow::Owned(select::ring(v, ring_size, id_of, &|i| up[i])),
+        }
+    }
+
+    /// What identifies the VIP across reloads: the identity its key was built from.
     pub fn identity(&self) -> VipIdentity {
-        (self.address(), self.port(), self.key.proto)
+        VipIdentity::of_key(&self.key).expect("VipKey built from an IpAddr")
     }
 }
 
@@ -195,10 +213,10 @@ pub fn plan_reusing(config: &Config, kept: &Kept, previous: Option<Previous<'_>>
 fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Rings) -> Result<Plan, String> {
     let ring_size = config.lb.ring_size;
 
-    let identities: BTreeSet<VipIdentity> = config.vips.iter().map(|v| (v.address, v.port, v.protocol.number())).collect();
+    let identities: BTreeSet<VipIdentity> = config.vips.iter().map(VipConfig::identity).collect();
     let rows = ids::allocate(&identities, &kept.vip_rows, 0..config.lb.max_vips)
         .ok_or_else(|| format!("{} VIPs do not fit lb.max_vips = {}", identities.len(), config.lb.max_vips))?;
-    let row_of = |v: &crate::config::VipConfig| rows[&(v.address, v.port, v.protocol.number())];
+    let row_of = |v: &VipConfig| rows[&v.identity()];
     let mut vips: Vec<_> = config.vips.iter().collect();
     vips.sort_by_key(|v| row_of(v));
 
@@ -211,14 +229,22 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
         }
     }
     let addresses: BTreeSet<IpAddr> = macs.keys().copied().collect();
-    let backend_ids = ids::allocate(&addresses, &kept.backend_ids, 1..config.lb.max_backends).ok_or_else(|| {
-        format!("{} backends do not fit lb.max_backends = {} (id 0 is reserved)", addresses.len(), config.lb.max_backends)
+    // A previous owner's id stays its own until its slots drain.
+    let backend_ids = ids::allocate_reserving(&addresses, &kept.backend_ids, 1..config.lb.max_backends, &kept.previous_owners).ok_or_else(|| {
+        let draining = kept.previous_owners.iter().filter(|id| !kept.backend_ids.iter().any(|(a, i)| i == *id && addresses.contains(a))).count();
+        format!(
+            "{} backends and {draining} previous owners still draining do not fit lb.max_backends = {} (id 0 is reserved); \
+             raise max_backends (a full restart) or reload once the previous_owner_window has passed",
+            addresses.len(),
+            config.lb.max_backends
+        )
     })?;
     let backends: Vec<PlannedBackend> =
         macs.into_iter().map(|(address, mac)| PlannedBackend { id: backend_ids[&address], address, mac }).collect();
     let id_of = |a: IpAddr| backends[backends.binary_search_by(|b| b.address.cmp(&a)).expect("every backend has an id")].id;
 
-    let unchanged = |v: &crate::config::VipConfig, members: &[(u32, u32)]| -> Option<RingSummary> {
+    // The previous ring's summary of a VIP unchanged since `previous`.
+    let unchanged = |v: &VipConfig, members: &[(u32, u32)]| -> Option<RingSummary> {
         let p = previous?;
         let old = p.plan.vip(&v.name)?;
         let same = p.plan.ring_size == ring_size
@@ -235,29 +261,30 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
         let mut members: Vec<(u32, u32)> = v.backends.iter().map(|b| (id_of(b.address), b.weight)).collect();
         members.sort_unstable();
         if let Some(summary) = unchanged(v, &members) {
-            return (members, None, summary);
+            return (members, None, summary, true);
         }
         let all_up = select::ring(v, ring_size, &id_of, &|_| true);
         let summary = RingSummary::of(&all_up.ring, &members);
         let kept = (rings == Rings::Keep).then_some(all_up);
-        (members, kept, summary)
+        (members, kept, summary, false)
     });
     let planned = vips
         .iter()
         .zip(built)
-        .map(|(v, (members, all_up, RingSummary { digest: ring_digest, slots }))| {
+        .map(|(v, (members, all_up, RingSummary { digest: ring_digest, slots }, unchanged))| {
             let row = row_of(v);
             let flags = match v.hash {
                 HashMode::Flow => 0,
                 HashMode::Source => VIP_FLAG_SOURCE_HASH,
             } | crate::config::packets::fragment_flags(v.fragments)
-                | if v.flow_table { 0 } else { lb_common::flows::VIP_FLAG_STATELESS };
+                | flow_flags(v.flow_state, v.encap);
             PlannedVip {
                 name: v.name.clone(),
                 row,
-                key: VipKey::new(v.address, v.port, v.protocol.number()),
+                key: v.identity().key(),
                 meta: VipMeta { row, flags },
                 all_up,
+                unchanged,
                 ring_digest,
                 members,
                 slots,
@@ -266,6 +293,17 @@ fn build(config: &Config, kept: &Kept, previous: Option<Previous<'_>>, rings: Ri
         .collect();
 
     Ok(Plan { ring_size, hash_seed: config.lb.hash_seed, backends, vips: planned })
+}
+
+/// The VIP flag bits of where its flow state lives and how it is encapsulated.
+fn flow_flags(state: FlowState, encap: Encap) -> u32 {
+    use lb_common::second_chance::{VIP_FLAG_GUE, VIP_FLAG_SECOND_CHANCE};
+    let state = match state {
+        FlowState::Lb => 0,
+        FlowState::None => lb_common::flows::VIP_FLAG_STATELESS,
+        FlowState::Backend => VIP_FLAG_SECOND_CHANCE,
+    };
+    state | if encap == Encap::Gue { VIP_FLAG_GUE } else { 0 }
 }
 
 /// `f` over `items` on up to one thread per CPU (at most `max_threads`),
@@ -319,90 +357,34 @@ pub fn lookup(plan: &Plan, vip: &PlannedVip, src: IpAddr, src_port: u16, dst_por
 mod tests {
     use super::*;
     use crate::config::parse;
+    use crate::test_config::{TestBackend, TestConfig, TestVip};
     use std::net::Ipv4Addr;
 
-    const A: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 4099
-hash_seed = 7
+    /// Three VIPs on four backends (an IPv6 one with a static MAC, a drained
+    /// one); `reordered` lists the VIPs, and each VIP's backends, backwards.
+    fn a_config(reordered: bool) -> TestConfig {
+        let vip = |vip: TestVip, mut backends: Vec<TestBackend>| {
+            if reordered {
+                backends.reverse();
+            }
+            backends.into_iter().fold(vip, TestVip::backend)
+        };
+        let b = TestBackend::new;
+        let mut vips = vec![
+            vip(TestVip::new("web", "192.0.2.10:80"), vec![b("198.51.100.11"), b("198.51.100.12").weight(2), b("2001:db8::13").mac("02:00:00:00:00:13")]),
+            vip(TestVip::new("dns", "192.0.2.10:53/udp").set("hash", "source"), vec![b("198.51.100.12"), b("198.51.100.14").weight(0), b("198.51.100.11")]),
+            vip(TestVip::new("any6", "[2001:db8:f::10]:0"), vec![b("2001:db8::13")]),
+        ];
+        if reordered {
+            vips.reverse();
+        }
+        vips.into_iter().fold(TestConfig::new().ring_size(4099).hash_seed(7), TestConfig::vip)
+    }
 
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  weight = 2
-  [[vip.backend]]
-  address = "2001:db8::13"
-  mac = "02:00:00:00:00:13"
-
-[[vip]]
-name = "dns"
-address = "192.0.2.10"
-port = 53
-protocol = "udp"
-hash = "source"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.14"
-  weight = 0
-  [[vip.backend]]
-  address = "198.51.100.11"
-
-[[vip]]
-name = "any6"
-address = "2001:db8:f::10"
-port = 0
-  [[vip.backend]]
-  address = "2001:db8::13"
-"#;
-
-    /// The same config with VIPs and backends in another order.
-    const B: &str = r#"
-[lb]
-hash_seed = 7
-ring_size = 4099
-interface = "eth0"
-
-[[vip]]
-name = "any6"
-address = "2001:db8:f::10"
-port = 0
-  [[vip.backend]]
-  address = "2001:db8::13"
-
-[[vip]]
-protocol = "udp"
-name = "dns"
-address = "192.0.2.10"
-port = 53
-hash = "source"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  weight = 0
-  address = "198.51.100.14"
-  [[vip.backend]]
-  address = "198.51.100.12"
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "2001:db8::13"
-  mac = "02:00:00:00:00:13"
-  [[vip.backend]]
-  weight = 2
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.11"
-"#;
+    /// [`a_config`] as text, for the tests that edit it.
+    fn a_text() -> String {
+        a_config(false).to_toml()
+    }
 
     fn rings_as_addresses(p: &Plan) -> Vec<(String, u32, Vec<Option<IpAddr>>)> {
         p.vips.iter().map(|v| (v.name.clone(), v.row, v.ring().iter().map(|&id| p.backend(id).map(|b| b.address)).collect())).collect()
@@ -410,8 +392,8 @@ port = 80
 
     #[test]
     fn stable_under_reordering() {
-        let a = plan(&parse(A, "a.toml").unwrap());
-        let b = plan(&parse(B, "b.toml").unwrap());
+        let a = plan(&a_config(false).parse());
+        let b = plan(&a_config(true).parse());
         assert_eq!(rings_as_addresses(&a), rings_as_addresses(&b));
         // In fact the whole plan is identical: ids and rows too.
         assert_eq!(a, b);
@@ -419,7 +401,7 @@ port = 80
 
     #[test]
     fn a_summary_plan_keeps_no_ring_and_says_the_same() {
-        let c = parse(A, "a.toml").unwrap();
+        let c = a_config(false).parse();
         let full = plan(&c);
         for v in &full.vips {
             let counted: Vec<u32> =
@@ -440,10 +422,10 @@ port = 80
 
     #[test]
     fn a_reload_builds_rings_only_for_changed_vips() {
-        let old_config = parse(A, "a.toml").unwrap();
+        let old_config = a_config(false).parse();
         let mut old = plan(&old_config);
         old.forget_rings(); // as the running agent keeps it
-        let text = A.replace("  address = \"198.51.100.12\"\n  weight = 2", "  address = \"198.51.100.12\"\n  weight = 3");
+        let text = a_text().replace("  address = \"198.51.100.12\"\n  weight = 2", "  address = \"198.51.100.12\"\n  weight = 3");
         let new_config = parse(&text, "a.toml").unwrap();
         let previous = Previous { config: &old_config, plan: &old };
         let reused = plan_reusing(&new_config, &old.kept(), Some(previous)).unwrap();
@@ -457,14 +439,70 @@ port = 80
         assert_eq!(crate::summary::fingerprint(&new_config, &reused), crate::summary::fingerprint(&new_config, &fresh));
         // A VIP that moved to another row (here: every row, after a VIP is
         // inserted before them) is not reused: its ring must be written there.
-        let text = format!("{A}\n[[vip]]\nname = \"first\"\naddress = \"192.0.2.1\"\nport = 1\n  [[vip.backend]]\n  address = \"198.51.100.11\"\n");
-        let shifted = plan_reusing(&parse(&text, "a.toml").unwrap(), &Kept::default(), Some(previous)).unwrap();
+        let first = a_config(false).vip(TestVip::new("first", "192.0.2.1:1").backends(["198.51.100.11"]));
+        let shifted = plan_reusing(&first.parse(), &Kept::default(), Some(previous)).unwrap();
         assert!(shifted.vips.iter().all(|v| v.all_up.is_some()), "new rows: every ring built");
     }
 
     #[test]
+    fn a_vip_changed_only_in_a_health_field_is_not_unchanged() {
+        let old_config = a_config(false).parse();
+        let mut old = plan(&old_config);
+        old.forget_rings();
+        let previous = Previous { config: &old_config, plan: &old };
+        let same = plan_reusing(&old_config, &old.kept(), Some(previous)).unwrap();
+        assert!(same.vips.iter().all(|v| v.unchanged && v.all_up.is_none()), "the same config: every VIP unchanged");
+        // A health table on "any6" only: same row, members and ring, another config.
+        let text = a_text().replace("port = 0\n", "port = 0\n  [vip.health]\n  interval = \"2s\"\n  port = 8080\n");
+        let new_config = parse(&text, "a.toml").unwrap();
+        assert_ne!(new_config.vips[2].backends[0].check, old_config.vips[2].backends[0].check);
+        let reused = plan_reusing(&new_config, &old.kept(), Some(previous)).unwrap();
+        for v in &reused.vips {
+            let changed = v.name == "any6";
+            assert_eq!((v.unchanged, v.all_up.is_some()), (!changed, changed), "{}", v.name);
+        }
+        assert_eq!(reused.vip("any6").unwrap().members, old.vip("any6").unwrap().members, "only the health field differs");
+        // Without a previous plan nothing is unchanged.
+        assert!(plan_reusing(&old_config, &old.kept(), None).unwrap().vips.iter().all(|v| !v.unchanged));
+    }
+
+    #[test]
+    fn a_vip_is_identified_alike_by_its_config_its_plan_and_its_key() {
+        let (a, b) = (a_config(false).parse(), a_config(true).parse());
+        let p = plan(&a);
+        for v in &a.vips {
+            let planned = p.vip(&v.name).unwrap();
+            assert_eq!(planned.identity(), v.identity(), "{}", v.name);
+            assert_eq!(planned.key, v.identity().key(), "{}", v.name);
+            let reordered = b.vips.iter().find(|o| o.name == v.name).unwrap();
+            assert_eq!(reordered.identity(), v.identity(), "{}: the order of fields and tables does not matter", v.name);
+        }
+        let identities: Vec<VipIdentity> = p.vips.iter().map(PlannedVip::identity).collect();
+        assert!(identities.is_sorted(), "fresh rows follow the identities: {identities:?}");
+        assert_eq!(p.kept().vip_rows.keys().copied().collect::<Vec<_>>(), identities);
+    }
+
+    #[test]
+    fn ring_for_reuses_the_all_up_ring_only_when_every_backend_is_up() {
+        let c = a_config(false).parse();
+        let p = plan(&c);
+        let id_of = |a| p.backend_id(a).unwrap_or(NO_BACKEND);
+        let (v, planned) = (&c.vips[0], p.vip("web").unwrap());
+        let all_up = planned.ring_for(v, p.ring_size, &id_of, &[true, true, true]);
+        assert!(matches!(all_up, Cow::Borrowed(_)), "the plan's ring, not a new build");
+        assert_eq!(*all_up, select::ring(v, p.ring_size, &id_of, &|_| true));
+        let one_down = planned.ring_for(v, p.ring_size, &id_of, &[true, false, true]);
+        assert_eq!(*one_down, select::ring(v, p.ring_size, &id_of, &|i| i != 1));
+        assert!(!one_down.ring.contains(&2), "198.51.100.12 (id 2) is down");
+        let mut forgotten = p.clone();
+        forgotten.forget_rings();
+        let rebuilt = forgotten.vip("web").unwrap().ring_for(v, p.ring_size, &id_of, &[true, true, true]);
+        assert_eq!((matches!(rebuilt, Cow::Owned(_)), &*rebuilt), (true, &*all_up), "without the plan's ring: the same, built");
+    }
+
+    #[test]
     fn ids_rows_keys_and_flags() {
-        let p = plan(&parse(A, "a.toml").unwrap());
+        let p = plan(&a_config(false).parse());
         let addrs: Vec<String> = p.backends.iter().map(|b| b.address.to_string()).collect();
         assert_eq!(addrs, ["198.51.100.11", "198.51.100.12", "198.51.100.14", "2001:db8::13"]);
         assert_eq!(p.backends.iter().map(|b| b.id).collect::<Vec<_>>(), [1, 2, 3, 4]);
@@ -489,9 +527,9 @@ port = 80
 
     #[test]
     fn reloads_keep_ids_and_rows() {
-        let before = plan(&parse(A, "a.toml").unwrap());
+        let before = plan(&a_config(false).parse());
         // 198.51.100.11 leaves, 198.51.100.10 (sorting first) arrives, VIP dns leaves, a VIP arrives.
-        let text = A.replace("198.51.100.11", "198.51.100.10").replace("name = \"dns\"", "name = \"dns2\"").replace("port = 53", "port = 54");
+        let text = a_text().replace("198.51.100.11", "198.51.100.10").replace("name = \"dns\"", "name = \"dns2\"").replace("port = 53", "port = 54");
         let after = plan_keeping(&parse(&text, "a.toml").unwrap(), &before.kept()).unwrap();
         for address in ["198.51.100.12", "198.51.100.14", "2001:db8::13"] {
             let a: IpAddr = address.parse().unwrap();
@@ -514,15 +552,26 @@ port = 80
 
     #[test]
     fn stateless_vips_are_flagged() {
-        let text = A.replace("hash = \"source\"", "hash = \"source\"\nflow_table = false");
+        let text = a_text().replace("hash = \"source\"", "hash = \"source\"\nflow_table = false");
         let p = plan(&parse(&text, "a.toml").unwrap());
         assert_eq!(p.vip("dns").unwrap().meta.flags, VIP_FLAG_SOURCE_HASH | lb_common::flows::VIP_FLAG_STATELESS);
         assert_eq!(p.vip("web").unwrap().meta.flags, 0);
     }
 
     #[test]
+    fn backend_state_vips_are_flagged_second_chance_and_gue() {
+        use lb_common::second_chance::{VIP_FLAG_GUE, VIP_FLAG_SECOND_CHANCE};
+        let text = a_text().replace("hash = \"source\"", "hash = \"source\"\nflow_state = \"backend\"");
+        let p = plan(&parse(&text, "a.toml").unwrap());
+        assert_eq!(p.vip("dns").unwrap().meta.flags, VIP_FLAG_SOURCE_HASH | VIP_FLAG_SECOND_CHANCE | VIP_FLAG_GUE);
+        let gue = a_text().replace("interface = \"eth0\"", "interface = \"eth0\"\nencap = \"gue\"");
+        let p = plan(&parse(&gue, "a.toml").unwrap());
+        assert_eq!(p.vip("web").unwrap().meta.flags, VIP_FLAG_GUE, "GUE alone: the flow table stays");
+    }
+
+    #[test]
     fn find_vip_prefers_exact_port() {
-        let p = plan(&parse(A, "a.toml").unwrap());
+        let p = plan(&a_config(false).parse());
         let v4: IpAddr = "192.0.2.10".parse().unwrap();
         let v6: IpAddr = "2001:db8:f::10".parse().unwrap();
         assert_eq!(find_vip(&p, v4, 80, lb_common::PROTO_TCP).unwrap().name, "web");
@@ -535,7 +584,7 @@ port = 80
 
     #[test]
     fn lookup_matches_the_kernel_formula_and_spreads() {
-        let p = plan(&parse(A, "a.toml").unwrap());
+        let p = plan(&a_config(false).parse());
         let web = p.vip("web").unwrap();
         let mut counts = BTreeMap::new();
         for i in 0..10_000u32 {
@@ -561,7 +610,7 @@ port = 80
 
     #[test]
     fn source_hash_ignores_ports() {
-        let p = plan(&parse(A, "a.toml").unwrap());
+        let p = plan(&a_config(false).parse());
         let dns = p.vip("dns").unwrap();
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..1000u32 {

@@ -109,35 +109,17 @@ fn stable_ring(vip: &VipConfig, ring_size: u32, id_of: &dyn Fn(IpAddr) -> u32, m
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse;
+    use crate::test_config::{TestBackend, TestConfig, TestVip};
     use crate::plan::plan;
 
-    const CONFIG: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 4099
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  weight = 2
-  [[vip.backend]]
-  address = "198.51.100.14"
-  backup = true
-  [[vip.backend]]
-  address = "198.51.100.15"
-  backup = true
-"#;
-
-    fn setup(extra: &str) -> (crate::config::Config, crate::plan::Plan) {
-        let c = parse(&CONFIG.replace("port = 80\n", &format!("port = 80\n{extra}")), "t.toml").unwrap();
+    /// One VIP: three primaries (.13 of weight 2) and two backups; `health`
+    /// adds `[vip.health]` settings.
+    fn setup(health: &[(&str, &str)]) -> (crate::config::Config, crate::plan::Plan) {
+        let b = TestBackend::new;
+        let vip = TestVip::new("web", "192.0.2.10:80").backends(["198.51.100.11", "198.51.100.12"]).backend(b("198.51.100.13").weight(2));
+        let vip = vip.backend(b("198.51.100.14").backup()).backend(b("198.51.100.15").backup());
+        let vip = health.iter().fold(vip, |vip, (key, value)| vip.health(key, *value));
+        let c = TestConfig::new().ring_size(4099).vip(vip).parse();
         let p = plan(&c);
         (c, p)
     }
@@ -149,7 +131,7 @@ port = 80
 
     #[test]
     fn all_up_is_the_plan_ring_without_backups() {
-        let (c, p) = setup("");
+        let (c, p) = setup(&[]);
         let s = select(&c, &p, &[]);
         assert_eq!(s.tier, Tier::Primary);
         assert_eq!(s.ring, p.vips[0].ring());
@@ -158,7 +140,7 @@ port = 80
 
     #[test]
     fn a_down_backend_moves_only_its_own_slots() {
-        let (c, p) = setup("");
+        let (c, p) = setup(&[]);
         let before = select(&c, &p, &[]).ring;
         let after = select(&c, &p, &[1]).ring;
         for (slot, (b, a)) in before.iter().zip(&after).enumerate() {
@@ -177,7 +159,7 @@ port = 80
 
     #[test]
     fn backups_serve_only_without_primaries() {
-        let (c, p) = setup("");
+        let (c, p) = setup(&[]);
         let s = select(&c, &p, &[0, 1, 2]);
         assert_eq!(s.tier, Tier::Backup);
         assert!(s.ring.iter().all(|id| *id == 4 || *id == 5));
@@ -188,11 +170,11 @@ port = 80
 
     #[test]
     fn all_down_policies() {
-        let (c, p) = setup("");
+        let (c, p) = setup(&[]);
         let s = select(&c, &p, &[0, 1, 2, 3, 4]);
         assert_eq!(s.tier, Tier::Down);
         assert!(s.ring.iter().all(|id| *id == NO_BACKEND));
-        let (c, p) = setup("  [vip.health]\n  all_down = \"fail_open\"\n");
+        let (c, p) = setup(&[("all_down", "fail_open")]);
         let s = select(&c, &p, &[0, 1, 2, 3, 4]);
         assert_eq!(s.tier, Tier::FailOpen);
         assert_eq!(s.ring, p.vips[0].ring());

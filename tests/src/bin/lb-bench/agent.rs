@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeSet,
-    fmt::Write as _,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -18,6 +17,7 @@ use lb_agent::{config, dataplane::rings::MappedRings, plan};
 use lb_common::maps;
 use lb_tests::{
     agent,
+    configs::{TestBackend, TestConfig, TestVip},
     topology::{Proc, Topology, TopologyOptions, LB, LB_V4},
 };
 use serde_json::{json, Value};
@@ -38,26 +38,18 @@ const EVERY_PAIR_CHECKED: Duration = Duration::from_secs(20);
 /// `weight_of_first(vip)` is the weight of the VIP's first backend (the
 /// reloads change it); `health` adds TCP checks of every (VIP, backend) pair.
 pub fn config_text(bpffs: &str, run_dir: &str, weight_of_first: impl Fn(u32) -> u32, health: bool) -> String {
-    let mut s = format!(
-        "[lb]\ninterface = \"eth0\"\ntunnel_source_v4 = \"{LB_V4}\"\nbpffs_dir = \"{bpffs}\"\nrun_dir = \"{run_dir}\"\n\
-         max_vips = 128\nmax_backends = 128\n"
-    );
-    for v in 0..VIPS {
-        let _ = write!(s, "\n[[vip]]\nname = \"vip{v}\"\naddress = \"192.0.2.{}\"\nport = 80\n", v + 1);
-        if health {
-            s += "  [vip.health]\n  check = \"tcp\"\n  interval = \"5s\"\n  timeout = \"1s\"\n";
-        }
-        for b in 0..BACKENDS {
-            let weight = if b == 0 { weight_of_first(v) } else { 1 };
-            let _ = write!(
-                s,
-                "  [[vip.backend]]\n  address = \"{}\"\n  weight = {weight}\n  mac = \"02:00:00:00:01:{:02x}\"\n",
-                backend_address(b),
-                b
-            );
-        }
-    }
-    s
+    let lb = TestConfig::new().tunnel_source_v4(LB_V4).lb("bpffs_dir", bpffs).lb("run_dir", run_dir).max_vips(128).max_backends(128);
+    (0..VIPS)
+        .map(|v| {
+            let vip = TestVip::new(&format!("vip{v}"), &format!("192.0.2.{}:80", v + 1));
+            let vip = if health { vip.health("check", "tcp").health("interval", "5s").health("timeout", "1s") } else { vip };
+            (0..BACKENDS).fold(vip, |vip, b| {
+                let weight = if b == 0 { weight_of_first(v) } else { 1 };
+                vip.backend(TestBackend::new(backend_address(b)).weight(weight).mac(&format!("02:00:00:00:01:{b:02x}")))
+            })
+        })
+        .fold(lb, TestConfig::vip)
+        .to_toml()
 }
 
 /// Backend b: 198.51.100.100 + b, in the topology's subnet but not on any host.

@@ -35,6 +35,7 @@ use lb_agent::{
     dataplane::rings::MappedRings,
 };
 use lb_tests::bpf::{self, Overrides};
+use lb_tests::configs::{self, TestVip, BACKENDS_V4};
 use lb_common::{
     flows::FlowEvent,
     maps, programs,
@@ -86,105 +87,18 @@ const CLIENT_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 
 const VIP_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
 
-/// The benchmark's data plane: the production ring size, three backends per VIP.
-const CONFIG: &str = r#"
-[lb]
-interface = "bench0"
-tunnel_source_v4 = "198.51.100.2"
-tunnel_source_v6 = "2001:db8::2"
-max_vips = 8
-max_backends = 16
-[[vip]]
-name = "web-stateless"
-address = "192.0.2.10"
-port = 81
-flow_table = false
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-[[vip]]
-name = "web-backend"
-address = "192.0.2.10"
-port = 82
-flow_state = "backend"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-[[vip]]
-name = "web-backend-moved"
-address = "192.0.2.10"
-port = 84
-flow_state = "backend"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-[[vip]]
-name = "web-gue"
-address = "192.0.2.10"
-port = 83
-encap = "gue"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-  mac = "02:00:00:00:00:13"
-[[vip]]
-name = "dns"
-address = "192.0.2.10"
-port = 53
-protocol = "udp"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  mac = "02:00:00:00:00:11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  mac = "02:00:00:00:00:12"
-[[vip]]
-name = "web6"
-address = "2001:db8:f::10"
-port = 80
-  [[vip.backend]]
-  address = "2001:db8::11"
-  mac = "02:00:00:00:01:11"
-  [[vip.backend]]
-  address = "2001:db8::12"
-  mac = "02:00:00:00:01:12"
-"#;
+/// The benchmark's data plane: the production ring size, two or three
+/// backends per VIP, a stateless VIP beside the flow table's, "backend" VIPs
+/// (second chance; one whose bench flow has a previous owner) and a GUE VIP
+/// that keeps its flow table.
+fn config() -> String {
+    let stateless = TestVip::new("web-stateless", "192.0.2.10:81").flow_table(false).backends(BACKENDS_V4);
+    let backend = |name: &str, endpoint: &str| TestVip::new(name, endpoint).set("flow_state", "backend").backends(BACKENDS_V4);
+    let gue = TestVip::new("web-gue", "192.0.2.10:83").set("encap", "gue").backends(BACKENDS_V4);
+    let c = configs::unattached("bench0").max_vips(8).max_backends(16).vip(stateless);
+    let c = c.vip(backend("web-backend", "192.0.2.10:82")).vip(backend("web-backend-moved", "192.0.2.10:84")).vip(gue);
+    c.vip(configs::web()).vip(configs::dns()).vip(configs::web6()).static_macs().to_toml()
+}
 
 fn load() -> Result<Ebpf> {
     Ok(load_with_plan()?.ebpf)
@@ -192,7 +106,7 @@ fn load() -> Result<Ebpf> {
 
 fn load_with_plan() -> Result<bpf::Loaded> {
     let programs = [programs::BALANCER, programs::DECAP, programs::PASS, programs::FLOOR_TX];
-    bpf::load(CONFIG, "bench.toml", &programs, Overrides::default())
+    bpf::load(&config(), "bench.toml", &programs, Overrides::default())
 }
 
 /// Gives the slot of the flow from `src`:`sport` to VIP `port` a previous

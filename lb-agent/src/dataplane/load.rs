@@ -1,37 +1,15 @@
-//! The kernel side as seen from the agent: loading the BPF object with the
-//! config's sizes and switches, attaching it, pinning the maps so
-//! `lb-agent stats` can read them from another shell. Plans reach the maps
-//! through [`reconcile`] into a [`store::MapStore`].
-//!
-//! - [`store`]: the map-store trait reconcile writes through.
-//! - [`live`]: its kernel implementation (pinned maps, or a loaded object's).
-//! - [`reconcile`]: plan -> maps, in an order that never misroutes a flow.
-//! - [`rings`]: `RINGS` mapped into memory; [`vip_filter`]: the VIP address filter.
-
-pub mod live;
-#[cfg(test)]
-pub mod memory;
-pub mod reconcile;
-pub mod rings;
-pub mod store;
-pub mod vip_filter;
+//! The BPF object, loaded with the config's map sizes and load-time globals.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
 };
 
-use anyhow::{bail, Context as _, Result};
-use aya::{
-    maps::{Map, MapData, PerCpuArray},
-    programs::{xdp::XdpLinkId, Xdp, XdpMode},
-    Ebpf, EbpfLoader,
-};
-use lb_common::{
-    events, globals, limits, maps, v4_words, v6_words, BackendEntry, Counter, DecapReason, Reason,
-};
+use anyhow::{Context as _, Result};
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use lb_common::{events, globals, limits, maps, v4_words, v6_words};
 
-use crate::config::{Config, MacAddr, XdpMode as ConfigXdpMode};
+use crate::config::Config;
 
 /// The BPF object built by build.rs (lb-ebpf compiled for the BPF target).
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -52,6 +30,8 @@ pub struct LoadOptions {
     pub packets: PacketOptions,
     /// aya-log records from the balancer (`run --kernel-events`).
     pub kernel_events: bool,
+    /// UDP destination port of GUE tunnels (`GUE_PORT` global).
+    pub gue_port: u16,
 }
 
 /// The `MTU` and `POLICY` globals (see `lb_common::packet_policy`).
@@ -83,6 +63,7 @@ impl LoadOptions {
             tunnel_source_v6: config.lb.tunnel_source_v6.or(fallback_v6),
             packets: PacketOptions { mtu, policy: config.lb.packets.bits() },
             kernel_events: false,
+            gue_port: config.lb.gue_port,
         }
     }
 }
@@ -99,6 +80,7 @@ impl Default for LoadOptions {
             tunnel_source_v6: None,
             packets: PacketOptions::default(),
             kernel_events: false,
+            gue_port: lb_common::second_chance::DEFAULT_GUE_PORT,
         }
     }
 }
@@ -116,6 +98,7 @@ pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries(maps::VIPS, opts.max_vips * 2)
         .map_max_entries(maps::RINGS, ring_entries)
+        .map_max_entries(maps::PREVIOUS, ring_entries)
         .map_max_entries(maps::BACKENDS, opts.max_backends)
         .map_max_entries(maps::VIP_STATS, opts.max_vips)
         .map_max_entries(maps::BACKEND_STATS, opts.max_backends)
@@ -129,6 +112,7 @@ pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
         .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
         .override_global(globals::MTU, &opts.packets.mtu, true)
         .override_global(globals::POLICY, &opts.packets.policy, true)
+        .override_global(globals::GUE_PORT, &opts.gue_port, true)
         .override_global(events::LEVEL_GLOBAL, &events_level(opts.kernel_events), true)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
@@ -160,6 +144,7 @@ pub fn loaded_state(opts: &LoadOptions, ifindex: u32) -> lb_common::flows::Loade
         tunnel_source_v4: opts.tunnel_source_v4.map(v4_words).unwrap_or([0; 4]),
         tunnel_source_v6: opts.tunnel_source_v6.map(v6_words).unwrap_or([0; 4]),
         kernel_events: u32::from(events_level(opts.kernel_events)),
+        gue_port: u32::from(opts.gue_port),
     }
 }
 
@@ -175,6 +160,7 @@ pub fn load_health_encap_object(opts: &LoadOptions, dir: &Path) -> Result<Ebpf> 
         .map_max_entries(maps::BACKENDS, opts.max_backends)
         .map_max_entries(maps::VIPS, 1)
         .map_max_entries(maps::RINGS, 1)
+        .map_max_entries(maps::PREVIOUS, 1)
         .map_max_entries(maps::VIP_STATS, 1)
         .map_max_entries(maps::BACKEND_STATS, 1)
         .map_max_entries(maps::HEALTH, 1)
@@ -195,15 +181,22 @@ const MINIMAL_FLOW_TABLE: u32 = 1;
 /// `xdp_decap`, or a test port running `xdp_pass`): the balancer's big maps
 /// are shrunk to one entry.
 pub fn load_minimal_object() -> Result<Ebpf> {
+    load_decap_object(lb_common::second_chance::DEFAULT_GUE_PORT)
+}
+
+/// [`load_minimal_object`] with the UDP port `xdp_decap` takes GUE on.
+pub fn load_decap_object(gue_port: u16) -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries(maps::VIPS, 1)
         .map_max_entries(maps::RINGS, 1)
+        .map_max_entries(maps::PREVIOUS, 1)
         .map_max_entries(maps::BACKENDS, 1)
         .map_max_entries(maps::VIP_STATS, 1)
         .map_max_entries(maps::BACKEND_STATS, 1)
         .map_max_entries(maps::HEALTH, 1)
         .map_max_entries(maps::MEMBERS, 1)
         .map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE)
+        .override_global(globals::GUE_PORT, &gue_port, true)
         .override_global(events::LEVEL_GLOBAL, &events::OFF, true)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
@@ -219,155 +212,3 @@ pub fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     Ok(program)
 }
 
-/// The attach mode actually used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachedMode {
-    Native,
-    Generic,
-}
-
-impl std::fmt::Display for AttachedMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AttachedMode::Native => "native",
-            AttachedMode::Generic => "generic",
-        })
-    }
-}
-
-/// Attaches `program` to `iface`; `auto` tries native (driver) XDP first and
-/// falls back to generic XDP for drivers without it.
-pub fn attach(program: &mut Xdp, iface: &str, mode: ConfigXdpMode) -> Result<(XdpLinkId, AttachedMode)> {
-    let try_mode = |program: &mut Xdp, m: XdpMode| program.attach(iface, m);
-    match mode {
-        ConfigXdpMode::Native => Ok((
-            try_mode(program, XdpMode::Driver).with_context(|| format!("attaching native XDP to {iface}"))?,
-            AttachedMode::Native,
-        )),
-        ConfigXdpMode::Generic => Ok((
-            try_mode(program, XdpMode::Skb).with_context(|| format!("attaching generic XDP to {iface}"))?,
-            AttachedMode::Generic,
-        )),
-        ConfigXdpMode::Auto => match try_mode(program, XdpMode::Driver) {
-            Ok(link) => Ok((link, AttachedMode::Native)),
-            Err(native) => {
-                tracing::warn!("native XDP on {iface} failed ({native}); falling back to generic XDP");
-                let link = try_mode(program, XdpMode::Skb)
-                    .with_context(|| format!("attaching XDP to {iface} (native failed first: {native})"))?;
-                Ok((link, AttachedMode::Generic))
-            }
-        },
-    }
-}
-
-/// Where a backend's frames go: its address and the next hop's MAC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ResolvedBackend {
-    pub address: IpAddr,
-    pub next_hop_mac: MacAddr,
-}
-
-pub fn backend_entry(b: &ResolvedBackend) -> BackendEntry {
-    let (addr, family) = lb_common::addr_words(b.address);
-    BackendEntry { addr, next_hop_mac: b.next_hop_mac.0, family, _pad: 0 }
-}
-
-/// Mounts bpffs at /sys/fs/bpf when a pin directory lives there and nothing is
-/// mounted yet (fresh hosts and containers often lack it).
-pub(crate) fn ensure_bpffs(dir: &Path) -> Result<()> {
-    let default_root = Path::new("/sys/fs/bpf");
-    if !dir.starts_with(default_root) || is_bpffs(default_root) {
-        return Ok(());
-    }
-    std::fs::create_dir_all(default_root).ok();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "bpf", "bpf"])
-        .arg(default_root)
-        .status()
-        .context("running mount -t bpf")?;
-    if !status.success() {
-        bail!("{} is not a bpffs and mounting one there failed; mount it with `mount -t bpf bpf /sys/fs/bpf`", default_root.display());
-    }
-    Ok(())
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: `statfs` is plain old data, for which all-zero bytes are valid.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a live, writable statfs.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
-}
-
-/// Counters of a running agent, read from its pinned maps and summed over CPUs.
-#[derive(Clone, Debug, Default)]
-pub struct Counters {
-    /// Indexed by VIP row.
-    pub vips: Vec<Counter>,
-    /// Indexed by backend id.
-    pub backends: Vec<Counter>,
-    /// Indexed by [`Reason`].
-    pub reasons: Vec<Counter>,
-    /// Indexed by [`DecapReason`].
-    pub decap: Vec<Counter>,
-    /// Indexed by [`lb_common::flows::FlowEvent`].
-    pub flows: Vec<Counter>,
-}
-
-impl Counters {
-    pub fn reason(&self, r: Reason) -> Counter {
-        self.reasons.get(r as usize).copied().unwrap_or_default()
-    }
-    pub fn decap_reason(&self, r: DecapReason) -> Counter {
-        self.decap.get(r as usize).copied().unwrap_or_default()
-    }
-    pub fn flow_event(&self, e: lb_common::flows::FlowEvent) -> Counter {
-        self.flows.get(e as usize).copied().unwrap_or_default()
-    }
-}
-
-/// Reads every counter map of a loaded object (used by fixtures and tests).
-pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
-    let read = |name: &str| -> Result<Vec<Counter>> {
-        let map = ebpf.map(name).with_context(|| format!("map {name} missing"))?;
-        sum_per_cpu(&PerCpuArray::try_from(map)?)
-    };
-    Ok(Counters {
-        vips: read(maps::VIP_STATS)?,
-        backends: read(maps::BACKEND_STATS)?,
-        reasons: read(maps::REASON_STATS)?,
-        decap: read(maps::DECAP_STATS)?,
-        flows: read(maps::FLOW_STATS)?,
-    })
-}
-
-/// Reads the counters pinned under `dir` by a running agent.
-pub fn read_pinned_counters(dir: &Path) -> Result<Counters> {
-    let read = |name: &str| -> Result<Vec<Counter>> {
-        let path: PathBuf = dir.join(name);
-        let data = MapData::from_pin(&path).with_context(|| {
-            format!("opening {} (is `lb-agent run` running with this config's bpffs_dir?)", path.display())
-        })?;
-        sum_per_cpu(&PerCpuArray::try_from(Map::PerCpuArray(data))?)
-    };
-    Ok(Counters {
-        vips: read(maps::VIP_STATS)?,
-        backends: read(maps::BACKEND_STATS)?,
-        reasons: read(maps::REASON_STATS)?,
-        decap: read(maps::DECAP_STATS)?,
-        flows: read(maps::FLOW_STATS)?,
-    })
-}
-
-fn sum_per_cpu<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, Counter>) -> Result<Vec<Counter>> {
-    let mut out = Vec::with_capacity(map.len() as usize);
-    for i in 0..map.len() {
-        let mut total = Counter::default();
-        for c in map.get(&i, 0)?.iter() {
-            total.add(c);
-        }
-        out.push(total);
-    }
-    Ok(out)
-}

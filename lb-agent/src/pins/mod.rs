@@ -3,6 +3,8 @@
 //! program attached when the agent exits (SIGTERM, crash, kill -9, upgrade);
 //! [`remove_all`] is the only thing that detaches it.
 
+mod bpffs;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
@@ -28,7 +30,7 @@ pub fn has_link(dir: &Path) -> bool {
 /// mounted on /sys/fs/bpf if needed). Stale pins of a half-finished earlier
 /// start (maps without a link) are replaced.
 pub fn pin_object(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
-    crate::dataplane::ensure_bpffs(dir)?;
+    bpffs::ensure(dir)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
     for name in maps::ALL {
         let path = dir.join(name);

@@ -1,0 +1,159 @@
+//! Start: adopt or load the balancer, reconcile it with the config, attach,
+//! start the services; then serve until a signal, and leave it forwarding.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result};
+use lb_common::programs;
+use tokio::task::JoinHandle;
+
+use super::{adopt::adoptable, dsr::Dsr, load_config, load_options, next_hops::resolve_backends, observed, ready, release_freed_memory, serve::serve, RunOptions, Running};
+use crate::{
+    control::{self, Claim},
+    dataplane::{self, live::LiveMaps, reconcile, store::MapStore as _, LoadOptions},
+    health::supervisor,
+    metrics::{self, Metrics},
+    nexthop, pins, plan,
+};
+
+pub async fn run(options: RunOptions) -> Result<()> {
+    let config = load_config(&options.config_path)?;
+    let claim = Claim::take(&config.lb.run_dir, &config.lb.interface)?;
+    // Bound before anything is loaded: a taken port changes nothing.
+    let metrics_listener = match config.lb.metrics_listen {
+        Some(addr) => Some(metrics::server::bind(addr).await?),
+        None => None,
+    };
+    let handle = nexthop::connect()?;
+    let iface = nexthop::interface(&handle, &config.lb.interface)
+        .await
+        .with_context(|| format!("lb.interface = {:?}", config.lb.interface))?;
+    crate::vlan_offload::keep_rx_vlan_tags(&iface.name);
+    let opts = LoadOptions { kernel_events: options.kernel_events, ..load_options(&config, &iface)? };
+    let loaded = dataplane::loaded_state(&opts, iface.index);
+    let dir = config.lb.bpffs_dir.clone();
+
+    let adopted = adoptable(&dir, &loaded, options.full_restart)?;
+    let mut fresh = if adopted {
+        None
+    } else {
+        let mut ebpf = dataplane::load_balancer_object(&opts)?;
+        dataplane::load_program(&mut ebpf, programs::BALANCER)?;
+        pins::pin_object(&mut ebpf, &dir)?;
+        Some(ebpf)
+    };
+    let setup = async {
+        let mut live = LiveMaps::open(&dir)?;
+        if fresh.is_some() {
+            live.set_loaded_state(loaded)?;
+        }
+        let plan = plan::plan_keeping(&config, &live.kept()?).map_err(anyhow::Error::msg)?;
+        let resolved = resolve_backends(&handle, &iface, &plan, &opts).await?;
+        let (supervisor, changes) = reconcile::apply(&mut live, &config, &plan, &resolved, None)?;
+        let mut plan = plan;
+        plan.forget_rings();
+        release_freed_memory();
+        let mut dsr = Dsr::default();
+        dsr.install(&config, &plan, &opts, &handle, &iface).await?;
+        anyhow::Ok((live, plan, supervisor, changes, dsr))
+    };
+    let (live, plan, supervisor, changes, dsr) = match setup.await {
+        Ok(s) => s,
+        Err(e) => {
+            if fresh.is_some() {
+                // Nothing was attached yet: leave no half-made pins behind.
+                let _ = pins::remove_all(&dir);
+            }
+            return Err(e);
+        }
+    };
+    let what = match fresh.as_mut() {
+        Some(ebpf) => {
+            let program: &mut aya::programs::Xdp =
+                ebpf.program_mut(programs::BALANCER).context("balancer program missing")?.try_into()?;
+            let attached = dataplane::attach(program, &iface.name, config.lb.xdp_mode).and_then(|(link, mode)| {
+                pins::pin_link(program, link, &dir)?;
+                Ok(mode)
+            });
+            match attached {
+                Ok(mode) => format!("attached {} to {} in {mode} mode", programs::BALANCER, iface.name),
+                Err(e) => {
+                    let _ = pins::remove_all(&dir);
+                    return Err(e);
+                }
+            }
+        }
+        None => format!("adopted the pinned {} on {} ({changes})", programs::BALANCER, iface.name),
+    };
+    drop(fresh);
+    let kernel_events = follow_kernel_events(&live, &dir, options.kernel_events)?;
+    tracing::info!(
+        "balancing {} VIP(s) over {} backend(s) on {} (ring size {}, pinned in {}): {changes}",
+        plan.vips.len(),
+        plan.backends.len(),
+        iface.name,
+        plan.ring_size,
+        dir.display()
+    );
+    let mut metrics_server = None;
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let mode = crate::xdp_attach::mode(&handle, iface.index).await.unwrap_or_else(|e| {
+                tracing::warn!("cannot tell the XDP mode of {}: {e:#}", iface.name);
+                "unknown"
+            });
+            let m = Metrics::new(config.clone(), plan.clone(), metrics::Attachment { interface: iface.name.clone(), mode });
+            tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at {}", metrics::server::METRICS_PATH);
+            metrics_server = Some(metrics::server::spawn(listener, m.clone()));
+            Some(m)
+        }
+        None => None,
+    };
+    let previous_drain = crate::previous_owners::spawn(live.reopen()?);
+    let supervisor = Arc::new(Mutex::new(observed(supervisor, &metrics)));
+    let checkers = supervisor::spawn(&config, supervisor.clone());
+    let (control_server, requests) = control::server::start(claim.listen()?);
+    let announcer = crate::announce::follow(None, &config, &handle, &supervisor).await?;
+    let mut running =
+        Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics, announcer, maps_match_plan: true };
+    ready(&what);
+
+    let signal = serve(&mut running, requests).await;
+    control_server.stop().await;
+    // Routers first: stop sending here before anything else changes.
+    if let Some(announcer) = running.announcer.take() {
+        announcer.stop(signal).await;
+    }
+    for task in running.checkers.iter().chain(&metrics_server).chain(&kernel_events).chain([&previous_drain]) {
+        task.abort();
+    }
+    running.dsr.remove().await;
+    if running.options.unload_on_exit {
+        pins::remove_all(&dir)?;
+        tracing::info!("{signal}: detached from {} and removed the pins in {}", running.iface.name, dir.display());
+    } else {
+        tracing::info!(
+            "{signal}: exiting; the balancer keeps forwarding on {} (pinned in {}); `lb-agent detach` removes it",
+            running.iface.name,
+            dir.display()
+        );
+    }
+    drop(claim);
+    Ok(())
+}
+
+/// Forwards the balancer's kernel events when the running program has them
+/// (asked for now, or left on by the agent that loaded it).
+fn follow_kernel_events(live: &LiveMaps, dir: &Path, asked: bool) -> Result<Option<JoinHandle<()>>> {
+    let running = live.loaded_state()?.kernel_events != u32::from(lb_common::events::OFF);
+    if !running {
+        return Ok(None);
+    }
+    if !asked {
+        tracing::warn!("forwarding the kernel events of the pinned balancer, which was loaded with --kernel-events");
+    }
+    let task = crate::kernel_events::follow(&dir.join(pins::PROGRAM_PIN))?;
+    tracing::info!("kernel events on: logged with target {}", crate::kernel_events::TARGET);
+    Ok(Some(task))
+}

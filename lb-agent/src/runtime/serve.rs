@@ -1,0 +1,86 @@
+//! The main loop of a running agent: signals, control-socket requests
+//! (reload, maintenance) and a maintenance drain.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use super::{reload::reload, Running};
+use crate::{
+    announce::drain::Drained,
+    control::{self, Answer, Request},
+};
+
+/// A maintenance drain in progress: the request, answered when it ends.
+type Draining = (control::Pending, Pin<Box<dyn Future<Output = Drained>>>);
+
+/// Serves reload requests (SIGHUP, the control socket's task) until
+/// SIGINT/SIGTERM or the end of a maintenance drain. A signal during a drain
+/// stops the agent at once (the routes stay withdrawn).
+pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<control::Pending>) -> &'static str {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let mut draining: Option<Draining> = None;
+    let stop = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break "SIGINT",
+            _ = term.recv() => break "SIGTERM",
+            _ = hup.recv() => {
+                if draining.is_some() {
+                    tracing::warn!("SIGHUP ignored: in maintenance, the agent stops once drained");
+                } else {
+                    let _ = reload(running).await;
+                }
+            }
+            Some(pending) = requests.recv() => {
+                if draining.is_some() {
+                    pending.answer(Answer::Error("in maintenance: the routes are withdrawn and the agent stops once drained".into()));
+                    continue;
+                }
+                match pending.request {
+                    Request::Reload => {
+                        let answer = match reload(running).await {
+                            Ok(summary) => Answer::Ok(summary),
+                            Err(e) => Answer::Error(format!("{e:#}")),
+                        };
+                        pending.answer(answer);
+                    }
+                    Request::Maintenance => match maintenance(running).await {
+                        Some(drain) => draining = Some((pending, drain)),
+                        None => {
+                            pending.answer(Answer::Ok("no [announce] table, nothing to withdraw; stopping".into()));
+                            return "maintenance";
+                        }
+                    },
+                }
+            }
+            drained = async { draining.as_mut().expect("guarded by is_some").1.as_mut().await }, if draining.is_some() => {
+                tracing::info!("maintenance: routes withdrawn, {drained}; stopping");
+                let (pending, _) = draining.take().expect("guarded by is_some");
+                pending.answer(Answer::Ok(format!("routes withdrawn, {drained}; stopping")));
+                return "maintenance";
+            }
+        }
+    };
+    if let Some((pending, _)) = draining {
+        tracing::info!("{stop} during the maintenance drain: stopping now; the routes stay withdrawn");
+        pending.answer(Answer::Ok(format!("routes withdrawn; {stop} ended the drain early; stopping")));
+    }
+    stop
+}
+
+/// `lb-agent maintenance`: withdraws the routes and returns the drain to
+/// wait for, which the main loop awaits alongside signals (None: nothing
+/// is announced; stop at once).
+async fn maintenance(running: &Running) -> Option<Pin<Box<dyn Future<Output = Drained>>>> {
+    let Some(announcer) = running.announcer.as_ref() else {
+        tracing::info!("maintenance: no [announce] table, nothing to withdraw; stopping");
+        return None;
+    };
+    announcer.withdraw_all("maintenance").await;
+    let settings = running.config.announce.clone().unwrap_or_else(|| unreachable!("an announcer has settings"));
+    let bpffs_dir = running.config.lb.bpffs_dir.clone();
+    Some(Box::pin(async move { crate::announce::drain::wait(&bpffs_dir, settings.drain_timeout, settings.drain_quiet).await }))
+}
