@@ -44,8 +44,10 @@ const ECHO_PORT: u16 = 7;
 /// The health checks' port, served apart from the echo port so that a
 /// backend can fail its check while its connections live on.
 const HEALTH_PORT: u16 = 8081;
-const CHECK_INTERVAL_MS: u64 = 200;
-const CHECK_FAILS: u32 = 2;
+const CHECK_INTERVAL_MS: u64 = 300;
+/// Three in a row: a check that times out once on a loaded machine must not
+/// flap a backend (a flap moves slots twice and breaks what the step did not).
+const CHECK_FAILS: u32 = 3;
 /// A stopped health endpoint is noticed within interval × fails + timeout;
 /// generous for a loaded machine.
 const DOWN_WITHIN: Duration = Duration::from_secs(10);
@@ -353,10 +355,11 @@ impl Scenario {
             count.broken = broken.len();
             let broken_srcs: BTreeSet<SocketAddr> = broken.iter().map(|b| b.src).collect();
             let line = format!(
-                "{} {} / {step}: ring {:.1}% changed ({changed} slots, {} with a previous owner); newest {}: {} moved, {} broken; all {}: {} moved, {} broken",
+                "{} {} / {step}: ring {:.1}% changed ({changed} slots; with a previous owner: {} before, {} after); newest {}: {} moved, {} broken; all {}: {} moved, {} broken",
                 self.mode.flow_state(),
                 vip.name,
                 100.0 * changed as f64 / after.ring_size() as f64,
+                before[t].slots_with_previous(),
                 after.slots_with_previous(),
                 count.newest,
                 count.newest_moved,
