@@ -158,13 +158,14 @@ struct Scenario {
     vips: Vec<VipPlan>,
     gue_port: Option<u16>,
     connections: u16,
-    lab: Lab,
     /// Health endpoints per backend host (index 0 = b1); `None` once stopped.
     health: Vec<Option<NsListener>>,
     members: Vec<(usize, u32)>,
     tracked: Vec<Tracked>,
     /// One summary line per step and VIP, for the report.
     lines: Vec<String>,
+    /// Last field: torn down after the connections and listeners in its namespaces.
+    lab: Lab,
 }
 
 fn bins() -> LabBins {
@@ -200,7 +201,7 @@ impl Scenario {
             .map(|i| Some(NsListener::start(lab.topo.ns_name(&backend_name(i)), HEALTH_PORT).unwrap_or_else(|e| panic!("{e:#}"))))
             .collect();
         let tracked = vips.iter().map(|v| Tracked { vip: *v, generations: Vec::new() }).collect();
-        let s = Scenario { test, mode, vips, gue_port, connections, lab, health, members, tracked, lines: Vec::new() };
+        let s = Scenario { test, mode, vips, gue_port, connections, health, members, tracked, lines: Vec::new(), lab };
         // Checks start `up`; wait for one to pass everywhere so no late
         // first result moves a slot in the middle of a step.
         s.wait_members(|state| state == "up", "every backend checked up");
