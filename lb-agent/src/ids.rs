@@ -57,7 +57,7 @@ pub struct Kept {
 /// it has one in range, else the smallest number nobody held before (so a
 /// stale flow of a removed backend never lands on a new one), else the
 /// smallest free one. `None` if `range` is too small.
-pub fn allocate<K: Ord + Clone>(
+pub(crate) fn allocate<K: Ord + Clone>(
     wanted: &BTreeSet<K>,
     kept: &BTreeMap<K, u32>,
     range: std::ops::Range<u32>,
@@ -67,7 +67,7 @@ pub fn allocate<K: Ord + Clone>(
 
 /// [`allocate`], never giving out a number of `reserved` except as an
 /// item's kept one.
-pub fn allocate_reserving<K: Ord + Clone>(
+pub(crate) fn allocate_reserving<K: Ord + Clone>(
     wanted: &BTreeSet<K>,
     kept: &BTreeMap<K, u32>,
     range: std::ops::Range<u32>,

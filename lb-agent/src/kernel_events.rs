@@ -13,11 +13,11 @@ use aya_log::EbpfLogger;
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
 /// Target of the forwarded records, for `--log-level` filters.
-pub const TARGET: &str = "lb_agent::kernel";
+pub(crate) const TARGET: &str = "lb_agent::kernel";
 
 /// Starts forwarding the records of the program pinned at `program_pin`
 /// (found by id, so an adopted program works as well as a fresh one).
-pub fn follow(program_pin: &Path) -> Result<JoinHandle<()>> {
+pub(crate) fn follow(program_pin: &Path) -> Result<JoinHandle<()>> {
     let info = ProgramInfo::from_pin(program_pin)
         .with_context(|| format!("reading the pinned program {}", program_pin.display()))?;
     let logger = EbpfLogger::init_from_id_with_logger(info.id(), Forward)

@@ -22,19 +22,21 @@
 //! - L0 no `crate::` imports: `diag` (the problem type), `ids`, `maglev`,
 //!   `pin_names`, `logging`
 
+#![warn(unreachable_pub)]
+
 pub mod announce;
 pub mod config;
-pub mod diag;
-pub mod health;
-pub mod ids;
+pub(crate) mod diag;
+pub(crate) mod health;
+pub(crate) mod ids;
 pub mod control;
-pub mod kernel_events;
+pub(crate) mod kernel_events;
 pub mod logging;
 pub mod lookup_command;
 pub mod maglev;
 pub mod metrics;
 pub mod plan;
-pub mod previous_owners;
+pub(crate) mod previous_owners;
 pub mod summary;
 /// Test configs written as TOML: for lb-agent's unit tests and, through the
 /// `test-support` feature, the tests crate; not in a release build.
@@ -42,13 +44,13 @@ pub mod summary;
 pub mod test_config;
 pub mod dataplane;
 pub mod decap_command;
-pub mod nexthop;
-pub mod packet_policy;
-pub mod pin_names;
+pub(crate) mod nexthop;
+pub(crate) mod packet_policy;
+pub(crate) mod pin_names;
 pub mod pins;
 pub mod runtime;
-pub mod rates;
+pub(crate) mod rates;
 pub mod stats;
 pub mod stats_command;
-pub mod vlan_offload;
-pub mod xdp_attach;
+pub(crate) mod vlan_offload;
+pub(crate) mod xdp_attach;

@@ -27,7 +27,7 @@ use rtnetlink::{
 use crate::config::MacAddr;
 
 /// How long to wait for ARP / neighbour discovery of one next hop.
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 const RESOLVE_RETRY: Duration = Duration::from_millis(100);
 /// The discard port: a datagram there makes the kernel resolve the neighbour
 /// and is ignored by whoever receives it.
@@ -35,10 +35,9 @@ const DISCARD_PORT: u16 = 9;
 
 /// The interface the balancer is attached to.
 #[derive(Clone, Debug)]
-pub struct Interface {
+pub(crate) struct Interface {
     pub name: String,
     pub index: u32,
-    pub mac: MacAddr,
     pub ipv4: Vec<Ipv4Addr>,
     pub ipv6: Vec<Ipv6Addr>,
     /// The link's MTU (`IFLA_MTU`, from the same netlink message).
@@ -46,14 +45,14 @@ pub struct Interface {
 }
 
 /// Opens a netlink connection on the current tokio runtime.
-pub fn connect() -> Result<Handle> {
+pub(crate) fn connect() -> Result<Handle> {
     let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
     tokio::spawn(connection);
     Ok(handle)
 }
 
 /// Looks up `name`: index, MAC and addresses (global-scope IPv6 only).
-pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
+pub(crate) async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
     let link = handle
         .link()
         .get()
@@ -65,14 +64,10 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
         .flatten()
         .ok_or_else(|| anyhow!("no network interface named {name:?} on this host (see `ip link`)"))?;
     let index = link.header.index;
-    let mac = link
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::Address(bytes) if bytes.len() == 6 => Some(MacAddr(bytes[..6].try_into().unwrap())),
-            _ => None,
-        })
-        .ok_or_else(|| anyhow!("interface {name} has no Ethernet address"))?;
+    // The balancer rewrites Ethernet headers: it cannot serve a link without a MAC.
+    if !link.attributes.iter().any(|a| matches!(a, LinkAttribute::Address(bytes) if bytes.len() == 6)) {
+        bail!("interface {name} has no Ethernet address: attach the balancer to an Ethernet interface");
+    }
     let mtu = link
         .attributes
         .iter()
@@ -92,7 +87,7 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface> {
     }
     ipv4.dedup();
     ipv6.dedup();
-    Ok(Interface { name: name.to_string(), index, mac, ipv4, ipv6, mtu })
+    Ok(Interface { name: name.to_string(), index, ipv4, ipv6, mtu })
 }
 
 fn is_link_local(a: &Ipv6Addr) -> bool {
@@ -108,7 +103,7 @@ const PROVOKE_EVERY: Duration = Duration::from_secs(1);
 /// The MAC to put in frames for each of `destinations`, sent out of `iface`,
 /// in one pass: each distinct next hop is looked up once and shared by
 /// every destination behind it, and the pass has one deadline.
-pub async fn resolve_all(handle: &Handle, iface: &Interface, destinations: &[IpAddr]) -> Result<HashMap<IpAddr, MacAddr>> {
+pub(crate) async fn resolve_all(handle: &Handle, iface: &Interface, destinations: &[IpAddr]) -> Result<HashMap<IpAddr, MacAddr>> {
     let routed: Vec<(IpAddr, IpAddr)> = stream::iter(destinations.iter().copied())
         .map(|dest| async move { anyhow::Ok((dest, next_hop(handle, iface, dest).await?)) })
         .buffer_unordered(CONCURRENT_REQUESTS)
@@ -164,7 +159,7 @@ fn unresolved_hint(iface: &Interface, next_hop: IpAddr, backends: &[IpAddr]) -> 
 
 /// The gateway toward `dest`, or `dest` itself when it is on-link. Fails if
 /// the route leaves through another interface.
-pub async fn next_hop(handle: &Handle, iface: &Interface, dest: IpAddr) -> Result<IpAddr> {
+pub(crate) async fn next_hop(handle: &Handle, iface: &Interface, dest: IpAddr) -> Result<IpAddr> {
     let message = match dest {
         IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(a, 32).build(),
         IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(a, 128).build(),
@@ -211,7 +206,7 @@ const REQUEST_ATTEMPTS: u32 = 5;
 /// per netlink socket, so concurrent dumps on a shared handle fail with
 /// EBUSY or overrun the socket (ENOBUFS); single gets can run side by side.
 /// Transient failures are retried.
-pub async fn neighbour(handle: &Handle, index: u32, addr: IpAddr) -> Result<Option<MacAddr>> {
+pub(crate) async fn neighbour(handle: &Handle, index: u32, addr: IpAddr) -> Result<Option<MacAddr>> {
     let mut attempt = 0;
     loop {
         attempt += 1;

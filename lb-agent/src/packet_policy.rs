@@ -12,7 +12,7 @@ use crate::plan::Plan;
 /// The address entries of a plan: one per distinct VIP address, naming the
 /// ring (and protocol) of the VIP that forwards fragments, if any (the first
 /// in row order; validation allows only one).
-pub fn address_entries(plan: &Plan) -> Vec<(VipKey, VipMeta)> {
+pub(crate) fn address_entries(plan: &Plan) -> Vec<(VipKey, VipMeta)> {
     let mut by_address: BTreeMap<IpAddr, Option<(u32, u8)>> = BTreeMap::new();
     for v in &plan.vips {
         let e = by_address.entry(v.address()).or_insert(None);

@@ -10,11 +10,11 @@ pub const PROGRAM_PIN: &str = "prog_xdp_balancer";
 pub const LINK_PIN: &str = "link_xdp";
 
 /// Every name the agent pins under `lb.bpffs_dir`: the maps, the program, the link.
-pub fn all() -> impl Iterator<Item = &'static str> {
+pub(crate) fn all() -> impl Iterator<Item = &'static str> {
     maps::ALL.iter().copied().chain([PROGRAM_PIN, LINK_PIN])
 }
 
 /// Length in bytes of the longest of [`all`].
-pub fn longest() -> usize {
+pub(crate) fn longest() -> usize {
     all().map(str::len).max().unwrap_or(0)
 }

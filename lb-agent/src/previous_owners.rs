@@ -11,10 +11,10 @@ use tokio::task::JoinHandle;
 use crate::dataplane::store::MapStore;
 
 /// How often the timer looks: the window's resolution.
-pub const TICK: Duration = Duration::from_secs(1);
+pub(crate) const TICK: Duration = Duration::from_secs(1);
 
 /// Runs the timer on its own handle on the maps until aborted.
-pub fn spawn<S: MapStore + Send + 'static>(mut store: S) -> JoinHandle<()> {
+pub(crate) fn spawn<S: MapStore + Send + 'static>(mut store: S) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -27,7 +27,7 @@ use anyhow::{Context, Result, bail};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Features that take a VLAN tag out of received frames before XDP.
-pub const RX_TAG_STRIPPING: [&str; 2] = ["rx-vlan-hw-parse", "rx-vlan-stag-hw-parse"];
+pub(crate) const RX_TAG_STRIPPING: [&str; 2] = ["rx-vlan-hw-parse", "rx-vlan-stag-hw-parse"];
 /// Their names in `ethtool -k` output and `ethtool -K` arguments.
 fn ethtool_alias(feature: &str) -> &str {
     match feature {
@@ -39,7 +39,7 @@ fn ethtool_alias(feature: &str) -> &str {
 
 /// One feature as the driver reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FeatureState {
+pub(crate) struct FeatureState {
     pub active: bool,
     /// In the driver's `hw_features`: `ethtool -K` may change it.
     pub changeable: bool,
@@ -47,7 +47,7 @@ pub struct FeatureState {
 
 /// The interface's feature table (`ethtool -k`).
 #[derive(Clone, Debug, Default)]
-pub struct Features {
+pub(crate) struct Features {
     pub names: Vec<String>,
     /// One bit per name, 32 per word, as `ETHTOOL_GFEATURES` returns them.
     pub available: Vec<u32>,
@@ -59,7 +59,7 @@ impl Features {
         self.names.iter().position(|n| n == name)
     }
 
-    pub fn state(&self, name: &str) -> Option<FeatureState> {
+    pub(crate) fn state(&self, name: &str) -> Option<FeatureState> {
         let i = self.index(name)?;
         let bit = |words: &[u32]| words.get(i / 32).is_some_and(|w| w & (1 << (i % 32)) != 0);
         Some(FeatureState { active: bit(&self.active), changeable: bit(&self.available) })
@@ -68,7 +68,7 @@ impl Features {
 
 /// What to do about an interface's VLAN receive offload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// On and changeable: turn these off.
     pub turn_off: Vec<&'static str>,
     /// On and fixed by the driver: tags of tagged frames are lost; warn.
@@ -77,7 +77,7 @@ pub struct Decision {
     pub veth: bool,
 }
 
-pub fn decide(features: &Features, driver: &str) -> Decision {
+pub(crate) fn decide(features: &Features, driver: &str) -> Decision {
     let mut d = Decision { veth: driver == "veth", ..Decision::default() };
     for name in RX_TAG_STRIPPING {
         match features.state(name) {
@@ -90,7 +90,7 @@ pub fn decide(features: &Features, driver: &str) -> Decision {
 }
 
 /// `ethtool -K IFACE rxvlan off ...` for these features.
-pub fn ethtool_off_command(iface: &str, features: &[&str]) -> String {
+pub(crate) fn ethtool_off_command(iface: &str, features: &[&str]) -> String {
     let args: Vec<String> = features.iter().map(|f| format!("{} off", ethtool_alias(f))).collect();
     format!("ethtool -K {iface} {}", args.join(" "))
 }
@@ -98,7 +98,7 @@ pub fn ethtool_off_command(iface: &str, features: &[&str]) -> String {
 /// Makes VLAN tags of received frames reach the XDP program where the driver
 /// allows it, logging what changed and warning about what cannot be changed.
 /// Never fails: untagged traffic needs none of it.
-pub fn keep_rx_vlan_tags(iface: &str) {
+pub(crate) fn keep_rx_vlan_tags(iface: &str) {
     let all_off = ethtool_off_command(iface, &RX_TAG_STRIPPING);
     // Only veth needs the driver's name; some devices do not report one.
     let (features, driver) = match Ethtool::open(iface).and_then(|e| Ok((e.features()?, e.driver().unwrap_or_default()))) {

@@ -9,7 +9,7 @@ use rtnetlink::Handle;
 
 /// The attach mode's metric label: `native` (driver), `generic` (skb),
 /// `offload` (NIC), `multiple`, `none`, or `unknown`.
-pub fn label(attached: &XdpAttached) -> &'static str {
+pub(crate) fn label(attached: &XdpAttached) -> &'static str {
     match attached {
         XdpAttached::Driver => "native",
         XdpAttached::SocketBuffer => "generic",
@@ -21,7 +21,7 @@ pub fn label(attached: &XdpAttached) -> &'static str {
 }
 
 /// The XDP mode of interface `index` now.
-pub async fn mode(handle: &Handle, index: u32) -> Result<&'static str> {
+pub(crate) async fn mode(handle: &Handle, index: u32) -> Result<&'static str> {
     let link = handle
         .link()
         .get()

@@ -17,7 +17,7 @@ use crate::config::health::HealthCheck;
 use crate::health::probe::{Outcome, Probe};
 
 /// Largest extra wait between two checks, in percent of the interval.
-pub const JITTER_PERCENT: u64 = 10;
+pub(crate) const JITTER_PERCENT: u64 = 10;
 
 /// Which backend of which VIP (indices in the config's `vips` / `backends`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,10 +39,10 @@ pub struct Report {
 /// A small deterministic generator (xorshift64*): jitter needs spread, not
 /// secrecy, and a seed per member keeps tests reproducible.
 #[derive(Clone, Debug)]
-pub struct Jitter(u64);
+pub(crate) struct Jitter(u64);
 
 impl Jitter {
-    pub fn new(seed: u64) -> Jitter {
+    pub(crate) fn new(seed: u64) -> Jitter {
         Jitter(seed | 1)
     }
 
@@ -58,7 +58,7 @@ impl Jitter {
 }
 
 /// Checks one backend until the report channel closes.
-pub async fn run<P: Probe>(
+pub(crate) async fn run<P: Probe>(
     member: MemberRef,
     check: HealthCheck,
     mut probe: P,

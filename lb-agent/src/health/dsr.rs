@@ -25,14 +25,14 @@ use crate::nexthop::{self, Interface};
 
 /// One VIP checked through one backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DsrPair {
+pub(crate) struct DsrPair {
     pub backend_id: u32,
     pub backend: IpAddr,
     pub vip: IpAddr,
 }
 
 /// What [`install`] set up, to remove it again.
-pub struct DsrRouting {
+pub(crate) struct DsrRouting {
     handle: Handle,
     iface: String,
     rules: Vec<RuleMessage>,
@@ -42,7 +42,7 @@ pub struct DsrRouting {
 
 /// Installs rules, routes and the tc egress program for `pairs` on `iface`.
 /// `ebpf` must be the balancer's object (the program reads its `BACKENDS`).
-pub async fn install(handle: &Handle, iface: &Interface, pairs: &[DsrPair], ebpf: &mut Ebpf) -> Result<DsrRouting> {
+pub(crate) async fn install(handle: &Handle, iface: &Interface, pairs: &[DsrPair], ebpf: &mut Ebpf) -> Result<DsrRouting> {
     let mut routing =
         DsrRouting { handle: handle.clone(), iface: iface.name.clone(), rules: Vec::new(), routes: Vec::new(), tc_link: None };
     if pairs.is_empty() {
@@ -96,7 +96,7 @@ impl DsrRouting {
     }
 
     /// Removes the routes, rules and the tc program (best effort: logs failures).
-    pub async fn remove(mut self, ebpf: &mut Ebpf) {
+    pub(crate) async fn remove(mut self, ebpf: &mut Ebpf) {
         if let Some(link) = self.tc_link.take()
             && let Some(Ok(program)) = ebpf.program_mut(programs::HEALTH_ENCAP).map(<&mut SchedClassifier>::try_from)
             && let Err(e) = program.detach(link)

@@ -8,9 +8,9 @@
 //! - [`supervisor`]: owns every backend's health state; applies reports to the `HEALTH` and `RINGS` maps, logs changes.
 //! - [`report`]: the health part of `lb-agent stats`.
 
-pub mod checker;
-pub mod dsr;
-pub mod probe;
-pub mod report;
-pub mod supervisor;
-pub mod tracker;
+pub(crate) mod checker;
+pub(crate) mod dsr;
+pub(crate) mod probe;
+pub(crate) mod report;
+pub(crate) mod supervisor;
+pub(crate) mod tracker;

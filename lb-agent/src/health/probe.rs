@@ -72,12 +72,12 @@ impl Outcome {
 }
 
 /// Something that checks one backend once (the real probe, or a script in tests).
-pub trait Probe: Send + 'static {
+pub(crate) trait Probe: Send + 'static {
     fn check(&mut self) -> impl Future<Output = Outcome> + Send;
 }
 
 /// The real probe of one backend.
-pub struct NetProbe {
+pub(crate) struct NetProbe {
     target: SocketAddr,
     /// `SO_MARK` of the check socket (DSR-aware checks), if any.
     mark: Option<u32>,
@@ -88,7 +88,7 @@ pub struct NetProbe {
 
 impl NetProbe {
     /// `service_port` is the VIP's port, used unless the check names its own.
-    pub fn new(backend: SocketAddr, check: &HealthCheck) -> NetProbe {
+    pub(crate) fn new(backend: SocketAddr, check: &HealthCheck) -> NetProbe {
         let request = (check.kind == CheckKind::Http).then(|| {
             let host = check.host.clone().unwrap_or_else(|| match backend.ip() {
                 std::net::IpAddr::V4(a) => a.to_string(),
@@ -106,7 +106,7 @@ impl NetProbe {
     /// A DSR-aware probe: the check goes to `vip` (the VIP address and check
     /// port) from a socket marked for `backend_id`, which policy routing and
     /// the tc egress program turn into an encapsulated packet to that backend.
-    pub fn dsr(vip: SocketAddr, backend_id: u32, check: &HealthCheck) -> NetProbe {
+    pub(crate) fn dsr(vip: SocketAddr, backend_id: u32, check: &HealthCheck) -> NetProbe {
         NetProbe { mark: Some(lb_common::health::dsr::mark(backend_id)), ..NetProbe::new(vip, check) }
     }
 }
@@ -167,7 +167,7 @@ async fn read_status(stream: &mut TcpStream) -> Result<u16, String> {
 }
 
 /// The code of `HTTP/1.x NNN ...`.
-pub fn parse_status_line(head: &[u8]) -> Result<u16, String> {
+pub(crate) fn parse_status_line(head: &[u8]) -> Result<u16, String> {
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
     let text = String::from_utf8_lossy(line);
     let mut words = text.split_whitespace();

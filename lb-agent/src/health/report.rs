@@ -16,10 +16,10 @@ use crate::config::Config;
 use crate::plan::select;
 use crate::plan::Plan;
 
-pub type HealthTable = BTreeMap<HealthKey, HealthEntry>;
+pub(crate) type HealthTable = BTreeMap<HealthKey, HealthEntry>;
 
 /// Reads the `HEALTH` map pinned under `dir` by a running agent.
-pub fn read_pinned(dir: &Path) -> Result<HealthTable> {
+pub(crate) fn read_pinned(dir: &Path) -> Result<HealthTable> {
     let path = dir.join(maps::HEALTH);
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening {} (is `lb-agent run` running with this config's bpffs_dir?)", path.display()))?;
@@ -32,7 +32,7 @@ pub fn read_pinned(dir: &Path) -> Result<HealthTable> {
     Ok(out)
 }
 
-pub fn state_label(state: u8) -> &'static str {
+pub(crate) fn state_label(state: u8) -> &'static str {
     match state {
         HEALTH_UNCHECKED => "unchecked",
         HEALTH_UP => "up",
@@ -42,7 +42,7 @@ pub fn state_label(state: u8) -> &'static str {
 }
 
 /// The last check's reason; with its status for an unexpected HTTP answer.
-pub fn reason_label(e: &HealthEntry) -> String {
+pub(crate) fn reason_label(e: &HealthEntry) -> String {
     match HealthReason::from_u8(e.reason) {
         Some(HealthReason::HttpStatus) => format!("http_status {}", e.http_status),
         Some(r) => r.label().to_string(),
@@ -99,7 +99,7 @@ impl RingShares {
 /// the config) and health state: a metrics scrape then builds no Maglev ring
 /// unless health changed since the last one.
 #[derive(Debug, Default)]
-pub struct ShareCache(Mutex<HashMap<ShareKey, Arc<RingShares>>>);
+pub(crate) struct ShareCache(Mutex<HashMap<ShareKey, Arc<RingShares>>>);
 
 /// A VIP's index in the config and which of its backends are up.
 type ShareKey = (usize, Vec<bool>);
@@ -124,7 +124,7 @@ impl ShareCache {
 
 /// The health of every VIP of `config` from a `HEALTH` table. `cache` must
 /// belong to this very `config` and `plan` (ring shares are kept in it).
-pub fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable, cache: Option<&ShareCache>) -> Vec<VipHealth<'a>> {
+pub(crate) fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable, cache: Option<&ShareCache>) -> Vec<VipHealth<'a>> {
     config
         .vips
         .iter()
@@ -167,7 +167,7 @@ pub fn vip_health<'a>(config: &'a Config, plan: &Plan, table: &HealthTable, cach
 }
 
 /// A text section: one line per VIP, one per backend.
-pub fn to_text(config: &Config, plan: &Plan, table: &HealthTable) -> String {
+pub(crate) fn to_text(config: &Config, plan: &Plan, table: &HealthTable) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let mut out = String::new();
     let _ = writeln!(

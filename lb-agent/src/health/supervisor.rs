@@ -39,7 +39,7 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
-pub use tasks::{SharedSupervisor, spawn};
+pub(crate) use tasks::{SharedSupervisor, spawn};
 
 /// Reports in flight before checkers wait for the supervisor.
 const REPORT_QUEUE: usize = 256;
@@ -58,7 +58,7 @@ pub trait HealthWriter {
 
 /// Health entries of a previous supervisor (from the `HEALTH` map): pairs
 /// found there keep their state instead of starting from `initial`.
-pub type PriorHealth = BTreeMap<HealthKey, HealthEntry>;
+pub(crate) type PriorHealth = BTreeMap<HealthKey, HealthEntry>;
 
 #[derive(Clone)]
 struct VipState {
@@ -93,7 +93,7 @@ struct Change {
 }
 
 /// Told of every check: VIP name, backend address, how long it took.
-pub type CheckObserver = Box<dyn Fn(&str, IpAddr, std::time::Duration) + Send>;
+pub(crate) type CheckObserver = Box<dyn Fn(&str, IpAddr, std::time::Duration) + Send>;
 
 /// The health of every VIP's backends and the rings that follow from it.
 pub struct Supervisor<W: HealthWriter> {

@@ -5,23 +5,15 @@
 use crate::config::health::InitialState;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     Up,
     Down,
 }
 
-impl State {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            State::Up => "up",
-            State::Down => "down",
-        }
-    }
-}
 
 /// State and consecutive counts of one checked backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     pub state: State,
     /// Consecutive failures so far (0 after a pass).
     pub fails: u32,
@@ -35,7 +27,7 @@ pub struct Tracker {
 
 impl Tracker {
     /// `fails_to_down` / `passes_to_up` are at least 1 (validated config).
-    pub fn new(initial: InitialState, fails_to_down: u32, passes_to_up: u32) -> Tracker {
+    pub(crate) fn new(initial: InitialState, fails_to_down: u32, passes_to_up: u32) -> Tracker {
         let state = match initial {
             InitialState::Up => State::Up,
             InitialState::Down => State::Down,
@@ -46,12 +38,12 @@ impl Tracker {
     /// Goes on from a state and counts a previous supervisor left in the
     /// `HEALTH` map (after a reload or restart; a fresh tracker would start
     /// from the configured initial state and miss a down backend's recovery).
-    pub fn resume(state: State, fails: u32, passes: u32, changes: u32, fails_to_down: u32, passes_to_up: u32) -> Tracker {
+    pub(crate) fn resume(state: State, fails: u32, passes: u32, changes: u32, fails_to_down: u32, passes_to_up: u32) -> Tracker {
         Tracker { state, fails, passes, changes, fails_to_down: fails_to_down.max(1), passes_to_up: passes_to_up.max(1) }
     }
 
     /// Counts one check; returns the new state if this result changed it.
-    pub fn record(&mut self, passed: bool) -> Option<State> {
+    pub(crate) fn record(&mut self, passed: bool) -> Option<State> {
         if passed {
             self.passes = self.passes.saturating_add(1);
             self.fails = 0;

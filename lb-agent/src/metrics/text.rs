@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 /// A metric family's `# TYPE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(super) enum Kind {
     Counter,
     Gauge,
 }
@@ -21,7 +21,7 @@ impl Kind {
 }
 
 /// A sample's value as the format spells it.
-pub trait SampleValue {
+pub(super) trait SampleValue {
     fn write_to(&self, out: &mut String);
 }
 
@@ -52,17 +52,17 @@ impl SampleValue for f64 {
 
 /// The exposition being written.
 #[derive(Default)]
-pub struct Text {
+pub(super) struct Text {
     out: String,
 }
 
 impl Text {
-    pub fn with_capacity(bytes: usize) -> Text {
+    pub(super) fn with_capacity(bytes: usize) -> Text {
         Text { out: String::with_capacity(bytes) }
     }
 
     /// `# HELP` and `# TYPE` lines: call once per family, before its samples.
-    pub fn family(&mut self, name: &str, kind: Kind, help: &str) {
+    pub(super) fn family(&mut self, name: &str, kind: Kind, help: &str) {
         self.out.push_str("# HELP ");
         self.out.push_str(name);
         self.out.push(' ');
@@ -78,7 +78,7 @@ impl Text {
 
     /// `name{label="value",...} value`; labels in the order given (the tests
     /// and `prometheus`'s encoder use name order).
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl SampleValue) {
+    pub(super) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl SampleValue) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -99,11 +99,11 @@ impl Text {
     }
 
     /// Text already in the format (another encoder's output).
-    pub fn push_encoded(&mut self, text: &str) {
+    pub(super) fn push_encoded(&mut self, text: &str) {
         self.out.push_str(text);
     }
 
-    pub fn finish(self) -> String {
+    pub(super) fn finish(self) -> String {
         self.out
     }
 }

@@ -75,11 +75,11 @@ pub(super) async fn apply_reports<W: HealthWriter + Send + 'static>(
 
 /// A supervisor shared by its report task and the reload path (which
 /// replaces it while holding the lock, so no health change lands mid-reload).
-pub type SharedSupervisor<W> = std::sync::Arc<std::sync::Mutex<Supervisor<W>>>;
+pub(crate) type SharedSupervisor<W> = std::sync::Arc<std::sync::Mutex<Supervisor<W>>>;
 
 /// Starts one checker per checked backend of every VIP and a task applying
 /// their reports. Abort the returned handles to stop checking.
-pub fn spawn<W: HealthWriter + Send + 'static>(config: &Config, supervisor: SharedSupervisor<W>) -> Vec<JoinHandle<()>> {
+pub(crate) fn spawn<W: HealthWriter + Send + 'static>(config: &Config, supervisor: SharedSupervisor<W>) -> Vec<JoinHandle<()>> {
     let (tx, rx) = mpsc::channel::<Report>(REPORT_QUEUE);
     let mut tasks = Vec::new();
     // Checkers only probe: the state they lead to is the supervisor's, kept

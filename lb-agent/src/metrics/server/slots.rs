@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Closes a connection (aborts its task).
-pub type Closer = Box<dyn FnOnce() + Send>;
+pub(super) type Closer = Box<dyn FnOnce() + Send>;
 
-pub struct Slots {
+pub(super) struct Slots {
     max: usize,
     open: Mutex<Open>,
 }
@@ -32,13 +32,13 @@ struct Entry {
 
 /// Requests of one connection being answered now.
 #[derive(Clone, Default)]
-pub struct Busy(Arc<AtomicUsize>);
+pub(super) struct Busy(Arc<AtomicUsize>);
 
 /// Marks its connection as answering a request while alive.
-pub struct Answering(Busy);
+pub(super) struct Answering(Busy);
 
 impl Busy {
-    pub fn answering(&self) -> Answering {
+    pub(super) fn answering(&self) -> Answering {
         self.0.fetch_add(1, Ordering::SeqCst);
         Answering(self.clone())
     }
@@ -55,19 +55,19 @@ impl Drop for Answering {
 }
 
 /// One taken slot; dropping it frees the slot.
-pub struct Slot {
+pub(super) struct Slot {
     id: u64,
     busy: Busy,
     slots: Arc<Slots>,
 }
 
 impl Slot {
-    pub fn busy(&self) -> Busy {
+    pub(super) fn busy(&self) -> Busy {
         self.busy.clone()
     }
 
     /// The connection's task runs: `close` ends it if the slot is taken over.
-    pub fn started(&self, close: Closer) {
+    pub(super) fn started(&self, close: Closer) {
         if let Some(entry) = self.slots.lock().slots.get_mut(&self.id) {
             entry.close = Some(close);
         }
@@ -81,7 +81,7 @@ impl Drop for Slot {
 }
 
 impl Slots {
-    pub fn new(max: usize) -> Arc<Slots> {
+    pub(super) fn new(max: usize) -> Arc<Slots> {
         Arc::new(Slots { max, open: Mutex::default() })
     }
 
@@ -91,7 +91,7 @@ impl Slots {
 
     /// A slot for a new connection, closing the oldest idle one if all are
     /// taken; `None` (refuse the connection) when all are answering.
-    pub fn take(self: &Arc<Self>) -> Option<Slot> {
+    pub(super) fn take(self: &Arc<Self>) -> Option<Slot> {
         let mut open = self.lock();
         let mut evicted = None;
         if open.slots.len() >= self.max {
