@@ -56,10 +56,11 @@ pub const HOLD_TIME_S: u64 = 3;
 
 /// The echo port every backend serves (`lb-testsrv --echo-port`).
 pub const ECHO_PORT: u16 = 7;
-/// Served by all three backends.
+/// Served by the backends of [`HaVips::all`] (all three by default).
 pub const VIP_ALL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// Served by `b3` only: withdrawn when `b3` fails.
 pub const VIP_SOLO: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
+/// Backend hosts unless [`HaOptions`] says otherwise.
 const BACKENDS: usize = 3;
 const SOLO_BACKEND: usize = 3;
 
@@ -73,6 +74,7 @@ pub use lb_agent::config::announce::Role;
 /// One LB host: its agent and its BIRD.
 pub struct LbHost {
     pub host: &'static str,
+    pub role: Role,
     pub iface: &'static str,
     pub address: Ipv4Addr,
     pub config_path: PathBuf,
@@ -83,6 +85,8 @@ pub struct LbHost {
 
 pub struct HaLab {
     pub bins: LabBins,
+    /// What the LB hosts serve now (see [`HaLab::reconfigure`]).
+    pub vips: HaVips,
     pub lbs: Vec<LbHost>,
     pub servers: Vec<Proc>,
     pub decaps: Vec<Proc>,
@@ -95,12 +99,46 @@ fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// What the LB hosts serve: the backends of [`VIP_ALL`] and the VIPs' flow state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaVips {
+    /// Backend indices (1-based) of [`VIP_ALL`].
+    pub all: Vec<usize>,
+    /// `flow_state` of every VIP (`None`: the default).
+    pub flow_state: Option<&'static str>,
+}
+
+impl Default for HaVips {
+    fn default() -> Self {
+        Self { all: (1..=BACKENDS).collect(), flow_state: None }
+    }
+}
+
+/// How an [`HaLab`] is built.
+#[derive(Clone, Debug)]
+pub struct HaOptions {
+    /// Backend hosts b1..bN (more than [`HaVips::all`] uses leaves some to add later).
+    pub backends: usize,
+    pub vips: HaVips,
+}
+
+impl Default for HaOptions {
+    fn default() -> Self {
+        Self { backends: BACKENDS, vips: HaVips::default() }
+    }
+}
+
 /// The lb-agent config of an LB host. `reversed` writes VIPs and backends
 /// in the opposite order: both hosts must still build identical rings.
 pub fn agent_config(iface: &str, bpffs: &Path, run_dir: &Path, role: Role, reversed: bool) -> String {
+    agent_config_for(iface, bpffs, run_dir, role, reversed, &HaVips::default())
+}
+
+/// [`agent_config`] serving `served`.
+pub fn agent_config_for(iface: &str, bpffs: &Path, run_dir: &Path, role: Role, reversed: bool, served: &HaVips) -> String {
     let role = role.as_str();
     let mut vips: Vec<(&str, Ipv4Addr, Vec<usize>)> =
-        vec![("echo-all", VIP_ALL, (1..=BACKENDS).collect()), ("echo-solo", VIP_SOLO, vec![SOLO_BACKEND])];
+        vec![("echo-all", VIP_ALL, served.all.clone()), ("echo-solo", VIP_SOLO, vec![SOLO_BACKEND])];
     if reversed {
         vips.reverse();
         for v in &mut vips {
@@ -115,10 +153,11 @@ pub fn agent_config(iface: &str, bpffs: &Path, run_dir: &Path, role: Role, rever
     );
     for (name, address, backends) in vips {
         // Fast checks: a dead backend is noticed in well under a second.
-        out += &format!(
-            "\n[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {ECHO_PORT}\n\
-             [vip.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nfails = 2\npasses = 2\n"
-        );
+        out += &format!("\n[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {ECHO_PORT}\n");
+        if let Some(flow_state) = served.flow_state {
+            out += &format!("flow_state = \"{flow_state}\"\n");
+        }
+        out += "[vip.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nfails = 2\npasses = 2\n";
         for b in backends {
             out += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend_v4(b));
         }
@@ -161,20 +200,42 @@ impl HaLab {
     /// Builds the network, starts servers and decap on the backends, BIRD on
     /// the router, and agent + BIRD on both LB hosts with `roles`.
     pub fn start(bins: LabBins, roles: [Role; 2], progress: &dyn Fn(&str)) -> Result<HaLab> {
+        Self::start_with(bins, roles, HaOptions::default(), progress)
+    }
+
+    /// [`HaLab::start`] with [`HaOptions`].
+    pub fn start_with(bins: LabBins, roles: [Role; 2], options: HaOptions, progress: &dyn Fn(&str)) -> Result<HaLab> {
         let mut topo = Topology::build(TopologyOptions {
-            backends: BACKENDS,
+            backends: options.backends,
             backend_vips: vec![VIP_ALL.into(), VIP_SOLO.into()],
             ..TopologyOptions::default()
         })?;
         progress(&format!("topology {} up; logs in {}", topo.run_id(), topo.log_dir().display()));
-        let started = rewire(&mut topo).and_then(|()| start_programs(&bins, &topo, roles, progress));
+        let started = rewire(&mut topo).and_then(|()| start_programs(&bins, &topo, roles, &options.vips, progress));
         match started {
-            Ok((lbs, servers, decaps, router_bird)) => Ok(HaLab { bins, lbs, servers, decaps, router_bird, topo }),
+            Ok((lbs, servers, decaps, router_bird)) => Ok(HaLab { bins, vips: options.vips, lbs, servers, decaps, router_bird, topo }),
             Err(e) => {
                 topo.keep_logs();
                 Err(e)
             }
         }
+    }
+
+    /// Rewrites both LB hosts' configs to serve `vips` and reloads each
+    /// agent, in order (as an operator's rollout would).
+    pub fn reconfigure(&mut self, vips: HaVips) -> Result<()> {
+        for (i, lb) in self.lbs.iter().enumerate() {
+            let bpffs = self.topo.bpffs_dir().join(lb.host);
+            let run_dir = self.topo.agent_run_dir().join(lb.host);
+            std::fs::write(&lb.config_path, agent_config_for(lb.iface, &bpffs, &run_dir, lb.role, i == 1, &vips))
+                .with_context(|| format!("writing {}", lb.config_path.display()))?;
+            let out = self.agent_command(i, &["reload"])?;
+            if !out.status.success() {
+                bail!("lb-agent reload on {}: {}{}", lb.host, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        self.vips = vips;
+        Ok(())
     }
 
     /// The router's next hops toward `vip` now (empty: no route).
@@ -426,11 +487,11 @@ fn spawn_bird(topo: &Topology, host: &str, config: &str) -> Result<Proc> {
 }
 
 #[allow(clippy::type_complexity)]
-fn start_programs(bins: &LabBins, topo: &Topology, roles: [Role; 2], progress: &dyn Fn(&str)) -> Result<(Vec<LbHost>, Vec<Proc>, Vec<Proc>, Proc)> {
+fn start_programs(bins: &LabBins, topo: &Topology, roles: [Role; 2], vips: &HaVips, progress: &dyn Fn(&str)) -> Result<(Vec<LbHost>, Vec<Proc>, Vec<Proc>, Proc)> {
     progress("starting echo servers and decap on the backends...");
     let mut servers = Vec::new();
     let mut decaps = Vec::new();
-    for i in 1..=BACKENDS {
+    for i in 1..=topo.backends().len() {
         servers.push(start_server(bins, topo, i)?);
         let decap = topo.spawn(&topology::backend_name(i), &s(&bins.agent), &["decap", "--iface", IFACE])?;
         decap.wait_for_line("ready:", AGENT_READY).context("lb-agent decap did not get ready")?;
@@ -458,7 +519,7 @@ fn start_programs(bins: &LabBins, topo: &Topology, roles: [Role; 2], progress: &
         std::fs::create_dir_all(&bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
         let run_dir = topo.agent_run_dir().join(host);
         let config_path = topo.log_dir().join(format!("lb-agent-{host}.toml"));
-        std::fs::write(&config_path, agent_config(iface, &bpffs, &run_dir, roles[i], i == 1))?;
+        std::fs::write(&config_path, agent_config_for(iface, &bpffs, &run_dir, roles[i], i == 1, vips))?;
         let agent = topo.spawn(host, &s(&bins.agent), &["run", "--unload-on-exit", "--config", &s(&config_path)])?;
         agent.wait_for_line("ready:", AGENT_READY).with_context(|| format!("lb-agent run on {host} did not get ready"))?;
         let bird_conf = bird_config(
@@ -471,7 +532,7 @@ fn start_programs(bins: &LabBins, topo: &Topology, roles: [Role; 2], progress: &
             ],
         )?;
         let bird = spawn_bird(topo, host, &bird_conf)?;
-        lbs.push(LbHost { host, iface, address, config_path, bird_socket: bird_socket(topo, host), agent, bird });
+        lbs.push(LbHost { host, role: roles[i], iface, address, config_path, bird_socket: bird_socket(topo, host), agent, bird });
     }
     Ok((lbs, servers, decaps, router_bird))
 }

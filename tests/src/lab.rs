@@ -56,11 +56,13 @@ pub struct LabOptions {
     pub server_extra: Vec<String>,
     /// Extra `lb-agent run` arguments (e.g. `--kernel-events`).
     pub agent_extra: Vec<String>,
+    /// Extra `lb-agent decap` arguments on every backend (e.g. `--gue-port 7000`).
+    pub decap_extra: Vec<String>,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        Self { unload_on_exit: true, server_extra: Vec::new(), agent_extra: Vec::new() }
+        Self { unload_on_exit: true, server_extra: Vec::new(), agent_extra: Vec::new(), decap_extra: Vec::new() }
     }
 }
 
@@ -171,11 +173,9 @@ impl Lab {
             let srv = topo.spawn(&b, &s(&bins.testsrv), &args)?;
             srv.wait_for_line("ready:", SERVER_READY)?;
             servers.push(srv);
-            let decap = topo.spawn(
-                &b,
-                &s(&bins.agent),
-                &["decap", "--iface", crate::topology::IFACE],
-            )?;
+            let mut decap_args = vec!["decap", "--iface", crate::topology::IFACE];
+            decap_args.extend(options.decap_extra.iter().map(String::as_str));
+            let decap = topo.spawn(&b, &s(&bins.agent), &decap_args)?;
             decap
                 .wait_for_line("ready:", AGENT_READY)
                 .context("lb-agent decap did not get ready")?;

@@ -7,6 +7,8 @@
 //! - [`agent`]: locating `lb-agent`, writing its config, reading `stats --json` and `lookup`.
 //! - [`metrics`]: scraping the agent's Prometheus endpoint, promtool, sample values.
 //! - [`client`]: the JSON lines printed by `lb-testclient` and the replies of `lb-testsrv`.
+//! - [`held`]: many long-lived connections held by the test itself, checked after each step.
+//! - [`owners`]: a VIP's ring as the running balancer has it (current and previous owners).
 //! - [`packets`]: crafted-packet building blocks; [`capture`]: AF_PACKET sockets in the namespaces.
 //! - [`netns`]: our own threads and listeners inside a namespace (health checks at scale).
 //! - [`sock`]: the few socket operations std lacks (bind before connect, dual-stack listen).
@@ -17,9 +19,11 @@ pub mod capture;
 pub mod client;
 pub mod configs;
 pub mod ha_topology;
+pub mod held;
 pub mod lab;
 pub mod metrics;
 pub mod packets;
 pub mod netns;
+pub mod owners;
 pub mod sock;
 pub mod topology;

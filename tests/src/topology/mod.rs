@@ -129,6 +129,7 @@ pub struct HostInfo {
 
 mod cleanup;
 mod process;
+mod redirects;
 mod setup;
 mod system;
 
