@@ -35,25 +35,15 @@ pub(crate) fn spawn<S: MapStore + Send + 'static>(mut store: S) -> JoinHandle<()
 mod tests {
     use super::*;
     use crate::config::parse;
+    use crate::test_config::{TestConfig, TestVip};
     use crate::dataplane::{memory::MemoryStore, reconcile, ResolvedBackend};
     use lb_common::NO_BACKEND;
 
-    const ONE_SECOND: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 13
-previous_owner_window = "1s"
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-flow_state = "backend"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-"#;
+    /// A "backend" VIP on `backends` whose previous owners drain after 1 s.
+    fn one_second(backends: &[&str]) -> String {
+        let web = TestVip::new("web", "192.0.2.10:80").set("flow_state", "backend").backends(backends.iter().copied());
+        TestConfig::new().ring_size(13).lb("previous_owner_window", "1s").vip(web).to_toml()
+    }
 
     fn applied(store: &mut MemoryStore, text: &str) {
         let config = parse(text, "t.toml").unwrap();
@@ -69,8 +59,8 @@ flow_state = "backend"
     #[tokio::test]
     async fn previous_owners_clear_once_the_window_has_passed() {
         let mut store = MemoryStore::default();
-        applied(&mut store, ONE_SECOND);
-        applied(&mut store, &ONE_SECOND.replace("  [[vip.backend]]\n  address = \"198.51.100.12\"\n", ""));
+        applied(&mut store, &one_second(&["198.51.100.11", "198.51.100.12"]));
+        applied(&mut store, &one_second(&["198.51.100.11"]));
         let has_previous = |s: &MemoryStore| s.maps().previous.values().flatten().any(|&id| id != NO_BACKEND);
         assert!(has_previous(&store), "the removal gave previous owners");
         let started = Instant::now();

@@ -122,38 +122,23 @@ mod tests {
 
     use super::*;
     use crate::rates::Rate;
+    use crate::test_config::{TestBackend, TestConfig, TestVip};
 
-    const CONFIG: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 7
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  weight = 2
-  [[vip.backend]]
-  address = "198.51.100.13"
-  backup = true
-
-[[vip]]
-name = "dns"
-address = "2001:db8::53"
-port = 53
-  [[vip.backend]]
-  address = "2001:db8::21"
-"#;
+    /// "web" on two weighted backends and a backup; "dns" on one IPv6 backend.
+    fn config() -> Config {
+        let web = TestVip::new("web", "192.0.2.10:80")
+            .backend(TestBackend::new("198.51.100.11"))
+            .backend(TestBackend::new("198.51.100.12").weight(2))
+            .backend(TestBackend::new("198.51.100.13").backup());
+        let dns = TestVip::new("dns", "[2001:db8::53]:53").backends(["2001:db8::21"]);
+        TestConfig::new().ring_size(7).vip(web).vip(dns).parse()
+    }
 
     /// The whole `stats --json` document for known counters, health and
     /// rates: the names, nesting and values operators' scripts read.
     #[test]
     fn json_document_names_and_nesting() {
-        let config = crate::config::parse(CONFIG, "t.toml").unwrap();
+        let config = config();
         let plan = plan::plan(&config);
         let (web, dns) = (plan.vip("web").unwrap().row as usize, plan.vip("dns").unwrap().row as usize);
         let id = |a: &str| plan.backend_id(a.parse().unwrap()).unwrap();

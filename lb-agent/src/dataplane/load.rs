@@ -155,20 +155,11 @@ pub fn loaded_state(opts: &LoadOptions, ifindex: u32) -> lb_common::flows::Loade
 pub fn load_health_encap_object(opts: &LoadOptions, dir: &Path) -> Result<Ebpf> {
     let v4 = opts.tunnel_source_v4.map(v4_words).unwrap_or([0; 4]);
     let v6 = opts.tunnel_source_v6.map(v6_words).unwrap_or([0; 4]);
-    EbpfLoader::new()
+    non_balancing_loader()
         .map_pin_path(maps::BACKENDS, dir.join(maps::BACKENDS))
         .map_max_entries(maps::BACKENDS, opts.max_backends)
-        .map_max_entries(maps::VIPS, 1)
-        .map_max_entries(maps::RINGS, 1)
-        .map_max_entries(maps::PREVIOUS, 1)
-        .map_max_entries(maps::VIP_STATS, 1)
-        .map_max_entries(maps::BACKEND_STATS, 1)
-        .map_max_entries(maps::HEALTH, 1)
-        .map_max_entries(maps::MEMBERS, 1)
-        .map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE)
         .override_global(globals::TUNNEL_SOURCE_V4, &v4, true)
         .override_global(globals::TUNNEL_SOURCE_V6, &v6, true)
-        .override_global(events::LEVEL_GLOBAL, &events::OFF, true)
         .load(BPF_OBJECT)
         .context("loading the BPF object for DSR-aware health checks")
 }
@@ -176,6 +167,30 @@ pub fn load_health_encap_object(opts: &LoadOptions, dir: &Path) -> Result<Ebpf> 
 /// The flow table of an object that never balances: the kernel rounds a
 /// per-CPU LRU up to one entry per CPU anyway.
 const MINIMAL_FLOW_TABLE: u32 = 1;
+
+/// The maps the balancer sizes from its config, which a program that does
+/// not balance never uses (the object holds every program's maps).
+const BALANCER_MAPS: [&str; 8] = [
+    maps::VIPS,
+    maps::RINGS,
+    maps::PREVIOUS,
+    maps::BACKENDS,
+    maps::VIP_STATS,
+    maps::BACKEND_STATS,
+    maps::HEALTH,
+    maps::MEMBERS,
+];
+
+/// A loader for a program that does not balance: the balancer's maps shrunk
+/// to one entry (a caller may size one of them again), kernel events off.
+fn non_balancing_loader() -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    for name in BALANCER_MAPS {
+        loader.map_max_entries(name, 1);
+    }
+    loader.map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE).override_global(events::LEVEL_GLOBAL, &events::OFF, true);
+    loader
+}
 
 /// Loads the object for a host that does not balance (a backend running
 /// `xdp_decap`, or a test port running `xdp_pass`): the balancer's big maps
@@ -186,18 +201,8 @@ pub fn load_minimal_object() -> Result<Ebpf> {
 
 /// [`load_minimal_object`] with the UDP port `xdp_decap` takes GUE on.
 pub fn load_decap_object(gue_port: u16) -> Result<Ebpf> {
-    EbpfLoader::new()
-        .map_max_entries(maps::VIPS, 1)
-        .map_max_entries(maps::RINGS, 1)
-        .map_max_entries(maps::PREVIOUS, 1)
-        .map_max_entries(maps::BACKENDS, 1)
-        .map_max_entries(maps::VIP_STATS, 1)
-        .map_max_entries(maps::BACKEND_STATS, 1)
-        .map_max_entries(maps::HEALTH, 1)
-        .map_max_entries(maps::MEMBERS, 1)
-        .map_max_entries(maps::FLOWS, MINIMAL_FLOW_TABLE)
+    non_balancing_loader()
         .override_global(globals::GUE_PORT, &gue_port, true)
-        .override_global(events::LEVEL_GLOBAL, &events::OFF, true)
         .load(BPF_OBJECT)
         .context("loading the BPF object (are you root, with a kernel that has BTF and XDP?)")
 }

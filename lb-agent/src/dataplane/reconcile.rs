@@ -450,38 +450,18 @@ mod tests {
     }
 
     /// "web" keeps flow state on the backends; "plain" (same backends) on the LB.
-    const SECOND_CHANCE: &str = r#"
-[lb]
-interface = "eth0"
-ring_size = 13
-previous_owner_window = "10s"
+    fn second_chance(backends: &[&str]) -> TestConfig {
+        let web = TestVip::new("web", "192.0.2.10:80").set("flow_state", "backend").health("interval", "1s").health("timeout", "500ms");
+        let plain = TestVip::new("plain", "192.0.2.20:80");
+        TestConfig::new()
+            .ring_size(13)
+            .lb("previous_owner_window", "10s")
+            .vip(web.backends(backends.iter().copied()))
+            .vip(plain.backends(backends.iter().copied()))
+    }
 
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-flow_state = "backend"
-  [vip.health]
-  interval = "1s"
-  timeout = "500ms"
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-
-[[vip]]
-name = "plain"
-address = "192.0.2.20"
-port = 80
-  [[vip.backend]]
-  address = "198.51.100.11"
-  [[vip.backend]]
-  address = "198.51.100.12"
-  [[vip.backend]]
-  address = "198.51.100.13"
-"#;
+    const ALL_THREE: [&str; 3] = ["198.51.100.11", "198.51.100.12", "198.51.100.13"];
+    const WITHOUT_13: [&str; 2] = ["198.51.100.11", "198.51.100.12"];
 
     /// Reloads `store` (running `before` / `running`) to `text`.
     fn reload(store: &mut MemoryStore, before: &Config, running: &Plan, first: &Supervisor<MemoryStore>, text: &str) -> (Config, Plan, Supervisor<MemoryStore>) {
@@ -504,14 +484,14 @@ port = 80
 
     #[test]
     fn removing_a_backend_makes_it_the_previous_owner_of_its_slots_and_keeps_its_entry() {
-        let (before, running, mut store, first) = started(parse(SECOND_CHANCE, "t.toml").unwrap());
+        let (before, running, mut store, first) = started(second_chance(&ALL_THREE).parse());
         let (web, plain) = (running.vip("web").unwrap().row, running.vip("plain").unwrap().row);
         let size = running.ring_size;
         let start = store.maps();
         assert!(start.previous.values().flatten().all(|&id| id == NO_BACKEND), "a first start has no previous owners");
         let gone = running.backend_id("198.51.100.13".parse().unwrap()).unwrap();
 
-        let without = SECOND_CHANCE.replace("  [[vip.backend]]\n  address = \"198.51.100.13\"\n", "");
+        let without = second_chance(&WITHOUT_13).to_toml();
         let (config, plan, second) = reload(&mut store, &before, &running, &first, &without);
         let end = store.maps();
         assert_previous_follows(&start.ring(web, size), &end.ring(web, size), &end.previous(web, size));
@@ -526,10 +506,11 @@ port = 80
         assert!(named < moved, "previous owners before the ring");
 
         // A backend added meanwhile does not get the draining id.
-        let added = without.replace("address = \"198.51.100.12\"\n", "address = \"198.51.100.12\"\n  [[vip.backend]]\n  address = \"198.51.100.14\"\n");
+        let with_14 = ["198.51.100.11", "198.51.100.12", "198.51.100.14"];
+        let added = second_chance(&with_14).to_toml();
         // Ids 1..=3 only: .11, .12 and the draining one; .14 would need the latter.
-        let tight = added.replace("ring_size = 13", "ring_size = 13\nmax_backends = 4");
-        let refused = plan_reusing(&parse(&tight, "t.toml").unwrap(), &store.kept().unwrap(), None).unwrap_err();
+        let tight = second_chance(&with_14).max_backends(4).parse();
+        let refused = plan_reusing(&tight, &store.kept().unwrap(), None).unwrap_err();
         assert!(refused.contains("1 previous owners still draining"), "{refused}");
         let (config2, plan2, third) = reload(&mut store, &config, &plan, &second, &added);
         let new_id = plan2.backend_id("198.51.100.14".parse().unwrap()).unwrap();
@@ -549,7 +530,7 @@ port = 80
     #[test]
     fn a_backend_marked_down_becomes_the_previous_owner_of_its_slots() {
         use crate::health::{checker::{MemberRef, Report}, probe::Outcome};
-        let (config, running, store, mut supervisor) = started(parse(SECOND_CHANCE, "t.toml").unwrap());
+        let (config, running, store, mut supervisor) = started(second_chance(&ALL_THREE).parse());
         let size = running.ring_size;
         let before = store.maps();
         let vi = config.vips.iter().position(|v| v.name == "web").unwrap();
@@ -566,8 +547,8 @@ port = 80
 
     #[test]
     fn a_restart_adopting_the_maps_keeps_previous_owners_and_starts_their_window_again() {
-        let (before, running, mut store, first) = started(parse(SECOND_CHANCE, "t.toml").unwrap());
-        let without = SECOND_CHANCE.replace("  [[vip.backend]]\n  address = \"198.51.100.13\"\n", "");
+        let (before, running, mut store, first) = started(second_chance(&ALL_THREE).parse());
+        let without = second_chance(&WITHOUT_13).to_toml();
         reload(&mut store, &before, &running, &first, &without);
         let gone = running.backend_id("198.51.100.13".parse().unwrap()).unwrap();
         let web = running.vip("web").unwrap().row;
