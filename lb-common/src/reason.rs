@@ -141,16 +141,22 @@ reasons! {
         /// can send to (its family is not the outer header's): decapsulated; the stack answers RST.
         UnknownNoPrevious = 10 => Pass, "unknown_no_previous";
         /// TCP without a local connection, re-encapsulated in place toward the previous owner (hops 1)
-        /// and sent back out of the interface it came in on.
+        /// and sent back out of the interface it came in on (its neighbour entry known).
         Redirected = 11 => Tx, "redirected";
         /// TCP without a local connection whose previous owner is not reachable through the interface it
-        /// came in on (no route, no neighbour entry, forwarding off, another interface): decapsulated.
+        /// came in on (no route, forwarding off, another interface): decapsulated.
         RedirectFailed = 12 => Pass, "redirect_failed";
         /// UDP to the GUE port that is not GUE as the balancer sends it (version or C bit set, flags
         /// set, inner protocol not 4/41, Hlen neither 0 nor the second-chance block, unknown private data, Hlen or
         /// inner header beyond the packet, inner version not the announced one): dropped, since nothing
         /// else listens on that port.
         GueMalformed = 13 => Drop, "gue_malformed";
+        /// TCP without a local connection whose previous owner is reached through the interface it came
+        /// in on but has no neighbour entry yet (backends rarely talk to each other): the outer header is
+        /// rewritten toward it (hops 1; the LB's source kept, as the stack forwards nothing from its own
+        /// addresses) and passed for the kernel to forward, which resolves the neighbour; later packets
+        /// are `redirected`.
+        RedirectedViaStack = 14 => Pass, "redirected_via_stack";
     }
 }
 

@@ -7,7 +7,8 @@
 //!   dropped (`gue_malformed`: nothing else listens on that port). Without
 //!   second-chance data, decapsulated; with it, `second_chance` judges the
 //!   inner packet: decapsulated (accepted, or no previous owner to try), or
-//!   redirected in place to the previous owner (`XDP_TX`).
+//!   redirected in place to the previous owner (`XDP_TX`, or passed for the
+//!   stack to forward while the neighbour is unresolved).
 //! - Other UDP, and UDP in an IPv4 header with options or fragmented (the
 //!   balancer sends neither): not a tunnel, untouched.
 
@@ -134,7 +135,7 @@ fn gue(ctx: &XdpContext, l2: L2, ip_len: usize, outer_v4: bool) -> Result<DecapR
         Verdict::Accept(reason) => reason,
         Verdict::NoPrevious => DecapReason::UnknownNoPrevious,
         Verdict::Redirect => match second_chance::redirect(ctx, l2.len, outer_v4, block_at, &block) {
-            Ok(()) => return Ok(DecapReason::Redirected),
+            Ok(sent) => return Ok(sent),
             Err(reason) => reason,
         },
     };

@@ -9,10 +9,13 @@
 //! in SYN-RECV; a listener alone does not count), and the ACK of a SYN-cookie
 //! handshake (`bpf_tcp_check_syncookie` on the listener). Anything else goes
 //! to the previous owner when it has the outer header's family (the header
-//! is rewritten in place, so its size cannot change).
+//! is rewritten in place, so its size cannot change): sent back out
+//! (`XDP_TX`) when the neighbour is known, else forwarded by the stack.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, bpf_sock_tuple, tcphdr, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN},
+    bindings::{
+        bpf_fib_lookup, bpf_sock_tuple, tcphdr, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN,
+    },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_check_syncookie},
     programs::XdpContext,
 };
@@ -137,13 +140,21 @@ fn local_connection(ctx: &XdpContext, ip_at: usize, v4: bool, ip_len: usize, tcp
 }
 
 /// Rewrites the outer header at `ip_at` in place toward the previous owner
-/// in `block` (at `block_at`): source = the old destination (this host),
-/// destination = the previous owner, hops = 1, MACs from the FIB. `Err`
-/// (nothing written) when the route does not leave by the receiving
-/// interface, or there is none or no neighbour entry: `XDP_TX` could not
-/// deliver it.
+/// in `block` (at `block_at`): destination = the previous owner, hops = 1.
+/// The FIB decides how it leaves, and only a route out of the receiving
+/// interface counts (`Err(RedirectFailed)`, nothing written, otherwise:
+/// forwarding off, no route, another interface):
+/// - neighbour known: `Redirected` (`XDP_TX`); source = the old destination
+///   (this host, an address that passes a network's source validation),
+///   MACs from the FIB;
+/// - neighbour unknown (`NO_NEIGH`, normal: backends rarely talk to each
+///   other): `RedirectedViaStack` (`XDP_PASS`), and the kernel forwards it,
+///   resolving the neighbour, after which later packets take `XDP_TX`. The
+///   LB's source is kept, as a router would: the stack drops a packet from
+///   one of its own addresses as a martian (unless `accept_local`). MACs
+///   kept: the destination is this host's, so the stack takes it.
 #[inline(always)]
-pub fn redirect(ctx: &XdpContext, ip_at: usize, outer_v4: bool, block_at: usize, block: &SecondChance) -> Result<(), DecapReason> {
+pub fn redirect(ctx: &XdpContext, ip_at: usize, outer_v4: bool, block_at: usize, block: &SecondChance) -> Result<DecapReason, DecapReason> {
     // SAFETY: `ctx.ctx` is the program's context, valid for its run.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: all-zero bytes are a valid lookup request (integers only).
@@ -165,16 +176,27 @@ pub fn redirect(ctx: &XdpContext, ip_at: usize, outer_v4: bool, block_at: usize,
     }
     // SAFETY: `fib` is a stack value of the size passed.
     let rc = unsafe { fib_lookup(ctx.ctx as *mut _, &mut fib, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || fib.ifindex != ingress {
+    // `ifindex` is the route's device for both answers (the kernel sets it
+    // before it looks for the neighbour).
+    let via_stack = match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => false,
+        BPF_FIB_LKUP_RET_NO_NEIGH => true,
+        _ => return Err(DecapReason::RedirectFailed),
+    };
+    if fib.ifindex != ingress {
         return Err(DecapReason::RedirectFailed);
     }
-    write(ctx, 0, fib.dmac).ok_or(DecapReason::RedirectFailed)?;
-    write(ctx, 6, fib.smac).ok_or(DecapReason::RedirectFailed)?;
+    if !via_stack {
+        write(ctx, 0, fib.dmac).ok_or(DecapReason::RedirectFailed)?;
+        write(ctx, 6, fib.smac).ok_or(DecapReason::RedirectFailed)?;
+    }
     if outer_v4 {
         let ip = ptr_at_mut::<Ipv4Hdr>(ctx, ip_at).ok_or(DecapReason::RedirectFailed)?;
         // SAFETY: `ptr_at_mut` checked the whole header; the checksum reads it from the packet.
         unsafe {
-            (*ip).src_addr = (*ip).dst_addr;
+            if !via_stack {
+                (*ip).src_addr = (*ip).dst_addr;
+            }
             (*ip).dst_addr = block.previous[0].to_ne_bytes();
             (*ip).check = [0, 0];
             (*ip).check = checksum::ipv4_header(ip as *const [u16; 10]).to_ne_bytes();
@@ -183,11 +205,14 @@ pub fn redirect(ctx: &XdpContext, ip_at: usize, outer_v4: bool, block_at: usize,
         let ip = ptr_at_mut::<Ipv6Hdr>(ctx, ip_at).ok_or(DecapReason::RedirectFailed)?;
         // SAFETY: `ptr_at_mut` checked the whole header.
         unsafe {
-            (*ip).src_addr = (*ip).dst_addr;
+            if !via_stack {
+                (*ip).src_addr = (*ip).dst_addr;
+            }
             (*ip).dst_addr = crate::addr::words_bytes(&block.previous);
         }
     }
-    write(ctx, block_at + HOPS_OFFSET, 1u8).ok_or(DecapReason::RedirectFailed)
+    write(ctx, block_at + HOPS_OFFSET, 1u8).ok_or(DecapReason::RedirectFailed)?;
+    Ok(if via_stack { DecapReason::RedirectedViaStack } else { DecapReason::Redirected })
 }
 
 /// The family tag (`FAMILY_V4` / `FAMILY_V6`) of an outer header.

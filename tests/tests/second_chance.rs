@@ -233,15 +233,18 @@ fn gue_header(inner_v4: bool, previous: Option<(IpAddr, u8)>) -> Vec<u8> {
 }
 
 /// A GUE frame as a backend receives it: from the LB to `backend`, UDP to
-/// the GUE port, `gue` (header and private data), then `inner`.
+/// the GUE port with checksum 0 (as the balancer sends it), `gue` (header
+/// and private data), then `inner`.
 fn gue_frame(backend: IpAddr, backend_mac: [u8; 6], gue: &[u8], inner: &[u8]) -> Vec<u8> {
     let eth = PacketBuilder::ethernet2(LB_MAC, backend_mac);
-    let ip = match backend {
-        IpAddr::V4(b) => eth.ipv4(TUNNEL_V4.octets(), b.octets(), 64),
-        IpAddr::V6(b) => eth.ipv6(TUNNEL_V6.octets(), b.octets(), 64),
+    let (ip, udp_at) = match backend {
+        IpAddr::V4(b) => (eth.ipv4(TUNNEL_V4.octets(), b.octets(), 64), 14 + 20),
+        IpAddr::V6(b) => (eth.ipv6(TUNNEL_V6.octets(), b.octets(), 64), 14 + 40),
     };
     let payload: Vec<u8> = gue.iter().chain(inner).copied().collect();
-    bytes!(ip.udp(0xc123, DEFAULT_GUE_PORT), &payload)
+    let mut frame = bytes!(ip.udp(0xc123, DEFAULT_GUE_PORT), &payload);
+    frame[udp_at + 6..udp_at + 8].copy_from_slice(&[0, 0]);
+    frame
 }
 
 fn ones_sum(data: &[u8]) -> u16 {
@@ -625,6 +628,9 @@ struct Backend {
 const PREVIOUS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
 const PREVIOUS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x12);
 const PREVIOUS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+/// Previous owners on eth0's link with no neighbour entry in b1.
+const NO_NEIGHBOUR_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
+const NO_NEIGHBOUR_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x77);
 /// A client address nobody in the topology has: the backend's SYN-ACKs to
 /// it go to [`GHOST_MAC`] and are never answered (no RST ends a handshake early).
 const GHOST_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
@@ -797,17 +803,48 @@ fn decap_accepts_known_connections_and_redirects_the_rest_once() {
         // No route out of the receiving interface (a run on lo): decapsulated, counted.
         let input = gue_frame(b1, eth0_mac, &gue_header(true, prev), &unknown);
         expect_decap(&ebpf, "redirect from lo", &input, &unknown, None, DecapReason::RedirectFailed);
-        // No neighbour entry for the previous owner: the same.
-        let no_neighbour = Some((IpAddr::V4(Ipv4Addr::new(198, 51, 100, 77)), 0));
-        let input = gue_frame(b1, eth0_mac, &gue_header(true, no_neighbour), &unknown);
-        expect_decap(&ebpf, "no neighbour", &input, &unknown, Some(eth0), DecapReason::RedirectFailed);
+        // A previous owner on eth0's link without a neighbour entry (the
+        // usual case: backends rarely talk to each other): rewritten toward
+        // it and passed for the kernel to forward, which resolves the
+        // neighbour. Exactly the frame the LB would have sent the previous
+        // owner with hops 1: the LB's source (the stack drops a packet from
+        // its own address as a martian), the MACs as received (eth0's is
+        // the destination, so the stack takes it), the IPv4 checksum anew.
+        let unresolved = [IpAddr::V4(NO_NEIGHBOUR_V4), IpAddr::V6(NO_NEIGHBOUR_V6)];
+        for (name, outer, inner, previous) in [
+            ("no neighbour, IPv4", b1, &unknown, unresolved[0]),
+            ("no neighbour, IPv6", b1_6, &unknown6, unresolved[1]),
+            ("no neighbour, IPv6 in IPv4", b1, &unknown6, unresolved[0]),
+        ] {
+            let inner_v4 = inner[0] >> 4 == 4;
+            let input = gue_frame(outer, eth0_mac, &gue_header(inner_v4, Some((previous, 0))), inner);
+            let out = expect_decap(&ebpf, name, &input, &[], Some(eth0), DecapReason::RedirectedViaStack);
+            let expected = gue_frame(previous, eth0_mac, &gue_header(inner_v4, Some((previous, 1))), inner);
+            assert_eq!(out, expected, "{name}: the LB's frame to the previous owner, hops 1");
+            let g = parse_gue(&out);
+            let lb_source = if outer.is_ipv4() { IpAddr::V4(TUNNEL_V4) } else { IpAddr::V6(TUNNEL_V6) };
+            assert_eq!((g.outer_src, g.outer_dst), (lb_source, previous), "{name}: from the LB to the previous owner");
+            if let Some(v4) = g.v4 {
+                assert!(v4.4, "{name}: outer IPv4 checksum after the rewrite");
+            }
+            // Where the kernel sends it, the previous owner accepts it whatever it knows.
+            expect_decap(&ebpf, &format!("{name} at the previous owner"), &out, inner, Some(eth0), DecapReason::AcceptedRedirected);
+        }
 
         // The FIB lookup is a forwarding lookup: with forwarding off on the
-        // receiving interface a backend cannot redirect (`lb-agent decap` hosts need it on).
-        // (This thread is in b1: /proc/sys/net is its namespace's.)
+        // receiving interface a backend cannot redirect, neighbour known or
+        // not, and the kernel would not forward either (`lb-agent decap`
+        // hosts need it on). (This thread is in b1: /proc/sys/net is its namespace's.)
         std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "0")?;
-        let input = gue_frame(b1, eth0_mac, &gue_header(true, prev), &unknown);
-        expect_decap(&ebpf, "forwarding off", &input, &unknown, Some(eth0), DecapReason::RedirectFailed);
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "0")?;
+        for (name, outer, inner, previous) in [
+            ("forwarding off", b1, &unknown, prev),
+            ("forwarding off, no neighbour", b1, &unknown, Some((unresolved[0], 0))),
+            ("forwarding off, no neighbour, IPv6", b1_6, &unknown6, Some((unresolved[1], 0))),
+        ] {
+            let input = gue_frame(outer, eth0_mac, &gue_header(inner[0] >> 4 == 4, previous), inner);
+            expect_decap(&ebpf, name, &input, inner, Some(eth0), DecapReason::RedirectFailed);
+        }
 
         drop((client, client6));
         Ok(())
