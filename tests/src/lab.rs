@@ -16,6 +16,19 @@ use crate::topology::{CLIENT, CLIENT_V4, CLIENT_V6, LB, Proc, Topology, Topology
 pub const SERVER_READY: Duration = Duration::from_secs(10);
 pub const AGENT_READY: Duration = Duration::from_secs(30);
 
+/// The [`LabBins`] of the integration test that expands it: cargo sets
+/// `CARGO_BIN_EXE_*` only when it compiles an integration test.
+#[macro_export]
+macro_rules! lab_bins {
+    () => {
+        $crate::lab::LabBins {
+            agent: $crate::agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
+            testsrv: std::path::PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
+            testclient: std::path::PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
+        }
+    };
+}
+
 /// The programs a lab runs.
 #[derive(Clone, Debug)]
 pub struct LabBins {

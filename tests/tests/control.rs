@@ -25,11 +25,7 @@ const SILENT_CLIENTS: usize = 3;
 const ROUTE_TABLE: &str = "250";
 
 fn can_run(test: &str) -> bool {
-    if !topology::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, XDP); run it via `cargo xtask test`");
-        return false;
-    }
-    true
+    topology::root_or_skip(test, "network namespaces, XDP")
 }
 
 /// One TCP VIP over one backend; with `announce`, an `[announce]` table

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lb_tests::agent::{self, Stats};
@@ -47,19 +47,11 @@ const STALLED_MS: f64 = 200.0;
 const HEALTH_TO_ROUTER: Duration = Duration::from_secs(10);
 
 fn can_run(test: &str) -> bool {
-    if !topology::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, XDP, BIRD); run it via `cargo xtask test`");
-        return false;
-    }
-    true
+    topology::root_or_skip(test, "network namespaces, XDP, BIRD")
 }
 
 fn bins() -> LabBins {
-    LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    }
+    lb_tests::lab_bins!()
 }
 
 fn start(roles: [Role; 2]) -> HaLab {

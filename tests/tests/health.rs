@@ -26,11 +26,7 @@ const SLACK: Duration = Duration::from_secs(2);
 const PORT: u16 = 80;
 
 fn can_run(test: &str) -> bool {
-    if !topology::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, XDP); run `cargo xtask test`");
-        return false;
-    }
-    true
+    topology::root_or_skip(test, "network namespaces, XDP")
 }
 
 /// One TCP VIP on b1..b3 with health checks; `backend_extra[i]` goes into

@@ -38,11 +38,7 @@ const FAILS: u32 = 2;
 const SLACK: Duration = Duration::from_secs(3);
 
 fn can_run(test: &str) -> bool {
-    if !topology::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, XDP); run `cargo xtask test`");
-        return false;
-    }
-    true
+    topology::root_or_skip(test, "network namespaces, XDP")
 }
 
 fn contrib() -> PathBuf {

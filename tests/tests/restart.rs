@@ -39,11 +39,7 @@ const FLOW_TABLE_SIZE: u32 = 65_536;
 const NO_LOSS_MS: f64 = 200.0;
 
 fn can_run(test: &str) -> bool {
-    if !topology::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, XDP); run it via `cargo xtask test`");
-        return false;
-    }
-    true
+    topology::root_or_skip(test, "network namespaces, XDP")
 }
 
 /// The echo VIP 192.0.2.10:7/tcp over `backends` (topology index from 1, weight).

@@ -25,12 +25,11 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lb_common::DecapReason;
 use lb_common::metrics::{self as names, labels};
-use lb_tests::agent::{self, Proto, Stats};
+use lb_tests::agent::{Proto, Stats};
 use lb_tests::metrics;
 use lb_tests::held::{Broken, HeldSet};
 use lb_tests::lab::{Lab, LabBins, LabOptions};
@@ -169,11 +168,7 @@ struct Scenario {
 }
 
 fn bins() -> LabBins {
-    LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    }
+    lb_tests::lab_bins!()
 }
 
 impl Scenario {
@@ -429,11 +424,7 @@ fn assert_plausible_share(test: &str, what: &str, n: usize, moved: usize, change
 }
 
 fn can_run(test: &str) -> bool {
-    if !topology::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, XDP); run it via `cargo xtask test`");
-        return false;
-    }
-    true
+    topology::root_or_skip(test, "network namespaces, XDP")
 }
 
 const STEPS: [Step; 4] = [Step::Add(4), Step::Remove(1), Step::Weight(2, 3), Step::HealthDown(3)];

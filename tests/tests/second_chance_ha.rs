@@ -17,10 +17,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lb_tests::agent::{self, Proto, Stats};
+use lb_tests::agent::{Proto, Stats};
 use lb_tests::client::HoldRecord;
 use lb_tests::ha_topology::{BGP_UP, ECHO_PORT, HOLD_TIME_S, HaLab, HaOptions, HaVips, LB1_V4, LB2, LB2_V4, Role, VIP_ALL};
 use lb_tests::lab::{LabBins, hold_records};
@@ -41,19 +40,11 @@ const CONVERGENCE_SLACK: Duration = Duration::from_secs(5);
 const HOSTS: usize = 4;
 
 fn can_run(test: &str) -> bool {
-    if !topology::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, XDP, BIRD); run it via `cargo xtask test`");
-        return false;
-    }
-    true
+    topology::root_or_skip(test, "network namespaces, XDP, BIRD")
 }
 
 fn bins() -> LabBins {
-    LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    }
+    lb_tests::lab_bins!()
 }
 
 fn target() -> SocketAddr {

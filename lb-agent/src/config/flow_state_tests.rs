@@ -2,26 +2,19 @@
 //! the older `flow_table`, and each rule with a config that breaks it.
 
 use super::*;
+use crate::test_config::{TestConfig, TestVip};
 
-const GOOD: &str = r#"
-[lb]
-interface = "eth0"
-
-[[vip]]
-name = "web"
-address = "192.0.2.10"
-port = 80
-
-  [[vip.backend]]
-  address = "198.51.100.11"
-"#;
+/// One VIP on one backend, every new field at its default.
+fn good() -> String {
+    TestConfig::new().vip(TestVip::new("web", "192.0.2.10:80").backends(["198.51.100.11"])).to_toml()
+}
 
 fn with_lb(extra: &str) -> String {
-    GOOD.replace("interface = \"eth0\"", &format!("interface = \"eth0\"\n{extra}"))
+    good().replace("interface = \"eth0\"", &format!("interface = \"eth0\"\n{extra}"))
 }
 
 fn with_vip(extra: &str) -> String {
-    GOOD.replace("port = 80", &format!("port = 80\n{extra}"))
+    good().replace("port = 80", &format!("port = 80\n{extra}"))
 }
 
 /// The one problem of `text`, as (field, message).
@@ -37,7 +30,7 @@ fn problem(text: &str) -> (String, String) {
 
 #[test]
 fn defaults_are_lb_state_ipip_port_6080_and_one_hour() {
-    let c = parse(GOOD, "lb.toml").unwrap();
+    let c = parse(&good(), "lb.toml").unwrap();
     assert_eq!((c.vips[0].flow_state, c.vips[0].encap), (FlowState::Lb, Encap::Ipip));
     assert_eq!((c.lb.encap, c.lb.gue_port), (Encap::Ipip, 6080));
     assert_eq!(c.lb.previous_owner_window, Duration::from_secs(3600));

@@ -39,35 +39,34 @@ impl Counters {
 
 /// Reads every counter map of a loaded object (used by fixtures and tests).
 pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
-    let read = |name: &str| -> Result<Vec<Counter>> {
+    Counters::read_each(|name| {
         let map = ebpf.map(name).with_context(|| format!("map {name} missing"))?;
         sum_per_cpu(&PerCpuArray::try_from(map)?)
-    };
-    Ok(Counters {
-        vips: read(maps::VIP_STATS)?,
-        backends: read(maps::BACKEND_STATS)?,
-        reasons: read(maps::REASON_STATS)?,
-        decap: read(maps::DECAP_STATS)?,
-        flows: read(maps::FLOW_STATS)?,
     })
 }
 
 /// Reads the counters pinned under `dir` by a running agent.
 pub fn read_pinned_counters(dir: &Path) -> Result<Counters> {
-    let read = |name: &str| -> Result<Vec<Counter>> {
+    Counters::read_each(|name| {
         let path: PathBuf = dir.join(name);
         let data = MapData::from_pin(&path).with_context(|| {
             format!("opening {} (is `lb-agent run` running with this config's bpffs_dir?)", path.display())
         })?;
         sum_per_cpu(&PerCpuArray::try_from(Map::PerCpuArray(data))?)
-    };
-    Ok(Counters {
-        vips: read(maps::VIP_STATS)?,
-        backends: read(maps::BACKEND_STATS)?,
-        reasons: read(maps::REASON_STATS)?,
-        decap: read(maps::DECAP_STATS)?,
-        flows: read(maps::FLOW_STATS)?,
     })
+}
+
+impl Counters {
+    /// Every counter map, each read (and summed over the CPUs) by `read`.
+    fn read_each(read: impl Fn(&str) -> Result<Vec<Counter>>) -> Result<Counters> {
+        Ok(Counters {
+            vips: read(maps::VIP_STATS)?,
+            backends: read(maps::BACKEND_STATS)?,
+            reasons: read(maps::REASON_STATS)?,
+            decap: read(maps::DECAP_STATS)?,
+            flows: read(maps::FLOW_STATS)?,
+        })
+    }
 }
 
 fn sum_per_cpu<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, Counter>) -> Result<Vec<Counter>> {

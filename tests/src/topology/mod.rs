@@ -93,6 +93,16 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// True when `test` can run here (as root); otherwise says why it is
+/// skipped (it `needs` what, e.g. "network namespaces, XDP") and how to run it.
+pub fn root_or_skip(test: &str, needs: &str) -> bool {
+    if !is_root() {
+        eprintln!("SKIPPED {test}: needs root ({needs}); run it via `cargo xtask test`");
+        return false;
+    }
+    true
+}
+
 #[derive(Clone, Debug)]
 pub struct TopologyOptions {
     /// Number of backends (b1..bN).
