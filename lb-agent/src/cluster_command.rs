@@ -102,7 +102,7 @@ pub fn render(v: &ClusterView) -> String {
     let verdict = if v.converged { "converged" } else { "NOT converged" };
     let _ = writeln!(out, "document {} at revision {}; {} host(s): {verdict}", v.key, v.latest_revision, v.hosts.len());
     if !v.hosts.is_empty() {
-        let _ = writeln!(out, "{:<20} {:>9} {:<17} {:>10} {}", "HOST", "REVISION", "FINGERPRINT", "UP/DOWN", "ANNOUNCED");
+        let _ = writeln!(out, "{:<20} {:>9} {:<17} {:>10} ANNOUNCED", "HOST", "REVISION", "FINGERPRINT", "UP/DOWN");
     }
     for h in &v.hosts {
         let s = &h.state;

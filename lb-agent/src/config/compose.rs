@@ -7,6 +7,7 @@
 //!   host-local keys of `[lb]`;
 //! - the cluster document: `[[vip]]` and every other key of `[lb]`, so that
 //!   everything that decides a flow's backend is the same on every host.
+//!
 //! A setting in the wrong place is an error naming the file, the field and
 //! where it belongs.
 
