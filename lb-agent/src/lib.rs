@@ -10,13 +10,14 @@
 //!   `decap_command`: `lb-agent decap` on a backend
 //! - L5 services and commands: `announce` (VIP routes, drain, maintenance),
 //!   `metrics`, `control` (lock, socket, client), `stats_command`, `stats`, `rates`,
-//!   `lookup_command`, `previous_owners` (the drain timer of second chance)
+//!   `lookup_command`, `previous_owners` (the drain timer of second chance),
+//!   `cluster_command` (`lb-agent cluster`: the fleet's state and document in etcd)
 //! - L4 `dataplane`: load, attach, counters, the map store and reconcile (plan
 //!   to maps), which hands the rings over to the health supervisor
 //! - L3 `health`: state machine, checkers, DSR routes; it writes rings through
 //!   a trait it owns (`HealthWriter`) and knows no map
 //! - L2 kernel access: `nexthop` (netlink), `pins` (bpffs), `xdp_attach`,
-//!   `vlan_offload`, `kernel_events`
+//!   `vlan_offload`, `kernel_events`; `source` (the cluster's config document in etcd)
 //! - L1 pure logic: `config` (parse and validate), `plan` (config to map
 //!   contents), `packet_policy`, `summary`; `test_config` (test configs, tests only)
 //! - L0 no `crate::` imports: `diag` (the problem type), `ids`, `maglev`,
@@ -25,6 +26,7 @@
 #![warn(unreachable_pub)]
 
 pub mod announce;
+pub mod cluster_command;
 pub mod config;
 pub(crate) mod diag;
 pub(crate) mod health;
@@ -49,6 +51,7 @@ pub(crate) mod packet_policy;
 pub(crate) mod pin_names;
 pub mod pins;
 pub mod runtime;
+pub mod source;
 pub(crate) mod rates;
 pub mod stats;
 pub mod stats_command;

@@ -109,6 +109,15 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// The cluster's shared config document in etcd and the state its hosts
+    /// publish (needs a `[source]` table in the local config).
+    #[command(after_help = exit_code::help())]
+    Cluster {
+        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Print the backend the data path picks for one flow (computed from the config, like the kernel does).
     Lookup {
         #[arg(long, short, default_value = "/etc/lb/lb.toml")]
@@ -123,6 +132,32 @@ enum Command {
         src: IpAddr,
         #[arg(long)]
         src_port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Every host: the revision it runs, its fingerprint, health and
+    /// announcements; which VIP differs where fingerprints do. Exits 0 only
+    /// when every host runs the latest revision with one fingerprint.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the document (its revision goes to stderr).
+    Get,
+    /// Remove a host that left the cluster for good from the members
+    /// (`status` reports a member without state as gone).
+    Forget { host: String },
+    /// Validate FILE with this host's local config, then publish it unless
+    /// the document changed since --base-revision (default: the revision
+    /// read just before writing). Two operators editing the same revision
+    /// cannot overwrite each other: the second is refused (exit code 9).
+    Put {
+        file: PathBuf,
+        /// The revision FILE was edited from (`lb-agent cluster get` prints it).
+        #[arg(long)]
+        base_revision: Option<i64>,
     },
 }
 
@@ -164,7 +199,7 @@ fn main() {
 fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check { config } => {
-            let config = load_config(&config)?;
+            let config = load_applied(&config)?;
             // One ring at a time: check runs before every start (ExecStartPre) and must stay small.
             print!("{}", summary::render(&config, &plan::plan_summary(&config)));
             Ok(())
@@ -175,11 +210,11 @@ fn real_main(cli: Cli) -> Result<()> {
                 ProtocolArg::Udp => Protocol::Udp,
             };
             let flow = lb_agent::lookup_command::Flow { vip, port, protocol, src, src_port };
-            print!("{}", lb_agent::lookup_command::run(&load_config(&config)?, &flow)?);
+            print!("{}", lb_agent::lookup_command::run(&load_applied(&config)?, &flow)?);
             Ok(())
         }
         Command::Stats { config, json, interval, watch } => {
-            stats_command::run(&load_config(&config)?, &stats_command::StatsOptions { json, interval, watch })
+            stats_command::run(&load_applied(&config)?, &stats_command::StatsOptions { json, interval, watch })
         }
         Command::Run { config, full_restart, unload_on_exit, kernel_events } => {
             let options = runtime::RunOptions { config_path: config, full_restart, unload_on_exit, kernel_events };
@@ -207,6 +242,15 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Cluster { config: path, action } => {
+            let local = load_config(&path)?;
+            match action {
+                ClusterAction::Status { json } => lb_agent::cluster_command::status(&local, json),
+                ClusterAction::Get => lb_agent::cluster_command::get(&local),
+                ClusterAction::Forget { host } => lb_agent::cluster_command::forget(&local, &host),
+                ClusterAction::Put { file, base_revision } => lb_agent::cluster_command::put(&path, &local, &file, base_revision),
+            }
+        }
         Command::Decap { iface, xdp_mode, gue_port, metrics } => {
             let opts = lb_agent::decap_command::DecapOptions { iface, xdp_mode: xdp_mode.into(), gue_port, metrics };
             print!("{}", runtime()?.block_on(lb_agent::decap_command::run(opts, wait_for_shutdown()))?);
@@ -218,6 +262,12 @@ fn real_main(cli: Cli) -> Result<()> {
 fn load_config(path: &std::path::Path) -> Result<Config> {
     // ConfigError prints one line per problem, each naming file, field and value.
     runtime::load_config(path)
+}
+
+/// The config as the running agent has it: with a `[source]`, the local file
+/// composed with the last applied cluster document.
+fn load_applied(path: &std::path::Path) -> Result<Config> {
+    runtime::load_applied(path)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -99,7 +99,10 @@ pub fn run(config: &Config, opts: &StatsOptions) -> Result<()> {
             before = after;
             (before.0.clone(), rates)
         };
-        let text = render(config, &plan, &counters, rates.as_ref(), opts.json)?;
+        let mut text = render(config, &plan, &counters, rates.as_ref(), opts.json)?;
+        if !opts.json {
+            text.push_str(&source_line(config));
+        }
         let mut stdout = std::io::stdout().lock();
         if redraw {
             write!(stdout, "{CLEAR_SCREEN}")?;
@@ -109,6 +112,21 @@ pub fn run(config: &Config, opts: &StatsOptions) -> Result<()> {
         if !opts.watch {
             return Ok(());
         }
+    }
+}
+
+/// The config source's line (empty without `[source]`), from the report the agent keeps in its run directory.
+fn source_line(config: &Config) -> String {
+    let Some(source) = &config.source else { return String::new() };
+    match crate::source::status::read_report(&config.lb.run_dir) {
+        Some(r) => format!(
+            "config source  etcd {} revision {} applied, {}{}\n",
+            r.key,
+            r.applied_revision,
+            if r.up { "etcd reachable" } else { "etcd UNREACHABLE (forwarding goes on with this revision)" },
+            r.last_error.map(|e| format!("; refused {e}")).unwrap_or_default()
+        ),
+        None => format!("config source  etcd {}: no report from the agent in {}\n", source.key, config.lb.run_dir.display()),
     }
 }
 

@@ -42,7 +42,8 @@ pub fn fingerprint(config: &Config, plan: &Plan) -> String {
 /// emitted setting to change the fingerprint.
 fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'static str, &[u8])) {
     let mut out = Emit(emit);
-    let Config { lb, vips, announce } = config;
+    // The config source says where the document comes from, not what it says.
+    let Config { lb, vips, announce, source: _ } = config;
     // Announcement decides whether packets come to this host (routes, role,
     // drain times), not what the host does with them; an active and a
     // standby host of one cluster must compare equal.
@@ -186,7 +187,8 @@ impl Emit<'_> {
     }
 }
 
-fn endpoint(address: IpAddr, port: u16, protocol: Protocol) -> String {
+/// How a VIP is written everywhere: `192.0.2.10:80/tcp`, `[2001:db8::1]:*/udp`.
+pub fn endpoint(address: IpAddr, port: u16, protocol: Protocol) -> String {
     let port = if port == 0 { "*".to_string() } else { port.to_string() };
     match address {
         IpAddr::V4(a) => format!("{a}:{port}/{protocol}"),

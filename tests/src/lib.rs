@@ -18,6 +18,7 @@ pub mod bpf;
 pub mod capture;
 pub mod client;
 pub mod configs;
+pub mod etcd_lab;
 pub mod ha_topology;
 pub mod held;
 pub mod lab;

@@ -12,17 +12,38 @@ use crate::{run, step, workspace_root};
 /// `prometheus` brings `promtool`, which checks the agent's metrics and the
 /// alert rules in `contrib/` (about 20 MB, 20 s; its server is not started).
 /// `bird2`: the routing daemon of the HA tests and of `contrib/bird`.
-const APT_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("ethtool", "ethtool"), ("prometheus", "promtool"), ("bird2", "bird")];
+/// `protobuf-compiler` and `libprotobuf-dev` (its well-known types): the
+/// etcd client crate compiles etcd's API from its .proto files.
+/// `etcd-server`: the cluster config source the fleet tests start.
+/// A check that starts with `/` is a file that must exist, else a command.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("ethtool", "ethtool"),
+    ("prometheus", "promtool"),
+    ("bird2", "bird"),
+    ("protobuf-compiler", "protoc"),
+    ("libprotobuf-dev", "/usr/include/google/protobuf/descriptor.proto"),
+    ("etcd-server", "etcd"),
+    ("etcd-client", "etcdctl"),
+];
+
+/// Python tools from PyPI, with the command that shows each is present:
+/// `ansible-core` runs the Ansible role in `contrib/ansible` in the tests.
+const PIP_PACKAGES: &[(&str, &str)] = &[("ansible-core>=2.17,<2.20", "ansible-playbook")];
 
 pub fn all() -> Result<()> {
     apt_packages()?;
+    pip_packages()?;
     nightly_rust_src()?;
     bpf_linker()
 }
 
 
-fn have(command: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {command} >/dev/null 2>&1")]).status().is_ok_and(|s| s.success())
+fn have(check: &str) -> bool {
+    if check.starts_with('/') {
+        return std::path::Path::new(check).exists();
+    }
+    Command::new("sh").args(["-c", &format!("command -v {check} >/dev/null 2>&1")]).status().is_ok_and(|s| s.success())
 }
 
 fn apt_packages() -> Result<()> {
@@ -36,6 +57,23 @@ fn apt_packages() -> Result<()> {
     }
     run(Command::new("apt-get").arg("update").arg("-q"))?;
     run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn pip_packages() -> Result<()> {
+    let missing: Vec<&str> = PIP_PACKAGES.iter().filter(|(_, cmd)| !have(cmd)).map(|(pkg, _)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!("installing Python packages: {}", missing.join(" ")));
+    if !have("python3") {
+        bail!("missing {}; install python3 (3.11 or later) and then `python3 -m pip install {}`", missing.join(", "), missing.join(" "));
+    }
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing))?;
+    // pyenv installs console scripts behind shims that need a rehash.
+    if have("pyenv") {
+        let _ = Command::new("pyenv").arg("rehash").status();
+    }
+    Ok(())
 }
 
 fn nightly_rust_src() -> Result<()> {

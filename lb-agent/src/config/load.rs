@@ -39,6 +39,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let raw = read_raw(text).map_err(|problems| ConfigError { origin: origin.to_string(), problems })?;
     let mut v = Validator::default();
     let config = v.config(raw);
+    if let Ok(table) = text.parse::<toml::Table>() {
+        v.problems.extend(compose::local_placement(&table));
+    }
     match config {
         Some(c) if v.problems.is_empty() => Ok(c),
         _ => Err(ConfigError { origin: origin.to_string(), problems: v.problems }),

@@ -36,12 +36,14 @@ use serde::Deserialize;
 use crate::maglev::is_prime;
 
 pub mod announce;
+pub mod compose;
 mod defaults;
 pub mod health;
 mod load;
 mod lb;
 pub mod packets;
 mod raw;
+pub mod source;
 mod toml_errors;
 mod validate;
 mod values;
@@ -77,6 +79,9 @@ pub struct Config {
     /// The `[announce]` table: route announcement for several LB hosts
     /// (see [`crate::announce`]). Absent: nothing is announced.
     pub announce: Option<announce::AnnounceConfig>,
+    /// The `[source]` table: the cluster's document comes from etcd (see
+    /// [`compose`]). Absent: this file is the whole config.
+    pub source: Option<source::SourceConfig>,
 }
 
 /// The `[lb]` table.

@@ -9,6 +9,7 @@ pub(super) struct RawConfig {
     #[serde(default, rename = "vip")]
     pub(super) vips: Vec<RawVip>,
     pub(super) announce: Option<crate::config::announce::RawAnnounce>,
+    pub(super) source: Option<crate::config::source::RawSource>,
 }
 
 #[derive(Deserialize, Default)]

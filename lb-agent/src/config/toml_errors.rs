@@ -59,7 +59,7 @@ fn in_file_order(problems: impl Iterator<Item = (usize, Problem)>) -> Vec<Proble
 }
 
 /// `line L, column C` and toml's message, with the byte offset to sort by.
-fn syntax_problem(text: &str, err: &toml::de::Error) -> (usize, Problem) {
+pub(super) fn syntax_problem(text: &str, err: &toml::de::Error) -> (usize, Problem) {
     let message = err.message().trim().to_string();
     match err.span() {
         Some(span) => {

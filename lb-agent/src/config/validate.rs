@@ -31,12 +31,17 @@ impl Validator {
                 self.lb(RawLb { interface: Some("-".into()), ..RawLb::default() })
             }
         };
-        let vips = self.vips(raw.vips, lb.as_ref());
+        // With a [source], the VIPs come from the cluster document (see `compose`).
+        let vips = if raw.vips.is_empty() && raw.source.is_some() { Some(Vec::new()) } else { self.vips(raw.vips, lb.as_ref()) };
         let announce = match raw.announce {
             None => None,
             Some(a) => Some(crate::config::announce::resolve(a, &mut self.problems)?),
         };
-        Some(Config { lb: lb?, vips: vips?, announce })
+        let source = match raw.source {
+            None => None,
+            Some(s) => Some(crate::config::source::resolve(s, &mut self.problems)?),
+        };
+        Some(Config { lb: lb?, vips: vips?, announce, source })
     }
     /// `lb.icmp_echo`, `lb.too_big`, `lb.unknown_port`.
     pub(super) fn packet_policy(&mut self, icmp_echo: Option<&str>, too_big: Option<&str>, unknown_port: Option<&str>) -> Option<PacketPolicy> {

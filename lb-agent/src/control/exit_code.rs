@@ -24,10 +24,14 @@ pub enum ExitCode {
     /// The agent acknowledged the request but gave no result in the
     /// documented time; it may still complete it (see its log).
     NoResult = 7,
+    /// `lb-agent cluster status`: the hosts do not all run the latest document with one fingerprint.
+    NotConverged = 8,
+    /// `lb-agent cluster put`: the document changed since the base revision; nothing was written.
+    Conflict = 9,
 }
 
 impl ExitCode {
-    pub const ALL: [ExitCode; 7] = [
+    pub const ALL: [ExitCode; 9] = [
         ExitCode::Failure,
         ExitCode::Usage,
         ExitCode::InvalidConfig,
@@ -35,6 +39,8 @@ impl ExitCode {
         ExitCode::NoAnswer,
         ExitCode::Refused,
         ExitCode::NoResult,
+        ExitCode::NotConverged,
+        ExitCode::Conflict,
     ];
 
     pub fn code(self) -> i32 {
@@ -50,6 +56,8 @@ impl ExitCode {
             ExitCode::NoAnswer => "the agent did not acknowledge within --timeout (stopped, hung or overloaded)",
             ExitCode::Refused => "the agent refused the request and keeps its current config",
             ExitCode::NoResult => "the agent acknowledged but gave no result in time (it may still finish; see its log)",
+            ExitCode::NotConverged => "cluster status: the hosts do not all run the latest document with one fingerprint",
+            ExitCode::Conflict => "cluster put: the document changed since the base revision (nothing was written)",
         }
     }
 }

@@ -199,6 +199,13 @@ impl<W: HealthWriter> Supervisor<W> {
 
     /// The VIP addresses with at least one VIP that has a healthy backend
     /// (serving from its primaries or backups): what may be announced.
+    /// Backends (per VIP) up and down now, for the cluster's view of this host.
+    pub fn backends_up_down(&self) -> (usize, usize) {
+        let up = self.vips.iter().flat_map(|v| v.pairs.iter()).filter(|p| p.up()).count();
+        let all = self.vips.iter().map(|v| v.pairs.len()).sum::<usize>();
+        (up, all - up)
+    }
+
     pub fn serving_addresses(&self) -> std::collections::BTreeSet<IpAddr> {
         self.vips
             .iter()

@@ -13,6 +13,7 @@ pub mod decap;
 pub mod exposition;
 pub mod server;
 pub mod shares;
+pub mod source;
 mod text;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ pub struct Metrics {
     programmed: RwLock<Arc<Programmed>>,
     attachment: Attachment,
     check_duration: HistogramVec,
+    /// The config source's state, when the local file names one.
+    source: std::sync::OnceLock<Arc<crate::source::status::SourceStatus>>,
 }
 
 impl Metrics {
@@ -43,6 +46,7 @@ impl Metrics {
             programmed: RwLock::new(Arc::new(Programmed::new(config, plan, 1))),
             attachment,
             check_duration: exposition::check_duration_histogram(),
+            source: std::sync::OnceLock::new(),
         })
     }
 
@@ -53,6 +57,11 @@ impl Metrics {
         exposition::forget_removed_checks(&self.check_duration, &current.config, &config);
         let generation = current.generation + 1;
         *current = Arc::new(Programmed::new(config, plan, generation));
+    }
+
+    /// Adds `lb_config_source_*` to every scrape from now on.
+    pub fn follow_source(&self, status: Arc<crate::source::status::SourceStatus>) {
+        let _ = self.source.set(status);
     }
 
     /// Feeds [`crate::metrics::exposition::CHECK_DURATION_BUCKETS`] from the health supervisor.
@@ -79,7 +88,11 @@ impl Metrics {
         let shares = shares::RingShares::read_pinned(&dir, &programmed.plan)?;
         let now_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let sample = exposition::Sample { counters: &counters, health: &health, shares: &shares, now_unix_ms };
-        exposition::encode(&programmed, &self.attachment, &sample, &self.check_duration)
+        let mut text = exposition::encode(&programmed, &self.attachment, &sample, &self.check_duration)?;
+        if let Some(status) = self.source.get() {
+            text.push_str(&source::encode(status));
+        }
+        Ok(text)
     }
 }
 

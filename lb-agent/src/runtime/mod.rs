@@ -9,8 +9,10 @@
 //! - [`adopt`]: whether a pinned balancer may be adopted; `lb-agent detach`.
 //! - [`dsr`]: routing and the tc object of DSR-aware health checks.
 //! - [`next_hops`]: each backend's next-hop MAC.
+//! - [`cluster`]: the cluster's document from etcd (`[source]`): start, follow, apply, publish.
 
 mod adopt;
+mod cluster;
 mod dsr;
 mod next_hops;
 mod reload;
@@ -37,6 +39,7 @@ use crate::{
 };
 
 pub use adopt::detach;
+pub use cluster::load_applied;
 pub use run::run;
 
 /// How `lb-agent run` was asked to behave.
@@ -84,6 +87,8 @@ struct Running {
     /// reload that failed part-way leaves them mixed; the next reload then
     /// rewrites every VIP instead of keeping unchanged ones as they are.
     maps_match_plan: bool,
+    /// The config source (`[source]`), if the local file names one.
+    cluster: Option<cluster::Cluster>,
 }
 
 /// Hands the heap freed by a plan's ring builds (megabytes for a large

@@ -3,13 +3,16 @@
 
 use anyhow::{bail, Result};
 
-use super::{load_config, load_options, next_hops::resolve_backends, observed, release_freed_memory, restart::needs_restart, Running};
+use super::{cluster, load_options, next_hops::resolve_backends, observed, release_freed_memory, restart::needs_restart, Running};
+use crate::config::compose::ClusterDoc;
 use crate::{dataplane::reconcile, dataplane::store::MapStore as _, health::supervisor, nexthop, plan};
 
 /// Re-reads the config and applies the difference in place; on any error
-/// nothing has changed and the old config keeps running.
-pub(super) async fn reload(running: &mut Running) -> Result<String> {
-    let result = try_reload(running).await;
+/// nothing has changed and the old config keeps running. With a config
+/// source, the local file is composed with `doc` (a new revision) or with
+/// the document running now.
+pub(super) async fn reload(running: &mut Running, doc: Option<ClusterDoc>) -> Result<String> {
+    let result = try_reload(running, doc).await;
     match &result {
         Ok(summary) => tracing::info!("reload of {}: {summary}", running.options.config_path.display()),
         Err(e) => tracing::error!("reload of {} refused, the running config is unchanged: {e:#}", running.options.config_path.display()),
@@ -17,9 +20,10 @@ pub(super) async fn reload(running: &mut Running) -> Result<String> {
     result
 }
 
-async fn try_reload(running: &mut Running) -> Result<String> {
+async fn try_reload(running: &mut Running, doc: Option<ClusterDoc>) -> Result<String> {
     let mut phases = Phases::start();
-    let config = load_config(&running.options.config_path)?;
+    let doc = doc.as_ref().or(running.cluster.as_ref().map(|c| &c.doc));
+    let config = cluster::load(&running.options.config_path, doc)?;
     phases.done("parse");
     // The MTU as it is now (a changed MTU needs a restart); the addresses as
     // they were at start, which the loaded tunnel sources came from.

@@ -75,6 +75,11 @@ pub(super) fn needs_restart(old: &Config, new: &Config, loaded: &LoadedState, if
         let show = |a: Option<std::net::SocketAddr>| a.map_or_else(|| config::METRICS_OFF.to_string(), |a| a.to_string());
         out.push(format!("lb.metrics_listen: {} -> {}", show(old.lb.metrics_listen), show(new.lb.metrics_listen)));
     }
+    // The follower is started once, for the source the agent started with.
+    if old.source != new.source {
+        let show = |s: &Option<config::source::SourceConfig>| s.as_ref().map_or_else(|| "none".to_string(), |s| format!("{} at {}", s.key, s.endpoints.join(",")));
+        out.push(format!("[source]: {} -> {}", show(&old.source), show(&new.source)));
+    }
     if !out.is_empty() {
         return Ok(out);
     }

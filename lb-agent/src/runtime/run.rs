@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use lb_common::programs;
 use tokio::task::JoinHandle;
 
-use super::{adopt::adoptable, dsr::Dsr, load_config, load_options, next_hops::resolve_backends, observed, ready, release_freed_memory, serve::serve, RunOptions, Running};
+use super::{adopt::adoptable, cluster, dsr::Dsr, load_options, next_hops::resolve_backends, observed, ready, release_freed_memory, serve::serve, RunOptions, Running};
 use crate::{
     control::{self, Claim},
     dataplane::{self, live::LiveMaps, reconcile, store::MapStore as _, LoadOptions},
@@ -18,7 +18,7 @@ use crate::{
 };
 
 pub async fn run(options: RunOptions) -> Result<()> {
-    let config = load_config(&options.config_path)?;
+    let (config, cluster_doc) = cluster::initial(&options.config_path).await?;
     let claim = Claim::take(&config.lb.run_dir, &config.lb.interface)?;
     // Bound before anything is loaded: a taken port changes nothing.
     let metrics_listener = match config.lb.metrics_listen {
@@ -116,7 +116,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let (control_server, requests) = control::server::start(claim.listen()?);
     let announcer = crate::announce::follow(None, &config, &handle, &supervisor).await?;
     let mut running =
-        Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics, announcer, maps_match_plan: true };
+        Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics, announcer, maps_match_plan: true, cluster: None };
+    running.cluster = cluster_doc.and_then(|doc| cluster::start(&running, doc));
+    if let (Some(c), Some(m)) = (&running.cluster, &running.metrics) {
+        m.follow_source(cluster::status(c));
+    }
     ready(&what);
 
     let signal = serve(&mut running, requests).await;
@@ -139,6 +143,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
             dir.display()
         );
     }
+    // Stops the follower; this host's state expires with its lease.
+    drop(running.cluster.take());
     drop(claim);
     Ok(())
 }

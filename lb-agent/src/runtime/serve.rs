@@ -7,7 +7,7 @@ use std::pin::Pin;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use super::{reload::reload, Running};
+use super::{cluster, reload::reload, Running};
 use crate::{
     announce::drain::Drained,
     control::{self, Answer, Request},
@@ -23,6 +23,8 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     let mut draining: Option<Draining> = None;
+    // How often this host's published state (health, announcements) is refreshed.
+    let mut publish = tokio::time::interval(std::time::Duration::from_secs(1));
     let stop = loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break "SIGINT",
@@ -31,9 +33,18 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
                 if draining.is_some() {
                     tracing::warn!("SIGHUP ignored: in maintenance, the agent stops once drained");
                 } else {
-                    let _ = reload(running).await;
+                    let _ = reload(running, None).await;
+                    cluster::refresh(running);
                 }
             }
+            Some(doc) = cluster::next_document(&mut running.cluster) => {
+                if draining.is_some() {
+                    tracing::warn!("config source: revision {} not applied: in maintenance, the agent stops once drained", doc.revision);
+                } else {
+                    cluster::apply(running, doc).await;
+                }
+            }
+            _ = publish.tick(), if running.cluster.is_some() => cluster::refresh(running),
             Some(pending) = requests.recv() => {
                 if draining.is_some() {
                     pending.answer(Answer::Error("in maintenance: the routes are withdrawn and the agent stops once drained".into()));
@@ -41,11 +52,12 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
                 }
                 match pending.request {
                     Request::Reload => {
-                        let answer = match reload(running).await {
+                        let answer = match reload(running, None).await {
                             Ok(summary) => Answer::Ok(summary),
                             Err(e) => Answer::Error(format!("{e:#}")),
                         };
                         pending.answer(answer);
+                        cluster::refresh(running);
                     }
                     Request::Maintenance => match maintenance(running).await {
                         Some(drain) => draining = Some((pending, drain)),
