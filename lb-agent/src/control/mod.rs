@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod client;
+pub mod drains;
 pub mod exit_code;
 pub mod lock;
 pub mod protocol;

@@ -209,6 +209,16 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
         "Fingerprint of the effective config (as `lb-agent check` prints); LB hosts with equal fingerprints forward every flow alike.",
     );
     t.sample(names::CONFIG_INFO, &[(labels::FINGERPRINT, fingerprint)], 1u64);
+    t.family(names::VIP_RING_INFO, Kind::Gauge, "Digest of the VIP's Maglev ring with every backend up (as `lb-agent check` prints); LB hosts with equal digests send the VIP's flows alike.");
+    for vip in &plan.vips {
+        t.sample(names::VIP_RING_INFO, &[(labels::DIGEST, crate::plan::ring_digest::label(vip.ring_digest).as_str()), (labels::VIP, vip.name.as_str())], 1u64);
+    }
+    t.family(names::BACKEND_DRAINED, Kind::Gauge, "1 while the backend is drained for the VIP (weight 0, in the config file or by `lb-agent drain`), else 0.");
+    for v in &config.vips {
+        for b in &v.backends {
+            t.sample(names::BACKEND_DRAINED, &[(labels::BACKEND, b.address.to_string().as_str()), (labels::VIP, v.name.as_str())], u64::from(b.weight == 0));
+        }
+    }
     t.family(names::BUILD_INFO, Kind::Gauge, "The agent's version.");
     t.sample(names::BUILD_INFO, &[(labels::VERSION, env!("CARGO_PKG_VERSION"))], 1u64);
     t.family(names::XDP_ATTACH_INFO, Kind::Gauge, "Interface the balancer is attached to, and the XDP mode (native, generic, offload).");

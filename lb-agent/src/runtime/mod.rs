@@ -84,6 +84,26 @@ struct Running {
     /// reload that failed part-way leaves them mixed; the next reload then
     /// rewrites every VIP instead of keeping unchanged ones as they are.
     maps_match_plan: bool,
+    /// Runtime drains (`lb-agent drain`), applied in `config`.
+    drains: control::drains::Drains,
+}
+
+/// The file's config with the runtime drains recorded in `lb.run_dir`
+/// that still hold (see [`control::drains`]); drains the file overrode are
+/// logged and forgotten.
+fn with_drains(file: &Config) -> Result<(Config, control::drains::Drains)> {
+    let recorded = control::drains::Drains::read(&file.lb.run_dir, &file.lb.interface)?;
+    let applied = recorded.apply(file);
+    for d in &applied.dropped {
+        tracing::info!("{d}");
+    }
+    if applied.kept != recorded {
+        applied.kept.write(&file.lb.run_dir, &file.lb.interface)?;
+    }
+    for d in &applied.kept.drains {
+        tracing::info!("{} of VIP {:?} stays drained (`lb-agent undrain` to undo)", d.backend, d.vip);
+    }
+    Ok((applied.config, applied.kept))
 }
 
 /// Hands the heap freed by a plan's ring builds (megabytes for a large
