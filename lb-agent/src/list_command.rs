@@ -60,10 +60,20 @@ pub struct ListBackend {
     pub share: f64,
 }
 
-/// Reads the running balancer's state for `file` (the config as read from the file).
+/// Reads the running balancer's state for `file` (the config as read from
+/// the file): names and weights from the copy of the config the agent
+/// programmed last (the file may have been edited since), else the file's.
 pub fn read(file: &Config) -> Result<List> {
     let drains = Drains::read(&file.lb.run_dir, &file.lb.interface)?;
-    let config = drains.apply(file).config;
+    let running = crate::control::running_config_path(&file.lb.run_dir, &file.lb.interface);
+    let programmed = match std::fs::read_to_string(&running) {
+        Ok(text) => crate::config::parse(&text, &running.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?,
+        Err(e) => {
+            eprintln!("no copy of the running config ({}: {e}); showing the config file's names and weights", running.display());
+            file.clone()
+        }
+    };
+    let config = drains.apply(&programmed).config;
     let dir = &config.lb.bpffs_dir;
     let live = LiveMaps::open(dir).context("reading the running balancer's maps (is `lb-agent run` running with this config's bpffs_dir?)")?;
     let plan = plan::plan_keeping(&config, &live.kept()?).map_err(anyhow::Error::msg)?;

@@ -236,7 +236,9 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Lookup { vip, port, protocol, src, src_port, batch, ring, json } => {
-            let config = load_config(&config_path)?;
+            // As the kernel has it: with the runtime drains (`lb-agent drain`) recorded in lb.run_dir.
+            let file = load_config(&config_path)?;
+            let config = lb_agent::control::drains::Drains::read(&file.lb.run_dir, &file.lb.interface)?.apply(&file).config;
             if let Some(vip) = ring {
                 print!("{}", lookup_command::ring(&config, &vip, json)?);
                 return Ok(());

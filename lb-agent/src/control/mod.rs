@@ -24,3 +24,8 @@ pub fn lock_path(run_dir: &Path, iface: &str) -> PathBuf {
 pub fn socket_path(run_dir: &Path, iface: &str) -> PathBuf {
     run_dir.join(format!("{iface}.sock"))
 }
+
+/// The copy of the config file the agent programmed last (see `runtime`).
+pub fn running_config_path(run_dir: &Path, iface: &str) -> PathBuf {
+    run_dir.join(format!("{iface}.running.toml"))
+}

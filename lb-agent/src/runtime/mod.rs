@@ -58,6 +58,32 @@ pub fn load_config(path: &Path) -> Result<Config> {
     config::load(path).map_err(|e| control::exit_code::coded(control::exit_code::ExitCode::InvalidConfig, anyhow::anyhow!("invalid config:\n{e}")))
 }
 
+/// [`load_config`], and the file's text, for [`record_running`].
+fn load_config_text(path: &Path) -> Result<(Config, String)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => config::parse(&text, &path.display().to_string())
+            .map(|c| (c, text))
+            .map_err(|e| control::exit_code::coded(control::exit_code::ExitCode::InvalidConfig, anyhow::anyhow!("invalid config:\n{e}"))),
+        // Unreadable or not UTF-8: the loader's own message.
+        Err(_) => load_config(path).map(|c| (c, String::new())),
+    }
+}
+
+/// Keeps the text of the config file now programmed in `lb.run_dir`
+/// ([`control::running_config_path`]), which `lb-agent list` reads: the
+/// file may have been edited since without a reload. A failure only costs
+/// `list` that view (it falls back to the file, and says so).
+fn record_running(config: &Config, text: &str) {
+    let (dir, iface) = (&config.lb.run_dir, &config.lb.interface);
+    let path = control::running_config_path(dir, iface);
+    let tmp = dir.join(format!(".{iface}.running.toml.{}", std::process::id()));
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!("cannot keep a copy of the running config in {}: {e} (`lb-agent list` then shows the file's weights)", path.display());
+    }
+}
+
 /// One line on stdout that supervisors and tests wait for.
 pub fn ready(what: &str) {
     println!("ready: {what}");

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{load_config, load_options, next_hops::resolve_backends, observed, release_freed_memory, restart::needs_restart, Running};
+use super::{load_config, load_config_text, load_options, record_running, next_hops::resolve_backends, observed, release_freed_memory, restart::needs_restart, Running};
 use crate::config::Config;
 use crate::control::{drains::Drains, Request};
 use crate::plan::changes::{self, ChangeReport};
@@ -98,9 +98,11 @@ fn dry_run_text(report: &ChangeReport, dropped: &[String], ring_size: u32) -> St
 }
 
 async fn reload_file(running: &mut Running) -> Result<String> {
-    let file = load_config(&running.options.config_path)?;
+    let (file, text) = load_config_text(&running.options.config_path)?;
     let applied = running.drains.apply(&file);
-    apply(running, applied.config, applied.kept, applied.dropped).await
+    let summary = apply(running, applied.config, applied.kept, applied.dropped).await?;
+    record_running(&file, &text);
+    Ok(summary)
 }
 
 /// Applies `config` (drains applied) in place, then records `drains`;

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use lb_common::programs;
 use tokio::task::JoinHandle;
 
-use super::{adopt::adoptable, dsr::Dsr, load_config, load_options, next_hops::resolve_backends, observed, ready, release_freed_memory, serve::serve, RunOptions, Running};
+use super::{adopt::adoptable, dsr::Dsr, load_options, next_hops::resolve_backends, observed, ready, release_freed_memory, serve::serve, RunOptions, Running};
 use crate::{
     control::{self, Claim},
     dataplane::{self, live::LiveMaps, reconcile, store::MapStore as _, LoadOptions},
@@ -18,7 +18,7 @@ use crate::{
 };
 
 pub async fn run(options: RunOptions) -> Result<()> {
-    let file = load_config(&options.config_path)?;
+    let (file, text) = super::load_config_text(&options.config_path)?;
     let claim = Claim::take(&file.lb.run_dir, &file.lb.interface)?;
     let (config, drains) = super::with_drains(&file)?;
     // Bound before anything is loaded: a taken port changes nothing.
@@ -118,6 +118,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let announcer = crate::announce::follow(None, &config, &handle, &supervisor).await?;
     let mut running =
         Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics, announcer, maps_match_plan: true, drains };
+    super::record_running(&file, &text);
     ready(&what);
 
     let signal = serve(&mut running, requests).await;
