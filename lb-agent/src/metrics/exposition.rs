@@ -244,6 +244,22 @@ mod tests {
     }
 
     #[test]
+    fn a_drained_backend_is_reported_as_drained() {
+        use crate::test_config::TestBackend;
+        let vip = TestVip::new("web", "192.0.2.10:80").backend(TestBackend::new("198.51.100.11")).backend(TestBackend::new("198.51.100.12").weight(0));
+        let config = TestConfig::new().ring_size(1009).vip(vip).parse();
+        let plan = crate::plan::plan(&config);
+        let programmed = Programmed::new(config, plan.clone(), 1);
+        let counters = Counters { vips: vec![], backends: vec![], reasons: vec![Counter::default(); Reason::COUNT as usize], decap: vec![], flows: vec![Counter::default(); FlowEvent::COUNT as usize] };
+        let shares = RingShares::from_rings(plan.ring_size, []);
+        let sample = Sample { counters: &counters, health: &HealthTable::new(), shares: &shares, now_unix_ms: 0 };
+        let attachment = Attachment { interface: "eth0".into(), mode: "native" };
+        let text = encode(&programmed, &attachment, &sample, &check_duration_histogram()).unwrap();
+        assert_eq!(value(&text, r#"lb_backend_drained{backend="198.51.100.12",vip="web"}"#), 1.0);
+        assert_eq!(value(&text, r#"lb_backend_drained{backend="198.51.100.11",vip="web"}"#), 0.0);
+    }
+
+    #[test]
     fn every_metric_with_its_labels_and_values() {
         let config = web().parse();
         let plan = crate::plan::plan(&config);
@@ -283,6 +299,9 @@ mod tests {
         assert_eq!(value(&text, r#"lb_backend_packets_total{backend="198.51.100.12"}"#), 7.0);
         assert_eq!(value(&text, r#"lb_packets_total{action="drop",reason="no_backend"}"#), 2.0);
         assert_eq!(value(&text, r#"lb_backend_up{backend="198.51.100.11",vip="web"}"#), 0.0);
+        assert_eq!(value(&text, r#"lb_backend_drained{backend="198.51.100.11",vip="web"}"#), 0.0);
+        let digest = crate::plan::ring_digest::label(plan.vip("web").unwrap().ring_digest);
+        assert_eq!(value(&text, &format!(r#"lb_vip_ring_info{{digest="{digest}",vip="web"}}"#)), 1.0);
         assert_eq!(value(&text, r#"lb_backend_up{backend="198.51.100.12",vip="web"}"#), 1.0);
         assert_eq!(value(&text, r#"lb_vip_backends_up{vip="web"}"#), 1.0);
         assert_eq!(value(&text, r#"lb_backend_health_state_age_seconds{backend="198.51.100.11",vip="web"}"#), 2.5);
