@@ -64,6 +64,8 @@ pub struct ListBackend {
 /// the file): names and weights from the copy of the config the agent
 /// programmed last (the file may have been edited since), else the file's.
 pub fn read(file: &Config) -> Result<List> {
+    let dir = &file.lb.bpffs_dir;
+    let live = LiveMaps::open(dir).context("reading the running balancer's maps (is `lb-agent run` running with this config's bpffs_dir?)")?;
     let drains = Drains::read(&file.lb.run_dir, &file.lb.interface)?;
     let running = crate::control::running_config_path(&file.lb.run_dir, &file.lb.interface);
     let programmed = match std::fs::read_to_string(&running) {
@@ -74,8 +76,6 @@ pub fn read(file: &Config) -> Result<List> {
         }
     };
     let config = drains.apply(&programmed).config;
-    let dir = &config.lb.bpffs_dir;
-    let live = LiveMaps::open(dir).context("reading the running balancer's maps (is `lb-agent run` running with this config's bpffs_dir?)")?;
     let plan = plan::plan_keeping(&config, &live.kept()?).map_err(anyhow::Error::msg)?;
     let table = report::read_pinned(dir)?;
     let shares = RingShares::read_pinned(dir, &plan)?;
