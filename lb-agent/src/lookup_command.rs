@@ -62,11 +62,13 @@ pub struct Lookup<'a> {
     fresh: Plan,
     /// The running balancer's maps and the plan keeping its ids, opened at the first second-chance VIP.
     running: Option<Result<(LiveMaps, Plan), String>>,
+    /// Whether the reason for a `previous unknown` was printed (once per batch).
+    warned: bool,
 }
 
 impl<'a> Lookup<'a> {
     pub fn new(config: &'a Config) -> Lookup<'a> {
-        Lookup { config, fresh: plan::plan(config), running: None }
+        Lookup { config, fresh: plan::plan(config), running: None, warned: false }
     }
 
     /// The answer for one flow (errors inside it: a batch goes on).
@@ -86,7 +88,9 @@ impl<'a> Lookup<'a> {
             answer.previous = Some(match self.previous_owner(flow) {
                 Ok(p) => p.map_or("none".to_string(), |a| a.to_string()),
                 Err(e) => {
-                    eprintln!("cannot read the previous owner (is `lb-agent run` running with this config's bpffs_dir?): {e:#}");
+                    if !std::mem::replace(&mut self.warned, true) {
+                        eprintln!("cannot read the previous owner (is `lb-agent run` running with this config's bpffs_dir?): {e:#}");
+                    }
                     "unknown".to_string()
                 }
             });
