@@ -10,7 +10,7 @@
 //!   `decap_command`: `lb-agent decap` on a backend
 //! - L5 services and commands: `announce` (VIP routes, drain, maintenance),
 //!   `metrics`, `control` (lock, socket, client), `stats_command`, `stats`, `rates`,
-//!   `lookup_command`, `previous_owners` (the drain timer of second chance),
+//!   `lookup_command`, `list_command`, `previous_owners` (the drain timer of second chance),
 //!   `cluster_command` (`lb-agent cluster`: the fleet's state and document in etcd)
 //! - L4 `dataplane`: load, attach, counters, the map store and reconcile (plan
 //!   to maps), which hands the rings over to the health supervisor
@@ -34,6 +34,7 @@ pub(crate) mod ids;
 pub mod control;
 pub(crate) mod kernel_events;
 pub mod logging;
+pub mod list_command;
 pub mod lookup_command;
 pub mod maglev;
 pub mod metrics;

@@ -7,15 +7,18 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_agent::{
     config::{Config, Protocol, XdpMode},
-    control::{client, exit_code, Answer, Request},
+    control::{client, exit_code, Request},
     logging::{self, LogFormat},
-    plan, runtime, stats_command, summary,
+    lookup_command, plan, runtime, stats_command, summary,
 };
 #[derive(Parser)]
 #[command(version, about = "Maglev XDP layer-4 load balancer agent", after_help = exit_code::help())]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The config file (also accepted after the subcommand).
+    #[arg(long, short, global = true, env = "LB_CONFIG", default_value = "/etc/lb/lb.toml")]
+    config: PathBuf,
     /// Log lines as text (default) or one JSON object per line (on stderr).
     #[arg(long, value_enum, global = true, default_value = "text")]
     log_format: LogFormat,
@@ -24,14 +27,20 @@ struct Cli {
     log_level: Option<String>,
 }
 
+/// `--timeout` of the commands that talk to the running agent.
+#[derive(clap::Args)]
+struct Timeout {
+    /// Seconds to wait for the agent to acknowledge the request (a stopped or hung agent fails with exit code 5).
+    #[arg(long, default_value = client::DEFAULT_TIMEOUT, value_parser = client::parse_timeout)]
+    timeout: std::time::Duration,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Attach the balancer (or adopt the one a previous agent left pinned) and
     /// manage it until SIGINT/SIGTERM; the balancer keeps forwarding after exit.
     /// SIGHUP re-reads the config.
     Run {
-        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
-        config: PathBuf,
         /// Replace a pinned balancer loaded with other ring/map sizes, seed,
         /// tunnel sources or packet policies (its flow table is lost).
         #[arg(long)]
@@ -50,14 +59,16 @@ enum Command {
     /// Make the running agent re-read its config and apply the difference in
     /// place; exits non-zero with the errors if the config is refused. The
     /// agent acknowledges at once (within --timeout), then has 30 s to
-    /// finish the reload.
+    /// finish the reload. The answer names every change applied.
     #[command(after_help = exit_code::help())]
     Reload {
-        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
-        config: PathBuf,
-        /// Seconds to wait for the agent to acknowledge the request (a stopped or hung agent fails with exit code 5).
-        #[arg(long, default_value = client::DEFAULT_TIMEOUT, value_parser = client::parse_timeout)]
-        timeout: std::time::Duration,
+        #[command(flatten)]
+        timeout: Timeout,
+        /// Only say what the reload would change (settings, VIPs, backends,
+        /// weights, roles, health checks, slots moved per VIP) and which
+        /// changes it would refuse (exit code 6); nothing is applied.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Take this LB host out of service: the running agent withdraws its VIP
     /// routes (`[announce]`), waits until no VIP packet arrives for
@@ -66,21 +77,52 @@ enum Command {
     /// timeout and 10 s to answer and exit.
     #[command(after_help = exit_code::help())]
     Maintenance {
-        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
-        config: PathBuf,
-        /// Seconds to wait for the agent to acknowledge the request (a stopped or hung agent fails with exit code 5).
-        #[arg(long, default_value = client::DEFAULT_TIMEOUT, value_parser = client::parse_timeout)]
-        timeout: std::time::Duration,
+        #[command(flatten)]
+        timeout: Timeout,
+    },
+    /// Drain one backend of one VIP at runtime (weight 0: no new flows, the
+    /// flow table keeps established ones) without editing the config. Kept
+    /// across reloads and restarts until `undrain`, or until the config file
+    /// changes that backend's weight or role or removes it (the file wins).
+    #[command(after_help = exit_code::help())]
+    Drain {
+        /// The VIP's name, or an address only one VIP has.
+        #[arg(long)]
+        vip: String,
+        #[arg(long)]
+        backend: IpAddr,
+        #[command(flatten)]
+        timeout: Timeout,
+    },
+    /// Undo a runtime drain: the backend gets its weight from the config file again.
+    #[command(after_help = exit_code::help())]
+    Undrain {
+        /// The VIP's name, or an address only one VIP has.
+        #[arg(long)]
+        vip: String,
+        #[arg(long)]
+        backend: IpAddr,
+        #[command(flatten)]
+        timeout: Timeout,
     },
     /// Detach the balancer and remove its pins (no agent may be running for the interface).
-    Detach {
-        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
-        config: PathBuf,
-    },
-    /// Validate a config and print what it would program (touches nothing in the kernel).
+    Detach,
+    /// Validate a config and print what it would program (touches nothing in
+    /// the kernel): VIPs, backends with their roles, ring shares, health-check
+    /// settings, ring digests and the config fingerprint.
     Check {
-        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
-        config: PathBuf,
+        /// One JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The running balancer's VIPs and backends, as `ipvsadm -Ln`: weights,
+    /// roles, drains, health, ring shares in the kernel now, flow-state mode,
+    /// ring digests, previous-owner slots (from the pinned maps: works
+    /// without the agent running).
+    List {
+        /// One JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// Attach the decapsulator on a backend host until SIGINT/SIGTERM.
     Decap {
@@ -97,8 +139,6 @@ enum Command {
     },
     /// Print the counters of the agent running with this config.
     Stats {
-        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
-        config: PathBuf,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -113,25 +153,34 @@ enum Command {
     /// publish (needs a `[source]` table in the local config).
     #[command(after_help = exit_code::help())]
     Cluster {
-        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
-        config: PathBuf,
         #[command(subcommand)]
         action: ClusterAction,
     },
-    /// Print the backend the data path picks for one flow (computed from the config, like the kernel does).
+    /// Print the backend the data path picks for one flow (computed from the
+    /// config, like the kernel does); `--batch` for many flows, `--ring` for
+    /// a VIP's whole ring.
     Lookup {
-        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
-        config: PathBuf,
-        #[arg(long)]
-        vip: IpAddr,
-        #[arg(long)]
-        port: u16,
+        #[arg(long, required_unless_present_any = ["batch", "ring"])]
+        vip: Option<IpAddr>,
+        #[arg(long, required_unless_present_any = ["batch", "ring"])]
+        port: Option<u16>,
         #[arg(long, value_enum, default_value = "tcp")]
         protocol: ProtocolArg,
+        #[arg(long, required_unless_present_any = ["batch", "ring"])]
+        src: Option<IpAddr>,
+        #[arg(long, required_unless_present_any = ["batch", "ring"])]
+        src_port: Option<u16>,
+        /// Many flows: one `VIP PORT PROTOCOL SRC SRC_PORT` (or a JSON
+        /// object as `--json` prints) per line of FILE (`-`: stdin); one
+        /// JSON line out per flow. Exit code 1 if any line failed.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["vip", "port", "src", "src_port", "ring"])]
+        batch: Option<PathBuf>,
+        /// Print the whole ring of this VIP (name, or an address one VIP has), one `SLOT BACKEND` line per slot.
+        #[arg(long, value_name = "VIP", conflicts_with_all = ["vip", "port", "src", "src_port"])]
+        ring: Option<String>,
+        /// One JSON line.
         #[arg(long)]
-        src: IpAddr,
-        #[arg(long)]
-        src_port: u16,
+        json: bool,
     },
 }
 
@@ -197,44 +246,87 @@ fn main() {
 }
 
 fn real_main(cli: Cli) -> Result<()> {
+    let config_path = cli.config;
     match cli.command {
-        Command::Check { config } => {
-            let config = load_applied(&config)?;
+        Command::Check { json } => {
+            let config = load_applied(&config_path)?;
             // One ring at a time: check runs before every start (ExecStartPre) and must stay small.
-            print!("{}", summary::render(&config, &plan::plan_summary(&config)));
+            let plan = plan::plan_summary(&config);
+            if json {
+                println!("{}", serde_json::to_string(&summary::to_json(&config, &plan))?);
+            } else {
+                print!("{}", summary::render(&config, &plan));
+            }
             Ok(())
         }
-        Command::Lookup { config, vip, port, protocol, src, src_port } => {
+        Command::List { json } => {
+            let list = lb_agent::list_command::read(&load_applied(&config_path)?)?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                print!("{}", lb_agent::list_command::to_text(&list));
+            }
+            Ok(())
+        }
+        Command::Lookup { vip, port, protocol, src, src_port, batch, ring, json } => {
+            // As the kernel has it: with the runtime drains (`lb-agent drain`) recorded in lb.run_dir.
+            let file = load_applied(&config_path)?;
+            let config = lb_agent::control::drains::Drains::read(&file.lb.run_dir, &file.lb.interface)?.apply(&file).config;
+            if let Some(vip) = ring {
+                print!("{}", lookup_command::ring(&config, &vip, json)?);
+                return Ok(());
+            }
+            if let Some(path) = batch {
+                let failed = if path.as_os_str() == "-" {
+                    lookup_command::batch(&config, std::io::stdin().lock(), std::io::stdout().lock())?
+                } else {
+                    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                    lookup_command::batch(&config, std::io::BufReader::new(file), std::io::stdout().lock())?
+                };
+                if failed > 0 {
+                    anyhow::bail!("{failed} flow(s) had no answer (see their \"error\")");
+                }
+                return Ok(());
+            }
             let protocol = match protocol {
                 ProtocolArg::Tcp => Protocol::Tcp,
                 ProtocolArg::Udp => Protocol::Udp,
             };
-            let flow = lb_agent::lookup_command::Flow { vip, port, protocol, src, src_port };
-            print!("{}", lb_agent::lookup_command::run(&load_applied(&config)?, &flow)?);
+            let required = "clap requires it without --batch and --ring";
+            let flow = lookup_command::Flow {
+                vip: vip.expect(required),
+                port: port.expect(required),
+                protocol,
+                src: src.expect(required),
+                src_port: src_port.expect(required),
+            };
+            print!("{}", lookup_command::run(&config, &flow, json)?);
             Ok(())
         }
-        Command::Stats { config, json, interval, watch } => {
-            stats_command::run(&load_applied(&config)?, &stats_command::StatsOptions { json, interval, watch })
+        Command::Stats { json, interval, watch } => {
+            stats_command::run(&load_applied(&config_path)?, &stats_command::StatsOptions { json, interval, watch })
         }
-        Command::Run { config, full_restart, unload_on_exit, kernel_events } => {
-            let options = runtime::RunOptions { config_path: config, full_restart, unload_on_exit, kernel_events };
+        Command::Run { full_restart, unload_on_exit, kernel_events } => {
+            let options = runtime::RunOptions { config_path, full_restart, unload_on_exit, kernel_events };
             runtime()?.block_on(runtime::run(options))
         }
-        Command::Reload { config, timeout } => {
+        Command::Reload { timeout, dry_run } => {
             // Validated here first: the errors then come with this file's name.
-            let config = load_config(&config)?;
-            let limits = client::Limits { acknowledge: timeout, result: client::RELOAD_RESULT_TIMEOUT };
-            let summary = client::request(&config.lb.run_dir, &config.lb.interface, Request::Reload, limits)?;
-            print!("{}", Answer::Ok(summary).encode());
+            let config = load_config(&config_path)?;
+            let limits = client::Limits { acknowledge: timeout.timeout, result: client::RELOAD_RESULT_TIMEOUT };
+            let summary = client::request(&config.lb.run_dir, &config.lb.interface, &Request::Reload { dry_run }, limits)?;
+            println!("ok {summary}");
             Ok(())
         }
-        Command::Maintenance { config, timeout } => {
-            let config = load_config(&config)?;
-            print!("{}", Answer::Ok(lb_agent::announce::maintenance::request(&config, timeout)?).encode());
+        Command::Drain { vip, backend, timeout } => ask(&config_path, Request::Drain { vip, backend }, timeout),
+        Command::Undrain { vip, backend, timeout } => ask(&config_path, Request::Undrain { vip, backend }, timeout),
+        Command::Maintenance { timeout } => {
+            let config = load_config(&config_path)?;
+            println!("ok {}", lb_agent::announce::maintenance::request(&config, timeout.timeout)?);
             Ok(())
         }
-        Command::Detach { config } => {
-            let config = load_config(&config)?;
+        Command::Detach => {
+            let config = load_config(&config_path)?;
             if runtime::detach(&config)? {
                 println!("detached from {} and removed the pins in {}", config.lb.interface, config.lb.bpffs_dir.display());
             } else {
@@ -242,13 +334,13 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Cluster { config: path, action } => {
-            let local = load_config(&path)?;
+        Command::Cluster { action } => {
+            let local = load_config(&config_path)?;
             match action {
                 ClusterAction::Status { json } => lb_agent::cluster_command::status(&local, json),
                 ClusterAction::Get => lb_agent::cluster_command::get(&local),
                 ClusterAction::Forget { host } => lb_agent::cluster_command::forget(&local, &host),
-                ClusterAction::Put { file, base_revision } => lb_agent::cluster_command::put(&path, &local, &file, base_revision),
+                ClusterAction::Put { file, base_revision } => lb_agent::cluster_command::put(&config_path, &local, &file, base_revision),
             }
         }
         Command::Decap { iface, xdp_mode, gue_port, metrics } => {
@@ -257,6 +349,14 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A request the running agent answers at once (drain, undrain).
+fn ask(config_path: &std::path::Path, request: Request, timeout: Timeout) -> Result<()> {
+    let config = load_config(config_path)?;
+    let limits = client::Limits { acknowledge: timeout.timeout, result: client::RELOAD_RESULT_TIMEOUT };
+    println!("ok {}", client::request(&config.lb.run_dir, &config.lb.interface, &request, limits)?);
+    Ok(())
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config> {

@@ -53,6 +53,10 @@ fn render(config: &Config, plan: &Plan, counters: &Counters, rates: Option<&Rate
     let mut out = stats::to_text(plan, counters, rates);
     out += &stats::previous_to_text(plan, &previous);
     out += &health::report::to_text(config, plan, &table);
+    let drains = crate::control::drains::Drains::read(&config.lb.run_dir, &config.lb.interface)?;
+    for d in &drains.drains {
+        out += &format!("runtime drain: {} of VIP {:?} (weight {} in the file; `lb-agent undrain` to undo)\n", d.backend, d.vip, d.file_weight);
+    }
     if let Some(r) = rates {
         out += &format!("\nrates over the last {:.1} s\n", r.window.as_secs_f64());
     }
@@ -77,7 +81,9 @@ fn json_line(
     format!("{doc}\n")
 }
 
-pub fn run(config: &Config, opts: &StatsOptions) -> Result<()> {
+pub fn run(file: &Config, opts: &StatsOptions) -> Result<()> {
+    // The weights in effect: the file's with the runtime drains (`lb-agent drain`).
+    let config = &crate::control::drains::Drains::read(&file.lb.run_dir, &file.lb.interface)?.apply(file).config;
     if opts.watch && opts.interval.is_zero() {
         bail!("--watch needs an --interval above 0 (e.g. --interval 1)");
     }

@@ -9,7 +9,7 @@ use crate::config::announce::AnnounceConfig;
 use crate::config::{BackendConfig, Config, HashMode, LbSection, Protocol, VipConfig};
 use crate::config::health::{CheckKind, HealthCheck};
 use crate::config::packets::{self, PacketPolicy};
-use crate::plan::{Plan, PlannedVip};
+use crate::plan::{ring_digest, Plan, PlannedVip};
 
 /// 64-bit FNV-1a.
 use crate::plan::fnv::Fnv;
@@ -231,21 +231,38 @@ pub fn render(config: &Config, plan: &Plan) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "vip {:?}  {}  hash {}  row {}  flow state {}  encap {}",
+            "vip {:?}  {}  hash {}  row {}  flow state {}  encap {}  ring digest {}",
             vip.name,
             endpoint(vip.address, vip.port, vip.protocol),
             hash,
             pv.row,
             vip.flow_state,
-            vip.encap
+            vip.encap,
+            ring_digest::label(pv.ring_digest)
         );
-        render_backends(&mut out, plan, pv);
+        render_health(&mut out, vip);
+        render_backends(&mut out, plan, vip, pv);
     }
     out
 }
 
-fn render_backends(out: &mut String, plan: &Plan, vip: &PlannedVip) {
-    let width = vip
+/// The VIP's health-check settings: one line if every backend has the same
+/// check, else one per backend.
+fn render_health(out: &mut String, vip: &VipConfig) {
+    let first = vip.backends.first().map(|b| &b.check);
+    if vip.backends.iter().all(|b| Some(&b.check) == first) {
+        let check = first.map_or_else(|| "none".to_string(), |c| c.describe());
+        let _ = writeln!(out, "  health {check}; all down: {}", vip.all_down.as_str());
+        return;
+    }
+    let _ = writeln!(out, "  health per backend; all down: {}", vip.all_down.as_str());
+    for b in &vip.backends {
+        let _ = writeln!(out, "    {}  {}", b.address, b.check.describe());
+    }
+}
+
+fn render_backends(out: &mut String, plan: &Plan, vip: &VipConfig, pv: &PlannedVip) {
+    let width = pv
         .members
         .iter()
         .filter_map(|&(id, _)| plan.backend(id))
@@ -253,15 +270,111 @@ fn render_backends(out: &mut String, plan: &Plan, vip: &PlannedVip) {
         .max()
         .unwrap_or(0)
         .max("backend".len());
-    let _ = writeln!(out, "  {:>4}  {:<width$}  {:>6}  {:>8}  {:>7}  next hop", "id", "backend", "weight", "slots", "share");
-    for (&(id, weight), &n) in vip.members.iter().zip(&vip.slots) {
+    let _ = writeln!(out, "  {:>4}  {:<width$}  {:>6}  {:<7}  {:>8}  {:>7}  next hop", "id", "backend", "weight", "role", "slots", "share");
+    for (&(id, weight), &n) in pv.members.iter().zip(&pv.slots) {
         let Some(b) = plan.backend(id) else { continue };
+        let backup = vip.backends.iter().any(|c| c.address == b.address && c.backup);
         let share = 100.0 * f64::from(n) / f64::from(plan.ring_size.max(1));
         let hop = b.mac.map_or_else(|| "(resolved at runtime)".to_string(), |m| m.to_string());
-        let drained = if weight == 0 { "  drained" } else { "" };
-        let _ =
-            writeln!(out, "  {:>4}  {:<width$}  {:>6}  {:>8}  {:>6.2}%  {}{}", id, b.address.to_string(), weight, n, share, hop, drained);
+        let (role, note) = match (backup, weight) {
+            (_, 0) => (if backup { "backup" } else { "primary" }, "  drained"),
+            // A backup owns no slot of the all-up ring: it serves only while no primary is up.
+            (true, _) => ("backup", "  (serves while no primary is up)"),
+            (false, _) => ("primary", ""),
+        };
+        let _ = writeln!(
+            out,
+            "  {:>4}  {:<width$}  {:>6}  {:<7}  {:>8}  {:>6.2}%  {}{}",
+            id,
+            b.address.to_string(),
+            weight,
+            role,
+            n,
+            share,
+            hop,
+            note
+        );
     }
+}
+
+/// `check --json`: the same facts as [`render`], typed.
+#[derive(serde::Serialize)]
+pub struct CheckJson {
+    pub interface: String,
+    pub ring_size: u32,
+    pub hash_seed: u32,
+    pub fingerprint: String,
+    pub vips: Vec<CheckVip>,
+}
+
+#[derive(serde::Serialize)]
+pub struct CheckVip {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    pub hash: String,
+    pub row: u32,
+    pub flow_state: String,
+    pub encap: String,
+    pub ring_digest: String,
+    pub all_down: String,
+    pub backends: Vec<CheckBackend>,
+}
+
+#[derive(serde::Serialize)]
+pub struct CheckBackend {
+    pub id: u32,
+    pub address: IpAddr,
+    pub weight: u32,
+    pub backup: bool,
+    pub slots: u32,
+    pub share: f64,
+    pub mac: Option<String>,
+    pub health: String,
+}
+
+/// The `check --json` document.
+pub fn to_json(config: &Config, plan: &Plan) -> CheckJson {
+    let vips = config
+        .vips
+        .iter()
+        .filter_map(|v| {
+            let pv = plan.vip(&v.name)?;
+            let backends = v
+                .backends
+                .iter()
+                .filter_map(|b| {
+                    let id = plan.backend_id(b.address)?;
+                    let slots = pv.members.iter().position(|&(m, _)| m == id).map_or(0, |i| pv.slots[i]);
+                    Some(CheckBackend {
+                        id,
+                        address: b.address,
+                        weight: b.weight,
+                        backup: b.backup,
+                        slots,
+                        share: f64::from(slots) / f64::from(plan.ring_size.max(1)),
+                        mac: plan.backend(id).and_then(|p| p.mac).map(|m| m.to_string()),
+                        health: b.check.describe(),
+                    })
+                })
+                .collect();
+            Some(CheckVip {
+                name: v.name.clone(),
+                address: v.address,
+                port: v.port,
+                protocol: v.protocol.to_string(),
+                hash: v.hash.to_string(),
+                row: pv.row,
+                flow_state: v.flow_state.to_string(),
+                encap: v.encap.to_string(),
+                ring_digest: ring_digest::label(pv.ring_digest),
+                all_down: v.all_down.as_str().to_string(),
+                backends,
+            })
+        })
+        .collect();
+    CheckJson { interface: config.lb.interface.clone(), ring_size: plan.ring_size, hash_seed: plan.hash_seed, fingerprint: fingerprint(config, plan), vips }
 }
 
 #[cfg(test)]
@@ -464,8 +577,25 @@ flow_state = "lb"
         }
         // Slot counts in the web table add up to the ring.
         let web = p.vip("web").unwrap();
-        let rows: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("vip \"web\"")).skip(2).take(2).collect();
-        let total: u32 = rows.iter().map(|l| l.split_whitespace().nth(3).unwrap().parse::<u32>().unwrap()).sum();
+        let rows: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("vip \"web\"")).skip(3).take(2).collect();
+        let total: u32 = rows.iter().map(|l| l.split_whitespace().nth(4).unwrap().parse::<u32>().unwrap()).sum();
         assert_eq!(total, web.ring().len() as u32, "{text}");
+        assert!(text.contains(&format!("ring digest {}", ring_digest::label(web.ring_digest))), "{text}");
+    }
+
+    /// A backup is labelled as one, and each VIP's health-check settings are printed.
+    #[test]
+    fn render_labels_backups_and_prints_health_settings() {
+        let web = TestVip::new("web", "192.0.2.10:80").checked().backend(TestBackend::new("198.51.100.11")).backend(TestBackend::new("198.51.100.12").backup());
+        let c = TestConfig::new().ring_size(1009).vip(web).parse();
+        let text = render(&c, &plan(&c));
+        let backup = text.lines().find(|l| l.contains("198.51.100.12")).unwrap();
+        assert!(backup.contains("backup") && backup.contains("serves while no primary is up"), "{text}");
+        assert!(text.lines().find(|l| l.contains("198.51.100.11")).unwrap().contains("primary"), "{text}");
+        let health = text.lines().find(|l| l.trim_start().starts_with("health ")).expect("a health line");
+        assert!(health.contains(&c.vips[0].backends[0].check.describe()) && health.contains("tcp"), "{health}");
+        let json = serde_json::to_value(to_json(&c, &plan(&c))).unwrap();
+        assert_eq!(json["vips"][0]["backends"][1]["backup"], true);
+        assert_eq!(json["vips"][0]["ring_digest"].as_str().unwrap().len(), 16);
     }
 }

@@ -50,6 +50,10 @@ pub const DECAP_BYTES: &str = "lb_decap_bytes_total";
 pub const CONFIG_GENERATION: &str = "lb_config_generation";
 /// Gauge `{fingerprint}` = 1: fingerprint of the effective config (`lb-agent check`), equal on LB hosts that forward alike.
 pub const CONFIG_INFO: &str = "lb_config_info";
+/// Gauge `{vip, digest}` = 1: the digest of the VIP's all-up Maglev ring (`lb-agent check`, `list`); equal on LB hosts that send the VIP's flows alike.
+pub const VIP_RING_INFO: &str = "lb_vip_ring_info";
+/// Gauge `{vip, backend}`: 1 while the backend is drained (weight 0, in the file or by `lb-agent drain`), else 0.
+pub const BACKEND_DRAINED: &str = "lb_backend_drained";
 /// Gauge `{version}` = 1: the agent's version.
 pub const BUILD_INFO: &str = "lb_build_info";
 /// Gauge `{interface, mode}` = 1: where the balancer is attached and how (`native` or `generic` XDP).
@@ -79,6 +83,8 @@ pub const ALL: &[&str] = &[
     VIP_PREVIOUS_OWNER_SLOTS,
     CONFIG_GENERATION,
     CONFIG_INFO,
+    VIP_RING_INFO,
+    BACKEND_DRAINED,
     BUILD_INFO,
     XDP_ATTACH_INFO,
 ];
@@ -96,6 +102,8 @@ pub mod labels {
     /// What the flow table did (`hit`, `miss`, `rehash`).
     pub const RESULT: &str = "result";
     pub const FINGERPRINT: &str = "fingerprint";
+    /// A VIP's ring digest (`lb_agent::plan::ring_digest::label`).
+    pub const DIGEST: &str = "digest";
     pub const VERSION: &str = "version";
     pub const INTERFACE: &str = "interface";
     pub const MODE: &str = "mode";

@@ -18,7 +18,7 @@ pub fn request(config: &Config, timeout: Duration) -> Result<String> {
     let drain = config.announce.as_ref().map_or(Duration::ZERO, |a| a.drain_timeout);
     let (run_dir, iface) = (&config.lb.run_dir, &config.lb.interface);
     let limits = client::Limits { acknowledge: timeout, result: drain + MARGIN };
-    let summary = client::request(run_dir, iface, Request::Maintenance, limits)?;
+    let summary = client::request(run_dir, iface, &Request::Maintenance, limits)?;
     // The agent removes its control socket as the last thing before exiting.
     let deadline = Instant::now() + MARGIN;
     while control::socket_path(run_dir, iface).exists() {

@@ -78,6 +78,12 @@ fn table(text: &str, origin: &str) -> Result<Table, ConfigError> {
 /// checked for placement, merged, and validated as one config. Errors name
 /// the document they come from.
 pub fn compose(local_text: &str, local_origin: &str, doc: &ClusterDoc, doc_origin: &str) -> Result<Config, ConfigError> {
+    compose_text(local_text, local_origin, doc, doc_origin).map(|(config, _)| config)
+}
+
+/// [`compose`], and the merged config as TOML (a whole config without
+/// `[source]`: what the host runs, for `lb-agent list`).
+pub fn compose_text(local_text: &str, local_origin: &str, doc: &ClusterDoc, doc_origin: &str) -> Result<(Config, String), ConfigError> {
     let local = table(local_text, local_origin)?;
     let source = parse(local_text, local_origin)?.source;
     let Some(source) = source else {
@@ -107,7 +113,7 @@ pub fn compose(local_text: &str, local_origin: &str, doc: &ClusterDoc, doc_origi
     })?;
     let mut config = parse(&text, &format!("{local_origin} + {doc_origin}"))?;
     config.source = Some(source);
-    Ok(config)
+    Ok((config, text))
 }
 
 #[cfg(test)]

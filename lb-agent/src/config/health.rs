@@ -194,6 +194,38 @@ impl HealthCheck {
             dsr: false,
         }
     }
+
+    /// One line of the check's settings (`check`, `list`, the reload's
+    /// answer): "http GET / port 8080 status 200-399 every 2s timeout 1s
+    /// fails 3 passes 2 starts up".
+    pub fn describe(&self) -> String {
+        if self.kind == CheckKind::None {
+            return "none (always up)".to_string();
+        }
+        let mut s = self.kind.as_str().to_string();
+        if self.kind == CheckKind::Http {
+            s += &format!(" GET {}", self.uri);
+            if let Some(host) = &self.host {
+                s += &format!(" host {host}");
+            }
+        }
+        s += &format!(" port {}", self.port.map_or("of the VIP".to_string(), |p| p.to_string()));
+        if self.kind == CheckKind::Http {
+            s += &format!(" status {}", self.status);
+        }
+        s += &format!(
+            " every {:?} timeout {:?} fails {} passes {} starts {}",
+            self.interval,
+            self.timeout,
+            self.fails,
+            self.passes,
+            if self.initial == InitialState::Up { "up" } else { "down" }
+        );
+        if self.dsr {
+            s += " dsr";
+        }
+        s
+    }
 }
 
 /// A `health` table as serde reads it (values kept raw for validation).

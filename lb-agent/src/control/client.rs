@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::UnixStream;
 
 use super::exit_code::{coded, ExitCode};
-use super::protocol::{Answer, Request, ACCEPTED};
+use super::protocol::{Answer, Request, MAX_ANSWER_LINE};
 use super::socket_path;
 
 /// Default `--timeout` in seconds: how long to wait for the acknowledgement.
@@ -24,8 +24,6 @@ const MAX_TIMEOUT_SECONDS: f64 = 600.0;
 /// How long a reload may take once acknowledged: next-hop resolution of new
 /// backends takes up to ~5 s, a config of thousands of members a few more.
 pub const RELOAD_RESULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long to read the rest of a refusal that came without acknowledgement.
-const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The two waits of a request.
 #[derive(Clone, Copy, Debug)]
@@ -47,12 +45,12 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
 
 /// Sends `request` to the agent managing `iface` (control socket in
 /// `run_dir`) and returns the summary of its `ok` answer.
-pub fn request(run_dir: &Path, iface: &str, request: Request, limits: Limits) -> Result<String> {
+pub fn request(run_dir: &Path, iface: &str, request: &Request, limits: Limits) -> Result<String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
     runtime.block_on(exchange(&socket_path(run_dir, iface), iface, request, limits))
 }
 
-async fn exchange(path: &Path, iface: &str, request: Request, limits: Limits) -> Result<String> {
+async fn exchange(path: &Path, iface: &str, request: &Request, limits: Limits) -> Result<String> {
     let deadline = tokio::time::Instant::from_std(Instant::now() + limits.acknowledge);
     let no_answer = |why: String| {
         coded(
@@ -80,10 +78,10 @@ async fn exchange(path: &Path, iface: &str, request: Request, limits: Limits) ->
         Ok(Ok(stream)) => stream,
     };
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let mut reader = BufReader::new(read.take(MAX_ANSWER_LINE * 2));
     let mut first = String::new();
     let acknowledged = tokio::time::timeout_at(deadline, async {
-        write.write_all(format!("{}\n", request.word()).as_bytes()).await?;
+        write.write_all(request.encode().as_bytes()).await?;
         reader.read_line(&mut first).await
     })
     .await;
@@ -93,41 +91,38 @@ async fn exchange(path: &Path, iface: &str, request: Request, limits: Limits) ->
         Ok(Ok(0)) => return Err(no_answer("it closed the connection without a word".into())),
         Ok(Ok(_)) => {}
     }
-    let mut rest = String::new();
-    let text = if first.trim() == ACCEPTED {
-        match tokio::time::timeout(limits.result, reader.read_to_string(&mut rest)).await {
-            Err(_) => {
+    // Refused before it was taken (unparsable, busy, stopping): that line is the answer.
+    let answer = match Answer::decode(&first) {
+        Answer::Accepted => {
+            let mut result = String::new();
+            match tokio::time::timeout(limits.result, reader.read_line(&mut result)).await {
+                Err(_) => {
+                    return Err(coded(
+                        ExitCode::NoResult,
+                        anyhow!(
+                            "the lb-agent of {iface} accepted the {} request but gave no result within {:?}; it may still complete it: see its log",
+                            request.word(),
+                            limits.result
+                        ),
+                    ));
+                }
+                Ok(read) => read.context("reading the agent's answer")?,
+            };
+            if result.trim().is_empty() {
                 return Err(coded(
                     ExitCode::NoResult,
-                    anyhow!(
-                        "the lb-agent of {iface} accepted the {} request but gave no result within {:?}; it may still complete it: see its log",
-                        request.word(),
-                        limits.result
-                    ),
+                    anyhow!("the lb-agent of {iface} accepted the {} request, then closed the connection without a result (did it exit?); see its log", request.word()),
                 ));
             }
-            Ok(read) => read.context("reading the agent's answer")?,
-        };
-        if rest.trim().is_empty() {
-            return Err(coded(
-                ExitCode::NoResult,
-                anyhow!("the lb-agent of {iface} accepted the {} request, then closed the connection without a result (did it exit?); see its log", request.word()),
-            ));
+            Answer::decode(&result)
         }
-        rest
-    } else {
-        // Refused before it was taken (unknown, busy, stopping): one short answer.
-        let _ = tokio::time::timeout(REFUSAL_READ_TIMEOUT, reader.read_to_string(&mut rest)).await;
-        first + &rest
+        answer => answer,
     };
-    match Answer::decode(&text) {
-        Answer::Ok(summary) => Ok(summary),
-        Answer::Error(reasons) => {
-            let keeps = match request {
-                Request::Reload => "it keeps the old config",
-                Request::Maintenance => "it keeps running",
-            };
-            Err(coded(ExitCode::Refused, anyhow!("the running agent refused the {} request ({keeps}):\n{reasons}", request.word())))
+    match answer {
+        Answer::Ok { summary } => Ok(summary),
+        Answer::Accepted => Err(anyhow!("the lb-agent of {iface} acknowledged the {} request twice; see its log", request.word())),
+        Answer::Error { reasons } => {
+            Err(coded(ExitCode::Refused, anyhow!("the running agent refused the {} request ({}):\n{reasons}", request.word(), request.keeps())))
         }
     }
 }
@@ -143,6 +138,9 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     const IFACE: &str = "eth0";
+    const ACCEPTED: &str = "{\"v\":1,\"answer\":\"accepted\"}\n";
+    const ACCEPTED_THEN_REFUSED: &str =
+        "{\"v\":1,\"answer\":\"accepted\"}\n{\"v\":1,\"answer\":\"error\",\"reasons\":\"lb.ring_size: 65537 -> 4099\"}\n";
 
     struct TempDir(PathBuf);
 
@@ -172,7 +170,7 @@ mod tests {
     /// The exit code of a failed request, and how long it took.
     fn failure(dir: &TempDir, limits: Limits) -> (ExitCode, String, Duration) {
         let started = Instant::now();
-        let e = request(&dir.0, IFACE, Request::Reload, limits).expect_err("the request succeeded");
+        let e = request(&dir.0, IFACE, &Request::Reload { dry_run: false }, limits).expect_err("the request succeeded");
         (exit_code::of(&e), format!("{e:#}"), started.elapsed())
     }
 
@@ -183,7 +181,7 @@ mod tests {
             let (stream, _) = listener.accept().unwrap();
             let mut request = String::new();
             std::io::BufReader::new(&stream).read_line(&mut request).unwrap();
-            assert_eq!(request, "reload\n");
+            assert_eq!(Request::decode(&request), Ok(Request::Reload { dry_run: false }));
             let _ = (&stream).write_all(lines.as_bytes());
             std::thread::sleep(hold);
         })
@@ -220,7 +218,7 @@ mod tests {
     #[test]
     fn an_acknowledged_request_without_result_means_no_result_after_the_result_limit() {
         let dir = TempDir::new();
-        let agent = fake_agent(&dir, "accepted\n", Duration::from_millis(1500));
+        let agent = fake_agent(&dir, ACCEPTED, Duration::from_millis(1500));
         let (code, msg, took) = failure(&dir, limits(300, 600));
         assert_eq!(code, ExitCode::NoResult, "{msg}");
         assert!(took >= Duration::from_millis(600) && took < Duration::from_millis(1400), "took {took:?}: the result limit, not the acknowledgement's");
@@ -230,7 +228,7 @@ mod tests {
     #[test]
     fn a_refusal_means_refused_with_the_agents_reasons() {
         let dir = TempDir::new();
-        let agent = fake_agent(&dir, "accepted\nerror: lb.ring_size: 65537 -> 4099\n", Duration::ZERO);
+        let agent = fake_agent(&dir, ACCEPTED_THEN_REFUSED, Duration::ZERO);
         let (code, msg, _) = failure(&dir, limits(1000, 1000));
         assert_eq!(code, ExitCode::Refused, "{msg}");
         assert!(msg.contains("lb.ring_size: 65537 -> 4099") && msg.contains("keeps the old config"), "{msg}");
@@ -249,12 +247,12 @@ mod tests {
         };
         let main_loop = runtime.spawn(async move {
             let pending = requests.recv().await.expect("a request");
-            assert_eq!(pending.request, Request::Reload);
-            pending.answer(Answer::Ok("1 VIP changed".into()));
+            assert_eq!(pending.request, Request::Reload { dry_run: false });
+            pending.answer(Answer::ok("1 VIP changed"));
         });
         let _silent = std::os::unix::net::UnixStream::connect(dir.socket()).unwrap();
         let started = Instant::now();
-        let summary = request(&dir.0, IFACE, Request::Reload, limits(1000, 1000)).unwrap_or_else(|e| panic!("{e:#}"));
+        let summary = request(&dir.0, IFACE, &Request::Reload { dry_run: false }, limits(1000, 1000)).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(summary, "1 VIP changed");
         assert!(started.elapsed() < server::REQUEST_READ_TIMEOUT, "waited for the silent client: {:?}", started.elapsed());
         runtime.block_on(async {
@@ -270,13 +268,17 @@ mod tests {
         let answer = runtime.block_on(async {
             let (server, _requests) = server::start(tokio::net::UnixListener::bind(dir.socket()).unwrap());
             let mut stream = UnixStream::connect(dir.socket()).await.unwrap();
-            stream.write_all(b"reboot\n").await.unwrap();
+            stream.write_all(b"{\"v\":1,\"request\":\"reboot\"}\n").await.unwrap();
             let mut answer = String::new();
             stream.read_to_string(&mut answer).await.unwrap();
             server.stop().await;
             answer
         });
-        assert_eq!(Answer::decode(&answer), Answer::Error("unknown request \"reboot\" (known: reload, maintenance)".into()));
+        assert_eq!(answer.lines().count(), 1, "no acknowledgement: {answer:?}");
+        match Answer::decode(&answer) {
+            Answer::Error { reasons } => assert!(reasons.contains("unknown variant `reboot`"), "{reasons}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod client;
+pub mod drains;
 pub mod exit_code;
 pub mod lock;
 pub mod protocol;
@@ -22,4 +23,9 @@ pub fn lock_path(run_dir: &Path, iface: &str) -> PathBuf {
 
 pub fn socket_path(run_dir: &Path, iface: &str) -> PathBuf {
     run_dir.join(format!("{iface}.sock"))
+}
+
+/// The copy of the config file the agent programmed last (see `runtime`).
+pub fn running_config_path(run_dir: &Path, iface: &str) -> PathBuf {
+    run_dir.join(format!("{iface}.running.toml"))
 }

@@ -13,7 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::protocol::{Answer, Request, ACCEPTED};
+use super::protocol::{Answer, Request};
 
 /// How long a client has to send its request line once connected.
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -23,8 +23,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_CONNECTIONS: u32 = 16;
 /// Requests waiting for the main loop; more are refused as busy.
 const QUEUE: usize = 4;
-/// Longest request line read.
-const MAX_LINE: u64 = 128;
+/// Longest request line read (a drain names a VIP and a backend).
+const MAX_LINE: u64 = 1024;
 /// On stop, how long connections get to send the answers they have.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -109,28 +109,28 @@ async fn serve_connection(stream: UnixStream, requests: &mpsc::Sender<Pending>, 
         }
         _ = stopping.wait_for(|stop| *stop) => return Ok(()),
     }
-    let Some(request) = Request::parse(&line) else {
-        let known: Vec<&str> = Request::ALL.iter().map(|r| r.word()).collect();
-        let refusal = Answer::Error(format!("unknown request {:?} (known: {})", line.trim(), known.join(", ")));
-        return send(&mut write, &refusal.encode()).await;
+    let request = match Request::decode(&line) {
+        Ok(request) => request,
+        Err(why) => return send(&mut write, &Answer::error(format!("unreadable request ({why})")).encode()).await,
     };
     let slot = match requests.try_reserve() {
         Ok(slot) => slot,
         Err(mpsc::error::TrySendError::Full(())) => {
-            let busy = Answer::Error(format!("busy: {QUEUE} requests are waiting already; try again in a moment"));
+            let busy = Answer::error(format!("busy: {QUEUE} requests are waiting already; try again in a moment"));
             return send(&mut write, &busy.encode()).await;
         }
         Err(mpsc::error::TrySendError::Closed(())) => {
-            return send(&mut write, &Answer::Error("the agent is stopping".into()).encode()).await;
+            return send(&mut write, &Answer::error("the agent is stopping").encode()).await;
         }
     };
     // Acknowledged before it is handed over: a client that gave up (its
     // timeout passed while we were stopped) makes this fail, and the
     // request it no longer waits for is dropped.
-    send(&mut write, &format!("{ACCEPTED}\n")).await?;
+    send(&mut write, &Answer::Accepted.encode()).await?;
+    let word = request.word();
     let (reply, answer) = oneshot::channel();
     slot.send(Pending { request, reply });
-    let answer = answer.await.unwrap_or_else(|_| Answer::Error(format!("the agent stopped before it finished the {} request", request.word())));
+    let answer = answer.await.unwrap_or_else(|_| Answer::error(format!("the agent stopped before it finished the {word} request")));
     send(&mut write, &answer.encode()).await
 }
 

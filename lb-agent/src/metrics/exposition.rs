@@ -209,6 +209,16 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
         "Fingerprint of the effective config (as `lb-agent check` prints); LB hosts with equal fingerprints forward every flow alike.",
     );
     t.sample(names::CONFIG_INFO, &[(labels::FINGERPRINT, fingerprint)], 1u64);
+    t.family(names::VIP_RING_INFO, Kind::Gauge, "Digest of the VIP's Maglev ring with every backend up (as `lb-agent check` prints); LB hosts with equal digests send the VIP's flows alike.");
+    for vip in &plan.vips {
+        t.sample(names::VIP_RING_INFO, &[(labels::DIGEST, crate::plan::ring_digest::label(vip.ring_digest).as_str()), (labels::VIP, vip.name.as_str())], 1u64);
+    }
+    t.family(names::BACKEND_DRAINED, Kind::Gauge, "1 while the backend is drained for the VIP (weight 0, in the config file or by `lb-agent drain`), else 0.");
+    for v in &config.vips {
+        for b in &v.backends {
+            t.sample(names::BACKEND_DRAINED, &[(labels::BACKEND, b.address.to_string().as_str()), (labels::VIP, v.name.as_str())], u64::from(b.weight == 0));
+        }
+    }
     t.family(names::BUILD_INFO, Kind::Gauge, "The agent's version.");
     t.sample(names::BUILD_INFO, &[(labels::VERSION, env!("CARGO_PKG_VERSION"))], 1u64);
     t.family(names::XDP_ATTACH_INFO, Kind::Gauge, "Interface the balancer is attached to, and the XDP mode (native, generic, offload).");
@@ -231,6 +241,22 @@ mod tests {
     fn value(text: &str, series: &str) -> f64 {
         let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' ')).unwrap_or_else(|| panic!("no {series} in\n{text}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_drained_backend_is_reported_as_drained() {
+        use crate::test_config::TestBackend;
+        let vip = TestVip::new("web", "192.0.2.10:80").backend(TestBackend::new("198.51.100.11")).backend(TestBackend::new("198.51.100.12").weight(0));
+        let config = TestConfig::new().ring_size(1009).vip(vip).parse();
+        let plan = crate::plan::plan(&config);
+        let programmed = Programmed::new(config, plan.clone(), 1);
+        let counters = Counters { vips: vec![], backends: vec![], reasons: vec![Counter::default(); Reason::COUNT as usize], decap: vec![], flows: vec![Counter::default(); FlowEvent::COUNT as usize] };
+        let shares = RingShares::from_rings(plan.ring_size, []);
+        let sample = Sample { counters: &counters, health: &HealthTable::new(), shares: &shares, now_unix_ms: 0 };
+        let attachment = Attachment { interface: "eth0".into(), mode: "native" };
+        let text = encode(&programmed, &attachment, &sample, &check_duration_histogram()).unwrap();
+        assert_eq!(value(&text, r#"lb_backend_drained{backend="198.51.100.12",vip="web"}"#), 1.0);
+        assert_eq!(value(&text, r#"lb_backend_drained{backend="198.51.100.11",vip="web"}"#), 0.0);
     }
 
     #[test]
@@ -273,6 +299,9 @@ mod tests {
         assert_eq!(value(&text, r#"lb_backend_packets_total{backend="198.51.100.12"}"#), 7.0);
         assert_eq!(value(&text, r#"lb_packets_total{action="drop",reason="no_backend"}"#), 2.0);
         assert_eq!(value(&text, r#"lb_backend_up{backend="198.51.100.11",vip="web"}"#), 0.0);
+        assert_eq!(value(&text, r#"lb_backend_drained{backend="198.51.100.11",vip="web"}"#), 0.0);
+        let digest = crate::plan::ring_digest::label(plan.vip("web").unwrap().ring_digest);
+        assert_eq!(value(&text, &format!(r#"lb_vip_ring_info{{digest="{digest}",vip="web"}}"#)), 1.0);
         assert_eq!(value(&text, r#"lb_backend_up{backend="198.51.100.12",vip="web"}"#), 1.0);
         assert_eq!(value(&text, r#"lb_vip_backends_up{vip="web"}"#), 1.0);
         assert_eq!(value(&text, r#"lb_backend_health_state_age_seconds{backend="198.51.100.11",vip="web"}"#), 2.5);

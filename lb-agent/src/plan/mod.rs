@@ -20,6 +20,8 @@ use lb_common::{NO_BACKEND, VIP_FLAG_SOURCE_HASH, VipKey, VipMeta, addr_words};
 use crate::config::{Config, Encap, FlowState, HashMode, MacAddr, VipConfig};
 pub mod fnv;
 pub mod previous;
+pub mod changes;
+pub mod ring_digest;
 mod ring_summary;
 pub mod select;
 

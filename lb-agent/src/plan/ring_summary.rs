@@ -1,14 +1,12 @@
 //! What the plan keeps of a ring once the ring is dropped.
 
-use super::fnv::Fnv;
+use super::ring_digest::RingDigest;
 
 /// What the plan keeps of a VIP's all-up ring once the ring itself is
 /// dropped, computed in one pass over it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RingSummary {
-    /// A digest of the ring as positions in its (id-sorted, hence
-    /// address-sorted) member list, so that it does not depend on id
-    /// numbering: the fingerprint includes it.
+    /// The ring's [`super::ring_digest`]: the fingerprint includes it.
     pub digest: u64,
     /// Slots owned by each member, in the members' order: `check`'s shares.
     pub slots: Vec<u32>,
@@ -26,14 +24,14 @@ impl RingSummary {
             position[id as usize] = p as u32;
         }
         let mut slots = vec![0u32; members.len()];
-        let mut h = Fnv::OFFSET;
+        let mut digest = RingDigest::new();
         for &id in ring {
             let pos = position.get(id as usize).copied().unwrap_or(u32::MAX);
             if let Some(n) = slots.get_mut(pos as usize) {
                 *n += 1;
             }
-            h = (h ^ u64::from(pos)).wrapping_mul(Fnv::PRIME);
+            digest.slot(pos);
         }
-        RingSummary { digest: h, slots }
+        RingSummary { digest: digest.finish(), slots }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
 
-use super::{load_config, reload::reload, Running};
+use super::{load_config, load_config_text, reload::reload, Running};
 use crate::config::compose::{self, ClusterDoc};
 use crate::config::{source::SourceConfig, Config};
 use crate::control::exit_code::{coded, ExitCode};
@@ -34,10 +34,14 @@ fn origin(key: &str, doc: &ClusterDoc) -> String {
 /// The local file composed with `doc` (or the local file alone when it has
 /// no `[source]`). Errors exit with [`ExitCode::InvalidConfig`].
 pub(super) fn load(path: &std::path::Path, doc: Option<&ClusterDoc>) -> Result<Config> {
-    let local = load_config(path)?;
-    let (Some(source), Some(doc)) = (&local.source, doc) else { return Ok(local) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    compose::compose(&text, &path.display().to_string(), doc, &origin(&source.key, doc))
+    load_text(path, doc).map(|(config, _)| config)
+}
+
+/// [`load`], and the text of what runs (the file's, or the composed config's) for `record_running`.
+pub(super) fn load_text(path: &std::path::Path, doc: Option<&ClusterDoc>) -> Result<(Config, String)> {
+    let (local, text) = load_config_text(path)?;
+    let (Some(source), Some(doc)) = (&local.source, doc) else { return Ok((local, text)) };
+    compose::compose_text(&text, &path.display().to_string(), doc, &origin(&source.key, doc))
         .map_err(|e| coded(ExitCode::InvalidConfig, anyhow::anyhow!("invalid config:\n{e}")))
 }
 
@@ -59,17 +63,17 @@ pub fn load_applied(path: &std::path::Path) -> Result<Config> {
 /// The config to start with: the local file, composed with etcd's document
 /// if it validates, else with the last applied one (kept on disk). Fails
 /// only when neither is usable, saying what to do.
-pub(super) async fn initial(path: &std::path::Path) -> Result<(Config, Option<ClusterDoc>)> {
-    let local = load_config(path)?;
-    let Some(source) = local.source.clone() else { return Ok((local, None)) };
+pub(super) async fn initial(path: &std::path::Path) -> Result<(Config, String, Option<ClusterDoc>)> {
+    let (local, text) = load_config_text(path)?;
+    let Some(source) = local.source.clone() else { return Ok((local, text, None)) };
     let cached = cache::load(&source.cache, &source.key).unwrap_or_else(|e| {
         tracing::warn!("{e:#}; ignoring it");
         None
     });
     let fetched = async { etcd::connect(&source).await?.document(&source.key).await }.await;
     let from_etcd = match fetched {
-        Ok((Some(doc), _)) => match load(path, Some(&doc)) {
-            Ok(config) => return Ok((config, Some(doc))),
+        Ok((Some(doc), _)) => match load_text(path, Some(&doc)) {
+            Ok((config, text)) => return Ok((config, text, Some(doc))),
             Err(e) => {
                 tracing::error!("{}: refused, {e:#}", origin(&source.key, &doc));
                 format!("revision {} of {} does not validate", doc.revision, source.key)
@@ -89,8 +93,8 @@ pub(super) async fn initial(path: &std::path::Path) -> Result<(Config, Option<Cl
         ));
     };
     tracing::warn!("starting from the cached revision {} of {} ({}): {from_etcd}", doc.revision, source.key, source.cache.display());
-    let config = load(path, Some(&doc)).context("the cached cluster document no longer validates with the local file")?;
-    Ok((config, Some(doc)))
+    let (config, text) = load_text(path, Some(&doc)).context("the cached cluster document no longer validates with the local file")?;
+    Ok((config, text, Some(doc)))
 }
 
 /// Starts following the source of a running agent started from `doc`.

@@ -61,6 +61,32 @@ pub fn load_config(path: &Path) -> Result<Config> {
     config::load(path).map_err(|e| control::exit_code::coded(control::exit_code::ExitCode::InvalidConfig, anyhow::anyhow!("invalid config:\n{e}")))
 }
 
+/// [`load_config`], and the file's text, for [`record_running`].
+fn load_config_text(path: &Path) -> Result<(Config, String)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => config::parse(&text, &path.display().to_string())
+            .map(|c| (c, text))
+            .map_err(|e| control::exit_code::coded(control::exit_code::ExitCode::InvalidConfig, anyhow::anyhow!("invalid config:\n{e}"))),
+        // Unreadable or not UTF-8: the loader's own message.
+        Err(_) => load_config(path).map(|c| (c, String::new())),
+    }
+}
+
+/// Keeps the text of the config file now programmed in `lb.run_dir`
+/// ([`control::running_config_path`]), which `lb-agent list` reads: the
+/// file may have been edited since without a reload. A failure only costs
+/// `list` that view (it falls back to the file, and says so).
+fn record_running(config: &Config, text: &str) {
+    let (dir, iface) = (&config.lb.run_dir, &config.lb.interface);
+    let path = control::running_config_path(dir, iface);
+    let tmp = dir.join(format!(".{iface}.running.toml.{}", std::process::id()));
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!("cannot keep a copy of the running config in {}: {e} (`lb-agent list` then shows the file's weights)", path.display());
+    }
+}
+
 /// One line on stdout that supervisors and tests wait for.
 pub fn ready(what: &str) {
     println!("ready: {what}");
@@ -89,6 +115,26 @@ struct Running {
     maps_match_plan: bool,
     /// The config source (`[source]`), if the local file names one.
     cluster: Option<cluster::Cluster>,
+    /// Runtime drains (`lb-agent drain`), applied in `config`.
+    drains: control::drains::Drains,
+}
+
+/// The file's config with the runtime drains recorded in `lb.run_dir`
+/// that still hold (see [`control::drains`]); drains the file overrode are
+/// logged and forgotten.
+fn with_drains(file: &Config) -> Result<(Config, control::drains::Drains)> {
+    let recorded = control::drains::Drains::read(&file.lb.run_dir, &file.lb.interface)?;
+    let applied = recorded.apply(file);
+    for d in &applied.dropped {
+        tracing::info!("{d}");
+    }
+    if applied.kept != recorded {
+        applied.kept.write(&file.lb.run_dir, &file.lb.interface)?;
+    }
+    for d in &applied.kept.drains {
+        tracing::info!("{} of VIP {:?} stays drained (`lb-agent undrain` to undo)", d.backend, d.vip);
+    }
+    Ok((applied.config, applied.kept))
 }
 
 /// Hands the heap freed by a plan's ring builds (megabytes for a large

@@ -18,8 +18,9 @@ use crate::{
 };
 
 pub async fn run(options: RunOptions) -> Result<()> {
-    let (config, cluster_doc) = cluster::initial(&options.config_path).await?;
-    let claim = Claim::take(&config.lb.run_dir, &config.lb.interface)?;
+    let (file, text, cluster_doc) = cluster::initial(&options.config_path).await?;
+    let claim = Claim::take(&file.lb.run_dir, &file.lb.interface)?;
+    let (config, drains) = super::with_drains(&file)?;
     // Bound before anything is loaded: a taken port changes nothing.
     let metrics_listener = match config.lb.metrics_listen {
         Some(addr) => Some(metrics::server::bind(addr).await?),
@@ -116,7 +117,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let (control_server, requests) = control::server::start(claim.listen()?);
     let announcer = crate::announce::follow(None, &config, &handle, &supervisor).await?;
     let mut running =
-        Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics, announcer, maps_match_plan: true, cluster: None };
+        Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics, announcer, maps_match_plan: true, cluster: None, drains };
+    super::record_running(&file, &text);
     running.cluster = cluster_doc.and_then(|doc| cluster::start(&running, doc));
     if let (Some(c), Some(m)) = (&running.cluster, &running.metrics) {
         m.follow_source(cluster::status(c));

@@ -1,5 +1,5 @@
 //! The main loop of a running agent: signals, control-socket requests
-//! (reload, maintenance) and a maintenance drain.
+//! (reload, its dry run, drain/undrain, maintenance) and a maintenance drain.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,7 +7,7 @@ use std::pin::Pin;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use super::{cluster, reload::reload, Running};
+use super::{cluster, reload::{drain, dry_run, reload}, Running};
 use crate::{
     announce::drain::Drained,
     control::{self, Answer, Request},
@@ -47,22 +47,32 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
             _ = publish.tick(), if running.cluster.is_some() => cluster::refresh(running),
             Some(pending) = requests.recv() => {
                 if draining.is_some() {
-                    pending.answer(Answer::Error("in maintenance: the routes are withdrawn and the agent stops once drained".into()));
+                    pending.answer(Answer::error("in maintenance: the routes are withdrawn and the agent stops once drained"));
                     continue;
                 }
+                let answer = |result: anyhow::Result<String>| match result {
+                    Ok(summary) => Answer::ok(summary),
+                    Err(e) => Answer::error(format!("{e:#}")),
+                };
                 match pending.request {
-                    Request::Reload => {
-                        let answer = match reload(running, None).await {
-                            Ok(summary) => Answer::Ok(summary),
-                            Err(e) => Answer::Error(format!("{e:#}")),
-                        };
-                        pending.answer(answer);
+                    Request::Reload { dry_run: false } => {
+                        let result = reload(running, None).await;
+                        pending.answer(answer(result));
+                        cluster::refresh(running);
+                    }
+                    Request::Reload { dry_run: true } => {
+                        let result = dry_run(running).await;
+                        pending.answer(answer(result));
+                    }
+                    Request::Drain { .. } | Request::Undrain { .. } => {
+                        let result = drain(running, &pending.request).await;
+                        pending.answer(answer(result));
                         cluster::refresh(running);
                     }
                     Request::Maintenance => match maintenance(running).await {
                         Some(drain) => draining = Some((pending, drain)),
                         None => {
-                            pending.answer(Answer::Ok("no [announce] table, nothing to withdraw; stopping".into()));
+                            pending.answer(Answer::ok("no [announce] table, nothing to withdraw; stopping"));
                             return "maintenance";
                         }
                     },
@@ -71,14 +81,14 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
             drained = async { draining.as_mut().expect("guarded by is_some").1.as_mut().await }, if draining.is_some() => {
                 tracing::info!("maintenance: routes withdrawn, {drained}; stopping");
                 let (pending, _) = draining.take().expect("guarded by is_some");
-                pending.answer(Answer::Ok(format!("routes withdrawn, {drained}; stopping")));
+                pending.answer(Answer::ok(format!("routes withdrawn, {drained}; stopping")));
                 return "maintenance";
             }
         }
     };
     if let Some((pending, _)) = draining {
         tracing::info!("{stop} during the maintenance drain: stopping now; the routes stay withdrawn");
-        pending.answer(Answer::Ok(format!("routes withdrawn; {stop} ended the drain early; stopping")));
+        pending.answer(Answer::ok(format!("routes withdrawn; {stop} ended the drain early; stopping")));
     }
     stop
 }
