@@ -77,6 +77,20 @@ enum Command {
         #[arg(long, short, default_value = "/etc/lb/lb.toml")]
         config: PathBuf,
     },
+    /// Withdraw the VIP routes (`[announce]`) that no agent health-checks any
+    /// more: after a crash, kill -9, a watchdog kill or a failed start (the
+    /// systemd unit runs it as ExecStopPost). Refused while an agent runs for
+    /// the interface. Reads only the [announce] table of a config that does
+    /// not validate. The balancer itself is left as it is (`detach` removes it).
+    Withdraw {
+        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
+        config: PathBuf,
+        /// systemd's $SERVICE_RESULT: `success` (a clean stop, which leaves
+        /// the routes to the next agent) withdraws nothing; any other value,
+        /// or none, withdraws.
+        #[arg(long, value_name = "RESULT")]
+        service_result: Option<String>,
+    },
     /// Validate a config and print what it would program (touches nothing in the kernel).
     Check {
         #[arg(long, short, default_value = "/etc/lb/lb.toml")]
@@ -205,6 +219,10 @@ fn real_main(cli: Cli) -> Result<()> {
             } else {
                 println!("nothing attached; removed any pins left in {}", config.lb.bpffs_dir.display());
             }
+            Ok(())
+        }
+        Command::Withdraw { config, service_result } => {
+            println!("{}", lb_agent::announce::withdraw::run(&config, service_result.as_deref())?);
             Ok(())
         }
         Command::Decap { iface, xdp_mode, gue_port, metrics } => {

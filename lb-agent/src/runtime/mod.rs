@@ -80,10 +80,17 @@ struct Running {
     metrics: Option<Arc<Metrics>>,
     /// Routes the routing daemon announces (`[announce]`), if configured.
     announcer: Option<crate::announce::Announcer>,
+    /// systemd's watchdog: keep-alives from the main loop.
+    watchdog: crate::notify::Watchdog,
     /// Whether the maps hold exactly what `plan` and the supervisor say. A
     /// reload that failed part-way leaves them mixed; the next reload then
     /// rewrites every VIP instead of keeping unchanged ones as they are.
     maps_match_plan: bool,
+}
+
+/// The watchdog bound the config sets (`announce.liveness`), if any.
+fn liveness(config: &Config) -> Option<std::time::Duration> {
+    config.announce.as_ref().map(|a| a.liveness)
 }
 
 /// Hands the heap freed by a plan's ring builds (megabytes for a large

@@ -9,11 +9,19 @@ use crate::{dataplane::reconcile, dataplane::store::MapStore as _, health::super
 /// Re-reads the config and applies the difference in place; on any error
 /// nothing has changed and the old config keeps running.
 pub(super) async fn reload(running: &mut Running) -> Result<String> {
+    running.watchdog.reloading();
     let result = try_reload(running).await;
-    match &result {
-        Ok(summary) => tracing::info!("reload of {}: {summary}", running.options.config_path.display()),
-        Err(e) => tracing::error!("reload of {} refused, the running config is unchanged: {e:#}", running.options.config_path.display()),
-    }
+    let status = match &result {
+        Ok(summary) => {
+            tracing::info!("reload of {}: {summary}", running.options.config_path.display());
+            format!("reloaded: {summary}")
+        }
+        Err(e) => {
+            tracing::error!("reload of {} refused, the running config is unchanged: {e:#}", running.options.config_path.display());
+            "reload refused; the running config is unchanged (see the log)".to_string()
+        }
+    };
+    running.watchdog.reloaded(&status, super::liveness(&running.config));
     result
 }
 

@@ -20,6 +20,37 @@ use crate::{
 pub async fn run(options: RunOptions) -> Result<()> {
     let config = load_config(&options.config_path)?;
     let claim = Claim::take(&config.lb.run_dir, &config.lb.interface)?;
+    let announce = config.announce.clone();
+    let mut started = false;
+    let result = run_claimed(options, config, &claim, &mut started).await;
+    if let (Err(e), false, Some(announce)) = (&result, started, &announce) {
+        withdraw_after_failed_start(announce, e).await;
+    }
+    drop(claim);
+    result
+}
+
+/// A start that failed leaves no agent to health-check the routes it or a
+/// predecessor installed: routers must stop sending here.
+async fn withdraw_after_failed_start(announce: &crate::announce::AnnounceConfig, error: &anyhow::Error) {
+    let removed = match nexthop::connect() {
+        Ok(handle) => crate::announce::remove_leftovers(&handle, announce).await,
+        Err(e) => Err(e),
+    };
+    match removed {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!("the start failed ({error:#}): withdrew {n} VIP route(s) from table {}, as no agent checks their backends", announce.table),
+        Err(e) => tracing::error!(
+            "the start failed, and withdrawing the VIP routes failed too: {e:#}; remove them with `lb-agent withdraw` or `ip route flush table {} proto {}`",
+            announce.table,
+            announce.protocol
+        ),
+    }
+}
+
+/// [`run`] once the interface is ours; `started` turns true once the
+/// balancer serves (later errors happen on the way out, not at start).
+async fn run_claimed(options: RunOptions, config: crate::config::Config, claim: &Claim, started: &mut bool) -> Result<()> {
     // Bound before anything is loaded: a taken port changes nothing.
     let metrics_listener = match config.lb.metrics_listen {
         Some(addr) => Some(metrics::server::bind(addr).await?),
@@ -115,15 +146,38 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let checkers = supervisor::spawn(&config, supervisor.clone());
     let (control_server, requests) = control::server::start(claim.listen()?);
     let announcer = crate::announce::follow(None, &config, &handle, &supervisor).await?;
-    let mut running =
-        Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics, announcer, maps_match_plan: true };
     ready(&what);
+    *started = true;
+    let watchdog = crate::notify::Watchdog::ready(&what, super::liveness(&config));
+    let mut running = Running {
+        options,
+        config,
+        plan,
+        iface,
+        handle,
+        loaded,
+        live,
+        supervisor,
+        checkers,
+        dsr,
+        metrics,
+        announcer,
+        watchdog,
+        maps_match_plan: true,
+    };
 
     let signal = serve(&mut running, requests).await;
+    crate::notify::stopping(signal);
     control_server.stop().await;
-    // Routers first: stop sending here before anything else changes.
+    // The routes follow the balancer: withdrawn first (routers stop sending
+    // here before anything else changes) when it is unloaded, else left for
+    // the next agent, which adopts both.
     if let Some(announcer) = running.announcer.take() {
-        announcer.stop(signal).await;
+        if running.options.unload_on_exit {
+            announcer.stop(signal).await;
+        } else {
+            announcer.leave(signal).await;
+        }
     }
     for task in running.checkers.iter().chain(&metrics_server).chain(&kernel_events).chain([&previous_drain]) {
         task.abort();
@@ -139,7 +193,6 @@ pub async fn run(options: RunOptions) -> Result<()> {
             dir.display()
         );
     }
-    drop(claim);
     Ok(())
 }
 

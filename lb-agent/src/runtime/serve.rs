@@ -23,15 +23,21 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     let mut draining: Option<Draining> = None;
+    // From this loop, so that a loop that stops turning stops them.
+    let mut keep_alive = keep_alive_timer(&running.watchdog);
     let stop = loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break "SIGINT",
             _ = term.recv() => break "SIGTERM",
+            _ = async { keep_alive.as_mut().expect("guarded by is_some").tick().await }, if keep_alive.is_some() => {
+                running.watchdog.keep_alive();
+            }
             _ = hup.recv() => {
                 if draining.is_some() {
                     tracing::warn!("SIGHUP ignored: in maintenance, the agent stops once drained");
                 } else {
                     let _ = reload(running).await;
+                    keep_alive = keep_alive_timer(&running.watchdog);
                 }
             }
             Some(pending) = requests.recv() => {
@@ -45,6 +51,7 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
                             Ok(summary) => Answer::Ok(summary),
                             Err(e) => Answer::Error(format!("{e:#}")),
                         };
+                        keep_alive = keep_alive_timer(&running.watchdog);
                         pending.answer(answer);
                     }
                     Request::Maintenance => match maintenance(running).await {
@@ -69,6 +76,17 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
         pending.answer(Answer::Ok(format!("routes withdrawn; {stop} ended the drain early; stopping")));
     }
     stop
+}
+
+/// Ticks at the watchdog's keep-alive period (None: no watchdog). The
+/// first tick is at once: READY=1 or a reload has just been sent.
+fn keep_alive_timer(watchdog: &crate::notify::Watchdog) -> Option<tokio::time::Interval> {
+    watchdog.period().map(|period| {
+        let mut timer = tokio::time::interval(period);
+        // A late tick (the loop was busy) is sent once, not in a burst.
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    })
 }
 
 /// `lb-agent maintenance`: withdraws the routes and returns the drain to
