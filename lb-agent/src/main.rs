@@ -46,6 +46,18 @@ enum Command {
         /// needs --full-restart.
         #[arg(long)]
         kernel_events: bool,
+        /// For hosts without systemd: start a guard process that withdraws the
+        /// VIP routes ([announce]) if the agent dies, and kills it and withdraws
+        /// if it hangs for announce.liveness (systemd's watchdog and the unit's
+        /// ExecStopPost do this under systemd).
+        #[arg(long)]
+        liveness_guard: bool,
+    },
+    /// Internal: the liveness guard that `run --liveness-guard` starts.
+    #[command(hide = true)]
+    Guard {
+        #[arg(long)]
+        agent_pid: u32,
     },
     /// Make the running agent re-read its config and apply the difference in
     /// place; exits non-zero with the errors if the config is refused. The
@@ -195,8 +207,8 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Stats { config, json, interval, watch } => {
             stats_command::run(&load_config(&config)?, &stats_command::StatsOptions { json, interval, watch })
         }
-        Command::Run { config, full_restart, unload_on_exit, kernel_events } => {
-            let options = runtime::RunOptions { config_path: config, full_restart, unload_on_exit, kernel_events };
+        Command::Run { config, full_restart, unload_on_exit, kernel_events, liveness_guard } => {
+            let options = runtime::RunOptions { config_path: config, full_restart, unload_on_exit, kernel_events, liveness_guard };
             runtime()?.block_on(runtime::run(options))
         }
         Command::Reload { config, timeout } => {
@@ -219,6 +231,10 @@ fn real_main(cli: Cli) -> Result<()> {
             } else {
                 println!("nothing attached; removed any pins left in {}", config.lb.bpffs_dir.display());
             }
+            Ok(())
+        }
+        Command::Guard { agent_pid } => {
+            println!("{}", lb_agent::announce::guard::run(agent_pid)?);
             Ok(())
         }
         Command::Withdraw { config, service_result } => {

@@ -241,3 +241,61 @@ fn routes_follow_the_agent_through_crash_failed_start_hang_and_clean_restart() {
         eprintln!("[liveness] {f}");
     }
 }
+
+/// Without systemd: `run --liveness-guard` does what the unit's watchdog and
+/// `ExecStopPost=` do. kill -9: withdrawn at once; SIGSTOP: killed and
+/// withdrawn after `announce.liveness`; SIGTERM: the routes stay.
+#[test]
+fn the_liveness_guard_withdraws_for_a_dead_or_hung_agent_without_systemd() {
+    if !can_run("the_liveness_guard_withdraws_for_a_dead_or_hung_agent_without_systemd") {
+        return;
+    }
+    let bins: LabBins = lb_tests::lab_bins!();
+    let lab = HaLab::start(bins.clone(), [Role::Active, Role::Active], &|m| eprintln!("[guard] {m}")).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.wait_next_hops(VIP_ALL, &[LB1_V4, LB2_V4], BGP_UP).unwrap_or_else(|e| panic!("{e:#}"));
+    let unit = std::fs::read_to_string(route_liveness::unit_path()).unwrap();
+    let notify = NotifySocket::bind(lab.topo.log_dir().join("notify-unused.sock")).unwrap_or_else(|e| panic!("{e:#}"));
+    let host = Host { lab: &lab, agent_bin: &bins.agent, unit, notify };
+    let config = std::fs::read_to_string(host.config()).unwrap();
+    std::fs::write(host.config(), config.replacen("[announce]\n", &format!("[announce]\nliveness = \"{}s\"\n", LIVENESS.as_secs()), 1)).unwrap();
+    lab.lbs[UNDER_TEST].agent.stop().unwrap_or_else(|e| panic!("{e:#}"));
+    let start = || {
+        let config = host.config().to_string_lossy().into_owned();
+        let agent = lab.topo.spawn(host.host(), &bins.agent.to_string_lossy(), &["run", "--config", &config, "--liveness-guard"]).unwrap_or_else(|e| panic!("{e:#}"));
+        agent.wait_for_line("ready:", AGENT_READY).unwrap_or_else(|e| panic!("{e:#}"));
+        host.wait_announced(Instant::now());
+        agent
+    };
+
+    let agent = start();
+    let killed = Instant::now();
+    agent.kill().unwrap_or_else(|e| panic!("{e:#}"));
+    let dead = host.wait_withdrawn(killed, ROUTER_SLACK);
+
+    let agent = start();
+    std::thread::sleep(Duration::from_secs(1));
+    let stopped = Instant::now();
+    route_liveness::signal(&agent, libc::SIGSTOP).unwrap();
+    let hung = host.wait_withdrawn(stopped, LIVENESS + ROUTER_SLACK);
+    let status = agent.wait_exit(Duration::from_secs(5)).unwrap_or_else(|e| panic!("the guard did not kill the hung agent: {e:#}"));
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "{status}");
+    assert!(hung >= LIVENESS, "withdrawn {} after SIGSTOP, before the bound", secs(hung));
+
+    let agent = start();
+    let status = agent.stop().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(status.success(), "SIGTERM: {status}");
+    std::thread::sleep(LIVENESS * 2);
+    assert!(host.announced(), "the guard withdrew after a clean stop");
+
+    let agent = start();
+    agent.stop().unwrap_or_else(|e| panic!("{e:#}"));
+    let out = lab.agent_command(UNDER_TEST, &["detach"]).unwrap();
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "[guard] kill -9: router withdrew lb {} after; SIGSTOP: agent killed and lb withdrawn {} after (liveness {}); SIGTERM: still announced {} later",
+        secs(dead),
+        secs(hung),
+        secs(LIVENESS),
+        secs(LIVENESS * 2)
+    );
+}

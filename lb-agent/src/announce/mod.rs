@@ -23,6 +23,7 @@
 //! start withdraws what it or a predecessor left; `lb-agent detach` too.
 
 pub mod drain;
+pub mod guard;
 pub mod maintenance;
 pub mod routes;
 pub mod withdraw;

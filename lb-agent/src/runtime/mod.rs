@@ -50,6 +50,9 @@ pub struct RunOptions {
     pub unload_on_exit: bool,
     /// Load the balancer with kernel events (`kernel_events`).
     pub kernel_events: bool,
+    /// Start the liveness guard (hosts without systemd; see
+    /// [`crate::announce::guard`]).
+    pub liveness_guard: bool,
 }
 
 /// Loads and validates a config; the error lists every problem (file, field,
@@ -82,6 +85,8 @@ struct Running {
     announcer: Option<crate::announce::Announcer>,
     /// systemd's watchdog: keep-alives from the main loop.
     watchdog: crate::notify::Watchdog,
+    /// The liveness guard's heartbeats (`run --liveness-guard`), from the same loop.
+    guard: Option<crate::announce::guard::Guard>,
     /// Whether the maps hold exactly what `plan` and the supervisor say. A
     /// reload that failed part-way leaves them mixed; the next reload then
     /// rewrites every VIP instead of keeping unchanged ones as they are.

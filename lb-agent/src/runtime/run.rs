@@ -149,6 +149,7 @@ async fn run_claimed(options: RunOptions, config: crate::config::Config, claim: 
     ready(&what);
     *started = true;
     let watchdog = crate::notify::Watchdog::ready(&what, super::liveness(&config));
+    let guard = start_guard(&options, &config);
     let mut running = Running {
         options,
         config,
@@ -163,6 +164,7 @@ async fn run_claimed(options: RunOptions, config: crate::config::Config, claim: 
         metrics,
         announcer,
         watchdog,
+        guard,
         maps_match_plan: true,
     };
 
@@ -193,7 +195,25 @@ async fn run_claimed(options: RunOptions, config: crate::config::Config, claim: 
             dir.display()
         );
     }
+    if let Some(guard) = running.guard.take() {
+        guard.clean();
+    }
     Ok(())
+}
+
+/// The liveness guard, if asked for and there are routes to guard. A guard
+/// that cannot start is logged, not fatal: the balancer serves already.
+fn start_guard(options: &RunOptions, config: &crate::config::Config) -> Option<crate::announce::guard::Guard> {
+    if !options.liveness_guard {
+        return None;
+    }
+    let Some(announce) = &config.announce else {
+        tracing::warn!("--liveness-guard without an [announce] table: no routes to guard");
+        return None;
+    };
+    crate::announce::guard::Guard::spawn(announce)
+        .inspect_err(|e| tracing::error!("{e:#}; a crash or hang of this agent will leave its routes: restart it to retry"))
+        .ok()
 }
 
 /// Forwards the balancer's kernel events when the running program has them

@@ -24,20 +24,21 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     let mut draining: Option<Draining> = None;
     // From this loop, so that a loop that stops turning stops them.
-    let mut keep_alive = keep_alive_timer(&running.watchdog);
+    let mut keep_alive = keep_alive_timer(running);
     let stop = loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break "SIGINT",
             _ = term.recv() => break "SIGTERM",
             _ = async { keep_alive.as_mut().expect("guarded by is_some").tick().await }, if keep_alive.is_some() => {
                 running.watchdog.keep_alive();
+                beat_guard(running);
             }
             _ = hup.recv() => {
                 if draining.is_some() {
                     tracing::warn!("SIGHUP ignored: in maintenance, the agent stops once drained");
                 } else {
                     let _ = reload(running).await;
-                    keep_alive = keep_alive_timer(&running.watchdog);
+                    keep_alive = keep_alive_timer(running);
                 }
             }
             Some(pending) = requests.recv() => {
@@ -51,7 +52,7 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
                             Ok(summary) => Answer::Ok(summary),
                             Err(e) => Answer::Error(format!("{e:#}")),
                         };
-                        keep_alive = keep_alive_timer(&running.watchdog);
+                        keep_alive = keep_alive_timer(running);
                         pending.answer(answer);
                     }
                     Request::Maintenance => match maintenance(running).await {
@@ -78,15 +79,36 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
     stop
 }
 
-/// Ticks at the watchdog's keep-alive period (None: no watchdog). The
-/// first tick is at once: READY=1 or a reload has just been sent.
-fn keep_alive_timer(watchdog: &crate::notify::Watchdog) -> Option<tokio::time::Interval> {
-    watchdog.period().map(|period| {
+/// Ticks at the shorter keep-alive period of systemd's watchdog and the
+/// liveness guard (None: neither runs). The first tick is at once: READY=1
+/// or a reload has just been sent.
+fn keep_alive_timer(running: &Running) -> Option<tokio::time::Interval> {
+    let guard = running.guard.as_ref().map(crate::announce::guard::Guard::period);
+    let period = match (running.watchdog.period(), guard) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    period.map(|period| {
         let mut timer = tokio::time::interval(period);
         // A late tick (the loop was busy) is sent once, not in a burst.
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
     })
+}
+
+/// A heartbeat to the liveness guard with the `[announce]` settings that
+/// run now; a reload that removed the table ends the guard (nothing to guard).
+fn beat_guard(running: &mut Running) {
+    match (running.guard.as_mut(), running.config.announce.as_ref()) {
+        (Some(guard), Some(announce)) => guard.beat(announce),
+        (Some(_), None) => {
+            tracing::info!("[announce] removed: the liveness guard has no routes to guard and stops");
+            if let Some(guard) = running.guard.take() {
+                guard.clean();
+            }
+        }
+        (None, _) => {}
+    }
 }
 
 /// `lb-agent maintenance`: withdraws the routes and returns the drain to
