@@ -9,6 +9,7 @@
 //! main loop that stops answering is killed after it, and the unit's
 //! `ExecStopPost=lb-agent withdraw` removes the routes (see `contrib/systemd`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -18,10 +19,20 @@ use sd_notify::NotifyState;
 /// `lb-agent reload`; beyond this the agent is hung, not busy.
 pub(crate) const RELOAD_BOUND: Duration = Duration::from_secs(60);
 
+/// Set after the first failed send: keep-alives go every few seconds, and
+/// one warning says all there is to say.
+static WARNED: AtomicBool = AtomicBool::new(false);
+
 fn send(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
+    if let Err(e) = sd_notify::notify(states)
+        && !WARNED.swap(true, Ordering::Relaxed)
+    {
         let what: Vec<String> = states.iter().map(ToString::to_string).collect();
-        tracing::warn!("telling systemd {}: {e} (is NOTIFY_SOCKET {:?} the service manager's?)", what.join(" "), std::env::var_os("NOTIFY_SOCKET"));
+        tracing::warn!(
+            "telling systemd {}: {e} (is NOTIFY_SOCKET {:?} the service manager's?); further failures are not logged",
+            what.join(" "),
+            std::env::var_os("NOTIFY_SOCKET")
+        );
     }
 }
 

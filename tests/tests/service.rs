@@ -206,3 +206,105 @@ fn the_agent_speaks_the_notify_protocol() {
     notify.wait_for("STOPPING=1", from, Duration::from_secs(2)).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(status.success(), "exit status after SIGTERM: {status}\n{}", agent.log_tail(20));
 }
+
+/// The system calls of `systemd-analyze syscall-filter GROUP`, groups expanded.
+fn syscalls_of(analyze: &std::path::Path, group: &str) -> std::collections::BTreeSet<String> {
+    let out = Command::new(analyze).args(["syscall-filter", group]).output().unwrap();
+    let mut set = std::collections::BTreeSet::new();
+    for word in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim_start().starts_with('#')).flat_map(str::split_whitespace) {
+        if word.starts_with('@') {
+            if word != group {
+                set.extend(syscalls_of(analyze, word));
+            }
+        } else {
+            set.insert(word.to_string());
+        }
+    }
+    set
+}
+
+/// What the unit's `SystemCallFilter=` lines allow: the first allows, a `~`
+/// line denies, a later plain line allows again (as systemd applies them).
+fn unit_allowed_syscalls(analyze: &std::path::Path, unit: &str) -> std::collections::BTreeSet<String> {
+    let mut allowed = std::collections::BTreeSet::new();
+    for line in route_liveness::unit_values(unit, "SystemCallFilter") {
+        let (deny, list) = match line.strip_prefix('~') {
+            Some(rest) => (true, rest),
+            None => (false, line.as_str()),
+        };
+        for item in list.split_whitespace() {
+            let calls = if item.starts_with('@') { syscalls_of(analyze, item) } else { [item.to_string()].into() };
+            for c in calls {
+                if deny {
+                    allowed.remove(&c);
+                } else {
+                    allowed.insert(c);
+                }
+            }
+        }
+    }
+    allowed
+}
+
+/// The seccomp filter cannot run without systemd, so the test checks what
+/// it would let through against what a real agent calls (strace, from the
+/// agent's execve on): start, a reload, SIGTERM, `check`, `withdraw`.
+#[test]
+fn every_system_call_the_agent_makes_passes_the_units_filter() {
+    if !can_run("every_system_call_the_agent_makes_passes_the_units_filter") {
+        return;
+    }
+    let (Some(analyze), true) = (systemd_analyze(), std::path::Path::new("/usr/bin/strace").exists()) else {
+        eprintln!("SKIP every_system_call_the_agent_makes_passes_the_units_filter: needs systemd-analyze and strace (Debian packages systemd, strace)");
+        return;
+    };
+    let allowed = unit_allowed_syscalls(&analyze, &unit_text());
+    assert!(allowed.contains("bpf") && !allowed.contains("mount") && !allowed.contains("setuid"), "the filter lost its shape: {} calls", allowed.len());
+    let bins: LabBins = lb_tests::lab_bins!();
+    let lab = Lab::start_with(bins.clone(), TopologyOptions { backends: 1, ..Default::default() }, notify_config(), &|m| eprintln!("[service] {m}"))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    lab.agent.stop().unwrap_or_else(|e| panic!("{e:#}"));
+    let agent = bins.agent.to_string_lossy().into_owned();
+    let config = lab.config_path.to_string_lossy().into_owned();
+    let traces: Vec<PathBuf> = (0..3).map(|i| lab.topo.log_dir().join(format!("strace-{i}.txt"))).collect();
+    let trace = |i: usize| traces[i].to_string_lossy().into_owned();
+    let traced = lab.topo.spawn(LB, "strace", &["-f", "-qq", "-o", &trace(0), &agent, "run", "--config", &config, "--unload-on-exit"]).unwrap();
+    traced.wait_for_line("ready:", AGENT_READY).unwrap_or_else(|e| panic!("{e:#}"));
+    let out = lab.agent_command(&["reload", "--config", &config]).unwrap();
+    assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stderr));
+    let lock = lab.topo.agent_run_dir().join(format!("{}.lock", topology::IFACE));
+    let pid: i32 = std::fs::read_to_string(&lock).unwrap().trim().parse().unwrap();
+    // SAFETY: kill(2) on the traced agent's pid, read from its lock file while it runs.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = traced.wait_exit(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(status.success(), "the traced agent: {status}\n{}", traced.log_tail(20));
+    for (i, args) in [(1, vec!["check", "--config", &config]), (2, vec!["withdraw", "--config", &config, "--service-result=signal"])] {
+        let mut full = vec!["-f", "-qq", "-o", traces[i].to_str().unwrap(), &agent];
+        full.extend(args);
+        let out = lab.topo.exec(LB, "strace", &full).unwrap();
+        assert!(out.status.success(), "{full:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for path in &traces {
+        let text = std::fs::read_to_string(path).unwrap();
+        // From the agent's execve on: what `strace` itself does before it is not the agent's.
+        let mut on = false;
+        for line in text.lines() {
+            let call = line.split_once(' ').map_or(line, |(_, rest)| rest.trim_start());
+            on |= call.starts_with(&format!("execve(\"{agent}\""));
+            let name = call.strip_prefix("<... ").unwrap_or(call);
+            let name: String = name.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if on && !name.is_empty() && !call.starts_with("+++") && !call.starts_with("---") {
+                used.insert(name);
+            }
+        }
+    }
+    // `mount`: the agent's fallback for a host without bpffs on /sys/fs/bpf
+    // (here: `ip netns exec` remounts /sys). systemd mounts bpffs, and the
+    // unit has no CAP_SYS_ADMIN for it anyway.
+    used.remove("mount");
+    let refused: Vec<&String> = used.iter().filter(|c| !allowed.contains(*c)).collect();
+    eprintln!("[service] the agent made {} distinct system calls; the unit's filter allows {}", used.len(), allowed.len());
+    assert!(used.len() > 30 && used.contains("bpf"), "the trace is too thin to judge: {used:?}");
+    assert!(refused.is_empty(), "system calls the unit's SystemCallFilter would refuse (EPERM): {refused:?}");
+}
