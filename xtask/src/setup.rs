@@ -12,7 +12,10 @@ use crate::{run, step, workspace_root};
 /// `prometheus` brings `promtool`, which checks the agent's metrics and the
 /// alert rules in `contrib/` (about 20 MB, 20 s; its server is not started).
 /// `bird2`: the routing daemon of the HA tests and of `contrib/bird`.
-const APT_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("ethtool", "ethtool"), ("prometheus", "promtool"), ("bird2", "bird")];
+/// `systemd` (systemd-analyze) and `strace`: the checks of the shipped unit
+/// (verify, security, and its system call filter against a traced agent).
+const APT_PACKAGES: &[(&str, &str)] =
+    &[("iproute2", "ip"), ("ethtool", "ethtool"), ("prometheus", "promtool"), ("bird2", "bird"), ("systemd", "systemd-analyze"), ("strace", "strace")];
 
 pub fn all() -> Result<()> {
     apt_packages()?;
