@@ -17,7 +17,8 @@
 //! - L3 `health`: state machine, checkers, DSR routes; it writes rings through
 //!   a trait it owns (`HealthWriter`) and knows no map
 //! - L2 kernel access: `nexthop` (netlink), `pins` (bpffs), `xdp_attach`,
-//!   `vlan_offload`, `kernel_events`; `source` (the cluster's config document in etcd)
+//!   `vlan_offload`, `kernel_events`; `source` (the cluster's config document in etcd);
+//!   `notify` (systemd's notify protocol and watchdog)
 //! - L1 pure logic: `config` (parse and validate), `plan` (config to map
 //!   contents), `packet_policy`, `summary`; `test_config` (test configs, tests only)
 //! - L0 no `crate::` imports: `diag` (the problem type), `ids`, `maglev`,
@@ -48,6 +49,7 @@ pub mod test_config;
 pub mod dataplane;
 pub mod decap_command;
 pub(crate) mod nexthop;
+pub(crate) mod notify;
 pub(crate) mod packet_policy;
 pub(crate) mod pin_names;
 pub mod pins;

@@ -55,6 +55,18 @@ enum Command {
         /// needs --full-restart.
         #[arg(long)]
         kernel_events: bool,
+        /// For hosts without systemd: start a guard process that withdraws the
+        /// VIP routes ([announce]) if the agent dies, and kills it and withdraws
+        /// if it hangs for announce.liveness (systemd's watchdog and the unit's
+        /// ExecStopPost do this under systemd).
+        #[arg(long)]
+        liveness_guard: bool,
+    },
+    /// Internal: the liveness guard that `run --liveness-guard` starts.
+    #[command(hide = true)]
+    Guard {
+        #[arg(long)]
+        agent_pid: u32,
     },
     /// Make the running agent re-read its config and apply the difference in
     /// place; exits non-zero with the errors if the config is refused. The
@@ -107,6 +119,18 @@ enum Command {
     },
     /// Detach the balancer and remove its pins (no agent may be running for the interface).
     Detach,
+    /// Withdraw the VIP routes (`[announce]`) that no agent health-checks any
+    /// more: after a crash, kill -9, a watchdog kill or a failed start (the
+    /// systemd unit runs it as ExecStopPost). Refused while an agent runs for
+    /// the interface. Reads only the [announce] table of a config that does
+    /// not validate. The balancer itself is left as it is (`detach` removes it).
+    Withdraw {
+        /// systemd's $SERVICE_RESULT: `success` (a clean stop, which leaves
+        /// the routes to the next agent) withdraws nothing; any other value,
+        /// or none, withdraws.
+        #[arg(long, value_name = "RESULT")]
+        service_result: Option<String>,
+    },
     /// Validate a config and print what it would program (touches nothing in
     /// the kernel): VIPs, backends with their roles, ring shares, health-check
     /// settings, ring digests and the config fingerprint.
@@ -306,8 +330,8 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Stats { json, interval, watch } => {
             stats_command::run(&load_applied(&config_path)?, &stats_command::StatsOptions { json, interval, watch })
         }
-        Command::Run { full_restart, unload_on_exit, kernel_events } => {
-            let options = runtime::RunOptions { config_path, full_restart, unload_on_exit, kernel_events };
+        Command::Run { full_restart, unload_on_exit, kernel_events, liveness_guard } => {
+            let options = runtime::RunOptions { config_path, full_restart, unload_on_exit, kernel_events, liveness_guard };
             runtime()?.block_on(runtime::run(options))
         }
         Command::Reload { timeout, dry_run } => {
@@ -342,6 +366,14 @@ fn real_main(cli: Cli) -> Result<()> {
                 ClusterAction::Forget { host } => lb_agent::cluster_command::forget(&local, &host),
                 ClusterAction::Put { file, base_revision } => lb_agent::cluster_command::put(&config_path, &local, &file, base_revision),
             }
+        }
+        Command::Guard { agent_pid } => {
+            println!("{}", lb_agent::announce::guard::run(agent_pid)?);
+            Ok(())
+        }
+        Command::Withdraw { service_result } => {
+            println!("{}", lb_agent::announce::withdraw::run(&config_path, service_result.as_deref())?);
+            Ok(())
         }
         Command::Decap { iface, xdp_mode, gue_port, metrics } => {
             let opts = lb_agent::decap_command::DecapOptions { iface, xdp_mode: xdp_mode.into(), gue_port, metrics };

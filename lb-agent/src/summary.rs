@@ -47,7 +47,7 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
     // Announcement decides whether packets come to this host (routes, role,
     // drain times), not what the host does with them; an active and a
     // standby host of one cluster must compare equal.
-    if let Some(AnnounceConfig { table: _, protocol: _, role: _, drain_timeout: _, drain_quiet: _ }) = announce {}
+    if let Some(AnnounceConfig { table: _, protocol: _, role: _, drain_timeout: _, drain_quiet: _, liveness: _ }) = announce {}
 
     let LbSection {
         // Host-local: each host has its own NIC name and addresses (backends

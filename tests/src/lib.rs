@@ -24,6 +24,7 @@ pub mod held;
 pub mod lab;
 pub mod metrics;
 pub mod packets;
+pub mod route_liveness;
 pub mod netns;
 pub mod owners;
 pub mod sock;

@@ -15,6 +15,8 @@ use crate::{run, step, workspace_root};
 /// `protobuf-compiler` and `libprotobuf-dev` (its well-known types): the
 /// etcd client crate compiles etcd's API from its .proto files.
 /// `etcd-server`: the cluster config source the fleet tests start.
+/// `systemd` (systemd-analyze) and `strace`: the checks of the shipped unit
+/// (verify, security, and its system call filter against a traced agent).
 /// A check that starts with `/` is a file that must exist, else a command.
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
@@ -25,6 +27,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("libprotobuf-dev", "/usr/include/google/protobuf/descriptor.proto"),
     ("etcd-server", "etcd"),
     ("etcd-client", "etcdctl"),
+    ("systemd", "systemd-analyze"),
+    ("strace", "strace"),
 ];
 
 /// Python tools from PyPI, with the command that shows each is present:

@@ -15,12 +15,18 @@
 //! [`crate::config::announce::RECONCILE_INTERVAL`], so a health change reaches the daemon
 //! within that time.
 //!
-//! A killed agent (kill -9) leaves its routes, like it leaves the balancer
-//! forwarding: its successor adopts both. `lb-agent detach` removes them.
+//! Routes must not outlive the agent that health-checks them, except across
+//! a restart ([`withdraw`] has the rule): a clean exit (SIGTERM) leaves them
+//! with the balancer for the next agent to adopt; an unclean one (kill -9, a
+//! crash, systemd's watchdog after `announce.liveness`) has them withdrawn by
+//! `lb-agent withdraw` in the unit's `ExecStopPost`; a `run` that fails to
+//! start withdraws what it or a predecessor left; `lb-agent detach` too.
 
 pub mod drain;
+pub mod guard;
 pub mod maintenance;
 pub mod routes;
+pub mod withdraw;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -134,10 +140,24 @@ impl Announcer {
         }
     }
 
-    /// Stops following health and withdraws everything (agent shutdown).
+    /// Stops following health and withdraws everything (`--unload-on-exit`,
+    /// or `[announce]` removed by a reload).
     pub async fn stop(self, why: &str) {
         self.task.abort();
         self.withdraw_all(why).await;
+    }
+
+    /// Stops following health and leaves the routes as they are: a clean
+    /// exit, whose balancer keeps forwarding and whose successor adopts them.
+    pub async fn leave(self, why: &str) {
+        self.task.abort();
+        let state = self.state.lock().await;
+        if !state.installed.is_empty() {
+            tracing::info!(
+                "{why}: leaving {} VIP route(s) announced with the balancer for the next agent (`lb-agent withdraw` removes them)",
+                state.installed.len()
+            );
+        }
     }
 }
 

@@ -28,6 +28,15 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default quiet period that ends the drain early: no packet forwarded for
 /// this long means the routers no longer send anything here.
 pub const DEFAULT_DRAIN_QUIET: Duration = Duration::from_secs(2);
+/// Default bound on how long a hung agent's routes stay announced: the
+/// agent asks systemd's watchdog for it (`WATCHDOG_USEC`), which kills a
+/// silent agent after it and the unit's `ExecStopPost` withdraws. A few
+/// seconds: longer than any stall of a healthy main loop (it only awaits
+/// bounded work), shorter than an operator would notice by hand.
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(5);
+/// The shortest bound accepted: keep-alives go at half of it, and a busy
+/// 2-CPU host must not kill a healthy agent.
+pub const MIN_LIVENESS: Duration = Duration::from_secs(1);
 /// How often the agent compares the routes it wants with the kernel's.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -72,6 +81,9 @@ pub struct AnnounceConfig {
     pub drain_timeout: Duration,
     /// `drain_quiet`: no forwarded packet for this long ends the drain early.
     pub drain_quiet: Duration,
+    /// `liveness`: a hung agent is killed by systemd's watchdog, and its
+    /// routes withdrawn, within this long. Default [`DEFAULT_LIVENESS`].
+    pub liveness: Duration,
 }
 
 #[derive(Deserialize, Default)]
@@ -82,6 +94,7 @@ pub struct RawAnnounce {
     role: Option<String>,
     drain_timeout: Option<String>,
     drain_quiet: Option<String>,
+    liveness: Option<String>,
 }
 
 /// Validates the `[announce]` table; problems are appended.
@@ -125,10 +138,14 @@ pub fn resolve(raw: RawAnnounce, problems: &mut Vec<Problem>) -> Option<Announce
     };
     let drain_timeout = duration("drain_timeout", raw.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
     let drain_quiet = duration("drain_quiet", raw.drain_quiet, DEFAULT_DRAIN_QUIET);
+    let liveness = duration("liveness", raw.liveness.clone(), DEFAULT_LIVENESS);
+    if liveness < MIN_LIVENESS {
+        add("liveness", format!("{:?} is shorter than {} s (keep-alives go at half of it; a busy host must not kill a healthy agent)", raw.liveness.unwrap_or_default(), MIN_LIVENESS.as_secs()));
+    }
     if problems.len() > before {
         return None;
     }
-    Some(AnnounceConfig { table, protocol, role, drain_timeout, drain_quiet })
+    Some(AnnounceConfig { table, protocol, role, drain_timeout, drain_quiet, liveness })
 }
 
 #[cfg(test)]
@@ -147,12 +164,13 @@ mod tests {
         assert_eq!((a.table, a.protocol, a.role), (DEFAULT_TABLE, DEFAULT_PROTOCOL, Role::Active));
         let s = parse("role = \"standby\"\ntable = 100\ndrain_timeout = \"5s\"").unwrap();
         assert_eq!((s.table, s.role.metric(), s.drain_timeout), (100, STANDBY_METRIC, Duration::from_secs(5)));
+        assert_eq!((a.liveness, parse("liveness = \"2s\"").unwrap().liveness), (DEFAULT_LIVENESS, Duration::from_secs(2)));
     }
 
     #[test]
     fn every_bad_field_is_reported() {
-        let problems = parse("table = 254\nprotocol = 2\nrole = \"primary\"\ndrain_quiet = \"soon\"").unwrap_err();
+        let problems = parse("table = 254\nprotocol = 2\nrole = \"primary\"\ndrain_quiet = \"soon\"\nliveness = \"100ms\"").unwrap_err();
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(fields, ["announce.table", "announce.protocol", "announce.role", "announce.drain_quiet"]);
+        assert_eq!(fields, ["announce.table", "announce.protocol", "announce.role", "announce.drain_quiet", "announce.liveness"]);
     }
 }

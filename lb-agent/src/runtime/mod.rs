@@ -53,6 +53,9 @@ pub struct RunOptions {
     pub unload_on_exit: bool,
     /// Load the balancer with kernel events (`kernel_events`).
     pub kernel_events: bool,
+    /// Start the liveness guard (hosts without systemd; see
+    /// [`crate::announce::guard`]).
+    pub liveness_guard: bool,
 }
 
 /// Loads and validates a config; the error lists every problem (file, field,
@@ -109,6 +112,10 @@ struct Running {
     metrics: Option<Arc<Metrics>>,
     /// Routes the routing daemon announces (`[announce]`), if configured.
     announcer: Option<crate::announce::Announcer>,
+    /// systemd's watchdog: keep-alives from the main loop.
+    watchdog: crate::notify::Watchdog,
+    /// The liveness guard's heartbeats (`run --liveness-guard`), from the same loop.
+    guard: Option<crate::announce::guard::Guard>,
     /// Whether the maps hold exactly what `plan` and the supervisor say. A
     /// reload that failed part-way leaves them mixed; the next reload then
     /// rewrites every VIP instead of keeping unchanged ones as they are.
@@ -135,6 +142,11 @@ fn with_drains(file: &Config) -> Result<(Config, control::drains::Drains)> {
         tracing::info!("{} of VIP {:?} stays drained (`lb-agent undrain` to undo)", d.backend, d.vip);
     }
     Ok((applied.config, applied.kept))
+}
+
+/// The watchdog bound the config sets (`announce.liveness`), if any.
+fn liveness(config: &Config) -> Option<std::time::Duration> {
+    config.announce.as_ref().map(|a| a.liveness)
 }
 
 /// Hands the heap freed by a plan's ring builds (megabytes for a large

@@ -17,11 +17,19 @@ use crate::{dataplane::reconcile, dataplane::store::MapStore as _, health::super
 /// source, the local file is composed with `doc` (a new revision) or with
 /// the document running now.
 pub(super) async fn reload(running: &mut Running, doc: Option<ClusterDoc>) -> Result<String> {
+    running.watchdog.reloading();
     let result = reload_file(running, doc).await;
-    match &result {
-        Ok(summary) => tracing::info!("reload of {}: {summary}", running.options.config_path.display()),
-        Err(e) => tracing::error!("reload of {} refused, the running config is unchanged: {e:#}", running.options.config_path.display()),
-    }
+    let status = match &result {
+        Ok(summary) => {
+            tracing::info!("reload of {}: {summary}", running.options.config_path.display());
+            format!("reloaded: {summary}")
+        }
+        Err(e) => {
+            tracing::error!("reload of {} refused, the running config is unchanged: {e:#}", running.options.config_path.display());
+            "reload refused; the running config is unchanged (see the log)".to_string()
+        }
+    };
+    running.watchdog.reloaded(&status, super::liveness(&running.config));
     result
 }
 

@@ -20,6 +20,46 @@ use crate::{
 pub async fn run(options: RunOptions) -> Result<()> {
     let (file, text, cluster_doc) = cluster::initial(&options.config_path).await?;
     let claim = Claim::take(&file.lb.run_dir, &file.lb.interface)?;
+    let announce = file.announce.clone();
+    let mut started = false;
+    let result = run_claimed(options, Loaded { file, text, cluster_doc }, &claim, &mut started).await;
+    if let (Err(e), false, Some(announce)) = (&result, started, &announce) {
+        withdraw_after_failed_start(announce, e).await;
+    }
+    drop(claim);
+    result
+}
+
+/// The config `run` starts with: the file's (composed with the cluster's
+/// document, if it names a `[source]`), its text, and that document.
+struct Loaded {
+    file: crate::config::Config,
+    text: String,
+    cluster_doc: Option<crate::config::compose::ClusterDoc>,
+}
+
+/// A start that failed leaves no agent to health-check the routes it or a
+/// predecessor installed: routers must stop sending here.
+async fn withdraw_after_failed_start(announce: &crate::announce::AnnounceConfig, error: &anyhow::Error) {
+    let removed = match nexthop::connect() {
+        Ok(handle) => crate::announce::remove_leftovers(&handle, announce).await,
+        Err(e) => Err(e),
+    };
+    match removed {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!("the start failed ({error:#}): withdrew {n} VIP route(s) from table {}, as no agent checks their backends", announce.table),
+        Err(e) => tracing::error!(
+            "the start failed, and withdrawing the VIP routes failed too: {e:#}; remove them with `lb-agent withdraw` or `ip route flush table {} proto {}`",
+            announce.table,
+            announce.protocol
+        ),
+    }
+}
+
+/// [`run`] once the interface is ours; `started` turns true once the
+/// balancer serves (later errors happen on the way out, not at start).
+async fn run_claimed(options: RunOptions, loaded_config: Loaded, claim: &Claim, started: &mut bool) -> Result<()> {
+    let Loaded { file, text, cluster_doc } = loaded_config;
     let (config, drains) = super::with_drains(&file)?;
     // Bound before anything is loaded: a taken port changes nothing.
     let metrics_listener = match config.lb.metrics_listen {
@@ -116,20 +156,47 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let checkers = supervisor::spawn(&config, supervisor.clone());
     let (control_server, requests) = control::server::start(claim.listen()?);
     let announcer = crate::announce::follow(None, &config, &handle, &supervisor).await?;
-    let mut running =
-        Running { options, config, plan, iface, handle, loaded, live, supervisor, checkers, dsr, metrics, announcer, maps_match_plan: true, cluster: None, drains };
+    ready(&what);
+    *started = true;
+    let watchdog = crate::notify::Watchdog::ready(&what, super::liveness(&config));
+    let guard = start_guard(&options, &config);
+    let mut running = Running {
+        options,
+        config,
+        plan,
+        iface,
+        handle,
+        loaded,
+        live,
+        supervisor,
+        checkers,
+        dsr,
+        metrics,
+        announcer,
+        watchdog,
+        guard,
+        maps_match_plan: true,
+        cluster: None,
+        drains,
+    };
     super::record_running(&file, &text);
     running.cluster = cluster_doc.and_then(|doc| cluster::start(&running, doc));
     if let (Some(c), Some(m)) = (&running.cluster, &running.metrics) {
         m.follow_source(cluster::status(c));
     }
-    ready(&what);
 
     let signal = serve(&mut running, requests).await;
+    crate::notify::stopping(signal);
     control_server.stop().await;
-    // Routers first: stop sending here before anything else changes.
+    // The routes follow the balancer: withdrawn first (routers stop sending
+    // here before anything else changes) when it is unloaded, else left for
+    // the next agent, which adopts both.
     if let Some(announcer) = running.announcer.take() {
-        announcer.stop(signal).await;
+        if running.options.unload_on_exit {
+            announcer.stop(signal).await;
+        } else {
+            announcer.leave(signal).await;
+        }
     }
     for task in running.checkers.iter().chain(&metrics_server).chain(&kernel_events).chain([&previous_drain]) {
         task.abort();
@@ -145,10 +212,27 @@ pub async fn run(options: RunOptions) -> Result<()> {
             dir.display()
         );
     }
+    if let Some(guard) = running.guard.take() {
+        guard.clean();
+    }
     // Stops the follower; this host's state expires with its lease.
     drop(running.cluster.take());
-    drop(claim);
     Ok(())
+}
+
+/// The liveness guard, if asked for and there are routes to guard. A guard
+/// that cannot start is logged, not fatal: the balancer serves already.
+fn start_guard(options: &RunOptions, config: &crate::config::Config) -> Option<crate::announce::guard::Guard> {
+    if !options.liveness_guard {
+        return None;
+    }
+    let Some(announce) = &config.announce else {
+        tracing::warn!("--liveness-guard without an [announce] table: no routes to guard");
+        return None;
+    };
+    crate::announce::guard::Guard::spawn(announce)
+        .inspect_err(|e| tracing::error!("{e:#}; a crash or hang of this agent will leave its routes: restart it to retry"))
+        .ok()
 }
 
 /// Forwards the balancer's kernel events when the running program has them

@@ -25,15 +25,22 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
     let mut draining: Option<Draining> = None;
     // How often this host's published state (health, announcements) is refreshed.
     let mut publish = tokio::time::interval(std::time::Duration::from_secs(1));
+    // From this loop, so that a loop that stops turning stops them.
+    let mut keep_alive = keep_alive_timer(running);
     let stop = loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break "SIGINT",
             _ = term.recv() => break "SIGTERM",
+            _ = async { keep_alive.as_mut().expect("guarded by is_some").tick().await }, if keep_alive.is_some() => {
+                running.watchdog.keep_alive();
+                beat_guard(running);
+            }
             _ = hup.recv() => {
                 if draining.is_some() {
                     tracing::warn!("SIGHUP ignored: in maintenance, the agent stops once drained");
                 } else {
                     let _ = reload(running, None).await;
+                    keep_alive = keep_alive_timer(running);
                     cluster::refresh(running);
                 }
             }
@@ -42,6 +49,7 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
                     tracing::warn!("config source: revision {} not applied: in maintenance, the agent stops once drained", doc.revision);
                 } else {
                     cluster::apply(running, doc).await;
+                    keep_alive = keep_alive_timer(running);
                 }
             }
             _ = publish.tick(), if running.cluster.is_some() => cluster::refresh(running),
@@ -57,6 +65,7 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
                 match pending.request {
                     Request::Reload { dry_run: false } => {
                         let result = reload(running, None).await;
+                        keep_alive = keep_alive_timer(running);
                         pending.answer(answer(result));
                         cluster::refresh(running);
                     }
@@ -91,6 +100,38 @@ pub(super) async fn serve(running: &mut Running, mut requests: mpsc::Receiver<co
         pending.answer(Answer::ok(format!("routes withdrawn; {stop} ended the drain early; stopping")));
     }
     stop
+}
+
+/// Ticks at the shorter keep-alive period of systemd's watchdog and the
+/// liveness guard (None: neither runs). The first tick is at once: READY=1
+/// or a reload has just been sent.
+fn keep_alive_timer(running: &Running) -> Option<tokio::time::Interval> {
+    let guard = running.guard.as_ref().map(crate::announce::guard::Guard::period);
+    let period = match (running.watchdog.period(), guard) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    period.map(|period| {
+        let mut timer = tokio::time::interval(period);
+        // A late tick (the loop was busy) is sent once, not in a burst.
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    })
+}
+
+/// A heartbeat to the liveness guard with the `[announce]` settings that
+/// run now; a reload that removed the table ends the guard (nothing to guard).
+fn beat_guard(running: &mut Running) {
+    match (running.guard.as_mut(), running.config.announce.as_ref()) {
+        (Some(guard), Some(announce)) => guard.beat(announce),
+        (Some(_), None) => {
+            tracing::info!("[announce] removed: the liveness guard has no routes to guard and stops");
+            if let Some(guard) = running.guard.take() {
+                guard.clean();
+            }
+        }
+        (None, _) => {}
+    }
 }
 
 /// `lb-agent maintenance`: withdraws the routes and returns the drain to
