@@ -379,6 +379,11 @@ fn contrib_bird_configs_parse() {
     let mut files = Vec::new();
     for name in ["lb-host.conf", "router.conf"] {
         files.push(root.join(name));
+        // The timings the tests assert (and the README reports) are the shipped timers'.
+        let shipped = std::fs::read_to_string(root.join(name)).unwrap();
+        for line in [format!("define BFD_INTERVAL_MS = {BFD_INTERVAL_MS};"), format!("define BFD_MULTIPLIER  = {BFD_MULTIPLIER};")] {
+            assert!(shipped.contains(&line), "{name} does not ship `{line}`, the BFD timers the HA tests use");
+        }
         let templated = dir.join(name);
         let text = ha_topology::bird_config(name, &[("HOLD_TIME", "5".into()), ("BFD_MULTIPLIER", "4".into())]).unwrap_or_else(|e| panic!("{e:#}"));
         assert!(text.contains("define BFD_MULTIPLIER = 4;") && text.contains("bfd on;"), "{name} templated:\n{text}");
