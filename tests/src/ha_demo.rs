@@ -144,8 +144,7 @@ fn crash_part(lab: &HaLab, options: &HaDemoOptions, say: &dyn Fn(&str)) -> Resul
     say(&format!("ECMP: {} connections cross lb, {} cross lb2", through_lb.len(), through_lb2.len()));
 
     say("crashing lb: link down, lb-agent and BIRD killed...");
-    let crashed_at = Instant::now();
-    lab.crash_lb(0)?;
+    let crashed_at = lab.crash_lb_at(0)?;
     let mut convergence = BTreeMap::new();
     for family in Family::BOTH {
         let vip = family.vip_all();

@@ -324,8 +324,14 @@ impl HaLab {
     /// [`HaLab::next_hops`] of an IPv4 or IPv6 VIP.
     pub fn next_hops_of(&self, vip: IpAddr) -> Result<BTreeSet<IpAddr>> {
         let (family, host_prefix) = if vip.is_ipv4() { ("-4", 32) } else { ("-6", 128) };
-        let out = self.topo.exec_ok(ROUTER, "ip", &[family, "route", "show", "exact", &format!("{vip}/{host_prefix}")])?;
-        Ok(out
+        // `ip -n` (one process) rather than `ip netns exec`: this polls while timing BFD.
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["-n", self.topo.ns_name(ROUTER), family, "route", "show", "exact", &format!("{vip}/{host_prefix}")]);
+        let out = topology::run_with_timeout(cmd, topology::EXEC_TIMEOUT)?;
+        if !out.status.success() {
+            bail!("`ip route show` on the router: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .collect::<Vec<_>>()
             .windows(2)
@@ -418,11 +424,19 @@ impl HaLab {
     /// and its BIRD. The router notices through BFD (or, without it, the
     /// BGP hold timer).
     pub fn crash_lb(&self, index: usize) -> Result<()> {
+        self.crash_lb_at(index).map(|_| ())
+    }
+
+    /// [`HaLab::crash_lb`]; returns when the link went down (the moment
+    /// the router stops hearing from the host: convergence counts from
+    /// there, not from starting `ip`, which a loaded machine may delay).
+    pub fn crash_lb_at(&self, index: usize) -> Result<Instant> {
         let lb = &self.lbs[index];
         self.topo.exec_ok(lb.host, "ip", &["link", "set", lb.iface, "down"])?;
+        let down = Instant::now();
         lb.agent.kill()?;
         lb.bird.kill()?;
-        Ok(())
+        Ok(down)
     }
 
     /// Stops the BIRD of LB host `index` (SIGTERM: it closes its BGP

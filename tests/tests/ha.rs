@@ -221,8 +221,7 @@ fn crash_active_active(family: Family) {
     eprintln!("[ha] the router spreads the {CONNECTIONS} connections: {via_lb1} via lb, {} via lb2", lbs.len() - via_lb1);
     assert!(via_lb1 > 0 && via_lb1 < lbs.len(), "ECMP should use both LB hosts: {lbs:?}");
 
-    let failed_at = Instant::now();
-    lab.crash_lb(0).unwrap_or_else(|e| panic!("{e:#}"));
+    let failed_at = lab.crash_lb_at(0).unwrap_or_else(|e| panic!("{e:#}"));
     wait_hops(&lab, vip, &[lb2], CONVERGENCE_WAIT);
     let convergence = failed_at.elapsed();
     let records = finish(&client);
@@ -246,8 +245,7 @@ fn crash_active_passive(family: Family) {
     eprintln!("[ha] before the failure: {active} VIP packets through the active host, {standby} through the standby");
     assert!(active > 0 && standby == 0, "traffic only through the active host: {active} / {standby}");
 
-    let failed_at = Instant::now();
-    lab.crash_lb(0).unwrap_or_else(|e| panic!("{e:#}"));
+    let failed_at = lab.crash_lb_at(0).unwrap_or_else(|e| panic!("{e:#}"));
     wait_hops(&lab, vip, &[lb2], CONVERGENCE_WAIT);
     let convergence = failed_at.elapsed();
     let records = finish(&client);
