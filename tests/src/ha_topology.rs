@@ -2,12 +2,16 @@
 //!
 //! ```text
 //!  client 198.51.100.66/29 ── eth1 router 198.51.100.65/29
-//!                                  │ eth0 198.51.100.1/26, BIRD AS 65000, ECMP
-//!                     "sw": bridge br0 (198.51.100.0/26)
-//!    ├─ lb   198.51.100.2 (eth0) lb-agent + BIRD AS 65001
-//!    ├─ lb2  198.51.100.3 (ens5) lb-agent + BIRD AS 65002
-//!    └─ b1..b3 198.51.100.11-13, decap, VIPs on lo, route to the client via the router
+//!         2001:db8:64::66/64          2001:db8:64::65/64
+//!                                  │ eth0 198.51.100.1/26, 2001:db8::1/64, BIRD AS 65000, ECMP, BFD
+//!                     "sw": bridge br0 (198.51.100.0/26, 2001:db8::/64)
+//!    ├─ lb   198.51.100.2, 2001:db8::2 (eth0) lb-agent + BIRD AS 65001
+//!    ├─ lb2  198.51.100.3, 2001:db8::3 (ens5) lb-agent + BIRD AS 65002
+//!    └─ b1..b3 198.51.100.11-13, 2001:db8::11-13, decap, VIPs on lo, route to the client via the router
 //! ```
+//!
+//! Every LB host serves an IPv4 and an IPv6 VIP of each kind ([`Family`]);
+//! BIRD runs a BGP session per family, each with BFD.
 //!
 //! Built on [`Topology`] (its client, `lb` and backends, re-addressed into
 //! /26 and /29 subnets so the router is the only way between client and
@@ -19,13 +23,13 @@
 
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent::workspace_root;
 use crate::lab::{AGENT_READY, LabBins, SERVER_READY};
-use crate::topology::{self, CLIENT, IFACE, LB, Proc, SWITCH, Topology, TopologyOptions, backend_v4};
+use crate::topology::{self, CLIENT, IFACE, LB, Proc, SWITCH, Topology, TopologyOptions, backend_v4, backend_v6};
 
 pub const ROUTER: &str = "router";
 pub const LB2: &str = "lb2";
@@ -44,6 +48,14 @@ pub const ROUTER_CLIENT_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 65);
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 66);
 const CLIENT_NET: &str = "198.51.100.64/29";
 const CLIENT_LINK_PREFIX: u8 = 29;
+/// The same in IPv6: the LB segment is the base topology's 2001:db8::/64.
+pub const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x1);
+pub const LB1_V6: Ipv6Addr = topology::LB_V6;
+pub const LB2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x3);
+const SEGMENT_PREFIX_V6: u8 = 64;
+pub const ROUTER_CLIENT_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, 0x65);
+pub const CLIENT_HA_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, 0x66);
+const CLIENT_NET_V6: &str = "2001:db8:64::/64";
 /// The base topology's prefix on every bridged host.
 const BASE_PREFIX: u8 = 24;
 
@@ -53,6 +65,10 @@ pub const LB_AS: [u32; 2] = [65001, 65002];
 /// BGP hold time of every session (BIRD's minimum): how long the router
 /// keeps sending to an LB host that died without a word.
 pub const HOLD_TIME_S: u64 = 3;
+/// BFD as shipped in `contrib/bird`: a host is dead after
+/// [`BFD_MULTIPLIER`] missed packets [`BFD_INTERVAL_MS`] apart.
+pub const BFD_INTERVAL_MS: u64 = 100;
+pub const BFD_MULTIPLIER: u64 = 3;
 
 /// The echo port every backend serves (`lb-testsrv --echo-port`).
 pub const ECHO_PORT: u16 = 7;
@@ -60,12 +76,67 @@ pub const ECHO_PORT: u16 = 7;
 pub const VIP_ALL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// Served by `b3` only: withdrawn when `b3` fails.
 pub const VIP_SOLO: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
+/// The IPv6 twins of [`VIP_ALL`] and [`VIP_SOLO`] (same backends, IPv6 addresses).
+pub const VIP_ALL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
+pub const VIP_SOLO_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x20);
+
+/// An address family: which VIPs, LB host and router addresses a test uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// [`VIP_ALL`] or [`VIP_ALL_V6`].
+    pub fn vip_all(self) -> IpAddr {
+        match self {
+            Family::V4 => VIP_ALL.into(),
+            Family::V6 => VIP_ALL_V6.into(),
+        }
+    }
+
+    /// [`VIP_SOLO`] or [`VIP_SOLO_V6`].
+    pub fn vip_solo(self) -> IpAddr {
+        match self {
+            Family::V4 => VIP_SOLO.into(),
+            Family::V6 => VIP_SOLO_V6.into(),
+        }
+    }
+
+    /// The address of LB host `index` (0: `lb`, 1: `lb2`): the router's next hop.
+    pub fn lb(self, index: usize) -> IpAddr {
+        match (self, index) {
+            (Family::V4, 0) => LB1_V4.into(),
+            (Family::V4, _) => LB2_V4.into(),
+            (Family::V6, 0) => LB1_V6.into(),
+            (Family::V6, _) => LB2_V6.into(),
+        }
+    }
+
+    /// Backend `index` (1-based).
+    pub fn backend(self, index: usize) -> IpAddr {
+        match self {
+            Family::V4 => backend_v4(index).into(),
+            Family::V6 => backend_v6(index).into(),
+        }
+    }
+}
 /// Backend hosts unless [`HaOptions`] says otherwise.
 const BACKENDS: usize = 3;
 const SOLO_BACKEND: usize = 3;
 
-/// Route polling while waiting for BGP.
-const ROUTE_POLL: Duration = Duration::from_millis(50);
+/// Route polling while waiting for BGP (fine enough to time BFD).
+const ROUTE_POLL: Duration = Duration::from_millis(20);
 /// BGP sessions come up within a few connect retries.
 pub const BGP_UP: Duration = Duration::from_secs(20);
 
@@ -137,12 +208,16 @@ pub fn agent_config(iface: &str, bpffs: &Path, run_dir: &Path, role: Role, rever
 /// [`agent_config`] serving `served`.
 pub fn agent_config_for(iface: &str, bpffs: &Path, run_dir: &Path, role: Role, reversed: bool, served: &HaVips) -> String {
     let role = role.as_str();
-    let mut vips: Vec<(&str, Ipv4Addr, Vec<usize>)> =
-        vec![("echo-all", VIP_ALL, served.all.clone()), ("echo-solo", VIP_SOLO, vec![SOLO_BACKEND])];
+    let mut vips: Vec<(&str, Family, IpAddr, Vec<usize>)> = vec![
+        ("echo-all", Family::V4, VIP_ALL.into(), served.all.clone()),
+        ("echo-solo", Family::V4, VIP_SOLO.into(), vec![SOLO_BACKEND]),
+        ("echo-all6", Family::V6, VIP_ALL_V6.into(), served.all.clone()),
+        ("echo-solo6", Family::V6, VIP_SOLO_V6.into(), vec![SOLO_BACKEND]),
+    ];
     if reversed {
         vips.reverse();
         for v in &mut vips {
-            v.2.reverse();
+            v.3.reverse();
         }
     }
     let mut out = format!(
@@ -151,7 +226,7 @@ pub fn agent_config_for(iface: &str, bpffs: &Path, run_dir: &Path, role: Role, r
         bpffs.display(),
         run_dir.display()
     );
-    for (name, address, backends) in vips {
+    for (name, family, address, backends) in vips {
         // Fast checks: a dead backend is noticed in well under a second.
         out += &format!("\n[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {ECHO_PORT}\n");
         if let Some(flow_state) = served.flow_state {
@@ -159,7 +234,7 @@ pub fn agent_config_for(iface: &str, bpffs: &Path, run_dir: &Path, role: Role, r
         }
         out += "[vip.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nfails = 2\npasses = 2\n";
         for b in backends {
-            out += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend_v4(b));
+            out += &format!("[[vip.backend]]\naddress = \"{}\"\n", family.backend(b));
         }
     }
     out
@@ -207,7 +282,7 @@ impl HaLab {
     pub fn start_with(bins: LabBins, roles: [Role; 2], options: HaOptions, progress: &dyn Fn(&str)) -> Result<HaLab> {
         let mut topo = Topology::build(TopologyOptions {
             backends: options.backends,
-            backend_vips: vec![VIP_ALL.into(), VIP_SOLO.into()],
+            backend_vips: vec![VIP_ALL.into(), VIP_SOLO.into(), VIP_ALL_V6.into(), VIP_SOLO_V6.into()],
             ..TopologyOptions::default()
         })?;
         progress(&format!("topology {} up; logs in {}", topo.run_id(), topo.log_dir().display()));
@@ -240,8 +315,23 @@ impl HaLab {
 
     /// The router's next hops toward `vip` now (empty: no route).
     pub fn next_hops(&self, vip: Ipv4Addr) -> Result<BTreeSet<Ipv4Addr>> {
-        let out = self.topo.exec_ok(ROUTER, "ip", &["-4", "route", "show", "exact", &format!("{vip}/32")])?;
-        Ok(out
+        Ok(self.next_hops_of(vip.into())?.into_iter().filter_map(|a| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }).collect())
+    }
+
+    /// [`HaLab::next_hops`] of an IPv4 or IPv6 VIP.
+    pub fn next_hops_of(&self, vip: IpAddr) -> Result<BTreeSet<IpAddr>> {
+        let (family, host_prefix) = if vip.is_ipv4() { ("-4", 32) } else { ("-6", 128) };
+        // `ip -n` (one process) rather than `ip netns exec`: this polls while timing BFD.
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["-n", self.topo.ns_name(ROUTER), family, "route", "show", "exact", &format!("{vip}/{host_prefix}")]);
+        let out = topology::run_with_timeout(cmd, topology::EXEC_TIMEOUT)?;
+        if !out.status.success() {
+            bail!("`ip route show` on the router: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .collect::<Vec<_>>()
             .windows(2)
@@ -253,10 +343,16 @@ impl HaLab {
     /// Waits until the router's next hops toward `vip` are exactly
     /// `expected`; returns how long that took.
     pub fn wait_next_hops(&self, vip: Ipv4Addr, expected: &[Ipv4Addr], limit: Duration) -> Result<Duration> {
+        let expected: Vec<IpAddr> = expected.iter().map(|a| IpAddr::V4(*a)).collect();
+        self.wait_next_hops_of(vip.into(), &expected, limit)
+    }
+
+    /// [`HaLab::wait_next_hops`] of an IPv4 or IPv6 VIP.
+    pub fn wait_next_hops_of(&self, vip: IpAddr, expected: &[IpAddr], limit: Duration) -> Result<Duration> {
         let start = Instant::now();
-        let expected: BTreeSet<Ipv4Addr> = expected.iter().copied().collect();
+        let expected: BTreeSet<IpAddr> = expected.iter().copied().collect();
         loop {
-            let now = self.next_hops(vip)?;
+            let now = self.next_hops_of(vip)?;
             if now == expected {
                 return Ok(start.elapsed());
             }
@@ -274,11 +370,13 @@ impl HaLab {
 
     /// Waits until the router's BIRD has `count` routes for `vip` (one per
     /// announcing LB host, best or not).
-    pub fn wait_bgp_routes(&self, vip: Ipv4Addr, count: usize, limit: Duration) -> Result<()> {
+    pub fn wait_bgp_routes(&self, vip: impl Into<IpAddr>, count: usize, limit: Duration) -> Result<()> {
+        let vip: IpAddr = vip.into();
+        let host_prefix = if vip.is_ipv4() { 32 } else { 128 };
         let start = Instant::now();
         loop {
             // birdc fails until BIRD has opened its control socket.
-            let out = self.birdc(ROUTER, &self.router_socket(), &["show", "route", "for", &format!("{vip}/32")]).unwrap_or_else(|e| format!("{e:#}"));
+            let out = self.birdc(ROUTER, &self.router_socket(), &["show", "route", "for", &format!("{vip}/{host_prefix}")]).unwrap_or_else(|e| format!("{e:#}"));
             if out.matches("unicast [").count() == count {
                 return Ok(());
             }
@@ -323,13 +421,22 @@ impl HaLab {
 
     /// Takes LB host `index` down as a crash would: its link first (so
     /// nothing reaches the router any more), then SIGKILL to its agent
-    /// and its BIRD. The router notices through the BGP hold timer.
+    /// and its BIRD. The router notices through BFD (or, without it, the
+    /// BGP hold timer).
     pub fn crash_lb(&self, index: usize) -> Result<()> {
+        self.crash_lb_at(index).map(|_| ())
+    }
+
+    /// [`HaLab::crash_lb`]; returns when the link went down (the moment
+    /// the router stops hearing from the host: convergence counts from
+    /// there, not from starting `ip`, which a loaded machine may delay).
+    pub fn crash_lb_at(&self, index: usize) -> Result<Instant> {
         let lb = &self.lbs[index];
         self.topo.exec_ok(lb.host, "ip", &["link", "set", lb.iface, "down"])?;
+        let down = Instant::now();
         lb.agent.kill()?;
         lb.bird.kill()?;
-        Ok(())
+        Ok(down)
     }
 
     /// Stops the BIRD of LB host `index` (SIGTERM: it closes its BGP
@@ -400,7 +507,7 @@ fn sysctls(topo: &Topology, host: &str, settings: &[(&str, &str)]) -> Result<()>
 /// Plugs a new host into the bridge like [`Topology`] does its own: veth
 /// with the peer in `sw` (GRO on, pass-all XDP so `XDP_TX` frames arrive),
 /// full checksums on transmit, the segment's MTU.
-fn plug_into_bridge(topo: &Topology, host: &str, iface: &str, address: Ipv4Addr, mtu: u32) -> Result<()> {
+fn plug_into_bridge(topo: &Topology, host: &str, iface: &str, (address, address_v6): (Ipv4Addr, Ipv6Addr), mtu: u32) -> Result<()> {
     let ns = topo.ns_name(host).to_string();
     let sw = topo.ns_name(SWITCH).to_string();
     let peer = format!("v-{host}");
@@ -411,6 +518,7 @@ fn plug_into_bridge(topo: &Topology, host: &str, iface: &str, address: Ipv4Addr,
     topo.keep_xdp(topology::attach_xdp_pass(&sw, &peer)?);
     topo.exec_ok(host, "ethtool", &["-K", iface, "tx", "off"])?;
     ip(&ns, &["addr", "add", &format!("{address}/{SEGMENT_PREFIX}"), "dev", iface])?;
+    ip(&ns, &["-6", "addr", "add", &format!("{address_v6}/{SEGMENT_PREFIX_V6}"), "dev", iface, "nodad"])?;
     ip(&ns, &["link", "set", iface, "up"])
 }
 
@@ -420,10 +528,32 @@ fn rewire(topo: &mut Topology) -> Result<()> {
     topo.add_host(ROUTER, Some(ROUTER_V4))?;
     topo.add_host(LB2, Some(LB2_V4))?;
     for host in [ROUTER, LB2] {
-        sysctls(topo, host, &[("net/ipv4/conf/all/rp_filter", "0"), ("net/ipv4/conf/default/rp_filter", "0")])?;
+        // As the base topology's hosts: addresses (link-local ones too) usable at once.
+        sysctls(
+            topo,
+            host,
+            &[
+                ("net/ipv4/conf/all/rp_filter", "0"),
+                ("net/ipv4/conf/default/rp_filter", "0"),
+                ("net/ipv6/conf/all/accept_dad", "0"),
+                ("net/ipv6/conf/default/accept_dad", "0"),
+                ("net/ipv6/conf/default/dad_transmits", "0"),
+                ("net/ipv6/conf/all/accept_ra", "0"),
+                ("net/ipv6/conf/default/accept_ra", "0"),
+            ],
+        )?;
     }
     // Flows hash by ports, so one client's connections spread over the LB hosts.
-    sysctls(topo, ROUTER, &[("net/ipv4/ip_forward", "1"), ("net/ipv4/fib_multipath_hash_policy", "1")])?;
+    sysctls(
+        topo,
+        ROUTER,
+        &[
+            ("net/ipv4/ip_forward", "1"),
+            ("net/ipv4/fib_multipath_hash_policy", "1"),
+            ("net/ipv6/conf/all/forwarding", "1"),
+            ("net/ipv6/fib_multipath_hash_policy", "1"),
+        ],
+    )?;
 
     // The bridged hosts move from /24 into the LB segment's /26.
     for host in std::iter::once(LB.to_string()).chain(topo.backends().iter().cloned()) {
@@ -432,8 +562,8 @@ fn rewire(topo: &mut Topology) -> Result<()> {
         ip(&ns, &["addr", "del", &format!("{v4}/{BASE_PREFIX}"), "dev", IFACE])?;
         ip(&ns, &["addr", "add", &format!("{v4}/{SEGMENT_PREFIX}"), "dev", IFACE])?;
     }
-    plug_into_bridge(topo, ROUTER, IFACE, ROUTER_V4, mtu)?;
-    plug_into_bridge(topo, LB2, LB2_IFACE, LB2_V4, mtu)?;
+    plug_into_bridge(topo, ROUTER, IFACE, (ROUTER_V4, ROUTER_V6), mtu)?;
+    plug_into_bridge(topo, LB2, LB2_IFACE, (LB2_V4, LB2_V6), mtu)?;
     // The balancer takes every frame its XDP program sees, whatever its
     // destination MAC; a real NIC filters frames for other MACs. Without
     // this, the bridge floods the frames of a dead LB host (its port is
@@ -458,12 +588,16 @@ fn rewire(topo: &mut Topology) -> Result<()> {
     topo.exec_ok(ROUTER, "ethtool", &["-K", ROUTER_CLIENT_IFACE, "tx", "off"])?;
     ip(&client, &["addr", "add", &format!("{CLIENT_V4}/{CLIENT_LINK_PREFIX}"), "dev", IFACE])?;
     ip(&router, &["addr", "add", &format!("{ROUTER_CLIENT_SIDE_V4}/{CLIENT_LINK_PREFIX}"), "dev", ROUTER_CLIENT_IFACE])?;
+    ip(&client, &["-6", "addr", "add", &format!("{CLIENT_HA_V6}/64"), "dev", IFACE, "nodad"])?;
+    ip(&router, &["-6", "addr", "add", &format!("{ROUTER_CLIENT_SIDE_V6}/64"), "dev", ROUTER_CLIENT_IFACE, "nodad"])?;
     ip(&client, &["link", "set", IFACE, "up"])?;
     ip(&router, &["link", "set", ROUTER_CLIENT_IFACE, "up"])?;
     ip(&client, &["route", "add", topology::VIP_NET_V4, "via", &ROUTER_CLIENT_SIDE_V4.to_string()])?;
+    ip(&client, &["-6", "route", "add", topology::VIP_NET_V6, "via", &ROUTER_CLIENT_SIDE_V6.to_string()])?;
     // Direct server return: backends answer the client through the router.
     for b in topo.backends().to_vec() {
         ip(topo.ns_name(&b), &["route", "add", CLIENT_NET, "via", &ROUTER_V4.to_string()])?;
+        ip(topo.ns_name(&b), &["-6", "route", "add", CLIENT_NET_V6, "via", &ROUTER_V6.to_string()])?;
     }
     Ok(())
 }
@@ -505,8 +639,12 @@ fn start_programs(bins: &LabBins, topo: &Topology, roles: [Role; 2], vips: &HaVi
             ("LOCAL_AS", ROUTER_AS.to_string()),
             ("LB1_AS", LB_AS[0].to_string()),
             ("LB1", LB1_V4.to_string()),
+            ("LB1_6", LB1_V6.to_string()),
             ("LB2_AS", LB_AS[1].to_string()),
             ("LB2", LB2_V4.to_string()),
+            ("LB2_6", LB2_V6.to_string()),
+            ("BFD_INTERVAL_MS", BFD_INTERVAL_MS.to_string()),
+            ("BFD_MULTIPLIER", BFD_MULTIPLIER.to_string()),
             ("HOLD_TIME", HOLD_TIME_S.to_string()),
         ],
     )?;
@@ -528,6 +666,9 @@ fn start_programs(bins: &LabBins, topo: &Topology, roles: [Role; 2], vips: &HaVi
                 ("LOCAL_AS", LB_AS[i].to_string()),
                 ("ROUTER_AS", ROUTER_AS.to_string()),
                 ("ROUTER_ADDRESS", ROUTER_V4.to_string()),
+                ("ROUTER_ADDRESS6", ROUTER_V6.to_string()),
+                ("BFD_INTERVAL_MS", BFD_INTERVAL_MS.to_string()),
+                ("BFD_MULTIPLIER", BFD_MULTIPLIER.to_string()),
                 ("HOLD_TIME", HOLD_TIME_S.to_string()),
             ],
         )?;

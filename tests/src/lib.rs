@@ -3,6 +3,7 @@
 //! - [`topology`]: network namespaces (client, LB, backends, a bridge) built and torn down by the tests.
 //! - [`lab`]: a topology plus test servers, decap programs and a running `lb-agent`, used by the
 //!   end-to-end tests (`tests/e2e.rs`) and by the `lb-demo` binary.
+//! - [`ha_topology`]: LB hosts with BIRD behind a BGP/BFD router; [`ha_demo`]: the scenario of `cargo xtask demo --ha`.
 //! - [`configs`]: the configs of the packet fixtures and the bench (lb-agent's test-config builder).
 //! - [`agent`]: locating `lb-agent`, writing its config, reading `stats --json` and `lookup`.
 //! - [`metrics`]: scraping the agent's Prometheus endpoint, promtool, sample values.
@@ -19,6 +20,7 @@ pub mod capture;
 pub mod client;
 pub mod configs;
 pub mod etcd_lab;
+pub mod ha_demo;
 pub mod ha_topology;
 pub mod held;
 pub mod lab;

@@ -44,7 +44,11 @@ enum Cmd {
     },
     /// Build a client, an LB and three backends in network namespaces and send traffic through the LB. Needs root.
     Demo {
-        /// Extra arguments for lb-demo (see `--help` after `--`).
+        /// The HA demo instead: two LB hosts with BIRD behind a BGP/BFD router, one crashes live,
+        /// then a backend fails its health check (lb-demo-ha).
+        #[arg(long)]
+        ha: bool,
+        /// Extra arguments for lb-demo or lb-demo-ha (see `--help` after `--`).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -84,12 +88,12 @@ fn real_main() -> Result<()> {
                 .args(&args)
                 .env("LB_AGENT_BIN", target_dir().join("release/lb-agent")))
         }
-        Cmd::Demo { args } => {
+        Cmd::Demo { ha, args } => {
             require_root("the demo loads BPF programs and creates network namespaces")?;
             setup::all()?;
             build()?;
-            step("running the demo");
-            let demo = debug_dir().join("lb-demo");
+            step(if ha { "running the HA demo" } else { "running the demo" });
+            let demo = debug_dir().join(if ha { "lb-demo-ha" } else { "lb-demo" });
             let status = Command::new(&demo)
                 .args(&args)
                 .env("LB_AGENT_BIN", debug_dir().join("lb-agent"))

@@ -2,7 +2,8 @@
 //! builds the namespace topology, starts test servers and decap on the
 //! backends, runs `lb-agent run` with `examples/demo.toml` (its `bpffs_dir`
 //! replaced by the run's own bpffs mount), sends requests to every VIP of the
-//! config, prints which backend answered how often and the agent's counters,
+//! config (`web` is health-checked), prints which backend answered how often
+//! and the agent's counters (with each checked backend's state),
 //! and tears everything down (also on Ctrl-C / SIGTERM). Exits 1 if any
 //! request failed, 2 if the demo could not run.
 //!
@@ -120,7 +121,10 @@ fn demo(o: &Opts, lab: &Lab) -> Result<bool> {
     let mut results = Vec::new();
     for (i, vip) in lab.vips.iter().enumerate() {
         let target = vip.target();
-        let label = format!("{} {}/{}", vip.name, target, vip.protocol);
+        let label = match health_check(&lab.config, &vip.name) {
+            Some(check) => format!("{} {}/{} ({check} check)", vip.name, target, vip.protocol),
+            None => format!("{} {}/{}", vip.name, target, vip.protocol),
+        };
         say(&format!(
             "sending {} {} requests to {label}...",
             o.requests, vip.protocol
@@ -206,6 +210,14 @@ fn demo(o: &Opts, lab: &Lab) -> Result<bool> {
     }
     println!();
     Ok(all_ok)
+}
+
+/// The `check` of a VIP's `[vip.health]` table, if it has one.
+fn health_check(config: &toml::Table, name: &str) -> Option<String> {
+    let vips = config.get("vip")?.as_array()?;
+    let vip = vips.iter().find(|v| v.get("name").and_then(|n| n.as_str()) == Some(name))?;
+    let health = vip.get("health")?.as_table()?;
+    Some(health.get("check").and_then(|c| c.as_str()).unwrap_or("tcp").to_string())
 }
 
 fn main() {
