@@ -200,7 +200,7 @@ mod tests {
         assert!(doc.get("window_seconds").is_none(), "{doc}");
         let member = &doc["vips"][0]["backends"][0];
         let keys: Vec<&str> = member.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["address", "backup", "share", "weight"], "{doc:#}");
+        assert_eq!(keys, ["address", "backup", "bytes", "packets", "share", "weight"], "{doc:#}");
         assert!(doc["vips"][0].get("packets_per_second").is_none(), "{doc:#}");
     }
 
