@@ -53,11 +53,13 @@ pub struct VipJson<'a> {
     row: u32,
 }
 
-/// A backend as a member of one VIP.
+/// A backend as a member of one VIP, with what the VIP sent it.
 #[derive(Serialize)]
 pub struct MemberJson {
     pub address: IpAddr,
     pub weight: u32,
+    #[serde(flatten)]
+    pub count: CountJson,
     #[serde(flatten)]
     pub health: Option<MemberHealthJson>,
 }
@@ -135,7 +137,10 @@ pub fn to_json<'a>(plan: &'a Plan, counters: &Counters) -> StatsJson<'a> {
             backends: vip
                 .members
                 .iter()
-                .filter_map(|&(id, weight)| plan.backend(id).map(|b| MemberJson { address: b.address, weight, health: None }))
+                .filter_map(|&(id, weight)| {
+                    let count = counters.member(vip.row, id).into();
+                    plan.backend(id).map(|b| MemberJson { address: b.address, weight, count, health: None })
+                })
                 .collect(),
             previous_owner_slots: None,
             row: vip.row,
@@ -254,6 +259,14 @@ pub fn to_text(plan: &Plan, counters: &Counters, rates: Option<&Rates>) -> Strin
         let rate = rate_columns(rates.map(|r| r.backend(b.id)));
         let _ = writeln!(out, "{:<24} {:>12} {:>14} {}", b.address.to_string(), c.packets, c.bytes, rate);
     }
+    let _ = writeln!(out, "\n{:<24} {:<28} {:>12} {:>14}", "VIP -> backend", "backend", "packets", "bytes");
+    for vip in &plan.vips {
+        for (id, _) in &vip.members {
+            let Some(b) = plan.backend(*id) else { continue };
+            let c = counters.member(vip.row, *id);
+            let _ = writeln!(out, "{:<24} {:<28} {:>12} {:>14}", vip.name, b.address.to_string(), c.packets, c.bytes);
+        }
+    }
     let _ = writeln!(out, "\n{:<24} {:>12} {:>14}  action", "outcome", "packets", "bytes");
     for r in Reason::ALL {
         let Counter { packets, bytes } = counters.reason(*r);
@@ -293,6 +306,31 @@ pub fn previous_to_text(plan: &Plan, counts: &BTreeMap<u32, u32>) -> String {
 mod tests {
     use super::*;
     use crate::test_config::{TestConfig, TestVip};
+
+    #[test]
+    fn member_counters_in_json_and_text_add_up_to_the_totals() {
+        let web = TestVip::new("web", "192.0.2.10:80").backends(["198.51.100.11", "198.51.100.12"]);
+        let dns = TestVip::new("dns", "192.0.2.20:53/udp").backends(["198.51.100.12"]);
+        let plan = crate::plan::plan(&TestConfig::new().ring_size(13).vip(web).vip(dns).parse());
+        let (web, dns) = (plan.vip("web").unwrap().row, plan.vip("dns").unwrap().row);
+        let (b11, b12) = (plan.backend_id("198.51.100.11".parse().unwrap()).unwrap(), plan.backend_id("198.51.100.12".parse().unwrap()).unwrap());
+        let max_backends = 4;
+        let mut members = vec![Counter::default(); 2 * max_backends as usize];
+        let mut set = |row, id, packets| members[lb_common::flows::member_index(row, id, max_backends) as usize] = Counter { packets, bytes: packets * 100 };
+        set(web, b11, 3);
+        set(web, b12, 5);
+        set(dns, b12, 7);
+        let counters = Counters::default().with_members(members, max_backends);
+        let json: serde_json::Value = serde_json::from_str(&to_json(&plan, &counters).to_string()).unwrap();
+        let vip = |n: &str| json["vips"].as_array().unwrap().iter().find(|v| v["name"] == n).unwrap().clone();
+        let member = |n: &str, a: &str| vip(n)["backends"].as_array().unwrap().iter().find(|m| m["address"] == a).unwrap()["packets"].clone();
+        assert_eq!((member("web", "198.51.100.11"), member("web", "198.51.100.12"), member("dns", "198.51.100.12")), (3.into(), 5.into(), 7.into()));
+        assert_eq!((vip("web")["packets"].clone(), vip("dns")["bytes"].clone()), (8.into(), 700.into()));
+        let backend = |a: &str| json["backends"].as_array().unwrap().iter().find(|b| b["address"] == a).unwrap()["packets"].clone();
+        assert_eq!((backend("198.51.100.11"), backend("198.51.100.12")), (3.into(), 12.into()));
+        let text = to_text(&plan, &counters, None);
+        assert!(text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["dns", "198.51.100.12", "7", "700"]), "{text}");
+    }
 
     #[test]
     fn previous_owner_slots_in_json_and_text() {

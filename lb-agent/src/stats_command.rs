@@ -167,15 +167,14 @@ mod tests {
         let (web, dns) = (plan.vip("web").unwrap().row as usize, plan.vip("dns").unwrap().row as usize);
         let id = |a: &str| plan.backend_id(a.parse().unwrap()).unwrap();
         let c = |packets, bytes| Counter { packets, bytes };
-        let mut counters = Counters {
-            vips: vec![Counter::default(); plan.vips.len()],
-            backends: vec![Counter::default(); plan.backends.len() + 1],
-            reasons: vec![Counter::default(); Reason::COUNT as usize],
-            ..Default::default()
-        };
-        counters.vips[web] = c(200, 9000);
-        counters.vips[dns] = c(7, 700);
-        counters.backends[id("198.51.100.11") as usize] = c(150, 6000);
+        // What each VIP sent each backend; the VIP and backend totals are their sums.
+        let max_backends = plan.backends.len() as u32 + 1;
+        let mut members = vec![Counter::default(); plan.vips.len() * max_backends as usize];
+        let mut member = |row: usize, a: &str, count| members[lb_common::flows::member_index(row as u32, id(a), max_backends) as usize] = count;
+        member(web, "198.51.100.11", c(150, 6000));
+        member(web, "198.51.100.12", c(50, 3000));
+        member(dns, "2001:db8::21", c(7, 700));
+        let mut counters = Counters { reasons: vec![Counter::default(); Reason::COUNT as usize], ..Default::default() }.with_members(members, max_backends);
         counters.reasons[Reason::Forwarded as usize] = c(207, 9700);
         counters.reasons[Reason::NoVip as usize] = c(3, 180);
         let entry = |state, reason: HealthReason, since_unix_ms, fails, passes, changes, http_status| HealthEntry {
@@ -225,7 +224,7 @@ mod tests {
         assert!(doc.get("window_seconds").is_none(), "{doc}");
         let member = &doc["vips"][0]["backends"][0];
         let keys: Vec<&str> = member.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["address", "backup", "share", "weight"], "{doc:#}");
+        assert_eq!(keys, ["address", "backup", "bytes", "packets", "share", "weight"], "{doc:#}");
         assert!(doc["vips"][0].get("packets_per_second").is_none(), "{doc:#}");
     }
 
@@ -240,14 +239,14 @@ mod tests {
       "health": "degraded",
       "backends": [
         {
-          "address": "198.51.100.11", "weight": 1, "backup": false, "share": 1.0,
+          "address": "198.51.100.11", "weight": 1, "packets": 150, "bytes": 6000, "backup": false, "share": 1.0,
           "state": "up", "reason": "passed", "since_unix_ms": 1000, "fails": 0, "passes": 3, "changes": 1, "http_status": 200
         },
         {
-          "address": "198.51.100.12", "weight": 2, "backup": false, "share": 0.0,
+          "address": "198.51.100.12", "weight": 2, "packets": 50, "bytes": 3000, "backup": false, "share": 0.0,
           "state": "down", "reason": "http_status 503", "since_unix_ms": 2000, "fails": 3, "passes": 0, "changes": 2, "http_status": 503
         },
-        { "address": "198.51.100.13", "weight": 1, "backup": true, "share": 0.0 }
+        { "address": "198.51.100.13", "weight": 1, "packets": 0, "bytes": 0, "backup": true, "share": 0.0 }
       ]
     },
     {
@@ -255,15 +254,15 @@ mod tests {
       "packets": 7, "bytes": 700, "packets_per_second": 0.0, "bytes_per_second": 0.0,
       "health": "up",
       "backends": [
-        { "address": "2001:db8::21", "weight": 1, "backup": false, "share": 1.0 }
+        { "address": "2001:db8::21", "weight": 1, "packets": 7, "bytes": 700, "backup": false, "share": 1.0 }
       ]
     }
   ],
   "backends": [
     { "address": "198.51.100.11", "packets": 150, "bytes": 6000, "packets_per_second": 300.0, "bytes_per_second": 12000.0 },
-    { "address": "198.51.100.12", "packets": 0, "bytes": 0, "packets_per_second": 0.0, "bytes_per_second": 0.0 },
+    { "address": "198.51.100.12", "packets": 50, "bytes": 3000, "packets_per_second": 0.0, "bytes_per_second": 0.0 },
     { "address": "198.51.100.13", "packets": 0, "bytes": 0, "packets_per_second": 0.0, "bytes_per_second": 0.0 },
-    { "address": "2001:db8::21", "packets": 0, "bytes": 0, "packets_per_second": 0.0, "bytes_per_second": 0.0 }
+    { "address": "2001:db8::21", "packets": 7, "bytes": 700, "packets_per_second": 0.0, "bytes_per_second": 0.0 }
   ]
 }"#;
 }

@@ -49,12 +49,14 @@ impl FlowKey {
     }
 }
 
-/// Value of `FLOWS`: the backend the flow was sent to.
+/// Value of `FLOWS`: the backend the flow was sent to, and the flow's hash
+/// (a pure function of the key and the seed, kept so that a known flow's
+/// packets skip hashing: the IPv6 flow label and the GUE source port use it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
     pub backend_id: u32,
-    pub _pad: u32,
+    pub hash: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 8);
 
@@ -94,7 +96,7 @@ impl FlowEvent {
 
 /// Version of [`LoadedState`]'s meaning; bump when the object's maps change
 /// in a way an older pinned object cannot serve.
-pub const LOADED_STATE_VERSION: u32 = 4;
+pub const LOADED_STATE_VERSION: u32 = 5;
 
 /// The one entry of `LOADED`: what the pinned object was loaded with. A
 /// restarting agent compares it with its config; any difference needs a new

@@ -85,7 +85,7 @@ impl VipKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VipMeta {
-    /// Row of this VIP's ring in `RINGS` and index of its `VIP_STATS` counter.
+    /// Row of this VIP's ring in `RINGS` and of its `MEMBER_STATS` counters.
     pub row: u32,
     /// `VIP_FLAG_*` bits.
     pub flags: u32,

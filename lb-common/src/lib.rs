@@ -35,10 +35,10 @@ pub mod maps {
     pub const RINGS: &str = "RINGS";
     /// `Array<BackendEntry>`: backend id -> where to send its packets.
     pub const BACKENDS: &str = "BACKENDS";
-    /// `PerCpuArray<Counter>` indexed by VIP row.
-    pub const VIP_STATS: &str = "VIP_STATS";
-    /// `PerCpuArray<Counter>` indexed by backend id.
-    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// `PerCpuArray<Counter>` indexed like `MEMBERS` (`flows::member_index(row, id)`):
+    /// what each VIP row forwarded to each backend id. VIP and backend totals
+    /// are its sums (one counter per forwarded packet instead of two).
+    pub const MEMBER_STATS: &str = "MEMBER_STATS";
     /// `PerCpuArray<Counter>` indexed by [`crate::Reason`].
     pub const REASON_STATS: &str = "REASON_STATS";
     /// `PerCpuArray<Counter>` indexed by [`crate::DecapReason`], used by the decap program.
@@ -66,8 +66,8 @@ pub mod maps {
     pub const PREVIOUS: &str = "PREVIOUS";
 
     /// Every map of the object, for pinning and for the loader test.
-    pub const ALL: [&str; 14] = [
-        VIPS, RINGS, BACKENDS, VIP_STATS, BACKEND_STATS, REASON_STATS, DECAP_STATS, HEALTH, FLOWS, MEMBERS, FLOW_STATS,
+    pub const ALL: [&str; 13] = [
+        VIPS, RINGS, BACKENDS, MEMBER_STATS, REASON_STATS, DECAP_STATS, HEALTH, FLOWS, MEMBERS, FLOW_STATS,
         LOADED, VIP_FILTER, PREVIOUS,
     ];
 }

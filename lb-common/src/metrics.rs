@@ -12,6 +12,12 @@ pub const VIP_BYTES: &str = "lb_vip_bytes_total";
 pub const BACKEND_PACKETS: &str = "lb_backend_packets_total";
 /// Counter `{backend}`: bytes sent to the backend, over all VIPs that use it.
 pub const BACKEND_BYTES: &str = "lb_backend_bytes_total";
+/// Counter `{vip, backend}`: packets the VIP forwarded to the backend (the
+/// kernel's one counter per forwarded packet; `VIP_PACKETS` and
+/// `BACKEND_PACKETS` are its sums over every backend id / VIP row).
+pub const VIP_BACKEND_PACKETS: &str = "lb_vip_backend_packets_total";
+/// Counter `{vip, backend}`: bytes (L2 frame, before encapsulation) the VIP forwarded to the backend.
+pub const VIP_BACKEND_BYTES: &str = "lb_vip_backend_bytes_total";
 /// Counter `{reason, action}`: every packet the balancer saw, by why it got its action.
 pub const PACKETS: &str = "lb_packets_total";
 /// Counter `{reason, action}`: bytes of those packets.
@@ -68,6 +74,8 @@ pub const ALL: &[&str] = &[
     VIP_BYTES,
     BACKEND_PACKETS,
     BACKEND_BYTES,
+    VIP_BACKEND_PACKETS,
+    VIP_BACKEND_BYTES,
     PACKETS,
     BYTES,
     FLOW_LOOKUPS,

@@ -5,6 +5,8 @@
 //! addresses can hash to it, and the VIP table then decides); a clear bit
 //! means certainly not.
 //!
+//! All-ports VIPs (port 0) have a bit of their own too ([`all_ports_bit`]).
+//!
 //! Order of writes (lb-agent reconcile): the bits of new addresses are set
 //! before their VIPs are inserted, and bits are cleared only after every VIP
 //! of their addresses is gone, so the filter never hides a VIP.
@@ -21,7 +23,28 @@ const _: () = assert!(BITS.is_power_of_two());
 /// [`AddrWords`]; IPv4 in word 0): a multiply-shift hash of its folded words.
 #[inline(always)]
 pub fn bit(addr: &AddrWords, family: u8) -> u32 {
-    let folded = addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24) ^ u32::from(family);
+    spread(fold(addr, family))
+}
+
+/// The filter bit of an all-ports VIP (port 0) of `proto` on `addr`. Set
+/// beside the address's bit, so that a packet to a port no VIP of its
+/// address configures skips the all-ports lookup when no such VIP exists
+/// (the `unknown_port` path then takes one VIP-table lookup fewer).
+#[inline(always)]
+pub fn all_ports_bit(addr: &AddrWords, family: u8, proto: u8) -> u32 {
+    // Any other word than the address's own; the constant keeps protocol 0
+    // from folding back onto it.
+    spread(fold(addr, family) ^ ((u32::from(proto) << 8) | 0x5bd1_0000))
+}
+
+#[inline(always)]
+fn fold(addr: &AddrWords, family: u8) -> u32 {
+    addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24) ^ u32::from(family)
+}
+
+/// A multiply-shift hash of a folded word onto the filter's bits.
+#[inline(always)]
+fn spread(folded: u32) -> u32 {
     folded.wrapping_mul(0x9E37_79B1) >> (u32::BITS - BITS.trailing_zeros())
 }
 

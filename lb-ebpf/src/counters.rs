@@ -1,9 +1,9 @@
 //! Per-CPU counters: no atomics needed, the agent sums the CPUs.
 
 use aya_ebpf::maps::PerCpuArray;
-use lb_common::{Counter, DecapReason, Reason};
+use lb_common::{flows::member_index, Counter, DecapReason, Reason};
 
-use crate::maps::{BACKEND_STATS, DECAP_STATS, REASON_STATS, VIP_STATS};
+use crate::maps::{max_backends, DECAP_STATS, MEMBER_STATS, REASON_STATS};
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<Counter>, index: u32, bytes: usize) {
@@ -26,14 +26,11 @@ pub fn count_decap(reason: DecapReason, bytes: usize) {
     bump(&DECAP_STATS, reason as u32, bytes);
 }
 
+/// A packet VIP row `row` forwarded to backend `id`: one per-CPU counter
+/// for both (the agent sums VIP and backend totals from these).
 #[inline(always)]
-pub fn count_vip(row: u32, bytes: usize) {
-    bump(&VIP_STATS, row, bytes);
-}
-
-#[inline(always)]
-pub fn count_backend(id: u32, bytes: usize) {
-    bump(&BACKEND_STATS, id, bytes);
+pub fn count_member(row: u32, id: u32, bytes: usize) {
+    bump(&MEMBER_STATS, member_index(row, id, max_backends()), bytes);
 }
 
 #[inline(always)]

@@ -15,7 +15,7 @@ use lb_common::{
 use crate::{
     counters::count_flow,
     events,
-    lookup::{backend_entry, pick_backend},
+    lookup::{backend_entry, flow_hash, pick_backend},
     maps::{max_backends, FLOWS, MEMBERS},
     packet::read,
     parse::{Flow, Ip},
@@ -26,14 +26,18 @@ const TCP_FLAGS_OFFSET: usize = 13;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-/// The backend of this packet's flow: recorded, or chosen by the ring and recorded.
+/// The backend of this packet's flow and the flow's hash: recorded (a hit
+/// takes the hash recorded with it, so the known-flow path never hashes), or
+/// chosen by the ring and recorded.
 #[inline(always)]
 #[expect(clippy::needless_borrows_for_generic_args, reason = "a key by value is copied once more: about 20 instructions per packet")]
-pub fn choose(ctx: &XdpContext, ip: &Ip, flow: &Flow, vip: &VipMeta, hash: u32, frame_len: usize) -> Result<(u32, BackendEntry), Reason> {
+pub fn choose(ctx: &XdpContext, ip: &Ip, flow: &Flow, vip: &VipMeta, frame_len: usize) -> Result<(u32, BackendEntry, u32), Reason> {
     // One test of the flags on the common path; TCP on a second-chance VIP
     // keeps its state on the backends (see `lb_common::second_chance`).
     if vip.flags & (VIP_FLAG_STATELESS | VIP_FLAG_SECOND_CHANCE) != 0 && ring_only(ip, vip) {
-        return pick_backend(vip, hash);
+        let hash = flow_hash(flow, vip);
+        let (id, backend) = pick_backend(vip, hash)?;
+        return Ok((id, backend, hash));
     }
     let key = FlowKey::new(flow.src, flow.dst, flow.src_port_be, flow.dst_port_be, flow.proto, flow.family);
     let event = if is_connection_start(ctx, ip) {
@@ -51,22 +55,23 @@ pub fn choose(ctx: &XdpContext, ip: &Ip, flow: &Flow, vip: &VipMeta, hash: u32, 
                 FlowEvent::Miss
             }
             Some(entry) => {
-                let id = entry.backend_id;
+                let (id, hash) = (entry.backend_id, entry.hash);
                 if let Some(backend) = usable(vip.row, id) {
                     count_flow(FlowEvent::Hit, frame_len);
-                    return Ok((id, backend));
+                    return Ok((id, backend, hash));
                 }
                 FlowEvent::Rehash
             }
         }
     };
     count_flow(event, frame_len);
+    let hash = flow_hash(flow, vip);
     let (id, backend) = pick_backend(vip, hash)?;
     events::flow_placed(ctx, flow, event, id);
     // A full table evicts its least recently used entry; failure only costs
     // stickiness for this flow, so it does not stop the packet.
-    let _ = FLOWS.insert(&key, &FlowEntry { backend_id: id, _pad: 0 }, 0);
-    Ok((id, backend))
+    let _ = FLOWS.insert(&key, &FlowEntry { backend_id: id, hash }, 0);
+    Ok((id, backend, hash))
 }
 
 /// Whether the ring alone places this packet (no flow table): a stateless

@@ -1,12 +1,12 @@
 //! Forwarding toward a chosen backend: the MTU check (answered or dropped,
 //! per `TooBig`), encapsulation (IPIP / IP6IP6 or GUE), and the VIP and
-//! backend counters.
+//! (VIP, backend) counter.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{packet_policy::POLICY_TOO_BIG_ICMP, second_chance::VIP_FLAG_GUE, BackendEntry, Reason, VipMeta};
 
 use crate::{
-    counters::{count_backend, count_vip},
+    counters::count_member,
     encap, gue,
     lookup::pick_backend,
     maps::{mtu, policy},
@@ -48,8 +48,7 @@ pub fn forward_to(
     check_mtu(ctx, flow, too_big, encap::overhead(&backend))?;
     let frame_len = ctx.data_end() - ctx.data();
     encap::encapsulate(ctx, flow, &backend, hash)?;
-    count_vip(vip.row, frame_len);
-    count_backend(backend_id, frame_len);
+    count_member(vip.row, backend_id, frame_len);
     Ok(())
 }
 
@@ -70,8 +69,7 @@ pub fn forward_gue_to(
     check_mtu(ctx, flow, too_big, gue::overhead(&backend, previous))?;
     let frame_len = ctx.data_end() - ctx.data();
     gue::encapsulate(ctx, flow, &backend, previous, hash)?;
-    count_vip(vip.row, frame_len);
-    count_backend(backend_id, frame_len);
+    count_member(vip.row, backend_id, frame_len);
     Ok(())
 }
 

@@ -13,7 +13,9 @@ use crate::{
     parse::{Flow, Ip},
 };
 
-/// Exact (address, port, protocol) first, then the VIP's all-ports entry.
+/// Exact (address, port, protocol) first, then the VIP's all-ports entry
+/// (looked up only when `VIP_FILTER` has its all-ports bit: a port of a VIP
+/// address that no VIP configures then takes one lookup fewer).
 #[inline(always)]
 #[expect(clippy::needless_borrows_for_generic_args, reason = "a key by value is copied once more: about 20 instructions per packet")]
 pub fn lookup_vip(flow: &Flow) -> Option<VipMeta> {
@@ -23,6 +25,9 @@ pub fn lookup_vip(flow: &Flow) -> Option<VipMeta> {
     // hash map lookup in BPF), never a dangling one.
     if let Some(meta) = unsafe { VIPS.get(&key) } {
         return Some(*meta);
+    }
+    if !filter_has(vip_filter::all_ports_bit(&flow.dst, flow.family, flow.proto)) {
+        return None;
     }
     key.port_be = 0;
     // SAFETY: as above.
@@ -50,7 +55,13 @@ pub fn address_entry(ip: &Ip) -> Option<VipMeta> {
 /// clear): one array read, where the VIP table would take two lookups.
 #[inline(always)]
 pub fn may_be_vip_address(addr: &AddrWords, family: u8) -> bool {
-    let (word, mask) = vip_filter::word_and_mask(vip_filter::bit(addr, family));
+    filter_has(vip_filter::bit(addr, family))
+}
+
+/// Whether `bit` of `VIP_FILTER` is set ("maybe"; an unreadable word counts as set).
+#[inline(always)]
+fn filter_has(bit: u32) -> bool {
+    let (word, mask) = vip_filter::word_and_mask(bit);
     VIP_FILTER.get(word).is_none_or(|w| *w & mask != 0)
 }
 

@@ -24,11 +24,10 @@ pub static RINGS: Array<u32> =
 #[map]
 pub static BACKENDS: Array<BackendEntry> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
+/// Forwarded packets per (VIP row, backend id), indexed like `MEMBERS`: one
+/// counter per forwarded packet, which the agent sums into VIP and backend totals.
 #[map]
-pub static VIP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
-
-#[map]
-pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static MEMBER_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_MAX_BACKENDS, 0);
 
 #[map]
 pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);

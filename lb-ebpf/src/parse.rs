@@ -12,10 +12,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::{
-    addr::words16,
-    packet::{ptr_at, read},
-};
+use crate::packet::{ptr_at, read};
 
 /// IPv4 "more fragments" flag and fragment offset, in host order.
 pub const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
@@ -140,22 +137,45 @@ pub fn parse_ip(ctx: &XdpContext) -> Result<Ip, Reason> {
     }
 }
 
+/// Word `i` (16 bits, as the packet holds it, read natively) of the `N`
+/// words at `words`.
+#[inline(always)]
+fn word<const N: usize>(words: *const [u16; N], i: usize) -> u16 {
+    // SAFETY: the caller got `words` from `ptr_at`, bounds-checked for all
+    // `N` words, and the IP header starts at an even offset (14 or 18) of a
+    // 2-aligned frame (see `parse_l2`), so each u16 load is aligned: one
+    // instruction, where a header's byte-array fields load byte by byte.
+    unsafe { (*words)[i] }
+}
+
+/// Two words as one address word (the packet's four bytes, read natively):
+/// what a u32 load of both would give, in a shift and an or.
+#[inline(always)]
+fn address_word(first: u16, second: u16) -> u32 {
+    if cfg!(target_endian = "little") {
+        u32::from(first) | (u32::from(second) << 16)
+    } else {
+        (u32::from(first) << 16) | u32::from(second)
+    }
+}
+
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
-    let ip = read::<Ipv4Hdr>(ctx, l2.len).ok_or(Reason::MalformedL3)?;
-    let (vihl, tos, proto, ttl) = (ip.vihl, ip.tos, ip.proto, ip.ttl);
+    let ip: *const [u16; Ipv4Hdr::LEN / 2] = ptr_at(ctx, l2.len).ok_or(Reason::MalformedL3)?;
+    let [vihl, tos] = word(ip, 0).to_ne_bytes();
+    let [ttl, proto] = word(ip, 4).to_ne_bytes();
     let header_len = ((vihl & 0x0f) as usize) * 4;
-    let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
+    let ip_len = u16::from_be(word(ip, 1)) as usize;
     let available = ctx.data_end() - ctx.data() - l2.len;
     if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || ip_len < header_len || ip_len > available {
         return Err(Reason::MalformedL3);
     }
-    let fragment = u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0;
+    let fragment = u16::from_be(word(ip, 3)) & IPV4_MF_AND_OFFSET != 0;
     Ok(Ip {
         l2,
         family: FAMILY_V4,
-        src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
-        dst: [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0],
+        src: [address_word(word(ip, 6), word(ip, 7)), 0, 0, 0],
+        dst: [address_word(word(ip, 8), word(ip, 9)), 0, 0, 0],
         proto,
         tos,
         ttl,
@@ -166,18 +186,31 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
     })
 }
 
+/// The address at word `at` of an IPv6 header.
+#[inline(always)]
+fn ipv6_address(ip: *const [u16; Ipv6Hdr::LEN / 2], at: usize) -> AddrWords {
+    [
+        address_word(word(ip, at), word(ip, at + 1)),
+        address_word(word(ip, at + 2), word(ip, at + 3)),
+        address_word(word(ip, at + 4), word(ip, at + 5)),
+        address_word(word(ip, at + 6), word(ip, at + 7)),
+    ]
+}
+
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
-    let ip = read::<Ipv6Hdr>(ctx, l2.len).ok_or(Reason::MalformedL3)?;
-    let vcf = ip.vcf;
-    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let ip: *const [u16; Ipv6Hdr::LEN / 2] = ptr_at(ctx, l2.len).ok_or(Reason::MalformedL3)?;
+    let vcf = word(ip, 0).to_ne_bytes();
+    let payload_len = u16::from_be(word(ip, 2)) as usize;
+    let [next_hdr, hop_limit] = word(ip, 3).to_ne_bytes();
     let available = ctx.data_end() - ctx.data() - l2.len;
     if vcf[0] >> 4 != 6 || Ipv6Hdr::LEN + payload_len > available {
         return Err(Reason::MalformedL3);
     }
-    let (src, dst) = (words16(&ip.src_addr), words16(&ip.dst_addr));
+    // Source at byte 8, destination at byte 24.
+    let (src, dst) = (ipv6_address(ip, 4), ipv6_address(ip, 12));
     let ip_end = l2.len + Ipv6Hdr::LEN + payload_len;
-    let (proto, l4_offset, fragment) = skip_ipv6_ext_headers(ctx, ip.next_hdr, l2.len + Ipv6Hdr::LEN, ip_end)?;
+    let (proto, l4_offset, fragment) = skip_ipv6_ext_headers(ctx, next_hdr, l2.len + Ipv6Hdr::LEN, ip_end)?;
     Ok(Ip {
         l2,
         family: FAMILY_V6,
@@ -185,7 +218,7 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
         dst,
         proto,
         tos: (vcf[0] << 4) | (vcf[1] >> 4),
-        ttl: ip.hop_limit,
+        ttl: hop_limit,
         ip_len: Ipv6Hdr::LEN + payload_len,
         l4_offset,
         l4_len: ip_end - l4_offset,
@@ -234,23 +267,25 @@ fn skip_ipv6_ext_headers(ctx: &XdpContext, first: u8, start: usize, ip_end: usiz
 /// frame and in the `payload_len` the IP header announces.
 #[inline(always)]
 pub fn parse_ports(ctx: &XdpContext, offset: usize, payload_len: usize, proto: u8) -> Result<(u16, u16), Reason> {
-    if proto == PROTO_TCP {
+    let ports: *const [u16; 2] = if proto == PROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(ctx, offset).ok_or(Reason::MalformedL4)?;
         if payload_len < TcpHdr::LEN {
             return Err(Reason::MalformedL4);
         }
-        // SAFETY: `ptr_at` checked the bounds. Not `read`: bounds check first
-        // for the verifier (see `skip_ipv6_ext_headers`), load after the
-        // length check, which is cheaper on every packet.
-        Ok(unsafe { (u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest)) })
+        tcp.cast()
     } else {
         let udp: *const UdpHdr = ptr_at(ctx, offset).ok_or(Reason::MalformedL4)?;
         if payload_len < UdpHdr::LEN {
             return Err(Reason::MalformedL4);
         }
-        // SAFETY: as for TCP above.
-        Ok(unsafe { (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst)) })
-    }
+        udp.cast()
+    };
+    // Not `read`: bounds check first for the verifier (see
+    // `skip_ipv6_ext_headers`), load after the length check, which is
+    // cheaper on every packet; and the ports are the header's first two
+    // words, at an even offset (IP header lengths are even): aligned u16
+    // loads (see `word`).
+    Ok((word(ports, 0), word(ports, 1)))
 }
 
 /// Whether `proto` is one the balancer forwards flows of.

@@ -230,7 +230,8 @@ pub struct VipStats {
     pub packets: u64,
     #[serde(default)]
     pub bytes: u64,
-    /// The VIP's configured backends (counters are per backend, in [`Stats::backends`]).
+    /// The VIP's configured backends, with what the VIP sent each (totals
+    /// over all VIPs per backend are in [`Stats::backends`]).
     #[serde(default)]
     pub backends: Vec<Member>,
     /// `up`, `degraded`, `backup`, `down`, `down_fail_open` (health checks).
@@ -255,6 +256,11 @@ pub struct Member {
     /// Wall-clock time of the last state change (ms since the epoch).
     #[serde(default)]
     pub since_unix_ms: Option<u64>,
+    /// What the VIP sent to this backend.
+    #[serde(default)]
+    pub packets: u64,
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 impl VipStats {
@@ -375,15 +381,17 @@ mod tests {
         let plan = lb_agent::plan::plan(&config);
         let web = plan.vips.iter().find(|v| v.port() == 80 && v.address() == IpAddr::from(VIP_V4)).unwrap();
         let b12 = plan.backend_id("198.51.100.12".parse().unwrap()).unwrap();
+        // The web VIP sent 80 packets to .12 and 120 to .11.
+        let b11 = plan.backend_id("198.51.100.11".parse().unwrap()).unwrap();
+        let max_backends = plan.backends.len() as u32 + 1;
+        let mut members = vec![lb_common::Counter::default(); plan.vips.len() * max_backends as usize];
+        members[lb_common::flows::member_index(web.row, b12, max_backends) as usize] = lb_common::Counter { packets: 80, bytes: 4000 };
+        members[lb_common::flows::member_index(web.row, b11, max_backends) as usize] = lb_common::Counter { packets: 120, bytes: 5000 };
         let mut counters = lb_agent::dataplane::Counters {
-            vips: vec![Default::default(); plan.vips.len()],
-            backends: vec![Default::default(); plan.backends.len() + 1],
             reasons: vec![Default::default(); lb_common::Reason::COUNT as usize],
-            decap: Vec::new(),
-            flows: Vec::new(),
-        };
-        counters.vips[web.row as usize] = lb_common::Counter { packets: 200, bytes: 9000 };
-        counters.backends[b12 as usize] = lb_common::Counter { packets: 80, bytes: 4000 };
+            ..Default::default()
+        }
+        .with_members(members, max_backends);
         counters.reasons[lb_common::Reason::Forwarded as usize] = lb_common::Counter { packets: 200, bytes: 9000 };
         let json = lb_agent::stats::to_json(&plan, &counters).to_string();
 
@@ -391,6 +399,8 @@ mod tests {
         let v = s.vip(VIP_V4.into(), 80, Proto::Tcp).unwrap();
         assert_eq!(v.packets, 200);
         assert_eq!(v.member_addresses().len(), 3);
+        let member = |a: &str| v.backends.iter().find(|m| m.address == a).map(|m| (m.packets, m.bytes));
+        assert_eq!((member("198.51.100.11"), member("198.51.100.12")), (Some((120, 5000)), Some((80, 4000))));
         assert_eq!(s.backend_packets("198.51.100.12".parse().unwrap()), 80);
         assert_eq!(s.backend_packets("198.51.100.13".parse().unwrap()), 0);
         assert_eq!(s.reason("forwarded"), 200);

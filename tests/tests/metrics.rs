@@ -131,6 +131,21 @@ fn metrics_count_the_traffic_match_stats_and_follow_health() {
         assert_eq!(value(&samples, names::VIP_BYTES, &[(labels::VIP, &v.name)]) as u64, v.bytes, "VIP {}", v.name);
     }
     assert_eq!(value(&samples, names::VIP_PACKETS, &[(labels::VIP, "dns-v4")]) as u64, u64::from(UDP_REQUESTS));
+    // Per (VIP, backend): dns-v4's UDP is exactly what each v4 backend got,
+    // web-v6's TCP what each v6 backend got; each VIP's members add up to it.
+    for (vip, sent) in [("dns-v4", &udp), ("web-v6", &tcp)] {
+        let mut packets = 0;
+        for address in sent.keys() {
+            let member = [(labels::VIP, vip), (labels::BACKEND, &address.to_string())];
+            let counted = value(&samples, names::VIP_BACKEND_PACKETS, &member) as u64;
+            assert_eq!(counted, value(&samples, names::BACKEND_PACKETS, &[(labels::BACKEND, &address.to_string())]) as u64, "{vip} -> {address}");
+            packets += counted;
+            assert!(value(&samples, names::VIP_BACKEND_BYTES, &member) > 0.0 || counted == 0, "{vip} -> {address}: packets without bytes");
+        }
+        assert_eq!(packets, value(&samples, names::VIP_PACKETS, &[(labels::VIP, vip)]) as u64, "{vip}: its members add up to its total");
+        let json: u64 = stats.vips.iter().filter(|v| v.name == vip).flat_map(|v| v.backends.iter().filter(|m| sent.contains_key(&m.address.parse().unwrap())).map(|m| m.packets)).sum();
+        assert_eq!(json, packets, "stats --json members of {vip}");
+    }
     let forwarded = value(&samples, names::PACKETS, &[(labels::REASON, "forwarded"), (labels::ACTION, "tx")]) as u64;
     assert_eq!(forwarded, stats.reason("forwarded"));
     for event in lb_common::flows::FlowEvent::ALL {

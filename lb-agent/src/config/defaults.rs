@@ -35,8 +35,7 @@ pub const MAX_MAX_VIPS: u32 = 4_096;
 /// 4,096 backend ids (id 0 is reserved for "no backend", so 4,095 usable).
 pub const DEFAULT_MAX_BACKENDS: u32 = limits::DEFAULT_MAX_BACKENDS;
 
-/// Upper bound of `max_backends`: `BACKEND_STATS` is per-CPU (16 bytes per id
-/// per CPU), 65,536 ids on 128 CPUs is already 128 MiB.
+/// Upper bound of `max_backends` (see also [`MAX_MEMBER_ENTRIES`]).
 pub const MAX_MAX_BACKENDS: u32 = 65_536;
 
 /// All rings together (`ring_size × max_vips × 4` bytes) must fit in 1 GiB:
@@ -55,9 +54,11 @@ pub const DEFAULT_RUN_DIR: &str = "/run/lb";
 /// Flows the kernel remembers (see `lb_common::flows`).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = lb_common::flows::DEFAULT_FLOW_TABLE_SIZE;
 
-/// `MEMBERS` holds `max_vips × max_backends` entries, allocated up front
-/// (8 bytes each): at most 64 Mi entries (512 MiB).
-pub const MAX_MEMBER_ENTRIES: u64 = 1 << 26;
+/// `MEMBERS` and `MEMBER_STATS` hold `max_vips × max_backends` entries,
+/// allocated up front; `MEMBER_STATS` is per CPU (16 bytes per entry per
+/// CPU: 4 MiB per CPU at the defaults, 64 MiB per CPU at this bound of 4 Mi
+/// entries).
+pub const MAX_MEMBER_ENTRIES: u64 = 1 << 22;
 /// Default `lb.metrics_listen`: loopback only, so nothing is exposed beyond
 /// the host until the operator chooses an address.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9110";

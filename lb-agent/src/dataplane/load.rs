@@ -100,8 +100,7 @@ pub fn load_balancer_object(opts: &LoadOptions) -> Result<Ebpf> {
         .map_max_entries(maps::RINGS, ring_entries)
         .map_max_entries(maps::PREVIOUS, ring_entries)
         .map_max_entries(maps::BACKENDS, opts.max_backends)
-        .map_max_entries(maps::VIP_STATS, opts.max_vips)
-        .map_max_entries(maps::BACKEND_STATS, opts.max_backends)
+        .map_max_entries(maps::MEMBER_STATS, member_entries)
         .map_max_entries(maps::HEALTH, member_entries)
         .map_max_entries(maps::MEMBERS, member_entries)
         .map_max_entries(maps::FLOWS, opts.flow_table_size)
@@ -170,13 +169,12 @@ const MINIMAL_FLOW_TABLE: u32 = 1;
 
 /// The maps the balancer sizes from its config, which a program that does
 /// not balance never uses (the object holds every program's maps).
-const BALANCER_MAPS: [&str; 8] = [
+const BALANCER_MAPS: [&str; 7] = [
     maps::VIPS,
     maps::RINGS,
     maps::PREVIOUS,
     maps::BACKENDS,
-    maps::VIP_STATS,
-    maps::BACKEND_STATS,
+    maps::MEMBER_STATS,
     maps::HEALTH,
     maps::MEMBERS,
 ];

@@ -86,9 +86,9 @@ pub fn forget_removed_checks(histogram: &HistogramVec, old: &Config, new: &Confi
     }
 }
 
-/// Bytes per (VIP, backend) member in a scrape (four samples of about 80
+/// Bytes per (VIP, backend) member in a scrape (six samples of about 80
 /// bytes): the output buffer is sized once.
-const BYTES_PER_MEMBER: usize = 4 * 96;
+const BYTES_PER_MEMBER: usize = 6 * 96;
 
 /// Renders every metric, straight into one string (see [`super::text`]).
 /// Counters are absolute values read from the kernel, already summed over CPUs.
@@ -161,6 +161,27 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
         .collect();
     let pairs = || health.iter().flat_map(|(vip, members)| members.iter().map(move |(address, m)| (*vip, address.as_str(), m)));
     let pair = |vip, backend| [(labels::BACKEND, backend), (labels::VIP, vip)];
+    // Per member, with the ids of the config's pairs (a pair no longer in the
+    // config ends its series; the VIP and backend totals above keep its counts).
+    let member_counts: Vec<(&str, String, Counter)> = config
+        .vips
+        .iter()
+        .filter_map(|v| Some((v, plan.vip(&v.name)?.row)))
+        .flat_map(|(v, row)| {
+            v.backends.iter().map(move |b| {
+                let id = plan.backend_id(b.address).unwrap_or(lb_common::NO_BACKEND);
+                (v.name.as_str(), b.address.to_string(), sample.counters.member(row, id))
+            })
+        })
+        .collect();
+    t.family(names::VIP_BACKEND_PACKETS, Kind::Counter, "Packets the VIP forwarded to the backend.");
+    for &(vip, ref backend, c) in &member_counts {
+        t.sample(names::VIP_BACKEND_PACKETS, &pair(vip, backend.as_str()), c.packets);
+    }
+    t.family(names::VIP_BACKEND_BYTES, Kind::Counter, "Bytes (Ethernet frames, before encapsulation) the VIP forwarded to the backend.");
+    for &(vip, ref backend, c) in &member_counts {
+        t.sample(names::VIP_BACKEND_BYTES, &pair(vip, backend.as_str()), c.bytes);
+    }
     t.family(names::BACKEND_UP, Kind::Gauge, "1 while the backend serves the VIP as far as health goes (up or not checked), 0 while down.");
     for (vip, backend, m) in pairs() {
         t.sample(names::BACKEND_UP, &pair(vip, backend), u64::from(m.is_up()));
@@ -265,16 +286,21 @@ mod tests {
         let plan = crate::plan::plan(&config);
         let programmed = Programmed::new(config, plan.clone(), 3);
         let (b11, b12) = (plan.backend_id("198.51.100.11".parse().unwrap()).unwrap(), plan.backend_id("198.51.100.12".parse().unwrap()).unwrap());
+        // Row 0 (web) sent 3 packets to .11 and 7 to .12; row 1 (no VIP of this
+        // config now) sent 4 to .12: the backend total keeps them.
+        let max_backends = 3;
+        let mut members = vec![Counter::default(); 2 * max_backends as usize];
+        members[lb_common::flows::member_index(0, b11, max_backends) as usize] = Counter { packets: 3, bytes: 300 };
+        members[lb_common::flows::member_index(0, b12, max_backends) as usize] = Counter { packets: 7, bytes: 700 };
+        members[lb_common::flows::member_index(1, b12, max_backends) as usize] = Counter { packets: 4, bytes: 400 };
         let mut counters = Counters {
-            vips: vec![Counter { packets: 10, bytes: 1000 }],
-            backends: vec![Counter::default(); 3],
             reasons: vec![Counter::default(); Reason::COUNT as usize],
-            decap: Vec::new(),
             flows: vec![Counter::default(); FlowEvent::COUNT as usize],
-        };
+            ..Counters::default()
+        }
+        .with_members(members, max_backends);
         counters.flows[FlowEvent::Hit as usize] = Counter { packets: 42, bytes: 0 };
         counters.flows[FlowEvent::NonSynMiss as usize] = Counter { packets: 5, bytes: 0 };
-        counters.backends[b12 as usize] = Counter { packets: 7, bytes: 700 };
         counters.reasons[Reason::NoBackend as usize] = Counter { packets: 2, bytes: 120 };
         let mut health = HealthTable::new();
         health.insert(HealthKey { row: 0, backend_id: b11 }, HealthEntry { state: HEALTH_DOWN, since_unix_ms: 1_000, changes: 1, ..Default::default() });
@@ -296,7 +322,11 @@ mod tests {
         }
         assert_eq!(value(&text, r#"lb_vip_packets_total{vip="web"}"#), 10.0);
         assert_eq!(value(&text, r#"lb_vip_bytes_total{vip="web"}"#), 1000.0);
-        assert_eq!(value(&text, r#"lb_backend_packets_total{backend="198.51.100.12"}"#), 7.0);
+        assert_eq!(value(&text, r#"lb_backend_packets_total{backend="198.51.100.12"}"#), 11.0);
+        assert_eq!(value(&text, r#"lb_backend_bytes_total{backend="198.51.100.11"}"#), 300.0);
+        assert_eq!(value(&text, r#"lb_vip_backend_packets_total{backend="198.51.100.11",vip="web"}"#), 3.0);
+        assert_eq!(value(&text, r#"lb_vip_backend_packets_total{backend="198.51.100.12",vip="web"}"#), 7.0);
+        assert_eq!(value(&text, r#"lb_vip_backend_bytes_total{backend="198.51.100.12",vip="web"}"#), 700.0);
         assert_eq!(value(&text, r#"lb_packets_total{action="drop",reason="no_backend"}"#), 2.0);
         assert_eq!(value(&text, r#"lb_backend_up{backend="198.51.100.11",vip="web"}"#), 0.0);
         assert_eq!(value(&text, r#"lb_backend_drained{backend="198.51.100.11",vip="web"}"#), 0.0);

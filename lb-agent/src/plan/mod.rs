@@ -60,7 +60,7 @@ pub struct PlannedBackend {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedVip {
     pub name: String,
-    /// Row in `RINGS` and index in `VIP_STATS`, from 0 (in (address, port,
+    /// Row in `RINGS` and row of `MEMBER_STATS`, from 0 (in (address, port,
     /// protocol) order on a fresh start).
     pub row: u32,
     pub key: VipKey,
