@@ -72,6 +72,8 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
         gue_port,
         // How long second chance lasts after a ring change.
         previous_owner_window,
+        // Which new flows the flow table records (0: the guard is off).
+        new_flow_guard,
         packets,
     } = lb;
     out.u32("lb.ring_size", *ring_size);
@@ -79,6 +81,7 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
     out.u32("lb.flow_table_size", *flow_table_size);
     out.u32("lb.gue_port", u32::from(*gue_port));
     out.u64("lb.previous_owner_window", previous_owner_window.as_millis() as u64);
+    out.u32("lb.new_flow_guard", new_flow_guard.unwrap_or(lb_common::flow_guard::GUARD_OFF));
     let PacketPolicy { icmp_echo, too_big, unknown_port } = packets;
     out.str("lb.icmp_echo", choice_name(packets::ECHO_CHOICES, *icmp_echo));
     out.str("lb.too_big", choice_name(packets::TOO_BIG_CHOICES, *too_big));
@@ -327,6 +330,7 @@ hash_seed = 0
 flow_table_size = 4096
 gue_port = 6080
 previous_owner_window = "1h"
+new_flow_guard = 125000
 encap = "ipip"
 icmp_echo = "reply"
 too_big = "icmp"
@@ -376,6 +380,7 @@ flow_state = "lb"
         ("vip.encap", "encap = \"ipip\"", "encap = \"gue\""),
         ("lb.gue_port", "gue_port = 6080", "gue_port = 6081"),
         ("lb.previous_owner_window", "previous_owner_window = \"1h\"", "previous_owner_window = \"2h\""),
+        ("lb.new_flow_guard", "new_flow_guard = 125000", "new_flow_guard = \"off\""),
         ("vip.health.all_down", "all_down = \"drop\"", "all_down = \"fail_open\""),
         ("vip.backends", "  [[vip.backend]]\n  address = \"198.51.100.12\"", "  [[vip.backend]]\n  address = \"198.51.100.12\"\n  [[vip.backend]]\n  address = \"198.51.100.13\"\n  weight = 0"),
         ("vip.backend.address", "198.51.100.12", "198.51.100.13"),

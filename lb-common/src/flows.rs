@@ -73,14 +73,20 @@ pub enum FlowEvent {
     /// too small table) or never saw (begun on another LB host). Such flows
     /// break at the next ring change. Katran counts these apart too.
     NonSynMiss = 3,
+    /// A `Miss` the new-flow guard did not record (counted again here): this
+    /// CPU had already recorded its limit of new flows in the current second
+    /// (see [`crate::flow_guard`]). Forwarded by the ring all the same.
+    Unrecorded = 4,
 }
 
 impl FlowEvent {
     /// The lookup results: each packet looked up counts as exactly one.
     pub const ALL: &'static [FlowEvent] = &[FlowEvent::Hit, FlowEvent::Miss, FlowEvent::Rehash];
-    /// Every counter of `FLOW_STATS`: the lookup results, then `NonSynMiss` (a part of `Miss`).
-    pub const COUNTERS: &'static [FlowEvent] = &[FlowEvent::Hit, FlowEvent::Miss, FlowEvent::Rehash, FlowEvent::NonSynMiss];
-    pub const COUNT: u32 = 4;
+    /// Every counter of `FLOW_STATS`: the lookup results, then `NonSynMiss`
+    /// and `Unrecorded` (each a part of `Miss`).
+    pub const COUNTERS: &'static [FlowEvent] =
+        &[FlowEvent::Hit, FlowEvent::Miss, FlowEvent::Rehash, FlowEvent::NonSynMiss, FlowEvent::Unrecorded];
+    pub const COUNT: u32 = 5;
 
     pub const fn label(self) -> &'static str {
         match self {
@@ -88,13 +94,14 @@ impl FlowEvent {
             FlowEvent::Miss => "miss",
             FlowEvent::Rehash => "rehash",
             FlowEvent::NonSynMiss => "non_syn_miss",
+            FlowEvent::Unrecorded => "guard_unrecorded",
         }
     }
 }
 
 /// Version of [`LoadedState`]'s meaning; bump when the object's maps change
 /// in a way an older pinned object cannot serve.
-pub const LOADED_STATE_VERSION: u32 = 4;
+pub const LOADED_STATE_VERSION: u32 = 5;
 
 /// The one entry of `LOADED`: what the pinned object was loaded with. A
 /// restarting agent compares it with its config; any difference needs a new

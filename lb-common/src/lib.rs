@@ -13,6 +13,7 @@
 #![warn(unreachable_pub)]
 
 pub mod checksum;
+pub mod flow_guard;
 pub mod flows;
 pub mod hash;
 pub mod health;
@@ -64,11 +65,14 @@ pub mod maps {
     /// ring slot of a second-chance VIP, `NO_BACKEND` when none (see
     /// [`crate::second_chance`]).
     pub const PREVIOUS: &str = "PREVIOUS";
+    /// `PerCpuArray<FlowGuard>` with one entry: the new-flow guard's limit and
+    /// each CPU's current window (see [`crate::flow_guard`]).
+    pub const FLOW_GUARD: &str = "FLOW_GUARD";
 
     /// Every map of the object, for pinning and for the loader test.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         VIPS, RINGS, BACKENDS, VIP_STATS, BACKEND_STATS, REASON_STATS, DECAP_STATS, HEALTH, FLOWS, MEMBERS, FLOW_STATS,
-        LOADED, VIP_FILTER, PREVIOUS,
+        LOADED, VIP_FILTER, PREVIOUS, FLOW_GUARD,
     ];
 }
 

@@ -14,7 +14,7 @@
 //!   (IPIP / IP6IP6), `gue` (GUE), `reply` (ICMP answers to the client),
 //!   `events` (aya-log records, off by default)
 //! - L1 `parse` (Ethernet, VLAN, IPv4/IPv6, TCP/UDP), `counters`, `outer`
-//!   (the tunnels' L2 and outer IP headers)
+//!   (the tunnels' L2 and outer IP headers), `flow_guard` (new flows per CPU)
 //! - L0 no `crate::` imports: `packet` (bounds-checked access), `maps`
 //!   (every map and load-time global), `checksum`, `addr`, `icmp_wire`
 #![no_std]
@@ -28,6 +28,7 @@ mod decap;
 mod encap;
 mod events;
 mod floors;
+mod flow_guard;
 mod flows;
 mod forward;
 mod fragment;

@@ -8,6 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     limits::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE},
+    flow_guard::FlowGuard,
     flows::{FlowEntry, FlowEvent, FlowKey, LoadedState, DEFAULT_FLOW_TABLE_SIZE},
     health::{HealthEntry, HealthKey},
     AddrWords, BackendEntry, Counter, DecapReason, Reason, VipKey, VipMeta,
@@ -50,6 +51,10 @@ pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
 /// Whether a recorded flow of (VIP row, backend id) may stay (see `lb_common::flows`).
 #[map]
 pub static MEMBERS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_MAX_BACKENDS, 0);
+
+/// The new-flow guard's limit (the agent's) and each CPU's window (see `lb_common::flow_guard`).
+#[map]
+pub static FLOW_GUARD: PerCpuArray<FlowGuard> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static FLOW_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(FlowEvent::COUNT, 0);

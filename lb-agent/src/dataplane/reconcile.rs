@@ -75,6 +75,7 @@ pub fn apply<S: MapStore>(
     let prior = store.health_entries()?;
     let second_chance = plan.vips.iter().filter(|v| v.meta.flags & VIP_FLAG_SECOND_CHANCE != 0).map(|v| v.row).collect();
     store.configure_previous(second_chance, config.lb.previous_owner_window, plan.ring_size)?;
+    store.set_new_flow_guard(config.lb.new_flow_guard)?;
     let changes = before_rings(store, plan, resolved)?;
     done("backends and members");
     let supervisor = Supervisor::new(config, plan, store.reopen()?, &prior, previous)?;
