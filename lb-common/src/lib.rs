@@ -18,6 +18,7 @@ pub mod flows;
 pub mod hash;
 pub mod health;
 pub mod layout;
+pub mod live_frames;
 pub mod metrics;
 pub mod packet_policy;
 pub mod reason;

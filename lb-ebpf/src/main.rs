@@ -6,7 +6,8 @@
 //! test` checks this list against the imports, see xtask/src/layers.rs):
 //!
 //! - L6 `main`: the XDP entry points below
-//! - L5 entry programs: `balancer` (dispatch), `decap`, `health_encap`, `floors`
+//! - L5 entry programs: `balancer` (dispatch), `decap`, `health_encap`, `floors`,
+//!   `live_frames` (the bench's frame restorer and counting peer)
 //! - L4 policies: `flows` (the flow table), `fragment`, `icmp`,
 //!   `second_chance` (the backend's accept-or-redirect of GUE packets)
 //! - L3 `forward`: MTU check, encapsulate, count
@@ -36,6 +37,7 @@ mod gue;
 mod health_encap;
 mod icmp;
 mod icmp_wire;
+mod live_frames;
 mod lookup;
 mod maps;
 mod outer;
