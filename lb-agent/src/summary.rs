@@ -220,6 +220,8 @@ pub fn render(config: &Config, plan: &Plan) -> String {
         lb.max_backends - 1
     );
     let _ = writeln!(out, "gue port       {} (previous owners kept {}s after a slot changes)", lb.gue_port, lb.previous_owner_window.as_secs());
+    let guard = lb.new_flow_guard.map_or_else(|| "off: every new flow recorded".to_string(), |n| format!("{n} new flows recorded per second per CPU"));
+    let _ = writeln!(out, "flow guard     {guard}");
     let _ = writeln!(out, "pinned under   {}", lb.bpffs_dir.display());
     let _ = writeln!(out, "fingerprint    {}", fingerprint(config, plan));
 

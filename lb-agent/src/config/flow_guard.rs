@@ -4,7 +4,7 @@
 //! and reload, so a change needs no new program.
 
 use lb_common::flow_guard::{DEFAULT_NEW_FLOWS_PER_CPU_PER_SECOND, MAX_NEW_FLOWS_PER_CPU_PER_SECOND};
-use serde::Deserialize;
+use toml::Value;
 
 use super::Validator;
 
@@ -12,30 +12,24 @@ const FIELD: &str = "lb.new_flow_guard";
 /// The word that turns the guard off.
 pub const GUARD_OFF_WORD: &str = "off";
 
-/// As the file says it: a rate, or a word (only `"off"` is valid).
-#[derive(Deserialize, Clone, Debug)]
-#[serde(untagged)]
-pub(super) enum RawFlowGuard {
-    Rate(i64),
-    Word(String),
-}
-
 impl Validator {
     /// `Some(Some(rate))`, `Some(None)` for off, `None` after a problem.
-    pub(super) fn new_flow_guard(&mut self, raw: Option<RawFlowGuard>) -> Option<Option<u32>> {
+    /// Read as any TOML value (a number or a word) so that every wrong one
+    /// gets this message, not serde's.
+    pub(super) fn new_flow_guard(&mut self, raw: Option<Value>) -> Option<Option<u32>> {
         let range = format!("1..={MAX_NEW_FLOWS_PER_CPU_PER_SECOND} new flows per second per CPU");
         match raw {
             None => Some(Some(DEFAULT_NEW_FLOWS_PER_CPU_PER_SECOND)),
-            Some(RawFlowGuard::Word(w)) if w == GUARD_OFF_WORD => Some(None),
-            Some(RawFlowGuard::Word(w)) => {
-                self.add(FIELD, format!("{w:?} is neither a rate ({range}) nor \"{GUARD_OFF_WORD}\""));
-                None
-            }
-            Some(RawFlowGuard::Rate(n)) if n < 1 || n > i64::from(MAX_NEW_FLOWS_PER_CPU_PER_SECOND) => {
+            Some(Value::String(w)) if w == GUARD_OFF_WORD => Some(None),
+            Some(Value::Integer(n)) if n < 1 || n > i64::from(MAX_NEW_FLOWS_PER_CPU_PER_SECOND) => {
                 self.add(FIELD, format!("{n} is out of range {range}; \"{GUARD_OFF_WORD}\" turns the guard off"));
                 None
             }
-            Some(RawFlowGuard::Rate(n)) => Some(Some(n as u32)),
+            Some(Value::Integer(n)) => Some(Some(n as u32)),
+            Some(other) => {
+                self.add(FIELD, format!("{other} is neither a rate ({range}) nor \"{GUARD_OFF_WORD}\""));
+                None
+            }
         }
     }
 }
@@ -65,7 +59,7 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_file_field_and_value() {
-        for (bad, needle) in [("0", "out of range"), ("-5", "out of range"), ("100000001", "out of range"), ("\"on\"", "neither a rate")] {
+        for (bad, needle) in [("0", "out of range"), ("-5", "out of range"), ("100000001", "out of range"), ("\"on\"", "neither a rate"), ("1.5", "neither a rate")] {
             let e = parse(&with_guard(bad), "lb.toml").expect_err(bad);
             assert_eq!(e.problems.len(), 1, "{e}");
             let shown = e.to_string();
