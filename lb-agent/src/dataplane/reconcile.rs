@@ -365,6 +365,20 @@ mod tests {
     }
 
     #[test]
+    fn start_and_reload_write_the_new_flow_guard() {
+        let text = |guard: toml::Value| {
+            let web = TestVip::new("web", "192.0.2.10:80").backends(["198.51.100.11"]);
+            TestConfig::new().ring_size(13).lb("new_flow_guard", guard).vip(web).to_toml()
+        };
+        let (before, running, mut store, first) = started(parse(&text(5000.into()), "t.toml").unwrap());
+        assert_eq!(store.maps().flow_guard, Some(5000), "a start writes the config's limit");
+        let (after, running, second) = reload(&mut store, &before, &running, &first, &text("off".into()));
+        assert_eq!(store.maps().flow_guard, None, "a reload turns it off");
+        reload(&mut store, &after, &running, &second, &text(7.into()));
+        assert_eq!(store.maps().flow_guard, Some(7), "and on again, with another limit");
+    }
+
+    #[test]
     fn a_first_start_writes_backends_rings_and_bits_before_vips() {
         let config = config_before(true);
         let mut store = MemoryStore::default();
