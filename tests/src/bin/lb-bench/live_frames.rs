@@ -80,8 +80,11 @@ pub fn measure() -> Result<Value> {
     );
     let topo = Topology::build(TopologyOptions { backends: 1, ..TopologyOptions::default() })?;
     topo.exec_ok(LB, "ip", &["link", "add", LB_END, "type", "veth", "peer", "name", PEER_END])?;
+    // Nothing but the measured frames may reach the peer: no IPv6 (router
+    // solicitations, MLD reports), no IPv4 address (so no ARP), no multicast.
     for end in [LB_END, PEER_END] {
-        topo.exec_ok(LB, "ip", &["link", "set", end, "up"])?;
+        topo.exec_ok(LB, "sysctl", &["-qw", &format!("net.ipv6.conf.{end}.disable_ipv6=1")])?;
+        topo.exec_ok(LB, "ip", &["link", "set", end, "multicast", "off", "up"])?;
     }
     let ns = topo.ns_name(LB).to_string();
     let rows = netns::run_in(&ns, || crate::on_one_cpu(measure_in_namespace))?;
