@@ -73,6 +73,8 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
         gue_port,
         // How long second chance lasts after a ring change.
         previous_owner_window,
+        // Which new flows the flow table records (0: the guard is off).
+        new_flow_guard,
         packets,
     } = lb;
     out.u32("lb.ring_size", *ring_size);
@@ -80,6 +82,7 @@ fn forwarding_settings(config: &Config, plan: &Plan, emit: &mut dyn FnMut(&'stat
     out.u32("lb.flow_table_size", *flow_table_size);
     out.u32("lb.gue_port", u32::from(*gue_port));
     out.u64("lb.previous_owner_window", previous_owner_window.as_millis() as u64);
+    out.u32("lb.new_flow_guard", new_flow_guard.unwrap_or(lb_common::flow_guard::GUARD_OFF));
     let PacketPolicy { icmp_echo, too_big, unknown_port } = packets;
     out.str("lb.icmp_echo", choice_name(packets::ECHO_CHOICES, *icmp_echo));
     out.str("lb.too_big", choice_name(packets::TOO_BIG_CHOICES, *too_big));
@@ -219,6 +222,8 @@ pub fn render(config: &Config, plan: &Plan) -> String {
         lb.max_backends - 1
     );
     let _ = writeln!(out, "gue port       {} (previous owners kept {}s after a slot changes)", lb.gue_port, lb.previous_owner_window.as_secs());
+    let guard = lb.new_flow_guard.map_or_else(|| "off: every new flow recorded".to_string(), |n| format!("{n} new flows recorded per second per CPU"));
+    let _ = writeln!(out, "flow guard     {guard}");
     let _ = writeln!(out, "pinned under   {}", lb.bpffs_dir.display());
     let _ = writeln!(out, "fingerprint    {}", fingerprint(config, plan));
 
@@ -442,6 +447,7 @@ hash_seed = 0
 flow_table_size = 4096
 gue_port = 6080
 previous_owner_window = "1h"
+new_flow_guard = 125000
 encap = "ipip"
 icmp_echo = "reply"
 too_big = "icmp"
@@ -491,6 +497,7 @@ flow_state = "lb"
         ("vip.encap", "encap = \"ipip\"", "encap = \"gue\""),
         ("lb.gue_port", "gue_port = 6080", "gue_port = 6081"),
         ("lb.previous_owner_window", "previous_owner_window = \"1h\"", "previous_owner_window = \"2h\""),
+        ("lb.new_flow_guard", "new_flow_guard = 125000", "new_flow_guard = \"off\""),
         ("vip.health.all_down", "all_down = \"drop\"", "all_down = \"fail_open\""),
         ("vip.backends", "  [[vip.backend]]\n  address = \"198.51.100.12\"", "  [[vip.backend]]\n  address = \"198.51.100.12\"\n  [[vip.backend]]\n  address = \"198.51.100.13\"\n  weight = 0"),
         ("vip.backend.address", "198.51.100.12", "198.51.100.13"),

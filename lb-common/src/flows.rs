@@ -75,14 +75,20 @@ pub enum FlowEvent {
     /// too small table) or never saw (begun on another LB host). Such flows
     /// break at the next ring change. Katran counts these apart too.
     NonSynMiss = 3,
+    /// A `Miss` the new-flow guard did not record (counted again here): this
+    /// CPU had already recorded its limit of new flows in the current second
+    /// (see [`crate::flow_guard`]). Forwarded by the ring all the same.
+    Unrecorded = 4,
 }
 
 impl FlowEvent {
     /// The lookup results: each packet looked up counts as exactly one.
     pub const ALL: &'static [FlowEvent] = &[FlowEvent::Hit, FlowEvent::Miss, FlowEvent::Rehash];
-    /// Every counter of `FLOW_STATS`: the lookup results, then `NonSynMiss` (a part of `Miss`).
-    pub const COUNTERS: &'static [FlowEvent] = &[FlowEvent::Hit, FlowEvent::Miss, FlowEvent::Rehash, FlowEvent::NonSynMiss];
-    pub const COUNT: u32 = 4;
+    /// Every counter of `FLOW_STATS`: the lookup results, then `NonSynMiss`
+    /// and `Unrecorded` (each a part of `Miss`).
+    pub const COUNTERS: &'static [FlowEvent] =
+        &[FlowEvent::Hit, FlowEvent::Miss, FlowEvent::Rehash, FlowEvent::NonSynMiss, FlowEvent::Unrecorded];
+    pub const COUNT: u32 = 5;
 
     pub const fn label(self) -> &'static str {
         match self {
@@ -90,6 +96,7 @@ impl FlowEvent {
             FlowEvent::Miss => "miss",
             FlowEvent::Rehash => "rehash",
             FlowEvent::NonSynMiss => "non_syn_miss",
+            FlowEvent::Unrecorded => "guard_unrecorded",
         }
     }
 }

@@ -13,10 +13,12 @@
 #![warn(unreachable_pub)]
 
 pub mod checksum;
+pub mod flow_guard;
 pub mod flows;
 pub mod hash;
 pub mod health;
 pub mod layout;
+pub mod live_frames;
 pub mod metrics;
 pub mod packet_policy;
 pub mod reason;
@@ -64,11 +66,14 @@ pub mod maps {
     /// ring slot of a second-chance VIP, `NO_BACKEND` when none (see
     /// [`crate::second_chance`]).
     pub const PREVIOUS: &str = "PREVIOUS";
+    /// `PerCpuArray<FlowGuard>` with one entry: the new-flow guard's limit and
+    /// each CPU's current window (see [`crate::flow_guard`]).
+    pub const FLOW_GUARD: &str = "FLOW_GUARD";
 
     /// Every map of the object, for pinning and for the loader test.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         VIPS, RINGS, BACKENDS, MEMBER_STATS, REASON_STATS, DECAP_STATS, HEALTH, FLOWS, MEMBERS, FLOW_STATS,
-        LOADED, VIP_FILTER, PREVIOUS,
+        LOADED, VIP_FILTER, PREVIOUS, FLOW_GUARD,
     ];
 }
 

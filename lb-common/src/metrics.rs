@@ -28,6 +28,10 @@ pub const FLOW_LOOKUPS: &str = "lb_flow_table_lookups_total";
 /// Counter: flow table misses of TCP packets without SYN (also counted as
 /// `miss`): established flows the table lost (`FlowEvent::NonSynMiss`).
 pub const FLOW_NON_SYN_MISSES: &str = "lb_flow_table_non_syn_misses_total";
+/// Counter: new flows forwarded by the ring but not recorded in the flow
+/// table, because their CPU was above `lb.new_flow_guard` new flows per
+/// second (`FlowEvent::Unrecorded`, also counted as `miss`).
+pub const FLOW_GUARD_UNRECORDED: &str = "lb_flow_guard_unrecorded_total";
 /// Gauge: flows the table can hold (`lb.flow_table_size`; an LRU per CPU).
 pub const FLOW_TABLE_SIZE: &str = "lb_flow_table_size";
 /// Gauge `{vip, backend}`: 1 while the backend is healthy (or not checked), 0 while down.
@@ -80,6 +84,7 @@ pub const ALL: &[&str] = &[
     BYTES,
     FLOW_LOOKUPS,
     FLOW_NON_SYN_MISSES,
+    FLOW_GUARD_UNRECORDED,
     FLOW_TABLE_SIZE,
     BACKEND_UP,
     BACKEND_HEALTH_AGE,

@@ -37,3 +37,9 @@ pub fn count_member(row: u32, id: u32, bytes: usize) {
 pub fn count_flow(event: lb_common::flows::FlowEvent, bytes: usize) {
     bump(&crate::maps::FLOW_STATS, event as u32, bytes);
 }
+
+/// A frame the bench's veth peer received (see `live_frames`).
+#[inline(always)]
+pub fn count_peer(bytes: usize) {
+    bump(&crate::maps::PEER_RECEIVED, 0, bytes);
+}

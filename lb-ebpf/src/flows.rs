@@ -3,7 +3,8 @@
 //! flow whose backend was removed or went down takes the ring's choice, which
 //! is then recorded. A TCP packet without SYN that misses is also counted as
 //! `NonSynMiss` (an established flow the table lost). VIPs with `VIP_FLAG_STATELESS` skip the table,
-//! and so does TCP to a second-chance VIP.
+//! and so does TCP to a second-chance VIP. Above the new-flow guard's rate a
+//! new flow is forwarded but not recorded (`Unrecorded`, see `flow_guard`).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
@@ -14,7 +15,7 @@ use lb_common::{
 
 use crate::{
     counters::count_flow,
-    events,
+    events, flow_guard,
     lookup::{backend_entry, flow_hash, pick_backend},
     maps::{max_backends, FLOWS, MEMBERS},
     packet::read,
@@ -68,6 +69,11 @@ pub fn choose(ctx: &XdpContext, ip: &Ip, flow: &Flow, vip: &VipMeta, frame_len: 
     let hash = flow_hash(flow, vip);
     let (id, backend) = pick_backend(vip, hash)?;
     events::flow_placed(ctx, flow, event, id);
+    // Only new flows meet the guard: a rehash keeps an established flow.
+    if event == FlowEvent::Miss && !flow_guard::admit_new_flow() {
+        count_flow(FlowEvent::Unrecorded, frame_len);
+        return Ok((id, backend, hash));
+    }
     // A full table evicts its least recently used entry; failure only costs
     // stickiness for this flow, so it does not stop the packet.
     let _ = FLOWS.insert(&key, &FlowEntry { backend_id: id, hash }, 0);

@@ -6,7 +6,8 @@
 //! test` checks this list against the imports, see xtask/src/layers.rs):
 //!
 //! - L6 `main`: the XDP entry points below
-//! - L5 entry programs: `balancer` (dispatch), `decap`, `health_encap`, `floors`
+//! - L5 entry programs: `balancer` (dispatch), `decap`, `health_encap`, `floors`,
+//!   `live_frames` (the bench's frame restorer and counting peer)
 //! - L4 policies: `flows` (the flow table), `fragment`, `icmp`,
 //!   `second_chance` (the backend's accept-or-redirect of GUE packets)
 //! - L3 `forward`: MTU check, encapsulate, count
@@ -14,7 +15,7 @@
 //!   (IPIP / IP6IP6), `gue` (GUE), `reply` (ICMP answers to the client),
 //!   `events` (aya-log records, off by default)
 //! - L1 `parse` (Ethernet, VLAN, IPv4/IPv6, TCP/UDP), `counters`, `outer`
-//!   (the tunnels' L2 and outer IP headers)
+//!   (the tunnels' L2 and outer IP headers), `flow_guard` (new flows per CPU)
 //! - L0 no `crate::` imports: `packet` (bounds-checked access), `maps`
 //!   (every map and load-time global), `checksum`, `addr`, `icmp_wire`
 #![no_std]
@@ -28,6 +29,7 @@ mod decap;
 mod encap;
 mod events;
 mod floors;
+mod flow_guard;
 mod flows;
 mod forward;
 mod fragment;
@@ -35,6 +37,7 @@ mod gue;
 mod health_encap;
 mod icmp;
 mod icmp_wire;
+mod live_frames;
 mod lookup;
 mod maps;
 mod outer;

@@ -4,12 +4,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     limits::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE},
+    flow_guard::FlowGuard,
     flows::{FlowEntry, FlowEvent, FlowKey, LoadedState, DEFAULT_FLOW_TABLE_SIZE},
     health::{HealthEntry, HealthKey},
+    live_frames::LiveFrame,
     AddrWords, BackendEntry, Counter, DecapReason, Reason, VipKey, VipMeta,
 };
 
@@ -50,6 +52,10 @@ pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
 #[map]
 pub static MEMBERS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_MAX_BACKENDS, 0);
 
+/// The new-flow guard's limit (the agent's) and each CPU's window (see `lb_common::flow_guard`).
+#[map]
+pub static FLOW_GUARD: PerCpuArray<FlowGuard> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub static FLOW_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(FlowEvent::COUNT, 0);
 
@@ -63,6 +69,14 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(lb_common::vip_filte
 #[map]
 pub static PREVIOUS: Array<u32> =
     Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
+/// The bench's live-frames section (see `lb_common::live_frames`); the agent never uses them.
+#[map]
+pub static LIVE_FRAME: Array<LiveFrame> = Array::with_max_entries(1, 0);
+#[map]
+pub static LIVE_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+pub static PEER_RECEIVED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 
 /// Written by the agent only (see `lb_common::maps::LOADED`).
 #[map]

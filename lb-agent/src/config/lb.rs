@@ -118,6 +118,7 @@ impl Validator {
         let encap = self.choice("lb.encap", raw.encap.as_deref(), DEFAULT_ENCAP, ENCAP_CHOICES);
         let gue_port = self.int("lb.gue_port", raw.gue_port, u32::from(DEFAULT_GUE_PORT), 1, u32::from(u16::MAX)).map(|p| p as u16);
         let previous_owner_window = self.previous_owner_window(raw.previous_owner_window.as_deref());
+        let new_flow_guard = self.new_flow_guard(raw.new_flow_guard);
 
         let packets = self.packet_policy(raw.icmp_echo.as_deref(), raw.too_big.as_deref(), raw.unknown_port.as_deref());
 
@@ -137,6 +138,7 @@ impl Validator {
             encap: encap?,
             gue_port: gue_port?,
             previous_owner_window: previous_owner_window?,
+            new_flow_guard: new_flow_guard?,
             packets: packets?,
         })
     }

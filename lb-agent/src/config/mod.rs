@@ -38,6 +38,7 @@ use crate::maglev::is_prime;
 pub mod announce;
 pub mod compose;
 mod defaults;
+pub mod flow_guard;
 pub mod health;
 mod load;
 mod lb;
@@ -157,6 +158,12 @@ pub struct LbSection {
     /// [`MIN_PREVIOUS_OWNER_WINDOW`]`..=`[`MAX_PREVIOUS_OWNER_WINDOW`].
     /// Counted from the row's last change; a restart restarts it.
     pub previous_owner_window: Duration,
+    /// `new_flow_guard`: new flows each CPU records in the flow table per
+    /// second; above it new flows are forwarded unrecorded (see
+    /// `lb_common::flow_guard`). Default
+    /// `DEFAULT_NEW_FLOWS_PER_CPU_PER_SECOND` (125,000, Katran's);
+    /// `"off"` = `None`. Reloadable: the agent writes it to a map.
+    pub new_flow_guard: Option<u32>,
     /// `icmp_echo`, `too_big`, `unknown_port`: what happens to ICMP echo,
     /// too-big packets and unconfigured ports of VIP addresses (defaults in
     /// [`PacketPolicy::default`]).

@@ -33,6 +33,7 @@ pub(super) struct RawLb {
     pub(super) encap: Option<String>,
     pub(super) gue_port: Option<i64>,
     pub(super) previous_owner_window: Option<String>,
+    pub(super) new_flow_guard: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]

@@ -7,9 +7,10 @@ use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use lb_common::{
+    flow_guard::FlowGuard,
     flows::{member_index, LoadedState},
     health::{HealthEntry, HealthKey},
     maps, BackendEntry, VipKey, VipMeta, NO_BACKEND,
@@ -57,14 +58,24 @@ impl Source {
 }
 
 /// The maps reconciling reads and writes.
-const NAMES: [&str; 8] =
-    [maps::VIPS, maps::BACKENDS, maps::MEMBERS, maps::HEALTH, maps::LOADED, maps::VIP_FILTER, maps::RINGS, maps::PREVIOUS];
+const NAMES: [&str; 9] = [
+    maps::VIPS,
+    maps::BACKENDS,
+    maps::MEMBERS,
+    maps::HEALTH,
+    maps::LOADED,
+    maps::VIP_FILTER,
+    maps::RINGS,
+    maps::PREVIOUS,
+    maps::FLOW_GUARD,
+];
 
 /// Maps of [`NAMES`] an object may lack: `PREVIOUS` is missing from
 /// objects built before second chance (pinned by an older agent, which
 /// `stats` may still read); without it no slot has a previous owner, and
-/// writing one is an error that asks for `--full-restart`.
-const OPTIONAL: [&str; 1] = [maps::PREVIOUS];
+/// writing one is an error that asks for `--full-restart`. `FLOW_GUARD`
+/// likewise (objects built before the new-flow guard).
+const OPTIONAL: [&str; 2] = [maps::PREVIOUS, maps::FLOW_GUARD];
 
 pub struct LiveMaps {
     source: Source,
@@ -78,6 +89,8 @@ pub struct LiveMaps {
     rings: MapData,
     /// `PREVIOUS`, the same way (see [`OPTIONAL`]).
     previous: Option<MapData>,
+    /// `FLOW_GUARD` (see [`OPTIONAL`]).
+    flow_guard: Option<PerCpuArray<MapData, FlowGuard>>,
     /// Shared with every handle [`MapStore::reopen`] makes.
     ledger: SharedLedger,
 }
@@ -96,7 +109,7 @@ impl LiveMaps {
             .map(|&name| {
                 let map = ebpf.map(name).with_context(|| format!("map {name} missing from the BPF object"))?;
                 let data = match map {
-                    Map::Array(d) | Map::HashMap(d) => d,
+                    Map::Array(d) | Map::HashMap(d) | Map::PerCpuArray(d) => d,
                     _ => anyhow::bail!("map {name} is neither an array nor a hash map"),
                 };
                 Ok((name, data.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating the fd of map {name}"))?))
@@ -116,6 +129,7 @@ impl LiveMaps {
             vip_filter: Array::try_from(Map::Array(open(maps::VIP_FILTER)?))?,
             rings: open(maps::RINGS)?,
             previous: source.open_optional(maps::PREVIOUS)?,
+            flow_guard: source.open_optional(maps::FLOW_GUARD)?.map(|d| PerCpuArray::try_from(Map::PerCpuArray(d))).transpose()?,
             source,
             ledger: SharedLedger::default(),
         })
@@ -277,6 +291,20 @@ impl MapStore for LiveMaps {
 
     fn set_filter_word(&mut self, index: u32, word: u64) -> Result<()> {
         self.vip_filter.set(index, word, 0).with_context(|| format!("writing word {index} of the VIP filter"))
+    }
+
+    fn set_new_flow_guard(&mut self, per_cpu_per_second: Option<u32>) -> Result<()> {
+        let Some(map) = self.flow_guard.as_mut() else {
+            if per_cpu_per_second.is_none() {
+                return Ok(()); // an object without the guard has it off already
+            }
+            anyhow::bail!(
+                "the running balancer was built before the new-flow guard: set lb.new_flow_guard = \"off\", or load a new one with `lb-agent run --full-restart`"
+            );
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let values = PerCpuValues::try_from(vec![FlowGuard::with_limit(per_cpu_per_second); cpus])?;
+        map.set(0, values, 0).context("writing the FLOW_GUARD map")
     }
 }
 

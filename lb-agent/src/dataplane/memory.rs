@@ -28,6 +28,8 @@ pub enum Write {
     Member(HealthKey, u32),
     Health(HealthKey, Option<HealthEntry>),
     FilterWord(u32, u64),
+    /// The new-flow guard's limit (`None`: off).
+    FlowGuard(Option<u32>),
 }
 
 /// What the maps hold.
@@ -44,6 +46,8 @@ pub struct Maps {
     pub members: BTreeMap<HealthKey, u32>,
     pub health: BTreeMap<HealthKey, HealthEntry>,
     pub filter: Vec<u64>,
+    /// The new-flow guard's limit; a fresh object's is off.
+    pub flow_guard: Option<u32>,
 }
 
 impl Default for Maps {
@@ -56,6 +60,7 @@ impl Default for Maps {
             members: BTreeMap::new(),
             health: BTreeMap::new(),
             filter: vec![0; WORDS as usize],
+            flow_guard: None,
         }
     }
 }
@@ -92,6 +97,7 @@ impl Maps {
                 self.health.remove(key);
             }
             Write::FilterWord(index, word) => self.filter[*index as usize] = *word,
+            Write::FlowGuard(limit) => self.flow_guard = *limit,
         }
     }
 
@@ -264,5 +270,9 @@ impl MapStore for MemoryStore {
 
     fn set_filter_word(&mut self, index: u32, word: u64) -> Result<()> {
         self.write(Write::FilterWord(index, word))
+    }
+
+    fn set_new_flow_guard(&mut self, per_cpu_per_second: Option<u32>) -> Result<()> {
+        self.write(Write::FlowGuard(per_cpu_per_second))
     }
 }

@@ -75,6 +75,7 @@ pub fn apply<S: MapStore>(
     let prior = store.health_entries()?;
     let second_chance = plan.vips.iter().filter(|v| v.meta.flags & VIP_FLAG_SECOND_CHANCE != 0).map(|v| v.row).collect();
     store.configure_previous(second_chance, config.lb.previous_owner_window, plan.ring_size)?;
+    store.set_new_flow_guard(config.lb.new_flow_guard)?;
     let changes = before_rings(store, plan, resolved)?;
     done("backends and members");
     let supervisor = Supervisor::new(config, plan, store.reopen()?, &prior, previous)?;
@@ -361,6 +362,20 @@ mod tests {
         let mut running = plan;
         running.forget_rings();
         (config, running, store, supervisor)
+    }
+
+    #[test]
+    fn start_and_reload_write_the_new_flow_guard() {
+        let text = |guard: toml::Value| {
+            let web = TestVip::new("web", "192.0.2.10:80").backends(["198.51.100.11"]);
+            TestConfig::new().ring_size(13).lb("new_flow_guard", guard).vip(web).to_toml()
+        };
+        let (before, running, mut store, first) = started(parse(&text(5000.into()), "t.toml").unwrap());
+        assert_eq!(store.maps().flow_guard, Some(5000), "a start writes the config's limit");
+        let (after, running, second) = reload(&mut store, &before, &running, &first, &text("off".into()));
+        assert_eq!(store.maps().flow_guard, None, "a reload turns it off");
+        reload(&mut store, &after, &running, &second, &text(7.into()));
+        assert_eq!(store.maps().flow_guard, Some(7), "and on again, with another limit");
     }
 
     #[test]

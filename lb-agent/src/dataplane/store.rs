@@ -55,6 +55,9 @@ pub trait MapStore {
     fn write_previous_row(&mut self, row: u32, previous: &[u32]) -> Result<()>;
     /// Rows of `PREVIOUS` with any previous owner (read once after a start).
     fn rows_with_previous(&self) -> Result<Vec<u32>>;
+    /// Writes the new-flow guard's limit (`None`: off) to every CPU's
+    /// `FLOW_GUARD` entry, which also restarts each CPU's window.
+    fn set_new_flow_guard(&mut self, per_cpu_per_second: Option<u32>) -> Result<()>;
     /// Slots per ring of the loaded object (before any config says so).
     fn ring_size(&self) -> Result<u32>;
     /// The ledger every handle on these maps shares (see [`super::previous`]).

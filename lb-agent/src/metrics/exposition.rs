@@ -136,6 +136,12 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
         "Flow table misses of TCP packets without SYN (also counted as misses): established connections the table no longer holds (evicted: lb.flow_table_size too small) or that began elsewhere.",
     );
     t.sample(names::FLOW_NON_SYN_MISSES, &[], sample.counters.flow_event(FlowEvent::NonSynMiss).packets);
+    t.family(
+        names::FLOW_GUARD_UNRECORDED,
+        Kind::Counter,
+        "New flows forwarded by the ring but not recorded in the flow table (also counted as misses): their CPU was above lb.new_flow_guard new flows per second.",
+    );
+    t.sample(names::FLOW_GUARD_UNRECORDED, &[], sample.counters.flow_event(FlowEvent::Unrecorded).packets);
     t.family(names::FLOW_TABLE_SIZE, Kind::Gauge, "Flows the flow table can hold (lb.flow_table_size).");
     t.sample(names::FLOW_TABLE_SIZE, &[], u64::from(config.lb.flow_table_size));
 
@@ -271,7 +277,7 @@ mod tests {
         let config = TestConfig::new().ring_size(1009).vip(vip).parse();
         let plan = crate::plan::plan(&config);
         let programmed = Programmed::new(config, plan.clone(), 1);
-        let counters = Counters { vips: vec![], backends: vec![], reasons: vec![Counter::default(); Reason::COUNT as usize], decap: vec![], flows: vec![Counter::default(); FlowEvent::COUNT as usize] };
+        let counters = Counters { reasons: vec![Counter::default(); Reason::COUNT as usize], flows: vec![Counter::default(); FlowEvent::COUNT as usize], ..Counters::default() };
         let shares = RingShares::from_rings(plan.ring_size, []);
         let sample = Sample { counters: &counters, health: &HealthTable::new(), shares: &shares, now_unix_ms: 0 };
         let attachment = Attachment { interface: "eth0".into(), mode: "native" };
@@ -301,6 +307,7 @@ mod tests {
         .with_members(members, max_backends);
         counters.flows[FlowEvent::Hit as usize] = Counter { packets: 42, bytes: 0 };
         counters.flows[FlowEvent::NonSynMiss as usize] = Counter { packets: 5, bytes: 0 };
+        counters.flows[FlowEvent::Unrecorded as usize] = Counter { packets: 9, bytes: 0 };
         counters.reasons[Reason::NoBackend as usize] = Counter { packets: 2, bytes: 120 };
         let mut health = HealthTable::new();
         health.insert(HealthKey { row: 0, backend_id: b11 }, HealthEntry { state: HEALTH_DOWN, since_unix_ms: 1_000, changes: 1, ..Default::default() });
@@ -345,6 +352,8 @@ mod tests {
         assert_eq!(value(&text, r#"lb_flow_table_lookups_total{result="hit"}"#), 42.0);
         assert_eq!(value(&text, "lb_flow_table_non_syn_misses_total"), 5.0);
         assert!(!text.contains("non_syn_miss\""), "the non-SYN misses are not a lookup result (they are misses already):\n{text}");
+        assert_eq!(value(&text, "lb_flow_guard_unrecorded_total"), 9.0);
+        assert!(!text.contains("guard_unrecorded\""), "unrecorded flows are misses already, not a lookup result:\n{text}");
         assert_eq!(value(&text, "lb_flow_table_size"), f64::from(lb_common::flows::DEFAULT_FLOW_TABLE_SIZE));
         assert_eq!(value(&text, "lb_config_generation"), 3.0);
         assert_eq!(value(&text, &format!(r#"lb_config_info{{fingerprint="{}"}}"#, programmed.fingerprint)), 1.0);

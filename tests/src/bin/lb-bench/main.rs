@@ -15,6 +15,10 @@ mod agent;
 mod decap_paths;
 /// CPU and memory of 10,000 health checks, passing and failing.
 mod health;
+/// The SYN path while the new-flow guard is active.
+mod flood_guard;
+/// Packets per second with live frames (BPF_F_TEST_XDP_LIVE_FRAMES) out of a veth.
+mod live_frames;
 /// End-to-end packets per second in namespaces, against a reflector.
 mod forward;
 
@@ -279,21 +283,23 @@ fn packet_costs(runs: usize) -> Result<Value> {
     let mut rows = Vec::new();
     let mut ns = std::collections::BTreeMap::new();
     for case in &cases {
-        let lookups = |ebpf: &Ebpf| -> Result<(u64, u64)> {
+        let lookups = |ebpf: &Ebpf| -> Result<(u64, u64, u64)> {
             let c = dataplane::read_counters(ebpf)?;
-            Ok((c.flow_event(FlowEvent::Hit).packets, c.flow_event(FlowEvent::Miss).packets))
+            Ok((c.flow_event(FlowEvent::Hit).packets, c.flow_event(FlowEvent::Miss).packets, c.flow_event(FlowEvent::Unrecorded).packets))
         };
         let before = lookups(&ebpf)?;
         ns.insert(case.name, median_ns(&ebpf, case, runs)?);
         let after = lookups(&ebpf)?;
         let (hits, misses) = (after.0 - before.0, after.1 - before.1);
+        // These rows measure the default new-flow guard under its limit (its own row is below).
+        ensure!(after.2 == before.2, "{}: {} new flows went unrecorded: the runs outpaced lb.new_flow_guard", case.name, after.2 - before.2);
         // The known-flow case must really measure hits (the SYN runs recorded the flow
         // on this CPU: the per-CPU table is why the bench pins itself to one CPU).
         ensure!(case.flows != Flows::Hit || hits == runs as u64, "{}: {hits} flow-table hits in {runs} runs", case.name);
         ensure!(case.flows != Flows::Untouched || hits + misses == 0, "{}: {hits} hits and {misses} misses: the flow table was used", case.name);
     }
     let mut names: Vec<&str> = cases.iter().map(|c| c.name).collect();
-    for (name, v) in decap_paths::measure(runs)? {
+    for (name, v) in flood_guard::measure(&ebpf, runs)?.into_iter().chain(decap_paths::measure(runs)?) {
         ns.insert(name, v);
         names.push(name);
     }
@@ -435,10 +441,10 @@ fn main() -> Result<()> {
     let mut json_path = PathBuf::from("target/bench/latest.json");
     let mut only: Option<String> = None;
     let mut forward_seconds = 6.0f64;
-    const SECTIONS: [&str; 5] = ["per_packet", "rings", "agent", "health", "forwarding"];
+    const SECTIONS: [&str; 6] = ["per_packet", "live_frames", "rings", "agent", "health", "forwarding"];
     // --only runs one section (the JSON then holds only it); --forward-seconds
     // is the forwarding bench's sending time per program (default 6).
-    const USAGE: &str = "usage: lb-bench [--runs N] [--json PATH] [--only per_packet|rings|agent|health|forwarding] [--forward-seconds S]";
+    const USAGE: &str = "usage: lb-bench [--runs N] [--json PATH] [--only per_packet|live_frames|rings|agent|health|forwarding] [--forward-seconds S]";
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
@@ -463,6 +469,9 @@ fn main() -> Result<()> {
     let mut report = json!({"machine": machine});
     if wanted("per_packet") {
         report["per_packet"] = on_one_cpu(|| packet_costs(runs))?;
+    }
+    if wanted("live_frames") {
+        report["live_frames"] = live_frames::measure()?;
     }
     if wanted("rings") {
         report["rings"] = on_one_cpu(ring_costs)?;
