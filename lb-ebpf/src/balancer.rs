@@ -10,7 +10,7 @@ use crate::{
     flows,
     forward::{forward_gue_to, forward_to, TooBig},
     fragment, icmp,
-    lookup::{address_entry, flow_hash, lookup_vip, may_be_vip_address, previous_owner},
+    lookup::{address_entry, flow_hash, lookup_vip, may_be_vip_address, previous_owners, Previous},
     maps::policy,
     parse::{is_tcp_udp, parse_ip, parse_ports, Flow, Ip},
 };
@@ -60,8 +60,9 @@ fn balance_flow(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     let hash = flow_hash(&flow, &vip);
     let (backend_id, backend) = flows::choose(ctx, ip, &flow, &vip, hash, ctx.data_end() - ctx.data())?;
     if vip.flags & VIP_FLAG_GUE != 0 {
-        let previous = if flows::ring_only(ip, &vip) { previous_owner(&vip, hash, backend_id) } else { None };
-        forward_gue_to(ctx, &flow, &vip, hash, TooBig::Answer, backend_id, backend, previous.as_ref())?;
+        let previous =
+            if flows::ring_only(ip, &vip) { previous_owners(&vip, hash, backend_id, backend.family) } else { Previous::NONE };
+        forward_gue_to(ctx, &flow, &vip, hash, TooBig::Answer, backend_id, backend, &previous)?;
         return Ok(Reason::Forwarded);
     }
     forward_to(ctx, &flow, &vip, hash, TooBig::Answer, backend_id, backend)?;

@@ -332,7 +332,7 @@ impl Scenario {
                     let owners = after.owners(c.src).unwrap_or_else(|e| panic!("{e:#}"));
                     let is_backend = |a: Option<IpAddr>| a.is_some_and(|a| self.host_of(a) == c.backend);
                     let moved = !is_backend(owners.current);
-                    let survives = !moved || (self.mode == Mode::Backend && is_backend(owners.previous));
+                    let survives = !moved || (self.mode == Mode::Backend && owners.previous.iter().any(|&a| is_backend(Some(a))));
                     count.moved += moved as usize;
                     second_chances += (moved && survives) as usize;
                     if g == newest {
