@@ -129,7 +129,9 @@ fn gue(ctx: &XdpContext, l2: L2, ip_len: usize, outer_v4: bool) -> Result<DecapR
         Some(head)
     };
     let inner_at = block_at + hlen as usize * 4;
-    let version = read::<u8>(ctx, inner_at).ok_or(DecapReason::GueMalformed)? >> 4;
+    // Two bytes, not one: at this variable offset the compiler turns a
+    // one-byte bounds check into a form the verifier cannot follow.
+    let version = read::<[u8; 2]>(ctx, inner_at).ok_or(DecapReason::GueMalformed)?[0] >> 4;
     if version != if inner_v4 { 4 } else { 6 } {
         return Err(DecapReason::GueMalformed);
     }

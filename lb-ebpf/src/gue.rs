@@ -11,7 +11,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     second_chance::{gue_source_port, second_chance_hlen, GueHeader, SecondChance, PREVIOUS_ADDR_LEN, SECOND_CHANCE_KIND},
-    AddrWords, BackendEntry, Reason, FAMILY_V4, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
+    BackendEntry, Reason, FAMILY_V4, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
 };
 use network_types::{
     eth::EtherType,
@@ -20,7 +20,7 @@ use network_types::{
 };
 
 use crate::{
-    maps::{gue_port_be, tunnel_source_v4, tunnel_source_v6},
+    maps::{gue_port_be, tunnel_source_v4, tunnel_source_v6, BACKENDS},
     outer::{push_l2, write_ipv4, write_ipv6},
     lookup::Previous,
     packet::ptr_at_mut,
@@ -94,12 +94,26 @@ pub fn encapsulate(
     // SAFETY: see `udp` above. hops 0, then the count.
     unsafe { *head = [SECOND_CHANCE_KIND.to_be(), u16::from_ne_bytes([0, previous.count as u8])] };
     // Constant offsets per entry (the loop unrolls), which the verifier checks cheaply.
-    for (k, addr) in previous.addrs.iter().enumerate() {
-        let Some(addr) = addr.filter(|_| k < previous.count) else { break };
+    for (k, &id) in previous.ids.iter().enumerate() {
+        if k >= previous.count {
+            break;
+        }
         let at = block_at + HEAD_LEN + k * PREVIOUS_ADDR_LEN;
         let words = ptr_at_mut::<[u16; PREVIOUS_ADDR_LEN / 2]>(ctx, at).ok_or(Reason::EncapFailed)?;
-        // SAFETY: see `udp` above; `addr` points into the BACKENDS map.
-        unsafe { *words = core::mem::transmute::<AddrWords, [u16; PREVIOUS_ADDR_LEN / 2]>(*addr) };
+        // Looked up again (an array lookup the verifier inlines): an entry
+        // cleared since reads as the unspecified address, which the decap
+        // program refuses to send to (`unknown_no_previous`).
+        let addr = BACKENDS.get(id).map_or([0; 4], |b| b.addr);
+        let mut out = [0u16; PREVIOUS_ADDR_LEN / 2];
+        let mut i = 0;
+        while i < 4 {
+            let b = addr[i].to_ne_bytes();
+            out[i * 2] = u16::from_ne_bytes([b[0], b[1]]);
+            out[i * 2 + 1] = u16::from_ne_bytes([b[2], b[3]]);
+            i += 1;
+        }
+        // SAFETY: see `udp` above.
+        unsafe { *words = out };
     }
     Ok(())
 }

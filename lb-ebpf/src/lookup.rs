@@ -88,15 +88,16 @@ pub fn pick_backend(vip: &VipMeta, hash: u32) -> Result<(u32, BackendEntry), Rea
 }
 
 /// The previous owners of a ring slot worth naming in the GUE header, newest
-/// first: the first `count` of `addrs`.
+/// first: the first `count` of `ids`. Ids, not map pointers: a pointer kept
+/// on the stack reaches the verifier as a plain number when it is copied.
 pub struct Previous {
     pub count: usize,
-    pub addrs: [Option<&'static AddrWords>; MAX_PREVIOUS_OWNERS],
+    pub ids: [u32; MAX_PREVIOUS_OWNERS],
 }
 
 impl Previous {
     /// No previous owner (Hlen 0).
-    pub const NONE: Previous = Previous { count: 0, addrs: [None; MAX_PREVIOUS_OWNERS] };
+    pub const NONE: Previous = Previous { count: 0, ids: [NO_BACKEND; MAX_PREVIOUS_OWNERS] };
 }
 
 /// The previous owners of the ring slot of `hash` (`PREVIOUS`) that may
@@ -119,9 +120,9 @@ pub fn previous_owners(vip: &VipMeta, hash: u32, current: u32, family: u8) -> Pr
         }
         let Some(backend) = BACKENDS.get(id) else { continue };
         if backend.family == family
-            && let Some(entry) = previous.addrs.get_mut(previous.count)
+            && let Some(entry) = previous.ids.get_mut(previous.count)
         {
-            *entry = Some(&backend.addr);
+            *entry = id;
             previous.count += 1;
         }
     }
