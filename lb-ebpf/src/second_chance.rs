@@ -17,7 +17,7 @@ use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, bpf_sock_tuple, tcphdr, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_check_syncookie, bpf_xdp_load_bytes},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_check_syncookie},
     programs::XdpContext,
 };
 use lb_common::{
@@ -157,18 +157,13 @@ fn local_connection(ctx: &XdpContext, ip_at: usize, v4: bool, ip_len: usize, tcp
 ///   MACs kept: the destination is this host's, so the stack takes it.
 #[inline(always)]
 pub fn send_on(ctx: &XdpContext, ip_at: usize, outer_v4: bool, block_at: usize, head: &SecondChance) -> Result<DecapReason, DecapReason> {
-    // `hops < count <= MAX` (checked by the caller); the mask bounds the
-    // offset for the verifier.
-    let entry = head.hops as usize & (MAX_PREVIOUS_OWNERS.next_power_of_two() - 1);
-    let at = block_at + size_of::<SecondChance>() + entry * PREVIOUS_ADDR_LEN;
-    let mut target: AddrWords = [0; 4];
-    // Copied by the helper, which checks the bounds itself: a direct read at
-    // this variable offset lets the compiler drop later fixed-offset bounds
-    // checks that the verifier cannot infer from it.
-    // SAFETY: `target` is a stack buffer of the length passed.
-    if unsafe { bpf_xdp_load_bytes(ctx.ctx, at as u32, target.as_mut_ptr().cast(), PREVIOUS_ADDR_LEN as u32) } != 0 {
-        return Err(DecapReason::RedirectFailed);
-    }
+    // `hops < count <= MAX` (checked by the caller). One fixed offset per
+    // entry: a read at a computed offset lets the compiler drop later
+    // fixed-offset bounds checks that the verifier cannot infer from it.
+    const _: () = assert!(MAX_PREVIOUS_OWNERS == 2, "one branch per entry below");
+    let first = block_at + size_of::<SecondChance>();
+    let target = if head.hops == 0 { read::<AddrWords>(ctx, first) } else { read::<AddrWords>(ctx, first + PREVIOUS_ADDR_LEN) };
+    let target = target.ok_or(DecapReason::RedirectFailed)?;
     if target[0] == 0 && (outer_v4 || target == [0; 4]) {
         return Err(DecapReason::UnknownNoPrevious);
     }
