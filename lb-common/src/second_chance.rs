@@ -85,6 +85,20 @@ pub const MAX_PREVIOUS_OWNERS: usize = 2;
 /// twice, none is the slot's current owner, and no gap precedes an id.
 pub type PreviousOwners = [u32; MAX_PREVIOUS_OWNERS];
 
+/// No previous owner.
+pub const NO_PREVIOUS_OWNERS: PreviousOwners = [crate::NO_BACKEND; MAX_PREVIOUS_OWNERS];
+
+/// How many previous owners a [`PreviousOwners`] names (its entries before
+/// the first `NO_BACKEND`).
+#[inline(always)]
+pub fn named(owners: &PreviousOwners) -> usize {
+    let mut count = 0;
+    while count < MAX_PREVIOUS_OWNERS && owners[count] != crate::NO_BACKEND {
+        count += 1;
+    }
+    count
+}
+
 /// GUE private data of a second-chance packet: this head, then `count`
 /// addresses ([`crate::AddrWords`], 16 bytes each), newest previous owner first.
 #[repr(C)]

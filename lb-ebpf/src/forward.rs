@@ -3,12 +3,16 @@
 //! backend counters.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{packet_policy::POLICY_TOO_BIG_ICMP, second_chance::VIP_FLAG_GUE, BackendEntry, Reason, VipMeta};
+use lb_common::{
+    packet_policy::POLICY_TOO_BIG_ICMP,
+    second_chance::{PreviousOwners, NO_PREVIOUS_OWNERS, VIP_FLAG_GUE},
+    BackendEntry, Reason, VipMeta,
+};
 
 use crate::{
     counters::{count_backend, count_vip},
     encap, gue,
-    lookup::{pick_backend, Previous},
+    lookup::pick_backend,
     maps::{mtu, policy},
     parse::Flow,
     reply,
@@ -29,7 +33,7 @@ pub enum TooBig {
 pub fn forward(ctx: &XdpContext, flow: &Flow, vip: &VipMeta, hash: u32, too_big: TooBig) -> Result<(), Reason> {
     let (backend_id, backend) = pick_backend(vip, hash)?;
     if vip.flags & VIP_FLAG_GUE != 0 {
-        return forward_gue_to(ctx, flow, vip, hash, too_big, backend_id, backend, &Previous::NONE);
+        return forward_gue_to(ctx, flow, vip, hash, too_big, backend_id, backend, &NO_PREVIOUS_OWNERS);
     }
     forward_to(ctx, flow, vip, hash, too_big, backend_id, backend)
 }
@@ -65,7 +69,7 @@ pub fn forward_gue_to(
     too_big: TooBig,
     backend_id: u32,
     backend: BackendEntry,
-    previous: &Previous,
+    previous: &PreviousOwners,
 ) -> Result<(), Reason> {
     check_mtu(ctx, flow, too_big, gue::overhead(&backend, previous))?;
     let frame_len = ctx.data_end() - ctx.data();

@@ -10,7 +10,9 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    second_chance::{gue_source_port, second_chance_hlen, GueHeader, SecondChance, PREVIOUS_ADDR_LEN, SECOND_CHANCE_KIND},
+    second_chance::{
+        gue_source_port, named, second_chance_hlen, GueHeader, PreviousOwners, SecondChance, PREVIOUS_ADDR_LEN, SECOND_CHANCE_KIND,
+    },
     BackendEntry, Reason, FAMILY_V4, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
 };
 use network_types::{
@@ -22,7 +24,6 @@ use network_types::{
 use crate::{
     maps::{gue_port_be, tunnel_source_v4, tunnel_source_v6, BACKENDS},
     outer::{push_l2, write_ipv4, write_ipv6},
-    lookup::Previous,
     packet::ptr_at_mut,
     parse::Flow,
 };
@@ -33,13 +34,13 @@ const HEAD_LEN: usize = core::mem::size_of::<SecondChance>();
 /// Bytes after the outer IP header: UDP, GUE and the second-chance block
 /// (`Hlen` words: none without previous owners).
 #[inline(always)]
-fn tunnel_len(previous: &Previous) -> usize {
-    UdpHdr::LEN + GUE_LEN + second_chance_hlen(previous.count) as usize * 4
+fn tunnel_len(previous: &PreviousOwners) -> usize {
+    UdpHdr::LEN + GUE_LEN + second_chance_hlen(named(previous)) as usize * 4
 }
 
 /// Bytes the whole GUE encapsulation adds for `backend` (what the MTU check adds).
 #[inline(always)]
-pub fn overhead(backend: &BackendEntry, previous: &Previous) -> usize {
+pub fn overhead(backend: &BackendEntry, previous: &PreviousOwners) -> usize {
     let ip = if backend.family == FAMILY_V4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
     ip + tunnel_len(previous)
 }
@@ -51,7 +52,7 @@ pub fn encapsulate(
     ctx: &XdpContext,
     flow: &Flow,
     backend: &BackendEntry,
-    previous: &Previous,
+    previous: &PreviousOwners,
     flow_hash: u32,
 ) -> Result<(), Reason> {
     let inner_proto = if flow.family == FAMILY_V4 { PROTO_IPIP } else { PROTO_IPV6 };
@@ -75,7 +76,8 @@ pub fn encapsulate(
     };
     let udp = ptr_at_mut::<[u16; 4]>(ctx, udp_at).ok_or(Reason::EncapFailed)?;
     let gue = ptr_at_mut::<[u16; 2]>(ctx, udp_at + UdpHdr::LEN).ok_or(Reason::EncapFailed)?;
-    let hlen = second_chance_hlen(previous.count);
+    let count = named(previous);
+    let hlen = second_chance_hlen(count);
     // SAFETY: for every dereference here: the pointers come from
     // `ptr_at_mut`, bounds-checked for the whole array, and every offset is
     // even in a 2-aligned frame (see `parse::parse_l2`), so the u16 stores
@@ -86,16 +88,16 @@ pub fn encapsulate(
         *udp = [gue_source_port(flow_hash).to_be(), gue_port_be(), (udp_len as u16).to_be(), 0];
         *gue = [u16::from_ne_bytes([hlen, inner_proto]), 0];
     }
-    if previous.count == 0 {
+    if count == 0 {
         return Ok(());
     }
     let block_at = udp_at + UdpHdr::LEN + GUE_LEN;
     let head = ptr_at_mut::<[u16; HEAD_LEN / 2]>(ctx, block_at).ok_or(Reason::EncapFailed)?;
     // SAFETY: see `udp` above. hops 0, then the count.
-    unsafe { *head = [SECOND_CHANCE_KIND.to_be(), u16::from_ne_bytes([0, previous.count as u8])] };
+    unsafe { *head = [SECOND_CHANCE_KIND.to_be(), u16::from_ne_bytes([0, count as u8])] };
     // Constant offsets per entry (the loop unrolls), which the verifier checks cheaply.
-    for (k, &id) in previous.ids.iter().enumerate() {
-        if k >= previous.count {
+    for (k, &id) in previous.iter().enumerate() {
+        if k >= count {
             break;
         }
         let at = block_at + HEAD_LEN + k * PREVIOUS_ADDR_LEN;

@@ -5,7 +5,7 @@
 use lb_common::{
     hash::{flow_hash_v4, flow_hash_v6, ports_word, source_hash},
     packet_policy::address_key,
-    second_chance::MAX_PREVIOUS_OWNERS, vip_filter, AddrWords, BackendEntry, Reason, VipKey, VipMeta, FAMILY_V4, NO_BACKEND, VIP_FLAG_SOURCE_HASH,
+    second_chance::{PreviousOwners, NO_PREVIOUS_OWNERS}, vip_filter, AddrWords, BackendEntry, Reason, VipKey, VipMeta, FAMILY_V4, NO_BACKEND, VIP_FLAG_SOURCE_HASH,
 };
 
 use crate::{
@@ -87,26 +87,16 @@ pub fn pick_backend(vip: &VipMeta, hash: u32) -> Result<(u32, BackendEntry), Rea
     Ok((id, backend))
 }
 
-/// The previous owners of a ring slot worth naming in the GUE header, newest
-/// first: the first `count` of `ids`. Ids, not map pointers: a pointer kept
-/// on the stack reaches the verifier as a plain number when it is copied.
-pub struct Previous {
-    pub count: usize,
-    pub ids: [u32; MAX_PREVIOUS_OWNERS],
-}
-
-impl Previous {
-    /// No previous owner (Hlen 0).
-    pub const NONE: Previous = Previous { count: 0, ids: [NO_BACKEND; MAX_PREVIOUS_OWNERS] };
-}
-
 /// The previous owners of the ring slot of `hash` (`PREVIOUS`) that may
 /// still hold the flow's connection and that the current owner can send a
 /// packet on to: in use, not `current`, and of the current owner's outer
-/// `family` (a backend rewrites the outer header in place).
+/// `family` (a backend rewrites the outer header in place); newest first,
+/// [`NO_BACKEND`] after the last, as in the map. Ids, not map pointers: a
+/// pointer kept on the stack reaches the verifier as a plain number once copied.
 #[inline(always)]
-pub fn previous_owners(vip: &VipMeta, hash: u32, current: u32, family: u8) -> Previous {
-    let mut previous = Previous::NONE;
+pub fn previous_owners(vip: &VipMeta, hash: u32, current: u32, family: u8) -> PreviousOwners {
+    let mut previous = NO_PREVIOUS_OWNERS;
+    let mut count = 0;
     let size = ring_size();
     let Some(in_ring) = hash.checked_rem(size) else { return previous };
     let Some(ids) = PREVIOUS.get(vip.row.wrapping_mul(size) + in_ring) else { return previous };
@@ -120,10 +110,10 @@ pub fn previous_owners(vip: &VipMeta, hash: u32, current: u32, family: u8) -> Pr
         }
         let Some(backend) = BACKENDS.get(id) else { continue };
         if backend.family == family
-            && let Some(entry) = previous.ids.get_mut(previous.count)
+            && let Some(entry) = previous.get_mut(count)
         {
             *entry = id;
-            previous.count += 1;
+            count += 1;
         }
     }
     previous

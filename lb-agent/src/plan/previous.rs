@@ -11,12 +11,12 @@
 //! each host's own, so hosts agree only as far as their verdicts do).
 
 use lb_common::{
-    second_chance::{PreviousOwners, MAX_PREVIOUS_OWNERS},
+    second_chance::{PreviousOwners, MAX_PREVIOUS_OWNERS, NO_PREVIOUS_OWNERS},
     NO_BACKEND,
 };
 
 /// No previous owner.
-pub const NONE: PreviousOwners = [NO_BACKEND; MAX_PREVIOUS_OWNERS];
+pub const NONE: PreviousOwners = NO_PREVIOUS_OWNERS;
 
 /// Brings `previous` (one row of `PREVIOUS`) to what it must hold once ring
 /// `old` becomes `new`. With `second_chance` (the row's VIP keeps flow state
