@@ -1,13 +1,14 @@
 //! `lb-agent lookup`: the backend a flow gets, computed from the config as
 //! the kernel computes it; for a `flow_state = "backend"` VIP also the slot's
-//! previous owner, which only the running balancer's `PREVIOUS` map knows.
+//! previous owners, which only the running balancer's `PREVIOUS` map knows.
 //! Many flows at once ([`batch`]: one plan for all, instead of a process
 //! per flow), and a VIP's whole ring ([`ring`]).
 //!
 //! Text output of one flow: the backend's address on the first line; for
-//! such a VIP a second line `previous ADDRESS` (`previous none`; `previous
-//! unknown`, with the reason on stderr, when no balancer runs with this
-//! config). `--json` and the batch: one [`FlowAnswer`] per flow and line.
+//! such a VIP a second line `previous ADDRESS [ADDRESS]` (newest first: where
+//! a backend without the connection sends the packet on, in order; `previous
+//! none`; `previous unknown`, with the reason on stderr, when no balancer runs
+//! with this config). `--json` and the batch: one [`FlowAnswer`] per flow and line.
 
 use std::io::{BufRead, Write};
 use std::net::IpAddr;
@@ -38,8 +39,9 @@ pub struct FlowAnswer {
     pub flow: Flow,
     /// The backend the flow gets; `None` with `error` set.
     pub backend: Option<IpAddr>,
-    /// `flow_state = "backend"` VIPs only: the slot's previous owner ("none"
-    /// if it has none, "unknown" if the running balancer cannot be read).
+    /// `flow_state = "backend"` VIPs only: the slot's previous owners, newest
+    /// first, space-separated ("none" if it has none, "unknown" if the running
+    /// balancer cannot be read).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,11 +87,12 @@ impl<'a> Lookup<'a> {
         }
         if planned.meta.flags & VIP_FLAG_SECOND_CHANCE != 0 {
             // The current owner needs only the config; the previous one the kernel.
-            answer.previous = Some(match self.previous_owner(flow) {
-                Ok(p) => p.map_or("none".to_string(), |a| a.to_string()),
+            answer.previous = Some(match self.previous_owners(flow) {
+                Ok(p) if p.is_empty() => "none".to_string(),
+                Ok(p) => p.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(" "),
                 Err(e) => {
                     if !std::mem::replace(&mut self.warned, true) {
-                        eprintln!("cannot read the previous owner (is `lb-agent run` running with this config's bpffs_dir?): {e:#}");
+                        eprintln!("cannot read the previous owners (is `lb-agent run` running with this config's bpffs_dir?): {e:#}");
                     }
                     "unknown".to_string()
                 }
@@ -98,9 +101,10 @@ impl<'a> Lookup<'a> {
         answer
     }
 
-    /// The previous owner of the flow's slot in the running balancer (its rows
-    /// and ids are the ones its reloads kept, so the plan is made keeping them).
-    fn previous_owner(&mut self, flow: &Flow) -> Result<Option<IpAddr>> {
+    /// The previous owners of the flow's slot in the running balancer,
+    /// newest first (its rows and ids are the ones its reloads kept, so the
+    /// plan is made keeping them).
+    fn previous_owners(&mut self, flow: &Flow) -> Result<Vec<IpAddr>> {
         let config = self.config;
         let running = self.running.get_or_insert_with(|| {
             let open = || -> Result<(LiveMaps, Plan)> {
@@ -112,14 +116,18 @@ impl<'a> Lookup<'a> {
         });
         let (live, running) = running.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
         let vip = plan::find_vip(running, flow.vip, flow.port, flow.protocol.number()).context("the VIP is not in the running plan")?;
-        let Some(slot) = plan::slot(running, vip, flow.src, flow.src_port, flow.port) else { return Ok(None) };
-        let id = live.previous_row(vip.row, running.ring_size)?.get(slot as usize).copied().unwrap_or(NO_BACKEND);
-        if id == NO_BACKEND {
-            return Ok(None);
-        }
+        let Some(slot) = plan::slot(running, vip, flow.src, flow.src_port, flow.port) else { return Ok(Vec::new()) };
+        let Some(owners) = live.previous_row(vip.row, running.ring_size)?.get(slot as usize).copied() else { return Ok(Vec::new()) };
         // A previous owner the config removed is in BACKENDS, not in the plan.
-        let entry = live.backend_entries()?.get(&id).copied().with_context(|| format!("previous owner id {id} has no BACKENDS entry"))?;
-        Ok(lb_common::words_addr(&entry.addr, entry.family))
+        let entries = live.backend_entries()?;
+        owners
+            .into_iter()
+            .take_while(|&id| id != NO_BACKEND)
+            .map(|id| {
+                let entry = entries.get(&id).with_context(|| format!("previous owner id {id} has no BACKENDS entry"))?;
+                lb_common::words_addr(&entry.addr, entry.family).with_context(|| format!("previous owner id {id} has no address family"))
+            })
+            .collect()
     }
 }
 

@@ -1,7 +1,8 @@
-//! The drain timer of second chance: once a second it clears the rows of
-//! `PREVIOUS` whose `lb.previous_owner_window` has passed since they last
-//! changed ([`MapStore::drain_previous`]; the window and the rows are in
-//! the store's shared ledger, so a reload changes them without a new timer).
+//! The drain timer of second chance: once a second it forgets the previous
+//! owners in `PREVIOUS` whose `lb.previous_owner_window` has passed (each
+//! depth of a row by its own change, [`MapStore::drain_previous`]; the
+//! window and the rows are in the store's shared ledger, so a reload
+//! changes them without a new timer).
 //! A drained previous owner's id and `BACKENDS` entry go at the next reload.
 
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ pub(crate) fn spawn<S: MapStore + Send + 'static>(mut store: S) -> JoinHandle<()
             tick.tick().await;
             match store.drain_previous(Instant::now()) {
                 Ok(rows) if !rows.is_empty() => {
-                    tracing::info!("previous_owner_window passed: ring rows {rows:?} forget their previous owners");
+                    tracing::info!("previous_owner_window passed: ring rows {rows:?} forget their expired previous owners");
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("clearing drained previous owners failed (tried again in {TICK:?}): {e:#}"),
@@ -61,7 +62,7 @@ mod tests {
         let mut store = MemoryStore::default();
         applied(&mut store, &one_second(&["198.51.100.11", "198.51.100.12"]));
         applied(&mut store, &one_second(&["198.51.100.11"]));
-        let has_previous = |s: &MemoryStore| s.maps().previous.values().flatten().any(|&id| id != NO_BACKEND);
+        let has_previous = |s: &MemoryStore| s.maps().previous.values().flatten().flatten().any(|&id| id != NO_BACKEND);
         assert!(has_previous(&store), "the removal gave previous owners");
         let started = Instant::now();
         let timer = spawn(store.clone());

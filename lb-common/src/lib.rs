@@ -62,9 +62,9 @@ pub mod maps {
     pub const LOADED: &str = "LOADED";
     /// `Array<u64>` of [`crate::vip_filter::WORDS`] words: the VIP address filter.
     pub const VIP_FILTER: &str = "VIP_FILTER";
-    /// `Array<u32>` shaped like `RINGS` (mmapable): the previous owner of each
-    /// ring slot of a second-chance VIP, `NO_BACKEND` when none (see
-    /// [`crate::second_chance`]).
+    /// `Array<second_chance::PreviousOwners>` shaped like `RINGS` (mmapable):
+    /// the previous owners of each ring slot of a second-chance VIP, newest
+    /// first, `NO_BACKEND` after the last (see [`crate::second_chance`]).
     pub const PREVIOUS: &str = "PREVIOUS";
     /// `PerCpuArray<FlowGuard>` with one entry: the new-flow guard's limit and
     /// each CPU's current window (see [`crate::flow_guard`]).

@@ -48,8 +48,10 @@ pub const VIP_BACKENDS_UP: &str = "lb_vip_backends_up";
 pub const RING_SIZE: &str = "lb_ring_size";
 /// Gauge `{vip, backend}`: fraction of the VIP's ring slots the backend owns now (0..=1).
 pub const RING_SHARE: &str = "lb_ring_share_ratio";
-/// Gauge `{vip}`: ring slots that have a previous owner now (`flow_state = "backend"`
-/// VIPs after a ring change, until `lb.previous_owner_window` passes; 0 for other VIPs).
+/// Gauge `{vip}`: ring slots that have at least one previous owner now, however
+/// many (up to `second_chance::MAX_PREVIOUS_OWNERS`) they name: the slots whose
+/// connections a backend may send on (`flow_state = "backend"` VIPs after a ring
+/// change, until `lb.previous_owner_window` passes; 0 for other VIPs).
 pub const VIP_PREVIOUS_OWNER_SLOTS: &str = "lb_vip_previous_owner_slots";
 /// Counter `{reason, action}`: packets the backends' decap program saw
 /// (`lb-agent decap --metrics`), by outcome (`lb_common::DecapReason::label`).

@@ -131,32 +131,40 @@ reasons! {
         /// GUE with second-chance data, TCP, only a listener, and `bpf_tcp_check_syncookie` accepted the
         /// ACK: the handshake's last ACK of a SYN-cookie connection, decapsulated.
         AcceptedSyncookie = 7 => Pass, "accepted_syncookie";
-        /// GUE with second-chance data already redirected once (hops >= 1): decapsulated whatever else is
-        /// true, never redirected again.
+        /// GUE with second-chance data sent on by as many backends as it names previous owners
+        /// (hops == count: this host is the last one named): decapsulated whatever else is true,
+        /// never sent on again.
         AcceptedRedirected = 8 => Pass, "accepted_redirected";
         /// GUE with second-chance data whose inner packet is not TCP, or has no TCP header to judge
         /// by (an IPv4 fragment or short header, IPv6 TCP behind extension headers): decapsulated.
         AcceptedOther = 9 => Pass, "accepted_other";
-        /// GUE with second-chance data, TCP without a local connection, and no previous owner this host
-        /// can send to (its family is not the outer header's): decapsulated; the stack answers RST.
+        /// GUE with second-chance data, TCP without a local connection, and the previous owner to send
+        /// it to (`previous[hops]`) has the unspecified address (all zero; the balancer never sends
+        /// one): decapsulated; the stack answers RST.
         UnknownNoPrevious = 10 => Pass, "unknown_no_previous";
-        /// TCP without a local connection, re-encapsulated in place toward the previous owner (hops 1)
-        /// and sent back out of the interface it came in on (its neighbour entry known).
+        /// TCP without a local connection, re-encapsulated in place toward the next previous owner
+        /// (`previous[hops]`, then hops + 1) and sent back out of the interface it came in on (its neighbour entry known).
         Redirected = 11 => Tx, "redirected";
         /// TCP without a local connection whose previous owner is not reachable through the interface it
         /// came in on (no route, forwarding off, another interface): decapsulated.
         RedirectFailed = 12 => Pass, "redirect_failed";
         /// UDP to the GUE port that is not GUE as the balancer sends it (version or C bit set, flags
-        /// set, inner protocol not 4/41, Hlen neither 0 nor the second-chance block, unknown private data, Hlen or
+        /// set, inner protocol not 4/41, Hlen not a whole second-chance block, unknown private data, Hlen or
         /// inner header beyond the packet, inner version not the announced one): dropped, since nothing
         /// else listens on that port.
         GueMalformed = 13 => Drop, "gue_malformed";
         /// TCP without a local connection whose previous owner is reached through the interface it came
         /// in on but has no neighbour entry yet (backends rarely talk to each other): the outer header is
-        /// rewritten toward it (hops 1; the LB's source kept, as the stack forwards nothing from its own
+        /// rewritten toward it (hops + 1; the LB's source kept, as the stack forwards nothing from its own
         /// addresses) and passed for the kernel to forward, which resolves the neighbour; later packets
         /// are `redirected`.
         RedirectedViaStack = 14 => Pass, "redirected_via_stack";
+        /// GUE second-chance data whose `count` is 0, above `MAX_PREVIOUS_OWNERS`, or does not match
+        /// `Hlen` (see `second_chance`): dropped, as `gue_malformed` (no sender of ours makes it).
+        SecondChanceBadCount = 15 => Drop, "second_chance_bad_count";
+        /// GUE second-chance data with `hops` above `count` (sent on more often than it names
+        /// previous owners; no sender of ours makes it): dropped.
+        SecondChanceHopsBeyondCount = 16 => Drop, "second_chance_hops_beyond_count";
     }
 }
 

@@ -2,14 +2,17 @@
 //! and the GUE encapsulation that carries it.
 //!
 //! A VIP with [`VIP_FLAG_SECOND_CHANCE`] keeps no flow state on the LB host
-//! for TCP: every packet follows the ring. Each ring slot also knows its
-//! previous owner (`maps::PREVIOUS`, written by the agent when a slot
-//! changes, cleared when the drain window ends). The balancer sends the
+//! for TCP: every packet follows the ring. Each ring slot also knows up to
+//! [`MAX_PREVIOUS_OWNERS`] previous owners, newest first (`maps::PREVIOUS`,
+//! one [`PreviousOwners`] per slot, written by the agent when a slot changes;
+//! each one cleared when its drain window ends). The balancer sends the
 //! packet to the slot's current owner in a GUE header whose private data
-//! names the previous owner. The backend's decap program accepts a SYN, a
+//! lists the previous owners. The backend's decap program accepts a SYN, a
 //! packet of a connection it has a socket for, or a valid SYN cookie;
-//! anything else it sends once to the previous owner (hops 0 -> 1), which
-//! accepts whatever it gets.
+//! anything else it sends on to `previous[hops]` with `hops + 1`, and the
+//! last one named (`hops == count`) accepts whatever it gets. So a
+//! connection survives its slot changing up to [`MAX_PREVIOUS_OWNERS`] times
+//! within the window (A -> B -> C: C sends to B, B to A).
 //!
 //! Wire format (draft-ietf-intarea-gue, variant 0), after the outer IP and
 //! UDP headers (UDP destination port: the configured GUE port, default
@@ -18,12 +21,24 @@
 //! ```text
 //!  0                   1                   2                   3
 //! |0 0|C|  Hlen   |  Proto/ctype  |             Flags             |  GueHeader
-//! |      kind (SECOND_CHANCE_KIND)|      hops     |    family     |  SecondChance,
-//! |                previous owner address (16 bytes,              |  present only
-//! |                 IPv4 in the first 4)                          |  when Hlen = 5
+//! |      kind (SECOND_CHANCE_KIND)|      hops     |     count     |  SecondChance,
+//! |          previous[0]: newest previous owner (16 bytes,        |  present only
+//! |                 IPv4 in the first 4)                          |  when a previous
+//! |          previous[1] ... previous[count - 1]                  |  owner is named
 //! ```
 //! `C` = 0, `Flags` = 0; `Proto/ctype` is 4 (inner IPv4) or 41 (inner IPv6).
-//! With no previous owner the balancer sends `Hlen` = 0 and no private data.
+//! With no previous owner the balancer sends `Hlen` = 0 and no private data;
+//! otherwise `Hlen` = [`second_chance_hlen`]`(count)`, `count` in
+//! `1..=MAX_PREVIOUS_OWNERS`. Every listed address has the outer header's
+//! family: a backend rewrites the outer header in place, so it can only send
+//! on within that family, and the balancer leaves out previous owners of the
+//! other family (their connections cannot be reached from this owner).
+//!
+//! The decap program's rules for a block (each outcome a `DecapReason`):
+//! `count` 0, above [`MAX_PREVIOUS_OWNERS`] or not matching `Hlen`: dropped
+//! (`second_chance_bad_count`); `hops > count`: dropped
+//! (`second_chance_hops_beyond_count`: no sender of ours makes it);
+//! `hops == count`: accepted (`accepted_redirected`); otherwise judged.
 
 use crate::AddrWords;
 
@@ -59,23 +74,64 @@ const _: () = assert!(core::mem::size_of::<GueHeader>() == 4);
 /// of another GUE user is not taken for ours.
 pub const SECOND_CHANCE_KIND: u16 = 0x4c42;
 
-/// GUE private data of a second-chance packet.
+/// How many previous owners a ring slot keeps (and a packet names): a
+/// connection survives that many changes of its slot within the drain window.
+/// 2 fills the 8 bytes the kernel gives each `PREVIOUS` element anyway
+/// (array values are 8-byte aligned), so it costs no map memory.
+pub const MAX_PREVIOUS_OWNERS: usize = 2;
+
+/// One element of `maps::PREVIOUS`: a ring slot's previous owners' backend
+/// ids, newest first, `NO_BACKEND` (0) after the last one. No id appears
+/// twice, none is the slot's current owner, and no gap precedes an id.
+pub type PreviousOwners = [u32; MAX_PREVIOUS_OWNERS];
+
+/// No previous owner.
+pub const NO_PREVIOUS_OWNERS: PreviousOwners = [crate::NO_BACKEND; MAX_PREVIOUS_OWNERS];
+
+/// How many previous owners a [`PreviousOwners`] names (its entries before
+/// the first `NO_BACKEND`).
+#[inline(always)]
+pub fn named(owners: &PreviousOwners) -> usize {
+    let mut count = 0;
+    while count < MAX_PREVIOUS_OWNERS && owners[count] != crate::NO_BACKEND {
+        count += 1;
+    }
+    count
+}
+
+/// GUE private data of a second-chance packet: this head, then `count`
+/// addresses ([`crate::AddrWords`], 16 bytes each), newest previous owner first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SecondChance {
     /// [`SECOND_CHANCE_KIND`], network order.
     pub kind_be: u16,
-    /// 0 from the balancer; 1 after a backend redirected it (never redirected again).
+    /// 0 from the balancer; each backend that sends the packet on adds 1 and
+    /// sends it to `previous[hops]` (the old value).
     pub hops: u8,
-    /// `FAMILY_V4` / `FAMILY_V6` of `previous`.
-    pub family: u8,
-    /// The previous owner's tunnel address, as in `BackendEntry::addr`.
-    pub previous: AddrWords,
+    /// Previous owners listed after this head, `1..=MAX_PREVIOUS_OWNERS`.
+    pub count: u8,
 }
-const _: () = assert!(core::mem::size_of::<SecondChance>() == 20);
+const _: () = assert!(core::mem::size_of::<SecondChance>() == 4);
 
-/// `Hlen` of a header that carries [`SecondChance`] (in 32-bit words).
-pub const SECOND_CHANCE_HLEN: u8 = (core::mem::size_of::<SecondChance>() / 4) as u8;
+/// Bytes of one listed previous owner's address.
+pub const PREVIOUS_ADDR_LEN: usize = core::mem::size_of::<AddrWords>();
+
+/// Bytes of the private data naming `count` previous owners.
+#[inline(always)]
+pub const fn second_chance_len(count: usize) -> usize {
+    core::mem::size_of::<SecondChance>() + count * PREVIOUS_ADDR_LEN
+}
+
+/// `Hlen` (32-bit words after the GUE header) of private data naming
+/// `count` previous owners; 0 names none.
+#[inline(always)]
+pub const fn second_chance_hlen(count: usize) -> u8 {
+    if count == 0 { 0 } else { (second_chance_len(count) / 4) as u8 }
+}
+
+/// `Hlen` of the private data with one previous owner (the smallest block).
+pub const SECOND_CHANCE_HLEN: u8 = second_chance_hlen(1);
 
 /// UDP source port of a GUE packet: from the flow hash, in the dynamic
 /// range (49152-65535), so NIC RSS and router ECMP spread tunnels per flow.
@@ -100,6 +156,15 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hlen_counts_the_head_and_each_address() {
+        assert_eq!(second_chance_hlen(0), 0, "no previous owner: no private data");
+        assert_eq!(SECOND_CHANCE_HLEN, 5);
+        assert_eq!(second_chance_hlen(2), 9);
+        assert!(second_chance_hlen(MAX_PREVIOUS_OWNERS) <= GUE_HLEN_MASK, "fits the 5-bit Hlen");
+        assert!(core::mem::size_of::<PreviousOwners>() <= 8, "one PREVIOUS element stays 8 bytes");
+    }
 
     #[test]
     fn source_ports_stay_in_the_dynamic_range_and_follow_the_hash() {

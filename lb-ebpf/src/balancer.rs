@@ -4,13 +4,17 @@
 //! in GUE with the slot's previous owner for a second-chance VIP.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{packet_policy::POLICY_UNKNOWN_PORT_DROP, second_chance::VIP_FLAG_GUE, Reason};
+use lb_common::{
+    packet_policy::POLICY_UNKNOWN_PORT_DROP,
+    second_chance::{NO_PREVIOUS_OWNERS, VIP_FLAG_GUE},
+    Reason,
+};
 
 use crate::{
     flows,
     forward::{forward_gue_to, forward_to, TooBig},
     fragment, icmp,
-    lookup::{address_entry, lookup_vip, may_be_vip_address, previous_owner},
+    lookup::{address_entry, lookup_vip, may_be_vip_address, previous_owners},
     maps::policy,
     parse::{is_tcp_udp, parse_ip, parse_ports, Flow, Ip},
 };
@@ -59,8 +63,9 @@ fn balance_flow(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     }
     let (backend_id, backend, hash) = flows::choose(ctx, ip, &flow, &vip, ctx.data_end() - ctx.data())?;
     if vip.flags & VIP_FLAG_GUE != 0 {
-        let previous = if flows::ring_only(ip, &vip) { previous_owner(&vip, hash, backend_id) } else { None };
-        forward_gue_to(ctx, &flow, &vip, hash, TooBig::Answer, backend_id, backend, previous.as_ref())?;
+        let previous =
+            if flows::ring_only(ip, &vip) { previous_owners(&vip, hash, backend_id, backend.family) } else { NO_PREVIOUS_OWNERS };
+        forward_gue_to(ctx, &flow, &vip, hash, TooBig::Answer, backend_id, backend, &previous)?;
         return Ok(Reason::Forwarded);
     }
     forward_to(ctx, &flow, &vip, hash, TooBig::Answer, backend_id, backend)?;

@@ -4,17 +4,19 @@
 //!
 //! - IPIP / IP6IP6 / 4in6 / 6in4: decapsulated.
 //! - UDP to the `GUE_PORT` global: GUE as the balancer sends it, else
-//!   dropped (`gue_malformed`: nothing else listens on that port). Without
-//!   second-chance data, decapsulated; with it, `second_chance` judges the
-//!   inner packet: decapsulated (accepted, or no previous owner to try), or
-//!   redirected in place to the previous owner (`XDP_TX`, or passed for the
-//!   stack to forward while the neighbour is unresolved).
+//!   dropped (`gue_malformed`: nothing else listens on that port; a
+//!   second-chance block with a bad count or hops beyond it: dropped with
+//!   its own counter). Without second-chance data, decapsulated; with it,
+//!   `second_chance` judges the inner packet: decapsulated (accepted, or the
+//!   last previous owner named), or sent on in place to the next previous
+//!   owner (`XDP_TX`, or passed for the stack to forward while the neighbour
+//!   is unresolved).
 //! - Other UDP, and UDP in an IPv4 header with options or fragmented (the
 //!   balancer sends neither): not a tunnel, untouched.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
-    second_chance::{GueHeader, SecondChance, GUE_HLEN_MASK, SECOND_CHANCE_HLEN, SECOND_CHANCE_KIND},
+    second_chance::{second_chance_hlen, GueHeader, SecondChance, GUE_HLEN_MASK, MAX_PREVIOUS_OWNERS, SECOND_CHANCE_KIND},
     DecapReason, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
 };
 use network_types::{
@@ -33,7 +35,6 @@ use crate::{
 /// IPv4 "more fragments" flag and fragment offset, in host order.
 const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 const GUE_LEN: usize = core::mem::size_of::<GueHeader>();
-const SECOND_CHANCE_LEN: usize = core::mem::size_of::<SecondChance>();
 
 #[inline(always)]
 pub fn decap(ctx: &XdpContext) -> DecapReason {
@@ -111,30 +112,36 @@ fn gue(ctx: &XdpContext, l2: L2, ip_len: usize, outer_v4: bool) -> Result<DecapR
         _ => return Err(DecapReason::GueMalformed),
     };
     let block_at = gue_at + GUE_LEN;
-    let block = if hlen == 0 {
+    let head = if hlen == 0 {
         None
-    } else if hlen == SECOND_CHANCE_HLEN {
-        let block = read::<SecondChance>(ctx, block_at).ok_or(DecapReason::GueMalformed)?;
-        if block.kind_be != SECOND_CHANCE_KIND.to_be() {
+    } else {
+        let head = read::<SecondChance>(ctx, block_at).ok_or(DecapReason::GueMalformed)?;
+        if head.kind_be != SECOND_CHANCE_KIND.to_be() {
             return Err(DecapReason::GueMalformed);
         }
-        Some(block)
-    } else {
-        return Err(DecapReason::GueMalformed);
+        let count = head.count as usize;
+        if count == 0 || count > MAX_PREVIOUS_OWNERS || second_chance_hlen(count) != hlen {
+            return Err(DecapReason::SecondChanceBadCount);
+        }
+        if head.hops > head.count {
+            return Err(DecapReason::SecondChanceHopsBeyondCount);
+        }
+        Some(head)
     };
-    let inner_at = if block.is_some() { block_at + SECOND_CHANCE_LEN } else { block_at };
-    let version = read::<u8>(ctx, inner_at).ok_or(DecapReason::GueMalformed)? >> 4;
+    let inner_at = block_at + hlen as usize * 4;
+    // Two bytes, not one: at this variable offset the compiler turns a
+    // one-byte bounds check into a form the verifier cannot follow.
+    let version = read::<[u8; 2]>(ctx, inner_at).ok_or(DecapReason::GueMalformed)?[0] >> 4;
     if version != if inner_v4 { 4 } else { 6 } {
         return Err(DecapReason::GueMalformed);
     }
-    let Some(block) = block else {
+    let Some(head) = head else {
         strip(ctx, l2, inner_at - l2.len, inner_ether_type_be)?;
         return Ok(DecapReason::Decapsulated);
     };
-    let reason = match second_chance::judge(ctx, inner_at, inner_v4, &block, second_chance::family(outer_v4)) {
+    let reason = match second_chance::judge(ctx, inner_at, inner_v4, &head) {
         Verdict::Accept(reason) => reason,
-        Verdict::NoPrevious => DecapReason::UnknownNoPrevious,
-        Verdict::Redirect => match second_chance::redirect(ctx, l2.len, outer_v4, block_at, &block) {
+        Verdict::SendOn => match second_chance::send_on(ctx, l2.len, outer_v4, block_at, &head) {
             Ok(sent) => return Ok(sent),
             Err(reason) => reason,
         },

@@ -3,7 +3,11 @@
 //! (VIP, backend) counter.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{packet_policy::POLICY_TOO_BIG_ICMP, second_chance::VIP_FLAG_GUE, BackendEntry, Reason, VipMeta};
+use lb_common::{
+    packet_policy::POLICY_TOO_BIG_ICMP,
+    second_chance::{PreviousOwners, NO_PREVIOUS_OWNERS, VIP_FLAG_GUE},
+    BackendEntry, Reason, VipMeta,
+};
 
 use crate::{
     counters::count_member,
@@ -29,7 +33,7 @@ pub enum TooBig {
 pub fn forward(ctx: &XdpContext, flow: &Flow, vip: &VipMeta, hash: u32, too_big: TooBig) -> Result<(), Reason> {
     let (backend_id, backend) = pick_backend(vip, hash)?;
     if vip.flags & VIP_FLAG_GUE != 0 {
-        return forward_gue_to(ctx, flow, vip, hash, too_big, backend_id, backend, None);
+        return forward_gue_to(ctx, flow, vip, hash, too_big, backend_id, backend, &NO_PREVIOUS_OWNERS);
     }
     forward_to(ctx, flow, vip, hash, too_big, backend_id, backend)
 }
@@ -52,10 +56,10 @@ pub fn forward_to(
     Ok(())
 }
 
-/// [`forward_to`] in GUE; `previous` (a slot's previous owner) goes into
+/// [`forward_to`] in GUE; `previous` (a slot's previous owners) goes into
 /// the second-chance block.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "as `forward_to`, plus the previous owner")]
+#[expect(clippy::too_many_arguments, reason = "as `forward_to`, plus the previous owners")]
 pub fn forward_gue_to(
     ctx: &XdpContext,
     flow: &Flow,
@@ -64,7 +68,7 @@ pub fn forward_gue_to(
     too_big: TooBig,
     backend_id: u32,
     backend: BackendEntry,
-    previous: Option<&BackendEntry>,
+    previous: &PreviousOwners,
 ) -> Result<(), Reason> {
     check_mtu(ctx, flow, too_big, gue::overhead(&backend, previous))?;
     let frame_len = ctx.data_end() - ctx.data();

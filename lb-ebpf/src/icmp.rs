@@ -8,6 +8,10 @@
 //!   packet the backend sent (VIP -> client), so the quoted header with source
 //!   and destination swapped is the client's flow, and hashing it gives the
 //!   client's backend: the one whose socket needs the news (PMTU discovery).
+//!   On a `flow_state = "backend"` VIP that is the slot's current owner only
+//!   (GUE without previous owners): the backends judge TCP by its socket and
+//!   have no rule for an ICMP error's quoted connection, so a connection its
+//!   slot moved away from does not get the news.
 //! - Everything else to a VIP address passes (`icmp_to_vip`); ICMP to other
 //!   addresses passes untouched (`not_tcp_udp`).
 

@@ -5,7 +5,7 @@
 use lb_common::{
     hash::{flow_hash_v4, flow_hash_v6, ports_word, source_hash},
     packet_policy::address_key,
-    vip_filter, AddrWords, BackendEntry, Reason, VipKey, VipMeta, FAMILY_V4, NO_BACKEND, VIP_FLAG_SOURCE_HASH,
+    second_chance::{PreviousOwners, NO_PREVIOUS_OWNERS}, vip_filter, AddrWords, BackendEntry, Reason, VipKey, VipMeta, FAMILY_V4, NO_BACKEND, VIP_FLAG_SOURCE_HASH,
 };
 
 use crate::{
@@ -98,18 +98,36 @@ pub fn pick_backend(vip: &VipMeta, hash: u32) -> Result<(u32, BackendEntry), Rea
     Ok((id, backend))
 }
 
-/// The previous owner of the ring slot of `hash` (`PREVIOUS`), when there is
-/// one that differs from `current` and is in use: second chance, the
-/// previous owner may still hold the flow's connection.
+/// The previous owners of the ring slot of `hash` (`PREVIOUS`) that may
+/// still hold the flow's connection and that the current owner can send a
+/// packet on to: in use, not `current`, and of the current owner's outer
+/// `family` (a backend rewrites the outer header in place); newest first,
+/// [`NO_BACKEND`] after the last, as in the map. Ids, not map pointers: a
+/// pointer kept on the stack reaches the verifier as a plain number once copied.
 #[inline(always)]
-pub fn previous_owner(vip: &VipMeta, hash: u32, current: u32) -> Option<BackendEntry> {
+pub fn previous_owners(vip: &VipMeta, hash: u32, current: u32, family: u8) -> PreviousOwners {
+    let mut previous = NO_PREVIOUS_OWNERS;
+    let mut count = 0;
     let size = ring_size();
-    let slot = vip.row.wrapping_mul(size) + hash.checked_rem(size)?;
-    let id = *PREVIOUS.get(slot)?;
-    if id == NO_BACKEND || id == current {
-        return None;
+    let Some(in_ring) = hash.checked_rem(size) else { return previous };
+    let Some(ids) = PREVIOUS.get(vip.row.wrapping_mul(size) + in_ring) else { return previous };
+    for &id in ids {
+        // Newest first with no gaps: the first empty entry ends the list.
+        if id == NO_BACKEND {
+            break;
+        }
+        if id == current {
+            continue;
+        }
+        let Some(backend) = BACKENDS.get(id) else { continue };
+        if backend.family == family
+            && let Some(entry) = previous.get_mut(count)
+        {
+            *entry = id;
+            count += 1;
+        }
     }
-    backend_entry(id)
+    previous
 }
 
 /// The entry of backend `id`, if it is in use (family set).

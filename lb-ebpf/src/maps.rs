@@ -63,11 +63,11 @@ pub static FLOW_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Flow
 #[map]
 pub static VIP_FILTER: Array<u64> = Array::with_max_entries(lb_common::vip_filter::WORDS, 0);
 
-/// The previous owner of each ring slot of a second-chance VIP, shaped like
+/// The previous owners of each ring slot of a second-chance VIP, shaped like
 /// `RINGS` (the agent sizes it the same); written by the agent only (see
 /// `lb_common::second_chance`).
 #[map]
-pub static PREVIOUS: Array<u32> =
+pub static PREVIOUS: Array<lb_common::second_chance::PreviousOwners> =
     Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 /// The bench's live-frames section (see `lb_common::live_frames`); the agent never uses them.

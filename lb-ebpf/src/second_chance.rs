@@ -1,16 +1,17 @@
 //! Second chance on the backend (see `lb_common::second_chance`): whether
-//! the inner packet of a GUE packet that names a previous owner belongs
-//! here, and, when it does not, the in-place redirect toward that owner.
+//! the inner packet of a GUE packet that names previous owners belongs
+//! here, and, when it does not, the in-place send-on toward the next one.
 //!
-//! Accepted: anything already redirected once (hops >= 1, never sent on
-//! again), anything not TCP, a SYN without ACK (a new connection), a packet
+//! Accepted: anything that reached the last previous owner named
+//! (hops == count, never sent on again), anything not TCP, a SYN without ACK (a new connection), a packet
 //! of a connection this host has a socket for (`bpf_skc_lookup_tcp` in the
 //! netns of the receiving device: established, closing, or a request socket
 //! in SYN-RECV; a listener alone does not count), and the ACK of a SYN-cookie
 //! handshake (`bpf_tcp_check_syncookie` on the listener). Anything else goes
-//! to the previous owner when it has the outer header's family (the header
-//! is rewritten in place, so its size cannot change): sent back out
-//! (`XDP_TX`) when the neighbour is known, else forwarded by the stack.
+//! to `previous[hops]` with hops + 1 (the outer header is rewritten in
+//! place, so its size and family cannot change; the balancer lists only
+//! previous owners of the outer family): sent back out (`XDP_TX`) when the
+//! neighbour is known, else forwarded by the stack.
 
 use aya_ebpf::{
     bindings::{
@@ -19,7 +20,10 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_check_syncookie},
     programs::XdpContext,
 };
-use lb_common::{second_chance::SecondChance, DecapReason, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+use lb_common::{
+    second_chance::{SecondChance, MAX_PREVIOUS_OWNERS, PREVIOUS_ADDR_LEN},
+    AddrWords, DecapReason, PROTO_TCP, PROTO_UDP,
+};
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
@@ -46,20 +50,19 @@ const TUPLE_V4_LEN: u32 = 12;
 /// Bytes of the IPv6 tuple.
 const TUPLE_V6_LEN: u32 = 36;
 
-/// What to do with a GUE packet that names a previous owner.
+/// What to do with a GUE packet that names previous owners.
 pub enum Verdict {
     /// Decapsulate and pass, counted under this reason.
     Accept(DecapReason),
-    /// Not ours: send it to the previous owner.
-    Redirect,
-    /// Not ours, and no previous owner we can send it to.
-    NoPrevious,
+    /// Not ours: send it on to `previous[hops]`.
+    SendOn,
 }
 
-/// Judges the inner packet at `inner_at` (IPv4 if `inner_v4`, else IPv6).
+/// Judges the inner packet at `inner_at` (IPv4 if `inner_v4`, else IPv6);
+/// `head` is checked already (`1 <= count <= MAX`, `hops <= count`).
 #[inline(always)]
-pub fn judge(ctx: &XdpContext, inner_at: usize, inner_v4: bool, block: &SecondChance, outer_family: u8) -> Verdict {
-    if block.hops >= 1 {
+pub fn judge(ctx: &XdpContext, inner_at: usize, inner_v4: bool, head: &SecondChance) -> Verdict {
+    if head.hops >= head.count {
         return Verdict::Accept(DecapReason::AcceptedRedirected);
     }
     let (tcp_at, ip_len) = if inner_v4 {
@@ -83,10 +86,7 @@ pub fn judge(ctx: &XdpContext, inner_at: usize, inner_v4: bool, block: &SecondCh
     if let Some(reason) = local_connection(ctx, inner_at, inner_v4, ip_len, tcp_at) {
         return Verdict::Accept(reason);
     }
-    if block.family != outer_family {
-        return Verdict::NoPrevious;
-    }
-    Verdict::Redirect
+    Verdict::SendOn
 }
 
 /// `AcceptedSocket` / `AcceptedSyncookie` when this host knows the
@@ -139,22 +139,34 @@ fn local_connection(ctx: &XdpContext, ip_at: usize, v4: bool, ip_len: usize, tcp
     reason
 }
 
-/// Rewrites the outer header at `ip_at` in place toward the previous owner
-/// in `block` (at `block_at`): destination = the previous owner, hops = 1.
-/// The FIB decides how it leaves, and only a route out of the receiving
-/// interface counts (`Err(RedirectFailed)`, nothing written, otherwise:
-/// forwarding off, no route, another interface):
+/// Rewrites the outer header at `ip_at` in place toward `previous[hops]`
+/// of the block at `block_at` (head `head`): destination = that previous
+/// owner, hops + 1. `Err(UnknownNoPrevious)`, nothing written, when that
+/// address is unspecified (the balancer never sends one). The FIB decides
+/// how it leaves, and only a route out of the receiving interface counts
+/// (`Err(RedirectFailed)`, nothing written, otherwise: forwarding off, no
+/// route, another interface):
 /// - neighbour known: `Redirected` (`XDP_TX`); source = the old destination
 ///   (this host, an address that passes a network's source validation),
 ///   MACs from the FIB;
 /// - neighbour unknown (`NO_NEIGH`, normal: backends rarely talk to each
 ///   other): `RedirectedViaStack` (`XDP_PASS`), and the kernel forwards it,
 ///   resolving the neighbour, after which later packets take `XDP_TX`. The
-///   LB's source is kept, as a router would: the stack drops a packet from
-///   one of its own addresses as a martian (unless `accept_local`). MACs
-///   kept: the destination is this host's, so the stack takes it.
+///   previous source is kept, as a router would: the stack drops a packet
+///   from one of its own addresses as a martian (unless `accept_local`).
+///   MACs kept: the destination is this host's, so the stack takes it.
 #[inline(always)]
-pub fn redirect(ctx: &XdpContext, ip_at: usize, outer_v4: bool, block_at: usize, block: &SecondChance) -> Result<DecapReason, DecapReason> {
+pub fn send_on(ctx: &XdpContext, ip_at: usize, outer_v4: bool, block_at: usize, head: &SecondChance) -> Result<DecapReason, DecapReason> {
+    // `hops < count <= MAX` (checked by the caller). One fixed offset per
+    // entry: a read at a computed offset lets the compiler drop later
+    // fixed-offset bounds checks that the verifier cannot infer from it.
+    const _: () = assert!(MAX_PREVIOUS_OWNERS == 2, "one branch per entry below");
+    let first = block_at + size_of::<SecondChance>();
+    let target = if head.hops == 0 { read::<AddrWords>(ctx, first) } else { read::<AddrWords>(ctx, first + PREVIOUS_ADDR_LEN) };
+    let target = target.ok_or(DecapReason::RedirectFailed)?;
+    if target[0] == 0 && (outer_v4 || target == [0; 4]) {
+        return Err(DecapReason::UnknownNoPrevious);
+    }
     // SAFETY: `ctx.ctx` is the program's context, valid for its run.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: all-zero bytes are a valid lookup request (integers only).
@@ -166,13 +178,13 @@ pub fn redirect(ctx: &XdpContext, ip_at: usize, outer_v4: bool, block_at: usize,
         fib.family = AF_INET;
         fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
         fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.dst_addr);
-        fib.__bindgen_anon_4.ipv4_dst = block.previous[0];
+        fib.__bindgen_anon_4.ipv4_dst = target[0];
     } else {
         let ip = read::<Ipv6Hdr>(ctx, ip_at).ok_or(DecapReason::RedirectFailed)?;
         fib.family = AF_INET6;
         fib.__bindgen_anon_1.tot_len = (Ipv6Hdr::LEN + u16::from_be_bytes(ip.payload_len) as usize) as u16;
         fib.__bindgen_anon_3.ipv6_src = words16(&ip.dst_addr);
-        fib.__bindgen_anon_4.ipv6_dst = block.previous;
+        fib.__bindgen_anon_4.ipv6_dst = target;
     }
     // SAFETY: `fib` is a stack value of the size passed.
     let rc = unsafe { fib_lookup(ctx.ctx as *mut _, &mut fib, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
@@ -197,7 +209,7 @@ pub fn redirect(ctx: &XdpContext, ip_at: usize, outer_v4: bool, block_at: usize,
             if !via_stack {
                 (*ip).src_addr = (*ip).dst_addr;
             }
-            (*ip).dst_addr = block.previous[0].to_ne_bytes();
+            (*ip).dst_addr = target[0].to_ne_bytes();
             (*ip).check = [0, 0];
             (*ip).check = checksum::ipv4_header(ip as *const [u16; 10]).to_ne_bytes();
         }
@@ -208,15 +220,10 @@ pub fn redirect(ctx: &XdpContext, ip_at: usize, outer_v4: bool, block_at: usize,
             if !via_stack {
                 (*ip).src_addr = (*ip).dst_addr;
             }
-            (*ip).dst_addr = crate::addr::words_bytes(&block.previous);
+            (*ip).dst_addr = crate::addr::words_bytes(&target);
         }
     }
-    write(ctx, block_at + HOPS_OFFSET, 1u8).ok_or(DecapReason::RedirectFailed)?;
+    write(ctx, block_at + HOPS_OFFSET, head.hops + 1).ok_or(DecapReason::RedirectFailed)?;
     Ok(if via_stack { DecapReason::RedirectedViaStack } else { DecapReason::Redirected })
 }
 
-/// The family tag (`FAMILY_V4` / `FAMILY_V6`) of an outer header.
-#[inline(always)]
-pub fn family(outer_v4: bool) -> u8 {
-    if outer_v4 { FAMILY_V4 } else { lb_common::FAMILY_V6 }
-}

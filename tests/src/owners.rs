@@ -1,5 +1,5 @@
 //! A VIP's ring as the running balancer has it: every slot's current owner
-//! (`RINGS`) and previous owner (`PREVIOUS`, second chance), read from the
+//! (`RINGS`) and previous owners (`PREVIOUS`, second chance), read from the
 //! pinned maps, and the slot of a flow from the agent's own
 //! [`lb_agent::plan::slot`] (the kernel's hash). What a test predicts from
 //! this is what the kernel does now, health-check rebuilds included, not
@@ -13,15 +13,15 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap as BpfHashMap, Map};
 use lb_agent::dataplane::rings::MappedRings;
 use lb_agent::{config, pins, plan};
-use lb_common::{BackendEntry, NO_BACKEND, VipKey, VipMeta, maps, words_addr};
+use lb_common::{BackendEntry, NO_BACKEND, VipKey, VipMeta, maps, second_chance::PreviousOwners, words_addr};
 
 use crate::agent::Proto;
 
-/// Both owners of a flow's slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The owners of a flow's slot: current, and previous ones newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owners {
     pub current: Option<IpAddr>,
-    pub previous: Option<IpAddr>,
+    pub previous: Vec<IpAddr>,
 }
 
 /// One VIP's row of `RINGS` and `PREVIOUS`, copied at one moment.
@@ -30,7 +30,7 @@ pub struct RingSnapshot {
     vip_index: usize,
     dst_port: u16,
     current: Vec<u32>,
-    previous: Vec<u32>,
+    previous: Vec<PreviousOwners>,
     /// Backend id -> address, from `BACKENDS` (entries in use only).
     addresses: BTreeMap<u32, IpAddr>,
 }
@@ -63,11 +63,16 @@ impl RingSnapshot {
             (0..ring_size).map(|s| mapped.get(base + s).with_context(|| format!("{name} slot {s} of row {row}"))).collect()
         };
         let current = read_row(maps::RINGS)?;
-        let previous = read_row(maps::PREVIOUS)?;
+        let previous = {
+            let data = pins::open_map(bpffs, maps::PREVIOUS)?;
+            let mapped = MappedRings::row_of(&data, maps::PREVIOUS, row, ring_size).with_context(|| format!("mapping row {row} of PREVIOUS"))?;
+            let base = row * ring_size;
+            (0..ring_size).map(|s| mapped.get_owners(base + s).with_context(|| format!("PREVIOUS slot {s} of row {row}"))).collect::<Result<Vec<_>>>()?
+        };
 
         let backends: Array<_, BackendEntry> = Array::try_from(Map::Array(pins::open_map(bpffs, maps::BACKENDS)?))?;
         let mut addresses = BTreeMap::new();
-        for id in current.iter().chain(&previous).copied().filter(|id| *id != NO_BACKEND) {
+        for id in current.iter().chain(previous.iter().flatten()).copied().filter(|id| *id != NO_BACKEND) {
             if addresses.contains_key(&id) {
                 continue;
             }
@@ -91,7 +96,8 @@ impl RingSnapshot {
     pub fn owners(&self, src: SocketAddr) -> Result<Owners> {
         let slot = self.slot(src)?;
         let addr = |id: u32| self.addresses.get(&id).copied();
-        Ok(Owners { current: addr(self.current[slot]), previous: addr(self.previous[slot]) })
+        let previous = self.previous[slot].iter().take_while(|&&id| id != NO_BACKEND).filter_map(|&id| addr(id)).collect();
+        Ok(Owners { current: addr(self.current[slot]), previous })
     }
 
     /// Slots whose current owner differs from `before`'s.
@@ -101,7 +107,12 @@ impl RingSnapshot {
 
     /// Slots that have a previous owner.
     pub fn slots_with_previous(&self) -> usize {
-        self.previous.iter().filter(|id| **id != NO_BACKEND).count()
+        self.previous.iter().filter(|o| o[0] != NO_BACKEND).count()
+    }
+
+    /// Slots that have two or more previous owners.
+    pub fn slots_with_two_previous(&self) -> usize {
+        self.previous.iter().filter(|o| o.len() > 1 && o[1] != NO_BACKEND).count()
     }
 
     pub fn ring_size(&self) -> usize {

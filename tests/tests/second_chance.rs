@@ -22,8 +22,11 @@ use lb_agent::{
 use lb_common::{
     flows::FlowEvent,
     programs,
-    second_chance::{gue_source_port, DEFAULT_GUE_PORT, SECOND_CHANCE_HLEN, SECOND_CHANCE_KIND, VIP_FLAG_SECOND_CHANCE},
-    Action, DecapReason, Reason, FAMILY_V4, FAMILY_V6, NO_BACKEND, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
+    second_chance::{
+        gue_source_port, second_chance_hlen, PreviousOwners, DEFAULT_GUE_PORT, MAX_PREVIOUS_OWNERS, SECOND_CHANCE_HLEN,
+        SECOND_CHANCE_KIND, VIP_FLAG_SECOND_CHANCE,
+    },
+    Action, DecapReason, Reason, NO_BACKEND, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
 };
 use lb_tests::{
     bpf::{self, Loaded, Overrides},
@@ -125,8 +128,18 @@ fn unmoved_port(before: &Plan, after: &Plan, name: &str, client: IpAddr, dport: 
     (from..from + 2000).find(|p| owner_addr(before, *p) == owner_addr(after, *p)).expect("an unmoved slot within 2000 ports")
 }
 
+/// No previous owner (a slot of `PREVIOUS`).
+const NONE: PreviousOwners = [NO_BACKEND; MAX_PREVIOUS_OWNERS];
+
+/// One previous owner.
+fn only(id: u32) -> PreviousOwners {
+    let mut owners = NONE;
+    owners[0] = id;
+    owners
+}
+
 /// What `PREVIOUS` holds for one flow's slot (read through the agent's store).
-fn previous_of(loaded: &Loaded, name: &str, client: IpAddr, sport: u16, dport: u16) -> u32 {
+fn previous_of(loaded: &Loaded, name: &str, client: IpAddr, sport: u16, dport: u16) -> PreviousOwners {
     let v = vip(&loaded.plan, name);
     let slot = plan::slot(&loaded.plan, v, client, sport, dport).expect("a slot for the flow");
     LiveMaps::from_object(&loaded.ebpf).unwrap().previous_row(v.row, loaded.plan.ring_size).unwrap()[slot as usize]
@@ -135,7 +148,7 @@ fn previous_of(loaded: &Loaded, name: &str, client: IpAddr, sport: u16, dport: u
 /// Writes one flow's slot of `PREVIOUS` through the agent's store, for the
 /// states the agent's rule never produces but the kernel must still judge
 /// (each caller says which and why).
-fn write_previous_of(loaded: &Loaded, name: &str, client: IpAddr, sport: u16, dport: u16, previous: u32) {
+fn write_previous_of(loaded: &Loaded, name: &str, client: IpAddr, sport: u16, dport: u16, previous: PreviousOwners) {
     let v = vip(&loaded.plan, name);
     let slot = plan::slot(&loaded.plan, v, client, sport, dport).expect("a slot for the flow");
     let mut store = LiveMaps::from_object(&loaded.ebpf).unwrap();
@@ -218,16 +231,28 @@ fn tcp_packet(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8, seq: 
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-/// The GUE header (and second-chance block) the balancer writes.
+/// The GUE header (and second-chance block) the balancer writes, with one
+/// previous owner (`hops` as given).
 fn gue_header(inner_v4: bool, previous: Option<(IpAddr, u8)>) -> Vec<u8> {
+    match previous {
+        Some((addr, hops)) => gue_chain(inner_v4, &[addr], hops),
+        None => gue_chain(inner_v4, &[], 0),
+    }
+}
+
+/// The GUE header naming `previous` (newest first) with `hops`; none: Hlen 0.
+fn gue_chain(inner_v4: bool, previous: &[IpAddr], hops: u8) -> Vec<u8> {
     let proto = if inner_v4 { PROTO_IPIP } else { PROTO_IPV6 };
-    let Some((addr, hops)) = previous else { return vec![0, proto, 0, 0] };
-    let (words, family) = lb_common::addr_words(addr);
-    let mut h = vec![SECOND_CHANCE_HLEN, proto, 0, 0];
+    let mut h = vec![second_chance_hlen(previous.len()), proto, 0, 0];
+    if previous.is_empty() {
+        return h;
+    }
     h.extend(SECOND_CHANCE_KIND.to_be_bytes());
-    h.extend([hops, family]);
-    for w in words {
-        h.extend(w.to_ne_bytes());
+    h.extend([hops, previous.len() as u8]);
+    for &addr in previous {
+        for w in lb_common::addr_words(addr).0 {
+            h.extend(w.to_ne_bytes());
+        }
     }
     h
 }
@@ -276,8 +301,8 @@ struct Gue {
     hlen: u8,
     proto: u8,
     flags: u16,
-    /// (kind, hops, family, previous address)
-    block: Option<(u16, u8, u8, IpAddr)>,
+    /// (kind, hops, count, previous owners newest first)
+    block: Option<(u16, u8, u8, Vec<IpAddr>)>,
     inner: Vec<u8>,
 }
 
@@ -316,14 +341,17 @@ fn parse_gue(out: &[u8]) -> Gue {
     let udp = &out[at..at + 8];
     let gue = &out[at + 8..at + 12];
     let hlen = gue[0];
-    let block = (hlen == SECOND_CHANCE_HLEN).then(|| {
-        let b = &out[at + 12..at + 32];
-        let addr = if b[3] == FAMILY_V4 {
-            IpAddr::from(<[u8; 4]>::try_from(&b[4..8]).unwrap())
-        } else {
-            IpAddr::from(<[u8; 16]>::try_from(&b[4..20]).unwrap())
-        };
-        (u16::from_be_bytes([b[0], b[1]]), b[2], b[3], addr)
+    // The addresses have the outer header's family (the balancer lists no other).
+    let block = (hlen > 0).then(|| {
+        let b = &out[at + 12..at + 12 + usize::from(hlen) * 4];
+        let addrs = b[4..]
+            .chunks_exact(16)
+            .map(|a| match outer_dst {
+                IpAddr::V4(_) => IpAddr::from(<[u8; 4]>::try_from(&a[..4]).unwrap()),
+                IpAddr::V6(_) => IpAddr::from(<[u8; 16]>::try_from(a).unwrap()),
+            })
+            .collect::<Vec<_>>();
+        (u16::from_be_bytes([b[0], b[1]]), b[2], b[3], addrs)
     });
     let r = Gue {
         dst_mac: out[0..6].try_into().unwrap(),
@@ -458,7 +486,7 @@ fn previous_owner_is_carried_when_and_only_when_the_slot_has_one() {
     assert_eq!(g.outer_dst, backend_addr(&loaded.plan, current), "sent to the slot's new owner");
     assert_ne!(g.outer_dst, leaving, "the removed backend owns no slot");
     assert_eq!(g.hlen, SECOND_CHANCE_HLEN, "a previous owner: the second-chance block");
-    assert_eq!(g.block, Some((SECOND_CHANCE_KIND, 0, FAMILY_V4, leaving)), "kind, hops 0, family, previous owner (the removed backend)");
+    assert_eq!(g.block, Some((SECOND_CHANCE_KIND, 0, 1, vec![leaving])), "kind, hops 0, count 1, previous owner (the removed backend)");
     assert_eq!(g.udp_len, 8 + 4 + 20 + input.len() - 14, "UDP length counts the block");
     assert_eq!(g.outer_len, 20 + g.udp_len, "IPv4 total length counts the block");
     assert!(g.v4.unwrap().4, "checksum with the block");
@@ -470,21 +498,21 @@ fn previous_owner_is_carried_when_and_only_when_the_slot_has_one() {
     // The agent writes a slot's previous owner before the slot itself
     // (`MapStore::set_ring`), so for an instant a moving slot's previous
     // owner is its current one: too short for a reload to show, so written here.
-    write_previous_of(&loaded, "sc4", client, sport, 80, current);
+    write_previous_of(&loaded, "sc4", client, sport, 80, only(current));
     assert_eq!(parse_gue(&balance(&loaded.ebpf, &input).1).hlen, 0, "previous == current: nothing to carry");
     // The agent keeps a previous owner's BACKENDS entry until its slots
     // drain, so only a map written otherwise (by hand, or an older agent's
     // pins) names one without an entry: written here.
     let unused = 60; // below max_backends, never given to a backend here
     assert!(loaded.plan.backend(unused).is_none() && before.backend(unused).is_none());
-    write_previous_of(&loaded, "sc4", client, sport, 80, unused);
+    write_previous_of(&loaded, "sc4", client, sport, 80, only(unused));
     assert_eq!(parse_gue(&balance(&loaded.ebpf, &input).1).hlen, 0, "a previous owner without a backend entry is not carried");
     assert_eq!(flow_events(&loaded.ebpf), flows_before, "TCP on a second-chance VIP never touches the flow table");
 
     // UDP on a second-chance VIP: the flow table, GUE without the block,
     // though the reload gave its slot a previous owner.
     let udp_port = port_owned_by(&before, "sc4-udp", client, 53, LEAVING_SC4_UDP, 41_500);
-    assert_eq!(previous_of(&loaded, "sc4-udp", client, udp_port, 53), before.backend_id(LEAVING_SC4_UDP.parse().unwrap()).unwrap());
+    assert_eq!(previous_of(&loaded, "sc4-udp", client, udp_port, 53), only(before.backend_id(LEAVING_SC4_UDP.parse().unwrap()).unwrap()));
     let (action, out) = balance(&loaded.ebpf, &udp_frame(CLIENT_V4, VIP_V4, udp_port, 53, b"query"));
     assert_eq!(action, Action::Tx as u32);
     let g = parse_gue(&out);
@@ -495,7 +523,7 @@ fn previous_owner_is_carried_when_and_only_when_the_slot_has_one() {
     // PREVIOUS set. The agent never gives such a row previous owners (it
     // clears them, plan/previous.rs), so it is written here.
     let lb_client_port = 42_000;
-    write_previous_of(&loaded, "gue-lb", client, lb_client_port, 80, other_owner(&loaded.plan, "gue-lb", client, lb_client_port, 80));
+    write_previous_of(&loaded, "gue-lb", client, lb_client_port, 80, only(other_owner(&loaded.plan, "gue-lb", client, lb_client_port, 80)));
     let g = parse_gue(&balance(&loaded.ebpf, &tcp_frame(client, IpAddr::V4(GUE_LB_VIP), lb_client_port, 80, true, b"")).1);
     assert_eq!((g.hlen, g.dport), (0, DEFAULT_GUE_PORT), "GUE, no private data");
     assert_eq!(flow_events(&loaded.ebpf), flows_before + 2, "a GUE VIP without second chance keeps its flow table");
@@ -504,9 +532,54 @@ fn previous_owner_is_carried_when_and_only_when_the_slot_has_one() {
     let sc_rows: Vec<u32> = ["sc4", "sc4-udp", "sc6"].iter().map(|n| vip(&loaded.plan, n).row).collect();
     let drained = drain(&loaded);
     assert!(sc_rows.iter().all(|r| drained.contains(r)), "rows {sc_rows:?} drained, got {drained:?}");
-    assert_eq!(previous_of(&loaded, "sc4", client, sport, 80), NO_BACKEND);
+    assert_eq!(previous_of(&loaded, "sc4", client, sport, 80), NONE);
     assert_eq!(parse_gue(&balance(&loaded.ebpf, &input).1).hlen, 0, "cleared");
     assert_eq!(flow_events(&loaded.ebpf), flows_before + 2, "TCP on a second-chance VIP never touches the flow table");
+}
+
+#[test]
+fn previous_owners_are_carried_newest_first_and_only_those_the_owner_can_send_to() {
+    if !is_root() {
+        return;
+    }
+    let loaded = load();
+    let client = IpAddr::V4(CLIENT_V4);
+    let sport = 49_000;
+    let (current, _) = owner(&loaded.plan, "sc4", client, sport, 80);
+    let id_of = |a: &str| loaded.plan.backend_id(a.parse().unwrap()).unwrap();
+    let others: Vec<u32> = configs::BACKENDS_V4.iter().map(|a| id_of(a)).filter(|&id| id != current).collect();
+    let addr = |id: u32| backend_addr(&loaded.plan, id);
+    let input = tcp_frame(client, IpAddr::V4(VIP_V4), sport, 80, false, b"data");
+
+    // A slot that changed twice, as the agent writes it (plan/previous.rs).
+    write_previous_of(&loaded, "sc4", client, sport, 80, [others[0], others[1]]);
+    let g = parse_gue(&balance(&loaded.ebpf, &input).1);
+    assert_eq!(g.outer_dst, addr(current), "to the current owner");
+    assert_eq!(g.hlen, 9, "Hlen: the 4-byte head and two 16-byte addresses");
+    assert_eq!(g.block, Some((SECOND_CHANCE_KIND, 0, 2, vec![addr(others[0]), addr(others[1])])), "hops 0, count 2, newest first");
+    assert_eq!(g.udp_len, 8 + 4 + 36 + input.len() - 14, "UDP length counts both addresses");
+    assert_eq!(g.outer_len, 20 + g.udp_len, "IPv4 total length counts both addresses");
+    assert!(g.v4.unwrap().4, "checksum with the longer block");
+    assert_eq!(g.inner, &input[14..], "the client's packet after the block");
+
+    // States the agent never writes (each says why it is skipped): the rest keep their order.
+    let v6 = id_of(configs::BACKENDS_V6[0]);
+    let unused = 60; // below max_backends, never given to a backend here
+    let cases: [(&str, PreviousOwners, Vec<IpAddr>); 5] = [
+        ("an IPv6 previous owner of an IPv4 current owner (no in-place send-on)", [v6, others[1]], vec![addr(others[1])]),
+        ("the current owner", [current, others[0]], vec![addr(others[0])]),
+        ("a previous owner without a BACKENDS entry", [unused, others[1]], vec![addr(others[1])]),
+        ("nothing usable", [v6, current], vec![]),
+        ("a gap ends the list", [NO_BACKEND, others[0]], vec![]),
+    ];
+    for (name, owners, carried) in cases {
+        write_previous_of(&loaded, "sc4", client, sport, 80, owners);
+        let g = parse_gue(&balance(&loaded.ebpf, &input).1);
+        assert_eq!(g.hlen, second_chance_hlen(carried.len()), "{name}: Hlen");
+        let expected = (!carried.is_empty()).then(|| (SECOND_CHANCE_KIND, 0, carried.len() as u8, carried.clone()));
+        assert_eq!(g.block, expected, "{name}");
+        assert_eq!(g.inner, &input[14..], "{name}: the client's packet after the block");
+    }
 }
 
 #[test]
@@ -628,6 +701,10 @@ struct Backend {
 const PREVIOUS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
 const PREVIOUS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x12);
 const PREVIOUS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+/// The older previous owner of a slot that changed twice (A of A -> B -> C).
+const OLDEST_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 13);
+const OLDEST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x13);
+const OLDEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x13];
 /// Previous owners on eth0's link with no neighbour entry in b1.
 const NO_NEIGHBOUR_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
 const NO_NEIGHBOUR_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x77);
@@ -648,7 +725,14 @@ impl Backend {
         let b1 = topology::backend_name(1);
         let sysctls = "echo 1 > /proc/sys/net/ipv4/conf/all/forwarding && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding";
         topo.exec_ok(&b1, "sh", &["-c", sysctls]).unwrap();
-        for (addr, mac) in [(IpAddr::V4(PREVIOUS_V4), PREVIOUS_MAC), (IpAddr::V6(PREVIOUS_V6), PREVIOUS_MAC), (IpAddr::V4(GHOST_V4), GHOST_MAC)] {
+        let neighbours = [
+            (IpAddr::V4(PREVIOUS_V4), PREVIOUS_MAC),
+            (IpAddr::V6(PREVIOUS_V6), PREVIOUS_MAC),
+            (IpAddr::V4(OLDEST_V4), OLDEST_MAC),
+            (IpAddr::V6(OLDEST_V6), OLDEST_MAC),
+            (IpAddr::V4(GHOST_V4), GHOST_MAC),
+        ];
+        for (addr, mac) in neighbours {
             let (a, m) = (addr.to_string(), mac_text(mac));
             topo.exec_ok(&b1, "ip", &["neigh", "replace", &a, "lladdr", &m, "dev", topology::IFACE, "nud", "permanent"]).unwrap();
         }
@@ -769,7 +853,8 @@ fn decap_accepts_known_connections_and_redirects_the_rest_once() {
             ("IPv4 fragment", gue_frame(b1, eth0_mac, &gue_header(true, prev), &fragment), &fragment, DecapReason::AcceptedOther),
             ("already redirected", gue_frame(b1, eth0_mac, &gue_header(true, Some((IpAddr::V4(PREVIOUS_V4), 1))), &unknown), &unknown, DecapReason::AcceptedRedirected),
             ("no second-chance block", gue_frame(b1, eth0_mac, &gue_header(true, None), &unknown), &unknown, DecapReason::Decapsulated),
-            ("previous of the other family", gue_frame(b1, eth0_mac, &gue_header(true, prev6), &unknown), &unknown, DecapReason::UnknownNoPrevious),
+            ("unspecified previous owner", gue_frame(b1, eth0_mac, &gue_header(true, Some((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))), &unknown), &unknown, DecapReason::UnknownNoPrevious),
+            ("unspecified previous owner, IPv6", gue_frame(b1_6, eth0_mac, &gue_header(true, Some((IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0))), &unknown), &unknown, DecapReason::UnknownNoPrevious),
         ];
         for (name, input, inner, reason) in &cases {
             expect_decap(&ebpf, name, input, inner, Some(eth0), *reason);
@@ -788,7 +873,7 @@ fn decap_accepts_known_connections_and_redirects_the_rest_once() {
             assert_eq!(out[6..12], eth0_mac, "{name}: from eth0's MAC");
             let g = parse_gue(&out);
             assert_eq!((g.outer_src, g.outer_dst), (outer, previous), "{name}: from this backend to the previous owner");
-            assert_eq!(g.block.map(|b| b.1), Some(1), "{name}: hops 1");
+            assert_eq!(g.block.as_ref().map(|b| b.1), Some(1), "{name}: hops 1");
             if let Some(v4) = g.v4 {
                 assert!(v4.4, "{name}: outer IPv4 checksum after the rewrite");
             }
@@ -798,6 +883,40 @@ fn decap_accepts_known_connections_and_redirects_the_rest_once() {
             assert_eq!(out[udp_at..], expected[..], "{name}: UDP, GUE, the block but its hops, and the inner packet unchanged");
             // The previous owner receives it with hops 1: accepted whatever it knows.
             expect_decap(&ebpf, &format!("{name} at the previous owner"), &out, inner, Some(eth0), DecapReason::AcceptedRedirected);
+        }
+
+        // A slot that changed twice (A -> B -> C) names B then A. Each hop is
+        // run here as the host it stands for (this namespace knows `known`,
+        // not `unknown`): C sends an unknown packet to B (hops 1), B accepts
+        // a connection it has and sends the rest on to A (hops 2), and A,
+        // the last one named, takes whatever it gets.
+        for (family, outer, inner, chain, macs) in [
+            ("IPv4", b1, &unknown, [IpAddr::V4(PREVIOUS_V4), IpAddr::V4(OLDEST_V4)], [PREVIOUS_MAC, OLDEST_MAC]),
+            ("IPv6", b1_6, &unknown6, [IpAddr::V6(PREVIOUS_V6), IpAddr::V6(OLDEST_V6)], [PREVIOUS_MAC, OLDEST_MAC]),
+        ] {
+            let inner_v4 = inner[0] >> 4 == 4;
+            let udp_at = if outer.is_ipv4() { 34 } else { 54 };
+            for hops in 0..2u8 {
+                let name = format!("{family} chain, hop {hops}");
+                let input = gue_frame(outer, eth0_mac, &gue_chain(inner_v4, &chain, hops), inner);
+                let out = expect_decap(&ebpf, &name, &input, &[], Some(eth0), DecapReason::Redirected);
+                let to = usize::from(hops);
+                assert_eq!(out[..6], macs[to], "{name}: to previous[{hops}]'s MAC");
+                let g = parse_gue(&out);
+                assert_eq!((g.outer_src, g.outer_dst), (outer, chain[to]), "{name}: from this host to previous[{hops}]");
+                assert_eq!(g.block, Some((SECOND_CHANCE_KIND, hops + 1, 2, chain.to_vec())), "{name}: hops + 1, the list unchanged");
+                let mut expected = input[udp_at..].to_vec();
+                expected[8 + 4 + 2] = hops + 1;
+                assert_eq!(out[udp_at..], expected[..], "{name}: only hops changes after the outer IP header");
+                if let Some(v4) = g.v4 {
+                    assert!(v4.4, "{name}: outer IPv4 checksum after the rewrite");
+                }
+            }
+            let known_here = if inner_v4 { &known } else { &known6 };
+            let at_b = gue_frame(outer, eth0_mac, &gue_chain(inner_v4, &chain, 1), known_here);
+            expect_decap(&ebpf, &format!("{family} chain: B has the connection"), &at_b, known_here, Some(eth0), DecapReason::AcceptedSocket);
+            let at_a = gue_frame(chain[1], eth0_mac, &gue_chain(inner_v4, &chain, 2), inner);
+            expect_decap(&ebpf, &format!("{family} chain: A, the last named"), &at_a, inner, Some(eth0), DecapReason::AcceptedRedirected);
         }
 
         // No route out of the receiving interface (a run on lo): decapsulated, counted.
@@ -912,7 +1031,6 @@ fn malformed_gue_is_dropped_and_counted_and_other_udp_passes() {
         ("control bit", gue_frame(b1, mac, &with(&|h| h[0] |= 0x20), &inner)),
         ("flags set", gue_frame(b1, mac, &with(&|h| h[2] = 0x80), &inner)),
         ("inner protocol UDP", gue_frame(b1, mac, &with(&|h| h[1] = PROTO_UDP), &inner)),
-        ("Hlen of unknown private data", gue_frame(b1, mac, &with(&|h| h[0] = 3), &inner)),
         ("unknown private kind", gue_frame(b1, mac, &with(&|h| h[4] = b'X'), &inner)),
         ("Hlen beyond the packet", gue_frame(b1, mac, &good[..12], &[])),
         ("inner version not the announced one", gue_frame(b1, mac, &good, &inner6)),
@@ -921,6 +1039,23 @@ fn malformed_gue_is_dropped_and_counted_and_other_udp_passes() {
     ];
     for (name, input) in &cases {
         expect_decap(&ebpf, name, input, &[], None, DecapReason::GueMalformed);
+    }
+    // Our block, but a count that does not fit: dropped with its own counter.
+    let prev2 = [IpAddr::V4(PREVIOUS_V4), IpAddr::V4(B1_V4)];
+    let three = gue_chain(true, &[prev2[0], prev2[1], prev2[0]], 0);
+    let bad_counts: Vec<(&str, Vec<u8>)> = vec![
+        ("Hlen not a whole block", gue_frame(b1, mac, &with(&|h| h[0] = 3), &inner)),
+        ("count 0", gue_frame(b1, mac, &with(&|h| h[7] = 0), &inner)),
+        ("count 2 in the Hlen of 1", gue_frame(b1, mac, &with(&|h| h[7] = 2), &inner)),
+        ("count 1 in the Hlen of 2", gue_frame(b1, mac, &{ let mut h = gue_chain(true, &prev2, 0); h[7] = 1; h }, &inner)),
+        ("count beyond MAX_PREVIOUS_OWNERS", gue_frame(b1, mac, &three, &inner)),
+    ];
+    for (name, input) in &bad_counts {
+        expect_decap(&ebpf, name, input, &[], None, DecapReason::SecondChanceBadCount);
+    }
+    // Sent on more often than it names previous owners: dropped, counted.
+    for (name, header) in [("hops 2 of 1", gue_chain(true, &prev2[..1], 2)), ("hops 3 of 2", gue_chain(true, &prev2, 3))] {
+        expect_decap(&ebpf, name, &gue_frame(b1, mac, &header, &inner), &[], None, DecapReason::SecondChanceHopsBeyondCount);
     }
     // UDP to another port is not ours, GUE port or not: untouched.
     let dns = bytes!(PacketBuilder::ethernet2(LB_MAC, mac).ipv4(TUNNEL_V4.octets(), B1_V4.octets(), 64).udp(0xc123, 53), &good);
@@ -951,7 +1086,7 @@ fn balancer_output_decapsulates_to_the_clients_packet() {
         let (_, out) = balance(&loaded.ebpf, &input);
         let expected_block = leaving.map(|gone| {
             let addr: IpAddr = gone.parse().unwrap();
-            (SECOND_CHANCE_KIND, 0, if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }, addr)
+            (SECOND_CHANCE_KIND, 0, 1, vec![addr])
         });
         assert_eq!(parse_gue(&out).block, expected_block, "{vip}: the block names the previous owner");
         let reason = if leaving.is_some() { DecapReason::AcceptedSyn } else { DecapReason::Decapsulated };

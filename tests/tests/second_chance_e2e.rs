@@ -11,13 +11,15 @@
 //! then the step is applied and every live connection of every generation
 //! is checked by one line out and one answer back. What a connection should
 //! do is predicted from the kernel's own maps (`lb_tests::owners`): with
-//! "backend" it survives while its backend is its slot's current or previous
-//! owner, with "none" while it is the current one. The newest generation
-//! must lose nothing with "backend" (its slots changed at most once), and
-//! the share that moved must fit the share of the ring that changed.
-//! An older connection whose slot changed twice has lost its backend from
-//! both owners and breaks in either mode; that is the design's limit (one
-//! previous owner per slot), and the test checks that it is exactly those.
+//! "backend" it survives while its backend is its slot's current owner or
+//! one of its previous owners (up to `MAX_PREVIOUS_OWNERS`, 2), with "none"
+//! while it is the current one. With "backend" the newest generation (its
+//! slots changed at most once) and the one before it (at most twice: A ->
+//! B -> C, sent on by C to B and by B to A) must lose nothing, and the
+//! share that moved must fit the share of the ring that changed. An older
+//! connection whose slot changed three times has lost its backend from
+//! every owner the slot keeps and breaks in either mode; that is the
+//! design's limit, and the test checks that it is exactly those.
 //!
 //! IPv6 and mixed families: a "backend" IPv6 VIP and an IPv4 VIP, both over
 //! IPv6 backends (6-in-6 and 4-in-6 GUE), on a non-default GUE port.
@@ -149,6 +151,14 @@ struct StepCount {
     newest: usize,
     newest_moved: usize,
     newest_broken: usize,
+    /// The generation before it (opened before the previous step: its
+    /// slots changed at most twice).
+    second: usize,
+    second_moved: usize,
+    second_broken: usize,
+    /// Live connections whose backend is only their slot's older previous
+    /// owner (the slot changed twice since they opened): kept by two hops.
+    via_older: usize,
 }
 
 struct Scenario {
@@ -332,12 +342,17 @@ impl Scenario {
                     let owners = after.owners(c.src).unwrap_or_else(|e| panic!("{e:#}"));
                     let is_backend = |a: Option<IpAddr>| a.is_some_and(|a| self.host_of(a) == c.backend);
                     let moved = !is_backend(owners.current);
-                    let survives = !moved || (self.mode == Mode::Backend && is_backend(owners.previous));
+                    let survives = !moved || (self.mode == Mode::Backend && owners.previous.iter().any(|&a| is_backend(Some(a))));
+                    count.via_older += (moved && !is_backend(owners.previous.first().copied()) && is_backend(owners.previous.get(1).copied())) as usize;
                     count.moved += moved as usize;
                     second_chances += (moved && survives) as usize;
                     if g == newest {
                         count.newest += 1;
                         count.newest_moved += moved as usize;
+                    }
+                    if g + 1 == newest {
+                        count.second += 1;
+                        count.second_moved += moved as usize;
                     }
                     if !survives {
                         expected_broken.insert(c.src);
@@ -350,22 +365,30 @@ impl Scenario {
                 if g == newest {
                     count.newest_broken = b.len();
                 }
+                if g + 1 == newest {
+                    count.second_broken = b.len();
+                }
                 broken.extend(b);
             }
             count.broken = broken.len();
             let broken_srcs: BTreeSet<SocketAddr> = broken.iter().map(|b| b.src).collect();
             let line = format!(
-                "{} {} / {step}: ring {:.1}% changed ({changed} slots; with a previous owner: {} before, {} after); newest {}: {} moved, {} broken; all {}: {} moved, {} broken",
+                "{} {} / {step}: ring {:.1}% changed ({changed} slots; with a previous owner: {} before, {} after, with two: {} after); newest {}: {} moved, {} broken; the one before {}: {} moved, {} broken; all {}: {} moved ({} whose backend is the older previous owner), {} broken",
                 self.mode.flow_state(),
                 vip.name,
                 100.0 * changed as f64 / after.ring_size() as f64,
                 before[t].slots_with_previous(),
                 after.slots_with_previous(),
+                after.slots_with_two_previous(),
                 count.newest,
                 count.newest_moved,
                 count.newest_broken,
+                count.second,
+                count.second_moved,
+                count.second_broken,
                 count.live,
                 count.moved,
+                count.via_older,
                 count.broken
             );
             eprintln!("[{}] {line}", self.test);
@@ -377,6 +400,7 @@ impl Scenario {
             assert!(missing.is_empty(), "[{}] {step}, {}: connections live that the rings say must break: {missing:?}", self.test, vip.name);
             if self.mode == Mode::Backend {
                 assert_eq!(count.newest_broken, 0, "[{}] {step}, {}: a slot changed once must keep its connections", self.test, vip.name);
+                assert_eq!(count.second_broken, 0, "[{}] {step}, {}: a slot changed twice must keep its connections", self.test, vip.name);
             }
             assert_plausible_share(self.test, &format!("{step}, {}", vip.name), count.newest, count.newest_moved, changed, after.ring_size());
             counts.push(count);
@@ -451,6 +475,9 @@ fn backend_flow_state_keeps_every_connection_through_ring_changes() {
     }
     let counts = run_steps(TEST, Mode::Backend);
     assert_eq!(counts.len(), STEPS.len());
+    // Some slot changed twice under a live connection, so the two-hop path was exercised.
+    let via_older: usize = counts.iter().map(|c| c.via_older).sum();
+    assert!(via_older > 0, "[{TEST}] no live connection's backend was its slot's older previous owner: {counts:?}");
 }
 
 #[test]

@@ -13,11 +13,14 @@ use lb_common::{
     flow_guard::FlowGuard,
     flows::{member_index, LoadedState},
     health::{HealthEntry, HealthKey},
-    maps, BackendEntry, VipKey, VipMeta, NO_BACKEND,
+    maps,
+    second_chance::PreviousOwners,
+    BackendEntry, VipKey, VipMeta,
 };
 
 use super::{previous::SharedLedger, rings::MappedRings, store::MapStore};
 use crate::pins;
+use crate::plan::previous;
 
 /// Where the maps are opened from (again, for [`MapStore::reopen`]).
 enum Source {
@@ -201,16 +204,16 @@ impl MapStore for LiveMaps {
         read_row(&self.rings, maps::RINGS, row, size)
     }
 
-    fn previous_row(&self, row: u32, size: u32) -> Result<Vec<u32>> {
+    fn previous_row(&self, row: u32, size: u32) -> Result<Vec<PreviousOwners>> {
         match &self.previous {
-            Some(data) => read_row(data, maps::PREVIOUS, row, size),
-            None => Ok(vec![NO_BACKEND; size as usize]),
+            Some(data) => read_previous_row(data, row, size),
+            None => Ok(vec![previous::NONE; size as usize]),
         }
     }
 
-    fn write_previous_row(&mut self, row: u32, previous: &[u32]) -> Result<()> {
+    fn write_previous_row(&mut self, row: u32, owners: &[PreviousOwners]) -> Result<()> {
         let Some(data) = &self.previous else {
-            if previous.iter().any(|&id| id != NO_BACKEND) {
+            if owners.iter().any(previous::has_any) {
                 anyhow::bail!(
                     "the loaded BPF object has no {} map, so a flow_state = \"backend\" VIP cannot work; \
                      restart with `lb-agent run --full-restart` to load this agent's object",
@@ -219,24 +222,25 @@ impl MapStore for LiveMaps {
             }
             return Ok(());
         };
-        let size = previous.len() as u32;
+        let size = owners.len() as u32;
         let mapped = MappedRings::row_of(data, maps::PREVIOUS, row, size)?;
-        for (slot, &id) in (row * size..).zip(previous) {
-            if mapped.get(slot) != Some(id) {
-                mapped.set(slot, id)?;
+        for (slot, wanted) in (row * size..).zip(owners) {
+            if mapped.get_owners(slot).as_ref() != Some(wanted) {
+                mapped.set_owners(slot, wanted)?;
             }
         }
         Ok(())
     }
 
-    fn rows_with_previous(&self) -> Result<Vec<u32>> {
+    fn rows_with_previous(&self) -> Result<Vec<(u32, usize)>> {
         let Some(data) = &self.previous else { return Ok(Vec::new()) };
         let size = self.ring_size()?;
         let slots = data.info().context("reading PREVIOUS map info")?.max_entries();
         let mut rows = Vec::new();
         for row in 0..slots.checked_div(size).unwrap_or(0) {
-            if read_row(data, maps::PREVIOUS, row, size)?.iter().any(|&id| id != NO_BACKEND) {
-                rows.push(row);
+            let depth = previous::depth(&read_previous_row(data, row, size)?);
+            if depth > 0 {
+                rows.push((row, depth));
             }
         }
         Ok(rows)
@@ -309,6 +313,14 @@ impl MapStore for LiveMaps {
 }
 
 /// Row `row` of a map shaped like `RINGS`, mapped only while it is read.
+/// Row `row` of `PREVIOUS`, `size` slots.
+fn read_previous_row(data: &MapData, row: u32, size: u32) -> Result<Vec<PreviousOwners>> {
+    let mapped = MappedRings::row_of(data, maps::PREVIOUS, row, size)?;
+    (row * size..(row + 1) * size)
+        .map(|slot| mapped.get_owners(slot).with_context(|| format!("slot {slot} of {} not mapped", maps::PREVIOUS)))
+        .collect()
+}
+
 fn read_row(data: &MapData, name: &'static str, row: u32, size: u32) -> Result<Vec<u32>> {
     let mapped = MappedRings::row_of(data, name, row, size)?;
     (row * size..(row + 1) * size)

@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use lb_common::{
     flows::MEMBER_UNUSABLE,
     health::{HealthEntry, HealthKey},
+    second_chance::PreviousOwners,
     vip_filter::WORDS,
     BackendEntry, VipKey, VipMeta, NO_BACKEND,
 };
@@ -24,7 +25,7 @@ pub enum Write {
     /// The whole new ring of a row (written only where it differs).
     Ring(u32, Vec<u32>),
     /// The whole new row of `PREVIOUS` (written only where it differs).
-    Previous(u32, Vec<u32>),
+    Previous(u32, Vec<PreviousOwners>),
     Member(HealthKey, u32),
     Health(HealthKey, Option<HealthEntry>),
     FilterWord(u32, u64),
@@ -41,7 +42,7 @@ pub struct Maps {
     /// Rows ever written; others are all `NO_BACKEND`.
     pub rings: BTreeMap<u32, Vec<u32>>,
     /// Rows of `PREVIOUS` ever written; others are all `NO_BACKEND`.
-    pub previous: BTreeMap<u32, Vec<u32>>,
+    pub previous: BTreeMap<u32, Vec<PreviousOwners>>,
     /// Entries ever written; others are `MEMBER_UNUSABLE`.
     pub members: BTreeMap<HealthKey, u32>,
     pub health: BTreeMap<HealthKey, HealthEntry>,
@@ -111,8 +112,8 @@ impl Maps {
     }
 
     /// Row `row` of `PREVIOUS`, `ring_size` slots.
-    pub fn previous(&self, row: u32, ring_size: u32) -> Vec<u32> {
-        self.previous.get(&row).cloned().unwrap_or_else(|| vec![NO_BACKEND; ring_size as usize])
+    pub fn previous(&self, row: u32, ring_size: u32) -> Vec<PreviousOwners> {
+        self.previous.get(&row).cloned().unwrap_or_else(|| vec![crate::plan::previous::NONE; ring_size as usize])
     }
 
     pub fn member(&self, key: HealthKey) -> u32 {
@@ -218,26 +219,26 @@ impl MapStore for MemoryStore {
         Ok(differ)
     }
 
-    fn previous_row(&self, row: u32, size: u32) -> Result<Vec<u32>> {
+    fn previous_row(&self, row: u32, size: u32) -> Result<Vec<PreviousOwners>> {
         Ok(self.shared().maps.previous(row, size))
     }
 
-    fn write_previous_row(&mut self, row: u32, previous: &[u32]) -> Result<()> {
+    fn write_previous_row(&mut self, row: u32, previous: &[PreviousOwners]) -> Result<()> {
         if self.shared().maps.previous(row, previous.len() as u32) != previous {
             self.write(Write::Previous(row, previous.to_vec()))?;
         }
         Ok(())
     }
 
-    fn rows_with_previous(&self) -> Result<Vec<u32>> {
+    fn rows_with_previous(&self) -> Result<Vec<(u32, usize)>> {
         let maps = &self.shared().maps;
-        Ok(maps.previous.iter().filter(|(_, p)| p.iter().any(|&id| id != NO_BACKEND)).map(|(&row, _)| row).collect())
+        Ok(maps.previous.iter().map(|(&row, p)| (row, crate::plan::previous::depth(p))).filter(|&(_, depth)| depth > 0).collect())
     }
 
     fn ring_size(&self) -> Result<u32> {
         // The rows written so far tell (every row has the ring's size).
         let maps = &self.shared().maps;
-        Ok(maps.rings.values().chain(maps.previous.values()).next().map_or(0, |r| r.len() as u32))
+        Ok(maps.rings.values().map(Vec::len).chain(maps.previous.values().map(Vec::len)).next().map_or(0, |len| len as u32))
     }
 
     fn ledger(&self) -> &SharedLedger {

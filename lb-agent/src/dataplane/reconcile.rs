@@ -227,7 +227,7 @@ mod tests {
     use crate::test_config::{TestBackend, TestConfig, TestVip};
     use crate::dataplane::memory::{Maps, MemoryStore, Write};
     use crate::plan::{plan_reusing, Previous};
-    use lb_common::{VipKey, VipMeta};
+    use lb_common::{second_chance::PreviousOwners, VipKey, VipMeta};
     use std::time::{Duration, Instant};
 
     /// web (192.0.2.10:80, checked) on .11, .12 (down at start when
@@ -489,10 +489,12 @@ mod tests {
         (config, kept, supervisor)
     }
 
-    /// Every slot that changed from `old` to `new` names its old owner; the others none.
+    /// Every slot that changed from `old` to `new` names its old owner (and
+    /// only it: one change from none); the others none.
     #[track_caller]
-    fn assert_previous_follows(old: &[u32], new: &[u32], previous: &[u32]) {
-        let wanted: Vec<u32> = old.iter().zip(new).map(|(&o, &n)| if o != n { o } else { NO_BACKEND }).collect();
+    fn assert_previous_follows(old: &[u32], new: &[u32], previous: &[PreviousOwners]) {
+        let wanted: Vec<PreviousOwners> =
+            old.iter().zip(new).map(|(&o, &n)| if o != n { [o, NO_BACKEND] } else { [NO_BACKEND; 2] }).collect();
         assert_eq!(previous, wanted, "old {old:?}, new {new:?}");
         assert!(old != new, "the change must move some slot");
     }
@@ -503,20 +505,20 @@ mod tests {
         let (web, plain) = (running.vip("web").unwrap().row, running.vip("plain").unwrap().row);
         let size = running.ring_size;
         let start = store.maps();
-        assert!(start.previous.values().flatten().all(|&id| id == NO_BACKEND), "a first start has no previous owners");
+        assert!(start.previous.values().flatten().flatten().all(|&id| id == NO_BACKEND), "a first start has no previous owners");
         let gone = running.backend_id("198.51.100.13".parse().unwrap()).unwrap();
 
         let without = second_chance(&WITHOUT_13).to_toml();
         let (config, plan, second) = reload(&mut store, &before, &running, &first, &without);
         let end = store.maps();
         assert_previous_follows(&start.ring(web, size), &end.ring(web, size), &end.previous(web, size));
-        assert!(end.previous(web, size).contains(&gone));
-        assert!(end.previous(plain, size).iter().all(|&id| id == NO_BACKEND), "an \"lb\" VIP has none");
+        assert!(end.previous(web, size).iter().any(|o| o.contains(&gone)));
+        assert!(end.previous(plain, size).iter().flatten().all(|&id| id == NO_BACKEND), "an \"lb\" VIP has none");
         assert!(end.backends.contains_key(&gone), "a previous owner keeps its BACKENDS entry");
         assert!(store.kept().unwrap().previous_owners.contains(&gone));
         // PREVIOUS is written before the ring that moves the slots.
         let log = store.log();
-        let named = log.iter().position(|w| matches!(w, Write::Previous(row, p) if *row == web && p.contains(&gone))).unwrap();
+        let named = log.iter().position(|w| matches!(w, Write::Previous(row, p) if *row == web && p.iter().any(|o| o.contains(&gone)))).unwrap();
         let moved = log.iter().position(|w| matches!(w, Write::Ring(row, r) if *row == web && !r.contains(&gone))).unwrap();
         assert!(named < moved, "previous owners before the ring");
 
@@ -536,7 +538,7 @@ mod tests {
         assert!(store.drain_previous(Instant::now()).unwrap().is_empty(), "not yet");
         let drained = store.drain_previous(Instant::now() + Duration::from_secs(10)).unwrap();
         assert_eq!(drained, [web]);
-        assert!(store.maps().previous(web, size).iter().all(|&id| id == NO_BACKEND));
+        assert!(store.maps().previous(web, size).iter().flatten().all(|&id| id == NO_BACKEND));
         assert!(store.kept().unwrap().previous_owners.is_empty());
         reload(&mut store, &config2, &plan2, &third, &added);
         assert!(!store.maps().backends.contains_key(&gone), "drained: the entry goes");
@@ -556,8 +558,8 @@ mod tests {
         supervisor.apply(&report).unwrap();
         let after = store.maps();
         assert_previous_follows(&before.ring(web, size), &after.ring(web, size), &after.previous(web, size));
-        assert!(after.previous(web, size).iter().all(|&id| id == NO_BACKEND || id == down), "only .12 moved");
-        assert!(after.previous(web, size).contains(&down));
+        assert!(after.previous(web, size).iter().flatten().all(|&id| id == NO_BACKEND || id == down), "only .12 moved");
+        assert!(after.previous(web, size).iter().any(|o| o.contains(&down)));
     }
 
     #[test]
@@ -582,5 +584,32 @@ mod tests {
         // The 10 s window counts from the restart.
         assert!(adopted.drain_previous(restarted + Duration::from_secs(9)).unwrap().is_empty());
         assert_eq!(adopted.drain_previous(restarted + Duration::from_secs(11)).unwrap(), [web]);
+    }
+
+    #[test]
+    fn a_slot_that_changes_twice_names_both_old_owners_newest_first() {
+        let (before, running, mut store, first) = started(second_chance(&ALL_THREE).parse());
+        let web = running.vip("web").unwrap().row;
+        let size = running.ring_size;
+        let id = |a: &str| running.backend_id(a.parse().unwrap()).unwrap();
+        let (b12, b13) = (id("198.51.100.12"), id("198.51.100.13"));
+        let start = store.maps().ring(web, size);
+        // .13 goes (its slots move to .11 and .12), then .12 goes.
+        let (config, plan, second) = reload(&mut store, &before, &running, &first, &second_chance(&WITHOUT_13).to_toml());
+        let middle = store.maps().ring(web, size);
+        reload(&mut store, &config, &plan, &second, &second_chance(&["198.51.100.11"]).to_toml());
+        let end = store.maps();
+        let twice: Vec<usize> = (0..size as usize).filter(|&s| start[s] == b13 && middle[s] == b12).collect();
+        assert!(!twice.is_empty(), "some slot went .13 -> .12 -> .11");
+        for &s in &twice {
+            assert_eq!(end.previous(web, size)[s], [b12, b13], "slot {s}: newest first");
+        }
+        for (s, owners) in end.previous(web, size).iter().enumerate() {
+            assert!(!owners.contains(&end.ring(web, size)[s]), "slot {s}: the owner is never its own previous");
+        }
+        assert!(store.kept().unwrap().previous_owners.is_superset(&[b12, b13].into()), "both keep their ids");
+        let drained = store.drain_previous(Instant::now() + Duration::from_secs(10)).unwrap();
+        assert_eq!(drained, [web]);
+        assert!(store.maps().previous(web, size).iter().flatten().all(|&id| id == NO_BACKEND), "both depths drained");
     }
 }

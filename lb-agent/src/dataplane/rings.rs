@@ -19,13 +19,15 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{maps::Map, Ebpf};
-use lb_common::maps;
+use lb_common::{maps, second_chance::PreviousOwners};
 
 /// The kernel stores array elements `round_up(value_size, 8)` bytes apart
 /// (`array_map_alloc`), so a `u32` slot occupies 8 bytes: its value is the
 /// first 4 (the BPF program reads exactly those).
 const ELEMENT_STRIDE: usize = 8;
 const WORDS_PER_ELEMENT: usize = ELEMENT_STRIDE / size_of::<u32>();
+// A `PREVIOUS` element fits the stride `RINGS` has, so both map alike.
+const _: () = assert!(size_of::<PreviousOwners>() <= ELEMENT_STRIDE);
 
 pub struct MappedRings {
     words: NonNull<AtomicU32>,
@@ -127,6 +129,27 @@ impl MappedRings {
 
     pub fn get(&self, index: u32) -> Option<u32> {
         self.slot(index).map(|s| s.load(Ordering::Relaxed))
+    }
+
+    /// Element `index` of `PREVIOUS`: a slot's previous owners (the words
+    /// of one element; see `lb_common::second_chance::PreviousOwners`).
+    pub fn get_owners(&self, index: u32) -> Option<PreviousOwners> {
+        let first = self.slot(index)?;
+        // SAFETY: `slot` found the element in the mapping, and its
+        // ELEMENT_STRIDE bytes hold every word of `PreviousOwners` (asserted below).
+        Some(std::array::from_fn(|k| unsafe { &*(first as *const AtomicU32).add(k) }.load(Ordering::Relaxed)))
+    }
+
+    /// Writes element `index` of `PREVIOUS`, oldest entry first: the kernel
+    /// reads the words one by one, so a torn read sees at worst one owner
+    /// twice or one missing, never an owner the slot did not have.
+    pub fn set_owners(&self, index: u32, owners: &PreviousOwners) -> Result<()> {
+        let first = self.slot(index).with_context(|| format!("ring slot {index} not in this mapping of {}", self.name))?;
+        for k in (0..owners.len()).rev() {
+            // SAFETY: as in `get_owners`.
+            unsafe { &*(first as *const AtomicU32).add(k) }.store(owners[k], Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     pub fn set(&self, index: u32, backend_id: u32) -> Result<()> {

@@ -11,6 +11,7 @@ use anyhow::Result;
 use lb_common::{
     health::{HealthEntry, HealthKey},
     packet_policy::PROTO_ADDRESS_ENTRY,
+    second_chance::PreviousOwners,
     BackendEntry, VipKey, VipMeta, NO_BACKEND,
 };
 
@@ -49,12 +50,12 @@ pub trait MapStore {
 
     /// Row `row` of `PREVIOUS` (`size` slots; all [`NO_BACKEND`] in an
     /// object without the map).
-    fn previous_row(&self, row: u32, size: u32) -> Result<Vec<u32>>;
+    fn previous_row(&self, row: u32, size: u32) -> Result<Vec<PreviousOwners>>;
     /// Makes row `row` of `PREVIOUS` equal `previous`, writing only the
     /// slots that differ. Callers hold the ledger.
-    fn write_previous_row(&mut self, row: u32, previous: &[u32]) -> Result<()>;
-    /// Rows of `PREVIOUS` with any previous owner (read once after a start).
-    fn rows_with_previous(&self) -> Result<Vec<u32>>;
+    fn write_previous_row(&mut self, row: u32, previous: &[PreviousOwners]) -> Result<()>;
+    /// Rows of `PREVIOUS` with any previous owner, and how deep (read once after a start).
+    fn rows_with_previous(&self) -> Result<Vec<(u32, usize)>>;
     /// Writes the new-flow guard's limit (`None`: off) to every CPU's
     /// `FLOW_GUARD` entry, which also restarts each CPU's window.
     fn set_new_flow_guard(&mut self, per_cpu_per_second: Option<u32>) -> Result<()>;
@@ -80,7 +81,7 @@ pub trait MapStore {
         let mut owners = self.previous_row(row, size)?;
         if previous::advance(&old, ring, &mut owners, ledger.is_second_chance(row)) {
             self.write_previous_row(row, &owners)?;
-            ledger.wrote(row, previous::with_previous_owner(&owners) > 0, Instant::now());
+            ledger.wrote(row, previous::depth(&owners), Instant::now());
         }
         self.write_ring_row(row, ring)
     }
@@ -110,22 +111,26 @@ pub trait MapStore {
         let size = self.ring_size()?;
         let mut ids = BTreeSet::new();
         for row in ledger.rows() {
-            ids.extend(self.previous_row(row, size)?.into_iter().filter(|&id| id != NO_BACKEND));
+            ids.extend(self.previous_row(row, size)?.into_iter().flatten().filter(|&id| id != NO_BACKEND));
         }
         Ok(ids)
     }
 
-    /// Clears the rows whose drain window has passed at `now`; returns them.
+    /// Forgets the previous owners whose drain window has passed at `now`
+    /// (each depth its own, see [`super::previous`]); returns the rows changed.
     fn drain_previous(&mut self, now: Instant) -> Result<Vec<u32>> {
         let ledger = self.scanned_ledger()?;
         let mut ledger = lock(&ledger);
         let expired = ledger.expired(now);
-        let empty = vec![NO_BACKEND; self.ring_size()? as usize];
-        for &row in &expired {
-            self.write_previous_row(row, &empty)?;
-            ledger.wrote(row, false, now);
+        let size = self.ring_size()?;
+        for &(row, keep) in &expired {
+            let mut owners = self.previous_row(row, size)?;
+            if previous::truncate(&mut owners, keep) {
+                self.write_previous_row(row, &owners)?;
+            }
+            ledger.drained(row, keep);
         }
-        Ok(expired)
+        Ok(expired.into_iter().map(|(row, _)| row).collect())
     }
 
     /// The `MEMBERS` entry of a (row, backend) pair.

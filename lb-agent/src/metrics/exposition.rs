@@ -209,7 +209,7 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
     for (vip, backend, m) in pairs() {
         t.sample(names::RING_SHARE, &pair(vip, backend), m.ring_share);
     }
-    t.family(names::VIP_PREVIOUS_OWNER_SLOTS, Kind::Gauge, "Ring slots of the VIP that have a previous owner now (flow_state = \"backend\" VIPs after a ring change, until lb.previous_owner_window passes).");
+    t.family(names::VIP_PREVIOUS_OWNER_SLOTS, Kind::Gauge, "Ring slots of the VIP that have at least one previous owner now, however many (flow_state = \"backend\" VIPs after a ring change, until lb.previous_owner_window passes).");
     for vip in &plan.vips {
         t.sample(names::VIP_PREVIOUS_OWNER_SLOTS, &[(labels::VIP, vip.name.as_str())], u64::from(sample.shares.with_previous_owner(vip.row)));
     }
@@ -318,8 +318,9 @@ mod tests {
         // The ring as the supervisor writes it with .11 down: all .12's.
         let ring = vec![b12; plan.ring_size as usize];
         let mut shares = RingShares::from_rings(plan.ring_size, [(0, &ring[..])]);
-        let mut previous = vec![lb_common::NO_BACKEND; ring.len()];
-        previous[..3].copy_from_slice(&[2, 2, 1]);
+        let mut previous = vec![crate::plan::previous::NONE; ring.len()];
+        // Three slots, one with two previous owners: counted once.
+        previous[..3].copy_from_slice(&[[2, 1], [2, 0], [1, 0]]);
         shares.set_previous(0, &previous);
         let sample = Sample { counters: &counters, health: &health, shares: &shares, now_unix_ms: 3_500 };
         let text = encode(&programmed, &attachment, &sample, &hist).unwrap();

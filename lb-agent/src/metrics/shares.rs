@@ -44,20 +44,21 @@ impl RingShares {
             drop(ring);
             if let Some(data) = previous.as_ref().filter(|_| vip.meta.flags & VIP_FLAG_SECOND_CHANCE != 0) {
                 let row = MappedRings::row_of(data, maps::PREVIOUS, vip.row, plan.ring_size)?;
-                let owners: Vec<u32> = (0..plan.ring_size).filter_map(|slot| row.get(base + slot)).collect();
+                let owners: Vec<_> = (0..plan.ring_size).filter_map(|slot| row.get_owners(base + slot)).collect();
                 shares.previous.insert(vip.row, previous::with_previous_owner(&owners));
             }
         }
         Ok(shares)
     }
 
-    /// Slots of VIP `row`'s ring that have a previous owner.
+    /// Slots of VIP `row`'s ring that have at least one previous owner
+    /// (however many they name).
     pub fn with_previous_owner(&self, row: u32) -> u32 {
         self.previous.get(&row).copied().unwrap_or(0)
     }
 
     /// Records `previous` as row `row` of `PREVIOUS` (tests and fixtures).
-    pub fn set_previous(&mut self, row: u32, previous: &[u32]) {
+    pub fn set_previous(&mut self, row: u32, previous: &[lb_common::second_chance::PreviousOwners]) {
         self.previous.insert(row, previous::with_previous_owner(previous));
     }
 

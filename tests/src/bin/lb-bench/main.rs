@@ -43,7 +43,7 @@ use lb_tests::configs::{self, TestVip, BACKENDS_V4};
 use lb_common::{
     flows::FlowEvent,
     maps, programs,
-    second_chance::{GueHeader, SecondChance},
+    second_chance::{second_chance_len, GueHeader, PreviousOwners, MAX_PREVIOUS_OWNERS},
     Action,
 };
 use serde_json::{json, Value};
@@ -93,14 +93,15 @@ const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
 
 /// The benchmark's data plane: the production ring size, two or three
 /// backends per VIP, a stateless VIP beside the flow table's, "backend" VIPs
-/// (second chance; one whose bench flow has a previous owner) and a GUE VIP
-/// that keeps its flow table.
+/// (second chance; one whose bench flow has a previous owner, one whose has
+/// two) and a GUE VIP that keeps its flow table.
 fn config() -> String {
     let stateless = TestVip::new("web-stateless", "192.0.2.10:81").flow_table(false).backends(BACKENDS_V4);
     let backend = |name: &str, endpoint: &str| TestVip::new(name, endpoint).set("flow_state", "backend").backends(BACKENDS_V4);
     let gue = TestVip::new("web-gue", "192.0.2.10:83").set("encap", "gue").backends(BACKENDS_V4);
     let c = configs::unattached("bench0").max_vips(8).max_backends(16).vip(stateless);
     let c = c.vip(backend("web-backend", "192.0.2.10:82")).vip(backend("web-backend-moved", "192.0.2.10:84")).vip(gue);
+    let c = c.vip(backend("web-backend-moved-twice", "192.0.2.10:85"));
     c.vip(configs::web()).vip(configs::dns()).vip(configs::web6()).static_macs().to_toml()
 }
 
@@ -113,18 +114,28 @@ fn load_with_plan() -> Result<bpf::Loaded> {
     bpf::load(&config(), "bench.toml", &programs, Overrides::default())
 }
 
-/// Gives the slot of the flow from `src`:`sport` to VIP `port` a previous
-/// owner, as a ring change would: the balancer then carries it in the GUE
-/// header. Returns (current, previous) backend ids.
-fn set_previous_owner(loaded: &mut bpf::Loaded, src: IpAddr, sport: u16, port: u16) -> Result<(u32, u32)> {
+/// Gives the slot of the flow from `src`:`sport` to VIP `port` `depth`
+/// previous owners (other members of the VIP), as that many ring changes
+/// would (the `PREVIOUS` layout of `lb_common::second_chance`): the
+/// balancer then carries them in the GUE header. Returns (current, newest
+/// previous) backend ids.
+fn set_previous_owners(loaded: &mut bpf::Loaded, src: IpAddr, sport: u16, port: u16, depth: usize) -> Result<(u32, u32)> {
     let plan = &loaded.plan;
     let vip = lb_agent::plan::find_vip(plan, VIP_V4.into(), port, lb_common::PROTO_TCP).context("no bench VIP on that port")?;
     let slot = lb_agent::plan::slot(plan, vip, src, sport, port).context("the flow has no slot")?;
     let current = vip.ring()[slot as usize];
-    let previous = vip.members.iter().map(|(id, _)| *id).find(|id| *id != current).context("the VIP has one backend")?;
-    let mut map: Array<_, u32> = Array::try_from(loaded.ebpf.map_mut(maps::PREVIOUS).context("PREVIOUS")?)?;
-    map.set(vip.row * plan.ring_size + slot, previous, 0)?;
-    Ok((current, previous))
+    let mut owners: PreviousOwners = [lb_common::NO_BACKEND; MAX_PREVIOUS_OWNERS];
+    let others: Vec<u32> = vip.members.iter().map(|(id, _)| *id).filter(|id| *id != current).take(depth).collect();
+    ensure!(others.len() == depth && depth <= MAX_PREVIOUS_OWNERS, "the VIP has too few backends for {depth} previous owners");
+    owners[..depth].copy_from_slice(&others);
+    let mut map: Array<_, PreviousOwners> = Array::try_from(loaded.ebpf.map_mut(maps::PREVIOUS).context("PREVIOUS")?)?;
+    map.set(vip.row * plan.ring_size + slot, owners, 0)?;
+    Ok((current, owners[0]))
+}
+
+/// One previous owner (see [`set_previous_owners`]).
+fn set_previous_owner(loaded: &mut bpf::Loaded, src: IpAddr, sport: u16, port: u16) -> Result<(u32, u32)> {
+    set_previous_owners(loaded, src, sport, port, 1)
 }
 
 fn write(builder: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
@@ -251,6 +262,7 @@ const BACKEND_VIP_TARGET: f64 = 2.5;
 fn packet_costs(runs: usize) -> Result<Value> {
     let mut loaded = load_with_plan()?;
     set_previous_owner(&mut loaded, Ipv4Addr::from(CLIENT_V4).into(), 40000, 84)?;
+    set_previous_owners(&mut loaded, Ipv4Addr::from(CLIENT_V4).into(), 40000, 85, 2)?;
     let ebpf = loaded.ebpf;
     // An encapsulated packet for the decap case: run the balancer once.
     let syn = tcp4_syn(VIP_V4, 80);
@@ -261,7 +273,8 @@ fn packet_costs(runs: usize) -> Result<Value> {
     let ipv6_outer = 40;
     // IPv4 + UDP + GUE, and the second-chance private data when the slot has a previous owner.
     let gue_outer = ipv4_outer + 8 + size_of::<GueHeader>();
-    let gue_outer_previous = gue_outer + size_of::<SecondChance>();
+    let gue_outer_previous = gue_outer + second_chance_len(1);
+    let gue_outer_two_previous = gue_outer + second_chance_len(2);
     let cases = vec![
         PacketCase { name: "floor: xdp_pass", flows: Flows::Any, program: programs::PASS, input: syn.clone(), ingress: None, expect: Expect::PassUnchanged },
         PacketCase { name: "floor: parse + swap MACs + tx", flows: Flows::Any, program: programs::FLOOR_TX, input: syn.clone(), ingress: None, expect: Expect::Tx { grows_by: 0 } },
@@ -279,6 +292,7 @@ fn packet_costs(runs: usize) -> Result<Value> {
         PacketCase { name: "ipv4 tcp ack, backend vip", flows: Flows::Untouched, program: programs::BALANCER, input: tcp4_ack(VIP_V4, 82), ingress: None, expect: Expect::Tx { grows_by: gue_outer } },
         PacketCase { name: "ipv4 tcp syn, backend vip, previous owner", flows: Flows::Untouched, program: programs::BALANCER, input: tcp4_syn(VIP_V4, 84), ingress: None, expect: Expect::Tx { grows_by: gue_outer_previous } },
         PacketCase { name: "ipv4 tcp ack, backend vip, previous owner", flows: Flows::Untouched, program: programs::BALANCER, input: tcp4_ack(VIP_V4, 84), ingress: None, expect: Expect::Tx { grows_by: gue_outer_previous } },
+        PacketCase { name: "ipv4 tcp ack, backend vip, two previous owners", flows: Flows::Untouched, program: programs::BALANCER, input: tcp4_ack(VIP_V4, 85), ingress: None, expect: Expect::Tx { grows_by: gue_outer_two_previous } },
     ];
     let mut rows = Vec::new();
     let mut ns = std::collections::BTreeMap::new();
