@@ -76,8 +76,11 @@ struct Running {
     supervisor: SharedSupervisor<LiveMaps>,
     checkers: Vec<JoinHandle<()>>,
     dsr: dsr::Dsr,
-    /// The Prometheus endpoint's state, unless `lb.metrics_listen = "off"`.
+    /// What the Prometheus endpoint and status page show (kept while the
+    /// endpoint is off: a reload may turn it on).
     metrics: Option<Arc<Metrics>>,
+    /// The endpoint at `lb.metrics_listen`, unless it is `"off"`.
+    metrics_endpoint: Option<crate::metrics::endpoint::Endpoint>,
     /// Routes the routing daemon announces (`[announce]`), if configured.
     announcer: Option<crate::announce::Announcer>,
     /// Whether the maps hold exactly what `plan` and the supervisor say. A
