@@ -28,27 +28,27 @@ pub fn render(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
     let Programmed { config, plan, fingerprint, generation } = programmed;
     let mut out = String::with_capacity(8 * 1024);
     let title = format!("lb-agent on {}", attachment.interface);
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\"><title>{}</title><style>{STYLE}</style></head><body>\n",
+         <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\"><title>{}</title><style>{STYLE}</style></head><body>",
         escape(&title)
     );
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<h1>{} <small>{} XDP, lb-agent {}</small></h1>\n",
+        "<h1>{} <small>{} XDP, lb-agent {}</small></h1>",
         escape(&title),
         escape(attachment.mode),
         escape(env!("CARGO_PKG_VERSION"))
     );
     let size = config.lb.flow_table_size;
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<dl class=\"summary\"><dt>config generation</dt><dd id=\"generation\">{generation}</dd>\
          <dt>fingerprint</dt><dd><code id=\"fingerprint\">{}</code></dd>\
          <dt>flow table</dt><dd id=\"flow-table\">{} of {} flows ({})</dd>\
          <dt>ring size</dt><dd>{}</dd>\
-         <dt>rates</dt><dd id=\"window\">{}</dd></dl>\n",
+         <dt>rates</dt><dd id=\"window\">{}</dd></dl>",
         escape(fingerprint),
         sample.flow_entries,
         size,
@@ -109,10 +109,10 @@ fn member_row(out: &mut String, address: &str, m: &MemberHealth, weight: u32, no
         Some(e) => (reason_label(&e), age(Duration::from_millis(now_unix_ms.saturating_sub(e.since_unix_ms)))),
         None => ("-".to_string(), "-".to_string()),
     };
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<tr class=\"backend\" data-backend=\"{a}\" data-state=\"{state}\"><td>{a}</td><td>{}</td><td>{weight}</td>\
-         <td><span class=\"state {state}\">{state}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+         <td><span class=\"state {state}\">{state}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         if m.backup { "backup" } else { "primary" },
         escape(&reason),
         escape(&since),
