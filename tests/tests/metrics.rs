@@ -251,6 +251,8 @@ fn metrics_listen_moves_on_reload(lab: &mut Lab) {
     let moved = "127.0.0.1:9119";
     let out = reload_listening_at(lab, moved);
     assert!(out.status.success(), "reload to {moved}: {}", String::from_utf8_lossy(&out.stderr));
+    let reply = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(reply.contains(&format!("lb.metrics_listen: {wildcard} -> {moved}")), "the reply names the move: {reply}");
     assert_eq!(generation_at(lab, moved).unwrap(), 4.0);
     assert!(generation_at(lab, metrics::DEFAULT_LISTEN).is_err(), "the old address is closed");
 }

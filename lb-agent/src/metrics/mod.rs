@@ -48,6 +48,7 @@ pub struct Metrics {
     check_duration: HistogramVec,
     process: ProcessCollector,
     page_baseline: Mutex<Option<(Instant, Counters)>>,
+    flow_occupancy: flow_table::Occupancy,
 }
 
 /// The live state read for one scrape or page: owned, lent to
@@ -82,6 +83,7 @@ impl Metrics {
             // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, process_start_time_seconds, ...
             process: ProcessCollector::for_self(),
             page_baseline: Mutex::new(None),
+            flow_occupancy: flow_table::Occupancy::default(),
         })
     }
 
@@ -116,7 +118,7 @@ impl Metrics {
             counters: crate::dataplane::read_pinned_counters(&dir)?,
             health: crate::health::report::read_pinned(&dir)?,
             shares: shares::RingShares::read_pinned(&dir, &programmed.plan)?,
-            flow_entries: flow_table::entries(&dir, programmed.config.lb.flow_table_size)?,
+            flow_entries: self.flow_occupancy.entries(&dir, programmed.config.lb.flow_table_size)?,
             now_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
         })
     }

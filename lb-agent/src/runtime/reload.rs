@@ -81,6 +81,10 @@ async fn try_reload(running: &mut Running) -> Result<String> {
     running.checkers = supervisor::spawn(&config, running.supervisor.clone());
     let announcer = crate::announce::follow(running.announcer.take(), &config, &running.handle, &running.supervisor).await;
     phases.done("checks and routes");
+    let listen_change = (running.config.lb.metrics_listen != config.lb.metrics_listen).then(|| {
+        let show = |a: Option<std::net::SocketAddr>| a.map_or_else(|| crate::config::METRICS_OFF.to_string(), |a| a.to_string());
+        format!("lb.metrics_listen: {} -> {}", show(running.config.lb.metrics_listen), show(config.lb.metrics_listen))
+    });
     running.config = config;
     running.plan = plan;
     let mut changes = match announcer {
@@ -90,6 +94,9 @@ async fn try_reload(running: &mut Running) -> Result<String> {
         }
         Err(e) => format!("{changes}; but announcing failed: {e:#} (nothing is announced until the next reload)"),
     };
+    if let Some(moved) = listen_change {
+        changes += &format!("; {moved}");
+    }
     if let Some(warning) = endpoint_warning {
         changes += &format!("; but {warning}");
     }
