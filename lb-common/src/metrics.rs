@@ -34,6 +34,8 @@ pub const FLOW_NON_SYN_MISSES: &str = "lb_flow_table_non_syn_misses_total";
 pub const FLOW_GUARD_UNRECORDED: &str = "lb_flow_guard_unrecorded_total";
 /// Gauge: flows the table can hold (`lb.flow_table_size`; an LRU per CPU).
 pub const FLOW_TABLE_SIZE: &str = "lb_flow_table_size";
+/// Gauge: flows the table holds now (counted from the pinned `FLOWS` map at each scrape).
+pub const FLOW_TABLE_ENTRIES: &str = "lb_flow_table_entries";
 /// Gauge `{vip, backend}`: 1 while the backend is healthy (or not checked), 0 while down.
 pub const BACKEND_UP: &str = "lb_backend_up";
 /// Gauge `{vip, backend}`: seconds since the backend's health state last changed (or the agent started).
@@ -88,6 +90,7 @@ pub const ALL: &[&str] = &[
     FLOW_NON_SYN_MISSES,
     FLOW_GUARD_UNRECORDED,
     FLOW_TABLE_SIZE,
+    FLOW_TABLE_ENTRIES,
     BACKEND_UP,
     BACKEND_HEALTH_AGE,
     BACKEND_HEALTH_CHANGES,

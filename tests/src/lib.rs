@@ -13,9 +13,11 @@
 //! - [`packets`]: crafted-packet building blocks; [`capture`]: AF_PACKET sockets in the namespaces.
 //! - [`netns`]: our own threads and listeners inside a namespace (health checks at scale).
 //! - [`sock`]: the few socket operations std lacks (bind before connect, dual-stack listen).
+//! - [`browser`]: headless chromium in a namespace, driven over the DevTools protocol (the status page test).
 
 pub mod agent;
 pub mod bpf;
+pub mod browser;
 pub mod capture;
 pub mod client;
 pub mod configs;

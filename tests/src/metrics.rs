@@ -67,6 +67,19 @@ pub fn promtool_check(args: &[&str]) -> Result<String> {
     Ok(text)
 }
 
+/// `promtool test rules FILE`: the alert rules' unit tests (run from the
+/// file's directory, which its `rule_files` are relative to).
+pub fn promtool_test_rules(tests: &Path) -> Result<String> {
+    let mut cmd = Command::new(promtool()?);
+    cmd.args(["test", "rules"]).arg(tests.file_name().context("a file")?).current_dir(tests.parent().context("a directory")?);
+    let out = run_with_timeout(cmd, PROMTOOL_TIMEOUT)?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("promtool test rules {} failed ({}):\n{text}", tests.display(), out.status);
+    }
+    Ok(text)
+}
+
 /// One sample line: `name{label="value",...} value`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {

@@ -2,8 +2,12 @@
 //! traffic the scraped text passes `promtool check metrics`, the per-backend
 //! packet counts equal what the clients sent, `lb-agent stats --json` shows
 //! the same counters, the health gauge flips when a backend's server
-//! stops, and a reload bumps the generation and fingerprint. Also: the alert rules and scrape config in `contrib/` load in
-//! promtool and name only metrics the agent serves; the non-SYN miss counter
+//! stops, and a reload bumps the generation and fingerprint; the agent's
+//! process metrics and the flow table's occupancy are served;
+//! `lb.metrics_listen` moves on reload (a taken port refuses the reload and
+//! the old listener keeps serving; the same port on the wildcard is handed
+//! over). Also: the alert rules and scrape config in `contrib/` load in
+//! promtool, pass their unit tests (`alerts_test.yml`, one per rule) and name only metrics the agent serves; the non-SYN miss counter
 //! rises when the flow table is too small for the live connections, and
 //! stays 0 when it is big enough; the endpoint closes slowloris clients
 //! after its header timeout, never holds more than its connection cap, keeps
@@ -153,6 +157,17 @@ fn metrics_count_the_traffic_match_stats_and_follow_health() {
         assert_eq!(value(&samples, names::FLOW_LOOKUPS, &[(labels::RESULT, label)]) as u64, stats.flow(label), "flow table {label}");
     }
     assert!(stats.flow("hit") > 0, "TCP packets after the SYN hit the flow table: {:?}", stats.flows);
+    // Every TCP connection was recorded (distinct 5-tuples); no more entries than recorded misses.
+    let entries = value(&samples, names::FLOW_TABLE_ENTRIES, &[]) as u64;
+    assert!((u64::from(TCP_CONNECTIONS)..=stats.flow("miss")).contains(&entries), "{entries} flow table entries, {} misses", stats.flow("miss"));
+    // The agent's own process, from the prometheus crate's process collector.
+    assert!(value(&samples, "process_open_fds", &[]) >= 3.0);
+    assert!(value(&samples, "process_resident_memory_bytes", &[]) > 1e6);
+    // Whole seconds (the crate's counter is an integer): present, maybe still 0.
+    assert!(value(&samples, "process_cpu_seconds_total", &[]) >= 0.0);
+    let started = value(&samples, "process_start_time_seconds", &[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(started > now - 600.0 && started <= now, "start time {started}, now {now}");
 
     // Health and rings: all up, a third of web-v4's ring each, checks timed (per VIP).
     for i in 1..=BACKENDS {
@@ -212,7 +227,49 @@ fn metrics_count_the_traffic_match_stats_and_follow_health() {
     let reloaded = fingerprint_of(&lab);
     assert_ne!(reloaded, fingerprint);
     assert_eq!(value(&samples, names::CONFIG_INFO, &[(labels::FINGERPRINT, &reloaded)]), 1.0);
+    metrics_listen_moves_on_reload(&mut lab);
     assert!(lab.agent.try_status().is_none(), "the agent exited; log:\n{}", lab.agent.log_tail(30));
+}
+
+/// The generation scraped at `listen`, or why not.
+fn generation_at(lab: &Lab, listen: &str) -> anyhow::Result<f64> {
+    let text = metrics::scrape(&lab.topo, Path::new(env!("CARGO_BIN_EXE_lb-scrape")), listen)?;
+    metrics::value(&metrics::parse(&text)?, names::CONFIG_GENERATION, &[])
+}
+
+/// Reloads with `lb.metrics_listen = listen`; the reload's output.
+fn reload_listening_at(lab: &mut Lab, listen: &str) -> std::process::Output {
+    let mut config = lab.config.clone();
+    config["lb"].as_table_mut().unwrap().insert("metrics_listen".into(), toml::Value::String(listen.into()));
+    lab.reload(config).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// After the reweighting reload (generation 2), listening at the default.
+fn metrics_listen_moves_on_reload(lab: &mut Lab) {
+    // A port taken in the LB namespace: the reload is refused, nothing moves.
+    let taken = in_namespace(lab, LB, || std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let out = reload_listening_at(lab, &taken_addr);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a reload to a taken port must be refused: {said}");
+    assert!(said.contains(&taken_addr), "the refusal names the address: {said}");
+    assert_eq!(generation_at(lab, metrics::DEFAULT_LISTEN).unwrap(), 2.0, "the old listener serves, the old config runs");
+    drop(taken);
+
+    // The same port on the wildcard: handed over, still reachable on loopback.
+    let wildcard = format!("0.0.0.0:{}", metrics::DEFAULT_LISTEN.rsplit_once(':').unwrap().1);
+    let out = reload_listening_at(lab, &wildcard);
+    assert!(out.status.success(), "reload to {wildcard}: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(generation_at(lab, metrics::DEFAULT_LISTEN).unwrap(), 3.0);
+
+    // Another port: served there, and no longer at the old one.
+    let moved = "127.0.0.1:9119";
+    let out = reload_listening_at(lab, moved);
+    assert!(out.status.success(), "reload to {moved}: {}", String::from_utf8_lossy(&out.stderr));
+    let reply = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(reply.contains(&format!("lb.metrics_listen: {wildcard} -> {moved}")), "the reply names the move: {reply}");
+    assert_eq!(generation_at(lab, moved).unwrap(), 4.0);
+    assert!(generation_at(lab, metrics::DEFAULT_LISTEN).is_err(), "the old address is closed");
 }
 
 /// The fingerprint `lb-agent check` prints for the lab's config file.
@@ -246,6 +303,16 @@ fn contrib_rules_config_and_dashboard_load_and_name_served_metrics() {
     eprintln!("{out}");
     let config = contrib().join("prometheus/prometheus.yml");
     metrics::promtool_check(&["config", &config.to_string_lossy()]).unwrap_or_else(|e| panic!("{e:#}"));
+    let tests = contrib().join("prometheus/alerts_test.yml");
+    let out = metrics::promtool_test_rules(&tests).unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("{out}");
+    // Every rule has a unit test.
+    let (rules_text, tests_text) = (std::fs::read_to_string(&rules).unwrap(), std::fs::read_to_string(&tests).unwrap());
+    let alerts: Vec<&str> = rules_text.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).collect();
+    assert!(alerts.len() >= 9, "{alerts:?}");
+    for alert in alerts {
+        assert!(tests_text.contains(&format!("alertname: {alert}\n")), "alerts_test.yml has no test of {alert}");
+    }
 
     let dashboard = std::fs::read_to_string(contrib().join("grafana/lb-dashboard.json")).unwrap();
     let _: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
@@ -254,7 +321,8 @@ fn contrib_rules_config_and_dashboard_load_and_name_served_metrics() {
         let used = metric_names_in(text);
         assert!(!used.is_empty(), "{file} names no metric");
         for name in used {
-            assert!(names::ALL.contains(&name.as_str()), "{file} uses {name}, which the agent does not serve");
+            let known = names::ALL.contains(&name.as_str());
+            assert!(known, "{file} uses {name}, which the agent does not serve");
         }
     }
 }

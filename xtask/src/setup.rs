@@ -17,6 +17,8 @@ use crate::{run, step, workspace_root};
 /// `etcd-server`: the cluster config source the fleet tests start.
 /// `systemd` (systemd-analyze) and `strace`: the checks of the shipped unit
 /// (verify, security, and its system call filter against a traced agent).
+/// `chromium`: the headless browser that loads the status page in its test
+/// (about 300 MB with its libraries; no npm tool is needed).
 /// A check that starts with `/` is a file that must exist, else a command.
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
@@ -29,6 +31,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("etcd-client", "etcdctl"),
     ("systemd", "systemd-analyze"),
     ("strace", "strace"),
+    ("chromium", "chromium"),
 ];
 
 /// Python tools from PyPI, with the command that shows each is present:

@@ -58,7 +58,33 @@ pub struct Sample<'a> {
     pub health: &'a HealthTable,
     /// The kernel's rings, counted.
     pub shares: &'a RingShares,
+    /// Flows the flow table holds now ([`super::flow_table::entries`]).
+    pub flow_entries: u64,
     pub now_unix_ms: u64,
+}
+
+/// Each VIP of the config (in its order) with its members' health and
+/// kernel ring shares, each member's address printed once: what the
+/// exposition's per-member series and the status page both show.
+pub(super) fn members<'a>(config: &'a Config, plan: &Plan, sample: &Sample) -> Vec<(&'a str, Vec<(String, MemberHealth)>)> {
+    config
+        .vips
+        .iter()
+        .filter_map(|v| {
+            let row = plan.vip(&v.name)?.row;
+            let members = v
+                .backends
+                .iter()
+                .map(|b| {
+                    let id = plan.backend_id(b.address).unwrap_or(lb_common::NO_BACKEND);
+                    let entry = sample.health.get(&HealthKey { row, backend_id: id }).copied();
+                    let member = MemberHealth { address: b.address, backup: b.backup, entry, ring_share: sample.shares.share(row, id) };
+                    (b.address.to_string(), member)
+                })
+                .collect();
+            Some((v.name.as_str(), members))
+        })
+        .collect()
 }
 
 /// The health check duration histogram, one series per VIP (kept across
@@ -94,8 +120,8 @@ const BYTES_PER_MEMBER: usize = 6 * 96;
 /// Counters are absolute values read from the kernel, already summed over CPUs.
 pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample, check_duration: &HistogramVec) -> Result<String> {
     let Programmed { config, plan, fingerprint, generation } = programmed;
-    let members: usize = plan.vips.iter().map(|v| v.members.len()).sum();
-    let mut t = Text::with_capacity(16 * 1024 + members * BYTES_PER_MEMBER);
+    let member_count: usize = plan.vips.iter().map(|v| v.members.len()).sum();
+    let mut t = Text::with_capacity(16 * 1024 + member_count * BYTES_PER_MEMBER);
 
     t.family(names::VIP_PACKETS, Kind::Counter, "Packets forwarded for the VIP.");
     for vip in &plan.vips {
@@ -144,27 +170,10 @@ pub fn encode(programmed: &Programmed, attachment: &Attachment, sample: &Sample,
     t.sample(names::FLOW_GUARD_UNRECORDED, &[], sample.counters.flow_event(FlowEvent::Unrecorded).packets);
     t.family(names::FLOW_TABLE_SIZE, Kind::Gauge, "Flows the flow table can hold (lb.flow_table_size).");
     t.sample(names::FLOW_TABLE_SIZE, &[], u64::from(config.lb.flow_table_size));
+    t.family(names::FLOW_TABLE_ENTRIES, Kind::Gauge, "Flows the flow table holds now (an LRU: full is normal under load; see lb_flow_table_non_syn_misses_total).");
+    t.sample(names::FLOW_TABLE_ENTRIES, &[], sample.flow_entries);
 
-    // Each VIP of the config with its members' health and kernel ring
-    // shares, and each member's address printed once for its four series.
-    let health: Vec<(&str, Vec<(String, MemberHealth)>)> = config
-        .vips
-        .iter()
-        .filter_map(|v| {
-            let row = plan.vip(&v.name)?.row;
-            let members = v
-                .backends
-                .iter()
-                .map(|b| {
-                    let id = plan.backend_id(b.address).unwrap_or(lb_common::NO_BACKEND);
-                    let entry = sample.health.get(&HealthKey { row, backend_id: id }).copied();
-                    let member = MemberHealth { address: b.address, backup: b.backup, entry, ring_share: sample.shares.share(row, id) };
-                    (b.address.to_string(), member)
-                })
-                .collect();
-            Some((v.name.as_str(), members))
-        })
-        .collect();
+    let health = members(config, plan, sample);
     let pairs = || health.iter().flat_map(|(vip, members)| members.iter().map(move |(address, m)| (*vip, address.as_str(), m)));
     let pair = |vip, backend| [(labels::BACKEND, backend), (labels::VIP, vip)];
     // Per member, with the ids of the config's pairs (a pair no longer in the
@@ -279,7 +288,7 @@ mod tests {
         let programmed = Programmed::new(config, plan.clone(), 1);
         let counters = Counters { reasons: vec![Counter::default(); Reason::COUNT as usize], flows: vec![Counter::default(); FlowEvent::COUNT as usize], ..Counters::default() };
         let shares = RingShares::from_rings(plan.ring_size, []);
-        let sample = Sample { counters: &counters, health: &HealthTable::new(), shares: &shares, now_unix_ms: 0 };
+        let sample = Sample { counters: &counters, health: &HealthTable::new(), shares: &shares, flow_entries: 0, now_unix_ms: 0 };
         let attachment = Attachment { interface: "eth0".into(), mode: "native" };
         let text = encode(&programmed, &attachment, &sample, &check_duration_histogram()).unwrap();
         assert_eq!(value(&text, r#"lb_backend_drained{backend="198.51.100.12",vip="web"}"#), 1.0);
@@ -322,7 +331,7 @@ mod tests {
         // Three slots, one with two previous owners: counted once.
         previous[..3].copy_from_slice(&[[2, 1], [2, 0], [1, 0]]);
         shares.set_previous(0, &previous);
-        let sample = Sample { counters: &counters, health: &health, shares: &shares, now_unix_ms: 3_500 };
+        let sample = Sample { counters: &counters, health: &health, shares: &shares, flow_entries: 17, now_unix_ms: 3_500 };
         let text = encode(&programmed, &attachment, &sample, &hist).unwrap();
 
         for name in names::ALL {
@@ -356,6 +365,7 @@ mod tests {
         assert_eq!(value(&text, "lb_flow_guard_unrecorded_total"), 9.0);
         assert!(!text.contains("guard_unrecorded\""), "unrecorded flows are misses already, not a lookup result:\n{text}");
         assert_eq!(value(&text, "lb_flow_table_size"), f64::from(lb_common::flows::DEFAULT_FLOW_TABLE_SIZE));
+        assert_eq!(value(&text, "lb_flow_table_entries"), 17.0);
         assert_eq!(value(&text, "lb_config_generation"), 3.0);
         assert_eq!(value(&text, &format!(r#"lb_config_info{{fingerprint="{}"}}"#, programmed.fingerprint)), 1.0);
         assert_eq!(value(&text, r#"lb_xdp_attach_info{interface="eth0",mode="generic"}"#), 1.0);

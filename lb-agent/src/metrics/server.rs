@@ -1,5 +1,5 @@
-//! The HTTP endpoint: `GET /metrics` (Prometheus text format 0.0.4) and a
-//! one-line index at `/`.
+//! The HTTP endpoint: `GET /metrics` (Prometheus text format 0.0.4) and
+//! the status page at `/` (a one-line index where there is none: decap).
 //!
 //! Served connection by connection with hyper so that no client can hold the
 //! agent's resources: a request's head must arrive within
@@ -28,6 +28,11 @@ use slots::Slots;
 pub trait Render: Send + Sync + 'static {
     /// The text exposition, read now (blocking: map reads are syscalls).
     fn render(&self) -> Result<String>;
+
+    /// The HTML status page, read now; `None`: no page, an index line instead.
+    fn status_page(&self) -> Option<Result<String>> {
+        None
+    }
 }
 
 /// The path Prometheus scrapes.
@@ -59,7 +64,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 pub fn spawn<R: Render>(listener: TcpListener, metrics: Arc<R>) -> JoinHandle<()> {
     let app = Router::new()
         .route(METRICS_PATH, get(scrape::<R>))
-        .route("/", get(|| async { "lb-agent: metrics at /metrics\n" }))
+        .route("/", get(page::<R>))
         .with_state(metrics);
     tokio::spawn(async move {
         let slots = Slots::new(MAX_CONNECTIONS);
@@ -121,11 +126,23 @@ const CONCURRENT_RENDERS: usize = 2;
 static RENDERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_RENDERS);
 
 async fn scrape<R: Render>(State(metrics): State<Arc<R>>) -> impl IntoResponse {
+    answer(move || Ok((prometheus::TEXT_FORMAT, metrics.render()?))).await
+}
+
+async fn page<R: Render>(State(metrics): State<Arc<R>>) -> impl IntoResponse {
+    answer(move || match metrics.status_page() {
+        Some(page) => Ok(("text/html; charset=utf-8", page?)),
+        None => Ok(("text/plain", "lb-agent: metrics at /metrics\n".to_string())),
+    })
+    .await
+}
+
+/// Renders under [`RENDERING`], off the async workers: map reads are
+/// syscalls and counting ring slots takes a few ms.
+async fn answer(render: impl FnOnce() -> Result<(&'static str, String)> + Send + 'static) -> impl IntoResponse {
     let _turn = RENDERING.acquire().await.expect("the semaphore is never closed");
-    // Map reads are syscalls and counting ring slots takes a few ms: off the async workers.
-    let rendered = tokio::task::spawn_blocking(move || metrics.render()).await;
-    match rendered {
-        Ok(Ok(text)) => (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text),
+    match tokio::task::spawn_blocking(render).await {
+        Ok(Ok((content_type, text))) => (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], text),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], format!("reading the counters: {e:#}\n")),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], format!("scrape task failed: {e}\n")),
     }

@@ -108,8 +108,11 @@ struct Running {
     supervisor: SharedSupervisor<LiveMaps>,
     checkers: Vec<JoinHandle<()>>,
     dsr: dsr::Dsr,
-    /// The Prometheus endpoint's state, unless `lb.metrics_listen = "off"`.
+    /// What the Prometheus endpoint and status page show (kept while the
+    /// endpoint is off: a reload may turn it on).
     metrics: Option<Arc<Metrics>>,
+    /// The endpoint at `lb.metrics_listen`, unless it is `"off"`.
+    metrics_endpoint: Option<crate::metrics::endpoint::Endpoint>,
     /// Routes the routing daemon announces (`[announce]`), if configured.
     announcer: Option<crate::announce::Announcer>,
     /// systemd's watchdog: keep-alives from the main loop.

@@ -10,7 +10,7 @@ use crate::config::compose::ClusterDoc;
 use crate::config::Config;
 use crate::control::{drains::Drains, Request};
 use crate::plan::changes::{self, ChangeReport};
-use crate::{dataplane::reconcile, dataplane::store::MapStore as _, health::supervisor, nexthop, plan};
+use crate::{dataplane::reconcile, dataplane::store::MapStore as _, health::supervisor, metrics::endpoint, nexthop, plan};
 
 /// Re-reads the config and applies the difference in place; on any error
 /// nothing has changed and the old config keeps running. With a config
@@ -148,6 +148,8 @@ async fn try_apply(running: &mut Running, config: Config) -> Result<String> {
             problems.join("\n  ")
         );
     }
+    // Bound now, before anything changes: a taken port refuses the reload.
+    let rebind = endpoint::prepare(running.metrics_endpoint.as_ref(), config.lb.metrics_listen).await?;
     let previous = running.maps_match_plan.then_some(plan::Previous { config: &running.config, plan: &running.plan });
     let plan = plan::plan_reusing(&config, &running.live.kept()?, previous).map_err(anyhow::Error::msg)?;
     let opts = load_options(&config, &iface)?;
@@ -183,23 +185,37 @@ async fn try_apply(running: &mut Running, config: Config) -> Result<String> {
     plan.forget_rings();
     release_freed_memory();
     phases.done("apply to the maps");
+    let mut endpoint_warning = None;
     if let Some(m) = &running.metrics {
         m.programmed(config.clone(), plan.clone());
+        let (serving, warning) = endpoint::commit(running.metrics_endpoint.take(), rebind, m.clone()).await;
+        running.metrics_endpoint = serving;
+        endpoint_warning = warning;
     }
     // Before the checks start: DSR-aware ones need their routes.
     let dsr = running.dsr.install(&config, &plan, &opts, &running.handle, &running.iface).await;
     running.checkers = supervisor::spawn(&config, running.supervisor.clone());
     let announcer = crate::announce::follow(running.announcer.take(), &config, &running.handle, &running.supervisor).await;
     phases.done("checks and routes");
+    let listen_change = (running.config.lb.metrics_listen != config.lb.metrics_listen).then(|| {
+        let show = |a: Option<std::net::SocketAddr>| a.map_or_else(|| crate::config::METRICS_OFF.to_string(), |a| a.to_string());
+        format!("lb.metrics_listen: {} -> {}", show(running.config.lb.metrics_listen), show(config.lb.metrics_listen))
+    });
     running.config = config;
     running.plan = plan;
-    let changes = match announcer {
+    let mut changes = match announcer {
         Ok(a) => {
             running.announcer = a;
             changes.to_string()
         }
         Err(e) => format!("{changes}; but announcing failed: {e:#} (nothing is announced until the next reload)"),
     };
+    if let Some(moved) = listen_change {
+        changes += &format!("; {moved}");
+    }
+    if let Some(warning) = endpoint_warning {
+        changes += &format!("; but {warning}");
+    }
     match dsr {
         Ok(()) => Ok(changes),
         Err(e) => Ok(format!("{changes}; but the routes of DSR-aware health checks failed: {e:#} (those checks fail until the next reload)")),

@@ -8,7 +8,7 @@ use lb_common::flows::LoadedState;
 
 use super::load_options;
 use crate::{
-    config::{self, Config},
+    config::Config,
     dataplane, nexthop,
 };
 
@@ -70,14 +70,9 @@ pub(super) fn needs_restart(old: &Config, new: &Config, loaded: &LoadedState, if
     if old.lb.run_dir != new.lb.run_dir {
         out.push(format!("lb.run_dir: {} -> {}", old.lb.run_dir.display(), new.lb.run_dir.display()));
     }
-    // The endpoint is bound once, at start.
-    if old.lb.metrics_listen != new.lb.metrics_listen {
-        let show = |a: Option<std::net::SocketAddr>| a.map_or_else(|| config::METRICS_OFF.to_string(), |a| a.to_string());
-        out.push(format!("lb.metrics_listen: {} -> {}", show(old.lb.metrics_listen), show(new.lb.metrics_listen)));
-    }
     // The follower is started once, for the source the agent started with.
     if old.source != new.source {
-        let show = |s: &Option<config::source::SourceConfig>| s.as_ref().map_or_else(|| "none".to_string(), |s| format!("{} at {}", s.key, s.endpoints.join(",")));
+        let show = |s: &Option<crate::config::source::SourceConfig>| s.as_ref().map_or_else(|| "none".to_string(), |s| format!("{} at {}", s.key, s.endpoints.join(",")));
         out.push(format!("[source]: {} -> {}", show(&old.source), show(&new.source)));
     }
     if !out.is_empty() {

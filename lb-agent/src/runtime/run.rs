@@ -13,7 +13,7 @@ use crate::{
     control::{self, Claim},
     dataplane::{self, live::LiveMaps, reconcile, store::MapStore as _, LoadOptions},
     health::supervisor,
-    metrics::{self, Metrics},
+    metrics::{self, endpoint::Endpoint, Metrics},
     nexthop, pins, plan,
 };
 
@@ -137,20 +137,14 @@ async fn run_claimed(options: RunOptions, loaded_config: Loaded, claim: &Claim, 
         plan.ring_size,
         dir.display()
     );
-    let mut metrics_server = None;
-    let metrics = match metrics_listener {
-        Some(listener) => {
-            let mode = crate::xdp_attach::mode(&handle, iface.index).await.unwrap_or_else(|e| {
-                tracing::warn!("cannot tell the XDP mode of {}: {e:#}", iface.name);
-                "unknown"
-            });
-            let m = Metrics::new(config.clone(), plan.clone(), metrics::Attachment { interface: iface.name.clone(), mode });
-            tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at {}", metrics::server::METRICS_PATH);
-            metrics_server = Some(metrics::server::spawn(listener, m.clone()));
-            Some(m)
-        }
-        None => None,
-    };
+    // Kept even with the endpoint off: a reload may turn it on.
+    let mode = crate::xdp_attach::mode(&handle, iface.index).await.unwrap_or_else(|e| {
+        tracing::warn!("cannot tell the XDP mode of {}: {e:#}", iface.name);
+        "unknown"
+    });
+    let m = Metrics::new(config.clone(), plan.clone(), metrics::Attachment { interface: iface.name.clone(), mode });
+    let metrics_endpoint = metrics_listener.map(|listener| Endpoint::serve(listener, m.clone())).transpose()?;
+    let metrics = Some(m);
     let previous_drain = crate::previous_owners::spawn(live.reopen()?);
     let supervisor = Arc::new(Mutex::new(observed(supervisor, &metrics)));
     let checkers = supervisor::spawn(&config, supervisor.clone());
@@ -172,6 +166,7 @@ async fn run_claimed(options: RunOptions, loaded_config: Loaded, claim: &Claim, 
         checkers,
         dsr,
         metrics,
+        metrics_endpoint,
         announcer,
         watchdog,
         guard,
@@ -198,8 +193,11 @@ async fn run_claimed(options: RunOptions, loaded_config: Loaded, claim: &Claim, 
             announcer.leave(signal).await;
         }
     }
-    for task in running.checkers.iter().chain(&metrics_server).chain(&kernel_events).chain([&previous_drain]) {
+    for task in running.checkers.iter().chain(&kernel_events).chain([&previous_drain]) {
         task.abort();
+    }
+    if let Some(endpoint) = running.metrics_endpoint.take() {
+        endpoint.stop().await;
     }
     running.dsr.remove().await;
     if running.options.unload_on_exit {
