@@ -124,6 +124,9 @@ enum Command {
         #[arg(long)]
         src_port: u16,
     },
+    /// Shell completions or man pages from this CLI's definition (for packaging).
+    #[command(hide = true, subcommand)]
+    Generate(lb_agent::cli_docs::Generate),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -211,6 +214,9 @@ fn real_main(cli: Cli) -> Result<()> {
             let opts = lb_agent::decap_command::DecapOptions { iface, xdp_mode: xdp_mode.into(), gue_port, metrics };
             print!("{}", runtime()?.block_on(lb_agent::decap_command::run(opts, wait_for_shutdown()))?);
             Ok(())
+        }
+        Command::Generate(what) => {
+            lb_agent::cli_docs::generate(<Cli as clap::CommandFactory>::command(), &what, &mut std::io::stdout().lock())
         }
     }
 }
