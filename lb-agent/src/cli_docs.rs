@@ -21,11 +21,11 @@ pub enum Generate {
 }
 
 /// Writes `what` for `cli`, the binary's top-level command.
-pub fn generate(mut cli: clap::Command, what: &Generate, out: &mut dyn Write) -> Result<()> {
+pub fn generate(cli: clap::Command, what: &Generate, out: &mut dyn Write) -> Result<()> {
     match what {
         Generate::Completions { shell } => {
             let name = cli.get_name().to_owned();
-            clap_complete::generate(*shell, &mut cli, name, out);
+            clap_complete::generate(*shell, &mut without_hidden_commands(&cli), name, out);
             Ok(())
         }
         Generate::Man { dir } => {
@@ -48,6 +48,18 @@ pub fn generate(mut cli: clap::Command, what: &Generate, out: &mut dyn Write) ->
             Ok(())
         }
     }
+}
+
+/// `cli` less its hidden subcommands, which clap_complete would offer (it
+/// skips only hidden arguments and values).
+fn without_hidden_commands(cli: &clap::Command) -> clap::Command {
+    let mut visible = clap::Command::new(cli.get_name().to_owned())
+        .args(cli.get_arguments().cloned())
+        .subcommands(cli.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if let Some(version) = cli.get_version() {
+        visible = visible.version(version.to_owned());
+    }
+    visible
 }
 
 /// The page of `cmd` and of each visible subcommand, recursively.
@@ -96,6 +108,7 @@ mod tests {
             generate(cli(), &Generate::Completions { shell }, &mut out).unwrap();
             let text = String::from_utf8(out).unwrap();
             assert!(text.contains("lb-agent") && text.contains("check") && text.contains("full-restart"), "{shell}: {text}");
+            assert!(!text.contains("generate"), "{shell} offers the hidden command: {text}");
         }
     }
 }
