@@ -17,7 +17,12 @@ pub enum Generate {
     },
     /// Write one man page (section 1) per command into DIR: lb-agent.1,
     /// lb-agent-run.1, ... (hidden commands have none); print their paths.
-    Man { dir: PathBuf },
+    Man {
+        dir: PathBuf,
+        /// The pages' date (YYYY-MM-DD), e.g. the release commit's.
+        #[arg(long)]
+        date: String,
+    },
 }
 
 /// Writes `what` for `cli`, the binary's top-level command.
@@ -28,14 +33,14 @@ pub fn generate(cli: clap::Command, what: &Generate, out: &mut dyn Write) -> Res
             clap_complete::generate(*shell, &mut without_hidden_commands(&cli), name, out);
             Ok(())
         }
-        Generate::Man { dir } => {
+        Generate::Man { dir, date } => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             // Every page's footer names the program and its version (subcommands have no version of their own).
             let source = format!("{} {}", cli.get_name(), cli.get_version().unwrap_or_default());
             // No page for `help`; build() gives subcommands their display names (lb-agent-run).
             let mut cli = cli.disable_help_subcommand(true);
             cli.build();
-            man_pages(&cli, &source, dir).with_context(|| format!("writing the man pages into {}", dir.display()))?;
+            man_pages(&cli, &Footer { date, source: &source }, dir).with_context(|| format!("writing the man pages into {}", dir.display()))?;
             let mut pages: Vec<PathBuf> = std::fs::read_dir(dir)
                 .with_context(|| format!("listing {}", dir.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -62,12 +67,23 @@ fn without_hidden_commands(cli: &clap::Command) -> clap::Command {
     visible
 }
 
+/// What every page's title line carries besides its name (`.TH` takes them
+/// by position, so none may be empty).
+struct Footer<'a> {
+    date: &'a str,
+    source: &'a str,
+}
+
 /// The page of `cmd` and of each visible subcommand, recursively.
-fn man_pages(cmd: &clap::Command, source: &str, dir: &std::path::Path) -> std::io::Result<()> {
+fn man_pages(cmd: &clap::Command, footer: &Footer, dir: &std::path::Path) -> std::io::Result<()> {
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        man_pages(sub, source, dir)?;
+        man_pages(sub, footer, dir)?;
     }
-    clap_mangen::Man::new(cmd.clone()).source(source.to_owned()).manual("lb-agent manual").generate_to(dir)?;
+    clap_mangen::Man::new(cmd.clone())
+        .date(footer.date.to_owned())
+        .source(footer.source.to_owned())
+        .manual("lb-agent manual")
+        .generate_to(dir)?;
     Ok(())
 }
 
@@ -90,13 +106,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lbf-cli-docs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut listed = Vec::new();
-        generate(cli(), &Generate::Man { dir: dir.clone() }, &mut listed).unwrap();
+        generate(cli(), &Generate::Man { dir: dir.clone(), date: "2026-12-03".into() }, &mut listed).unwrap();
         let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
         assert_eq!(names, ["lb-agent-check.1", "lb-agent-run.1", "lb-agent.1"]);
         assert_eq!(String::from_utf8(listed).unwrap().lines().count(), 3);
         let run = std::fs::read_to_string(dir.join("lb-agent-run.1")).unwrap();
-        assert!(run.contains(".TH lb-agent-run 1  \"lb-agent 1.2.3\" \"lb-agent manual\""), "{run}");
+        assert!(run.contains(".TH lb-agent-run 1 2026-12-03 \"lb-agent 1.2.3\" \"lb-agent manual\""), "{run}");
         assert!(run.contains("full\\-restart"), "{run}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
