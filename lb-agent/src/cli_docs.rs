@@ -103,8 +103,8 @@ mod tests {
 
     #[test]
     fn one_man_page_per_visible_command() {
-        let dir = std::env::temp_dir().join(format!("lbf-cli-docs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_path_buf();
         let mut listed = Vec::new();
         generate(cli(), &Generate::Man { dir: dir.clone(), date: "2026-12-03".into() }, &mut listed).unwrap();
         let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -114,7 +114,6 @@ mod tests {
         let run = std::fs::read_to_string(dir.join("lb-agent-run.1")).unwrap();
         assert!(run.contains(".TH lb-agent-run 1 2026-12-03 \"lb-agent 1.2.3\" \"lb-agent manual\""), "{run}");
         assert!(run.contains("full\\-restart"), "{run}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
