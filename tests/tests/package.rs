@@ -33,9 +33,15 @@ fn package_installs_runs_and_purges_cleanly() {
     let host_before = host_dpkg_state();
     let root = ScratchRoot::new();
 
+    assert!(
+        root.has("usr/bin/dpkg") && root.has("var/lib/dpkg/status"),
+        "the scratch root has no dpkg: /usr or /var is a file system of its own, which the overlay of / does not cover"
+    );
     assert!(!root.has("usr/bin/lb-agent"), "the scratch root already has /usr/bin/lb-agent");
     assert!(!root.run(&["dpkg-query", "-W", "lb-agent"]).status.success(), "lb-agent is already known to the scratch root's dpkg");
-    root.ok(&["dpkg", "-i", deb.to_str().unwrap()]);
+    // Into the root's own /tmp: the target directory may be on a file system the overlay does not show.
+    std::fs::copy(&deb, root.path("tmp/lb-agent.deb")).expect("copying the package into the scratch root");
+    root.ok(&["dpkg", "-i", "/tmp/lb-agent.deb"]);
     for file in &shipped {
         assert!(root.has(file), "{file} is in the package but not installed");
     }

@@ -21,7 +21,9 @@ use crate::{run, step, target_dir};
 const COMPLETIONS: [(&str, &str); 3] = [("bash", "lb-agent.bash"), ("zsh", "_lb-agent"), ("fish", "lb-agent.fish")];
 
 /// Builds the package with `profile` (a cargo profile: release, dev, ...)
-/// into `target/dist/` and returns the path of the `.deb`.
+/// into `target/dist/` (another profile's: `target/dist/PROFILE/`, so a test
+/// package never replaces a release one of the same name) and returns the
+/// path of the `.deb`.
 pub fn package(profile: &str) -> Result<PathBuf> {
     step(&format!("building lb-agent ({profile} profile) for the Debian package"));
     run(Command::new("cargo").args(["build", "-p", "lb-agent", "--bin", "lb-agent", "--profile", profile]))?;
@@ -29,7 +31,10 @@ pub fn package(profile: &str) -> Result<PathBuf> {
     generate_docs(&products.join("lb-agent"), &products.join("packaging"))?;
 
     step("packaging with cargo-deb");
-    let out = target_dir().join("dist");
+    let out = match profile {
+        "release" => target_dir().join("dist"),
+        other => target_dir().join("dist").join(other),
+    };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut deb = Command::new("cargo");
     deb.args(["deb", "-p", "lb-agent", "--no-build", "--profile", profile, "--output"]).arg(&out);

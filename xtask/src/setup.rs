@@ -12,7 +12,9 @@ use crate::{run, step, workspace_root};
 /// `prometheus` brings `promtool`, which checks the agent's metrics and the
 /// alert rules in `contrib/` (about 20 MB, 20 s; its server is not started).
 /// `bird2`: the routing daemon of the HA tests and of `contrib/bird`.
-const APT_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("ethtool", "ethtool"), ("prometheus", "promtool"), ("bird2", "bird")];
+/// `man-db`: the package test looks up and renders the man pages it installs.
+const APT_PACKAGES: &[(&str, &str)] =
+    &[("iproute2", "ip"), ("ethtool", "ethtool"), ("prometheus", "promtool"), ("bird2", "bird"), ("man-db", "man")];
 
 pub fn all() -> Result<()> {
     apt_packages()?;
