@@ -22,12 +22,13 @@
 //! - L1 pure logic: `config` (parse and validate), `plan` (config to map
 //!   contents), `packet_policy`, `summary`; `test_config` (test configs, tests only)
 //! - L0 no `crate::` imports: `diag` (the problem type), `ids`, `maglev`,
-//!   `pin_names`, `logging`
+//!   `pin_names`, `logging`, `cli_docs` (completions and man pages)
 
 #![warn(unreachable_pub)]
 
 pub mod announce;
 pub mod cluster_command;
+pub mod cli_docs;
 pub mod config;
 pub(crate) mod diag;
 pub(crate) mod health;

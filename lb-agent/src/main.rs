@@ -206,6 +206,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Shell completions or man pages from this CLI's definition (for packaging).
+    #[command(hide = true, subcommand)]
+    Generate(lb_agent::cli_docs::Generate),
 }
 
 #[derive(Subcommand)]
@@ -379,6 +382,9 @@ fn real_main(cli: Cli) -> Result<()> {
             let opts = lb_agent::decap_command::DecapOptions { iface, xdp_mode: xdp_mode.into(), gue_port, metrics };
             print!("{}", runtime()?.block_on(lb_agent::decap_command::run(opts, wait_for_shutdown()))?);
             Ok(())
+        }
+        Command::Generate(what) => {
+            lb_agent::cli_docs::generate(<Cli as clap::CommandFactory>::command(), &what, &mut std::io::stdout().lock())
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's entry points. Every command bootstraps what it
 //! needs first (see `setup`), so a fresh machine needs only the repository.
 
+mod dist;
 mod layers;
 mod setup;
 
@@ -42,6 +43,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package (cargo-deb) into target/dist/ and print its path.
+    Dist {
+        /// Cargo profile of lb-agent: `release`, or `dev` for a quick test package.
+        #[arg(long, default_value = "release")]
+        profile: String,
+    },
     /// Build a client, an LB and three backends in network namespaces and send traffic through the LB. Needs root.
     Demo {
         /// The HA demo instead: two LB hosts with BIRD behind a BGP/BFD router, one crashes live,
@@ -76,7 +83,13 @@ fn real_main() -> Result<()> {
             setup::all()?;
             build()?;
             lint()?;
-            test(&args)
+            // A dev build, packaged exactly as a release: tests/tests/package.rs installs it.
+            let deb = dist::package("dev")?;
+            test(&args, &deb)
+        }
+        Cmd::Dist { profile } => {
+            setup::all()?;
+            dist::package(&profile).map(drop)
         }
         Cmd::Bench { args } => {
             require_root("the benchmarks load BPF programs")?;
@@ -180,7 +193,7 @@ fn lint() -> Result<()> {
 
 /// Runs the unit tests in parallel, then the kernel-touching tests of
 /// lb-tests one at a time, and prints one summary line for everything.
-fn test(args: &[String]) -> Result<()> {
+fn test(args: &[String], deb: &Path) -> Result<()> {
     let mut total = Totals { ok: true, ..Totals::default() };
     step("unit tests");
     let mut unit = Command::new("cargo");
@@ -191,7 +204,8 @@ fn test(args: &[String]) -> Result<()> {
     kernel
         .args(["test", "-p", "lb-tests", "--no-fail-fast", "--", "--test-threads=1"])
         .args(args)
-        .env("LB_AGENT_BIN", debug_dir().join("lb-agent"));
+        .env("LB_AGENT_BIN", debug_dir().join("lb-agent"))
+        .env("LB_DEB", deb);
     total.add(run_counting(&mut kernel)?);
     println!();
     println!("all: {} passed, {} failed, {} skipped", total.passed, total.failed, total.ignored);

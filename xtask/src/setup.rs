@@ -19,6 +19,7 @@ use crate::{run, step, workspace_root};
 /// (verify, security, and its system call filter against a traced agent).
 /// `chromium`: the headless browser that loads the status page in its test
 /// (about 300 MB with its libraries; no npm tool is needed).
+/// `man-db`: the package test looks up and renders the man pages it installs.
 /// A check that starts with `/` is a file that must exist, else a command.
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
@@ -32,6 +33,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze"),
     ("strace", "strace"),
     ("chromium", "chromium"),
+    ("man-db", "man"),
 ];
 
 /// Python tools from PyPI, with the command that shows each is present:
@@ -42,7 +44,8 @@ pub fn all() -> Result<()> {
     apt_packages()?;
     pip_packages()?;
     nightly_rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    cargo_deb()
 }
 
 
@@ -131,4 +134,18 @@ fn bpf_linker() -> Result<()> {
         .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix)
         .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", lib_dir.display())))
+}
+
+/// The Debian package's builder (`cargo xtask dist`), pinned: 3.8.0 builds
+/// with rustc 1.95 (its MSRV is 1.85), and `--locked` keeps its own
+/// dependencies at the versions it was released with.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+fn cargo_deb() -> Result<()> {
+    let installed = Command::new("cargo").args(["deb", "--version"]).output();
+    if installed.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == format!("cargo-deb {CARGO_DEB_VERSION}")) {
+        return Ok(());
+    }
+    step(&format!("installing cargo-deb {CARGO_DEB_VERSION} (builds the Debian package; a few minutes, once)"));
+    run(Command::new("cargo").args(["install", "cargo-deb", "--locked", "--version", CARGO_DEB_VERSION]))
 }
