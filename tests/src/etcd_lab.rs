@@ -311,3 +311,72 @@ fn plug(topo: &Topology, host: &str, v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> Resu
     }
     topo.exec_ok(host, "ip", &["link", "set", IFACE, "up"]).map(|_| ())
 }
+
+/// A CA, etcd's server certificate (for [`ETCD_V4`]) and a client
+/// certificate, made with openssl for a TLS test.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn make(dir: &Path) -> Result<TlsFiles> {
+        std::fs::create_dir_all(dir)?;
+        let openssl = |args: &[&str]| -> Result<()> {
+            let mut cmd = std::process::Command::new("openssl");
+            cmd.args(args).current_dir(dir);
+            let out = topology::run_with_timeout(cmd, Duration::from_secs(30))?;
+            if !out.status.success() {
+                bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=lb test CA"])?;
+        let san = format!("subjectAltName=IP:{ETCD_V4}");
+        for (name, ext) in [("server", san.as_str()), ("client", "extendedKeyUsage=clientAuth")] {
+            openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN=lb test {name}")])?;
+            std::fs::write(dir.join(format!("{name}.ext")), format!("{ext}\n"))?;
+            openssl(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "1", "-extfile", &format!("{name}.ext")])?;
+        }
+        Ok(TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        })
+    }
+}
+
+/// etcd over https, requiring client certificates signed by `tls.ca`.
+pub fn start_etcd_tls(topo: &Topology, data: &Path, tls: &TlsFiles) -> Result<Proc> {
+    let url = format!("https://{ETCD_V4}:2379");
+    let data = s(data);
+    let (cert, key, ca) = (s(&tls.server_cert), s(&tls.server_key), s(&tls.ca));
+    let args = [
+        "--name", "lbtest", "--data-dir", &data, "--listen-client-urls", &url, "--advertise-client-urls", &url,
+        "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+        "--initial-cluster", "lbtest=http://127.0.0.1:2380", "--cert-file", &cert, "--key-file", &key,
+        "--client-cert-auth", "--trusted-ca-file", &ca,
+    ];
+    let etcd = topo.spawn(ETCD, "etcd", &args)?;
+    let (client_cert, client_key) = (s(&tls.client_cert), s(&tls.client_key));
+    let deadline = Instant::now() + ETCD_READY;
+    loop {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", topo.ns_name(ETCD), "etcdctl", &format!("--endpoints={url}"), "--dial-timeout=1s", "--command-timeout=2s"])
+            .args(["--cacert", &ca, "--cert", &client_cert, "--key", &client_key, "endpoint", "health"])
+            .env("ETCDCTL_API", "3");
+        let health = topology::run_with_timeout(cmd, Duration::from_secs(10))?;
+        if health.status.success() {
+            return Ok(etcd);
+        }
+        if Instant::now() > deadline {
+            bail!("etcd (TLS) did not get healthy within {ETCD_READY:?}: {}\n{}", String::from_utf8_lossy(&health.stderr), etcd.log_tail(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

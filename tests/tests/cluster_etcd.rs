@@ -6,7 +6,8 @@
 //! publishing from the same revision cannot overwrite each other; a host
 //! cut off from etcd disappears when its lease expires; etcd down: the
 //! hosts keep forwarding, a host restarted meanwhile starts from its cached
-//! document, and all converge once etcd is back. Needs root.
+//! document, and all converge once etcd is back; etcd with user and
+//! password, and over TLS with client certificates. Needs root.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -253,4 +254,45 @@ fn etcd_authentication_uses_the_password_file_and_never_prints_it() {
     assert!(ok, "put with the password file failed:\n{text}");
     let (ok, text) = cluster(&with_user, &["get"]);
     assert!(ok && text.contains("192.0.2.10"), "get:\n{text}");
+}
+
+/// etcd over TLS with client certificates: `lb-agent cluster` gets in with
+/// `ca_file`, `cert_file` and `key_file`, and is refused without its certificate.
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    if !can_run("etcd_over_tls_with_client_certificates") {
+        return;
+    }
+    let mut topo = topology::Topology::build(topology::TopologyOptions { backends: 1, ..Default::default() }).unwrap_or_else(|e| panic!("{e:#}"));
+    let dir = topo.log_dir().join("tls");
+    let tls = lb_tests::etcd_lab::TlsFiles::make(&dir).unwrap_or_else(|e| panic!("{e:#}"));
+    lb_tests::etcd_lab::add_etcd_host(&mut topo).unwrap_or_else(|e| panic!("{e:#}"));
+    let _etcd = lb_tests::etcd_lab::start_etcd_tls(&topo, &topo.log_dir().join("etcd-data"), &tls).unwrap_or_else(|e| panic!("{e:#}"));
+
+    let local = |client_cert: bool| {
+        let path = dir.join(format!("local-{client_cert}.toml"));
+        let identity = if client_cert { format!("cert_file = \"{}\"\nkey_file = \"{}\"\n", tls.client_cert.display(), tls.client_key.display()) } else { String::new() };
+        let text = format!(
+            "[lb]\ninterface = \"eth0\"\n\n[source]\netcd_endpoints = [\"https://{ETCD_V4}:2379\"]\nkey = \"{KEY}\"\nhost_name = \"lb\"\ntimeout = \"2s\"\nca_file = \"{}\"\n{identity}",
+            tls.ca.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (_, doc) = split(&e2e_config(1));
+    let doc_path = dir.join("doc.toml");
+    std::fs::write(&doc_path, toml::to_string(&doc).unwrap()).unwrap();
+    let agent = bins().agent;
+    let cluster = |config: &std::path::Path, args: &[&str]| {
+        let mut full = vec!["cluster", "--config", config.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let out = topo.exec_timeout(topology::LB, agent.to_str().unwrap(), &full, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}"));
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (ok, text) = cluster(&local(false), &["put", doc_path.to_str().unwrap()]);
+    assert!(!ok, "a put without the client certificate was accepted:\n{text}");
+    let (ok, text) = cluster(&local(true), &["put", doc_path.to_str().unwrap()]);
+    assert!(ok, "put over TLS with the client certificate failed:\n{text}");
+    let (ok, text) = cluster(&local(true), &["get"]);
+    assert!(ok && text.contains("192.0.2.10"), "get over TLS:\n{text}");
 }

@@ -20,6 +20,7 @@ use crate::{run, step, workspace_root};
 /// `chromium`: the headless browser that loads the status page in its test
 /// (about 300 MB with its libraries; no npm tool is needed).
 /// `man-db`: the package test looks up and renders the man pages it installs.
+/// `openssl`: certificates for the etcd TLS test.
 /// A check that starts with `/` is a file that must exist, else a command.
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
@@ -34,6 +35,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("strace", "strace"),
     ("chromium", "chromium"),
     ("man-db", "man"),
+    ("openssl", "openssl"),
 ];
 
 /// Python tools from PyPI, with the command that shows each is present:
