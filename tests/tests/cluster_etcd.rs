@@ -224,25 +224,12 @@ fn etcd_authentication_uses_the_password_file_and_never_prints_it() {
     let dir = topo.log_dir();
     let password_file = dir.join("etcd-password");
     std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
-    let local = |auth: &str| {
-        let path = dir.join(format!("local{}.toml", auth.len()));
-        let text = format!(
-            "[lb]\ninterface = \"eth0\"\n\n[source]\netcd_endpoints = [\"http://{ETCD_V4}:2379\"]\nkey = \"{KEY}\"\nhost_name = \"lb\"\ntimeout = \"2s\"\n{auth}"
-        );
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let (_, doc) = split(&e2e_config(1));
-    let doc_path = dir.join("doc.toml");
-    std::fs::write(&doc_path, toml::to_string(&doc).unwrap()).unwrap();
-    let agent = bins().agent;
+    let local = |auth: &str| source_only_local(dir, &format!("local{}.toml", auth.len()), &format!("http://{ETCD_V4}:2379"), auth);
+    let doc_path = one_backend_doc(dir);
     let cluster = |config: &std::path::Path, args: &[&str]| {
-        let mut full = vec!["cluster", "--config", config.to_str().unwrap()];
-        full.extend_from_slice(args);
-        let out = topo.exec_timeout(topology::LB, agent.to_str().unwrap(), &full, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}"));
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let (ok, text) = cluster(&topo, config, args);
         assert!(!text.contains(PASSWORD), "the password was printed:\n{text}");
-        (out.status.success(), text)
+        (ok, text)
     };
 
     let anonymous = local("");
@@ -270,29 +257,40 @@ fn etcd_over_tls_with_client_certificates() {
     let _etcd = lb_tests::etcd_lab::start_etcd_tls(&topo, &topo.log_dir().join("etcd-data"), &tls).unwrap_or_else(|e| panic!("{e:#}"));
 
     let local = |client_cert: bool| {
-        let path = dir.join(format!("local-{client_cert}.toml"));
         let identity = if client_cert { format!("cert_file = \"{}\"\nkey_file = \"{}\"\n", tls.client_cert.display(), tls.client_key.display()) } else { String::new() };
-        let text = format!(
-            "[lb]\ninterface = \"eth0\"\n\n[source]\netcd_endpoints = [\"https://{ETCD_V4}:2379\"]\nkey = \"{KEY}\"\nhost_name = \"lb\"\ntimeout = \"2s\"\nca_file = \"{}\"\n{identity}",
-            tls.ca.display()
-        );
-        std::fs::write(&path, text).unwrap();
-        path
+        source_only_local(&dir, &format!("local-{client_cert}.toml"), &format!("https://{ETCD_V4}:2379"), &format!("ca_file = \"{}\"\n{identity}", tls.ca.display()))
     };
-    let (_, doc) = split(&e2e_config(1));
-    let doc_path = dir.join("doc.toml");
-    std::fs::write(&doc_path, toml::to_string(&doc).unwrap()).unwrap();
-    let agent = bins().agent;
-    let cluster = |config: &std::path::Path, args: &[&str]| {
-        let mut full = vec!["cluster", "--config", config.to_str().unwrap()];
-        full.extend_from_slice(args);
-        let out = topo.exec_timeout(topology::LB, agent.to_str().unwrap(), &full, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}"));
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-    };
+    let doc_path = one_backend_doc(&dir);
+    let cluster = |config: &std::path::Path, args: &[&str]| cluster(&topo, config, args);
     let (ok, text) = cluster(&local(false), &["put", doc_path.to_str().unwrap()]);
     assert!(!ok, "a put without the client certificate was accepted:\n{text}");
     let (ok, text) = cluster(&local(true), &["put", doc_path.to_str().unwrap()]);
     assert!(ok, "put over TLS with the client certificate failed:\n{text}");
     let (ok, text) = cluster(&local(true), &["get"]);
     assert!(ok && text.contains("192.0.2.10"), "get over TLS:\n{text}");
+}
+
+/// A local file with `[source]` for `endpoint` plus `extra` lines, written as `dir/NAME`.
+fn source_only_local(dir: &std::path::Path, name: &str, endpoint: &str, extra: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let text = format!("[lb]\ninterface = \"eth0\"\n\n[source]\netcd_endpoints = [\"{endpoint}\"]\nkey = \"{KEY}\"\nhost_name = \"lb\"\ntimeout = \"2s\"\n{extra}");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The e2e config's cluster document (one backend), written as `dir/doc.toml`.
+fn one_backend_doc(dir: &std::path::Path) -> std::path::PathBuf {
+    let (_, doc) = split(&e2e_config(1));
+    let path = dir.join("doc.toml");
+    std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
+    path
+}
+
+/// `lb-agent cluster --config CONFIG ARGS` in `lb`: success and all it printed.
+fn cluster(topo: &topology::Topology, config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let mut full = vec!["cluster", "--config", config.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let agent = bins().agent;
+    let out = topo.exec_timeout(topology::LB, agent.to_str().unwrap(), &full, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}"));
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
