@@ -98,22 +98,16 @@ enum Command {
     /// changes that backend's weight or role or removes it (the file wins).
     #[command(after_help = exit_code::help())]
     Drain {
-        /// The VIP's name, or an address only one VIP has.
-        #[arg(long)]
-        vip: String,
-        #[arg(long)]
-        backend: IpAddr,
+        #[command(flatten)]
+        target: DrainTarget,
         #[command(flatten)]
         timeout: Timeout,
     },
     /// Undo a runtime drain: the backend gets its weight from the config file again.
     #[command(after_help = exit_code::help())]
     Undrain {
-        /// The VIP's name, or an address only one VIP has.
-        #[arg(long)]
-        vip: String,
-        #[arg(long)]
-        backend: IpAddr,
+        #[command(flatten)]
+        target: DrainTarget,
         #[command(flatten)]
         timeout: Timeout,
     },
@@ -209,6 +203,16 @@ enum Command {
     /// Shell completions or man pages from this CLI's definition (for packaging).
     #[command(hide = true, subcommand)]
     Generate(lb_agent::cli_docs::Generate),
+}
+
+/// Which backend of which VIP `drain` and `undrain` act on.
+#[derive(clap::Args)]
+struct DrainTarget {
+    /// The VIP's name, or an address only one VIP has.
+    #[arg(long)]
+    vip: String,
+    #[arg(long)]
+    backend: IpAddr,
 }
 
 #[derive(Subcommand)]
@@ -345,8 +349,8 @@ fn real_main(cli: Cli) -> Result<()> {
             println!("ok {summary}");
             Ok(())
         }
-        Command::Drain { vip, backend, timeout } => ask(&config_path, Request::Drain { vip, backend }, timeout),
-        Command::Undrain { vip, backend, timeout } => ask(&config_path, Request::Undrain { vip, backend }, timeout),
+        Command::Drain { target: DrainTarget { vip, backend }, timeout } => ask(&config_path, Request::Drain { vip, backend }, timeout),
+        Command::Undrain { target: DrainTarget { vip, backend }, timeout } => ask(&config_path, Request::Undrain { vip, backend }, timeout),
         Command::Maintenance { timeout } => {
             let config = load_config(&config_path)?;
             println!("ok {}", lb_agent::announce::maintenance::request(&config, timeout.timeout)?);

@@ -7,12 +7,12 @@
 //! one at a time.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use lb_agent::control::exit_code::ExitCode;
 use lb_tests::agent::{self, Proto};
-use lb_tests::lab::{Lab, LabBins};
+use lb_tests::lab::Lab;
 use lb_tests::owners::RingSnapshot;
 use lb_tests::topology::{self, IFACE, LB_V4, LB_V6, TopologyOptions, VIP_V4, backend_v4};
 use serde_json::Value;
@@ -81,11 +81,7 @@ fn write(lab: &Lab, mut config: toml::Table) {
 }
 
 fn start() -> Lab {
-    let bins = LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    };
+    let bins = lb_tests::lab_bins!();
     Lab::start_with(bins, TopologyOptions { backends: 3, ..Default::default() }, config(1, 1, false), &|m| eprintln!("[cli] {m}"))
         .unwrap_or_else(|e| panic!("starting the lab: {e:#}"))
 }

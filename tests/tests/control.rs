@@ -6,13 +6,12 @@
 //! with its routes withdrawn. Needs root; run one at a time.
 
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use lb_agent::control::exit_code::ExitCode;
-use lb_tests::agent;
-use lb_tests::lab::{Lab, LabBins};
+use lb_tests::lab::Lab;
 use lb_tests::topology::{self, IFACE, LB, LB_V4, LB_V6, TopologyOptions, VIP_V4, backend_v4};
 
 /// What `reload --timeout` may take beyond its timeout (starting the
@@ -43,11 +42,7 @@ fn config(announce: bool) -> toml::Table {
 }
 
 fn start(announce: bool) -> Lab {
-    let bins = LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    };
+    let bins = lb_tests::lab_bins!();
     Lab::start_with(bins, TopologyOptions { backends: 1, ..Default::default() }, config(announce), &|m| eprintln!("[control] {m}"))
         .unwrap_or_else(|e| panic!("starting the lab: {e:#}"))
 }

@@ -5,12 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lb_tests::agent::{self, Proto, Stats};
+use lb_tests::agent::{Proto, Stats};
 use lb_tests::client::ClientRecord;
-use lb_tests::lab::{Lab, LabBins};
+use lb_tests::lab::Lab;
 use lb_tests::topology::{self, LB_V4, LB_V6, VIP_V4, backend_v4};
 
 const BACKENDS: usize = 3;
@@ -47,11 +46,7 @@ fn config(health_extra: &str, backend_extra: &[&str]) -> toml::Table {
 }
 
 fn start(test: &str, config: toml::Table) -> Lab {
-    let bins = LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    };
+    let bins = lb_tests::lab_bins!();
     Lab::start(bins, BACKENDS, config, &|m| eprintln!("[{test}] {m}")).unwrap_or_else(|e| panic!("starting the lab: {e:#}"))
 }
 

@@ -27,13 +27,12 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use etherparse::{IpNumber, PacketBuilder};
 use lb_tests::agent::{self, Proto, Stats};
 use lb_tests::capture::{Captured, PacketSocket, in_namespace};
-use lb_tests::lab::{Lab, LabBins};
+use lb_tests::lab::Lab;
 use lb_tests::packets::{Rng, TPID_CTAG, TPID_STAG, icmp, inet_checksum, ip_packet, l2_split, with_vlan_tags};
 use lb_tests::topology::{self, CLIENT, CLIENT_V4, CLIENT_V6, IFACE, LB, LB_V4, LB_V6, SWITCH, Topology, VIP_V4, VIP_V6, backend_v4, backend_v6};
 
@@ -662,11 +661,7 @@ fn hostile_frames_through_the_nic_path_keep_the_invariants() {
         eprintln!("SKIPPED: namespace tests need root; run them with `cargo xtask test hostile`");
         return;
     }
-    let bins = LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    };
+    let bins = lb_tests::lab_bins!();
     let lab = Lab::start(bins, BACKENDS, config(), &|m| eprintln!("[hostile] {m}")).unwrap_or_else(|e| panic!("starting the lab: {e:#}"));
     let topo = &lab.topo;
     // The client may send frames as large as the underlay carries.

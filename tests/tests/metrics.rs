@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use lb_common::metrics::{self as names, labels};
 use lb_tests::agent::{self, Proto, Stats};
-use lb_tests::lab::{Lab, LabBins, LabOptions, hold_records};
+use lb_tests::lab::{Lab, LabOptions, hold_records};
 use lb_tests::metrics::{self, Sample};
 use lb_tests::topology::{self, LB, TopologyOptions, VIP_V4, VIP_V6, backend_v4, backend_v6};
 
@@ -101,11 +101,7 @@ fn metrics_count_the_traffic_match_stats_and_follow_health() {
         return;
     }
     metrics::promtool().unwrap_or_else(|e| panic!("{e:#}"));
-    let bins = LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    };
+    let bins = lb_tests::lab_bins!();
     let mut lab = Lab::start(bins, BACKENDS, config(), &|m| eprintln!("[{TEST}] {m}")).unwrap_or_else(|e| panic!("starting the lab: {e:#}"));
 
     // UDP to dns-v4 is all the v4 backends get (one datagram per request);
@@ -366,11 +362,7 @@ fn non_syn_misses_with_table(test: &str, flow_table_size: u32) -> u64 {
     let mut echo: toml::Table = format!("name = \"echo\"\naddress = \"{VIP_V4}\"\nport = {ECHO_PORT}\nprotocol = \"tcp\"\n").parse().expect("valid TOML");
     echo.insert("backend".into(), config["vip"][0]["backend"].clone());
     config["vip"].as_array_mut().expect("VIPs").push(toml::Value::Table(echo));
-    let bins = LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    };
+    let bins = lb_tests::lab_bins!();
     let options = LabOptions { server_extra: vec!["--echo-port".into(), ECHO_PORT.to_string()], ..LabOptions::default() };
     let topology = TopologyOptions { backends: BACKENDS, ..TopologyOptions::default() };
     let lab = Lab::start_with_options(bins, topology, config, options, &|m| eprintln!("[{test}] {m}")).unwrap_or_else(|e| panic!("starting the lab: {e:#}"));
@@ -466,11 +458,7 @@ fn the_endpoint_cuts_slow_clients_caps_connections_and_answers_half_closed_ones(
     if !can_run(TEST) {
         return;
     }
-    let bins = LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    };
+    let bins = lb_tests::lab_bins!();
     let lab = Lab::start(bins, BACKENDS, config(), &|m| eprintln!("[{TEST}] {m}")).unwrap_or_else(|e| panic!("starting the lab: {e:#}"));
     let pid = lab.agent.pid();
     scrape(&lab);

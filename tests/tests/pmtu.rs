@@ -8,11 +8,10 @@
 //! Needs root and the built agent (`cargo xtask test` builds everything).
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use lb_tests::agent::{self, Proto};
-use lb_tests::lab::{Lab, LabBins};
+use lb_tests::lab::Lab;
 use lb_tests::topology::{self, CLIENT, TopologyOptions, VIP_V4, VIP_V6};
 
 /// The client's MTU (veth default), now also the LB's.
@@ -23,11 +22,7 @@ const PAD_BYTES: usize = 12 * 1024;
 const CURL_SECS: u64 = 20;
 
 fn start_lab() -> Lab {
-    let bins = LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    };
+    let bins = lb_tests::lab_bins!();
     let options = TopologyOptions { backends: 1, underlay_mtu: PATH_MTU, ..Default::default() };
     Lab::start_with(bins, options, agent::e2e_config(1), &|m| eprintln!("[pmtu] {m}"))
         .unwrap_or_else(|e| panic!("starting the lab: {e:#}"))

@@ -14,12 +14,11 @@
 //! every test detaches in teardown.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use lb_tests::agent::{self, Stats};
 use lb_tests::client::HoldRecord;
-use lb_tests::lab::{Lab, LabBins, LabOptions, hold_records};
+use lb_tests::lab::{Lab, LabOptions, hold_records};
 use lb_tests::topology::{self, LB, LB_V4, LB_V6, TopologyOptions, VIP_V4, backend_v4};
 
 /// Backends in the topology; configs name a subset.
@@ -67,11 +66,7 @@ impl Drop for Scenario {
 }
 
 fn start(initial: &[(usize, u32)]) -> Scenario {
-    let bins = LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    };
+    let bins = lb_tests::lab_bins!();
     let options = LabOptions { unload_on_exit: false, server_extra: vec!["--echo-port".into(), ECHO_PORT.to_string()], ..LabOptions::default() };
     let lab = Lab::start_with_options(bins, TopologyOptions { backends: HOSTS, ..Default::default() }, config(initial), options, &|m| eprintln!("[restart] {m}"))
         .unwrap_or_else(|e| panic!("starting the lab: {e:#}"));

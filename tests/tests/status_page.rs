@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use lb_agent::metrics::status_page::REFRESH_SECONDS;
 use lb_tests::agent::{self, Proto};
 use lb_tests::browser::{self, Browser};
-use lb_tests::lab::{Lab, LabBins};
+use lb_tests::lab::Lab;
 use lb_tests::metrics::DEFAULT_LISTEN;
 use lb_tests::topology::{self, LB, VIP_V4, backend_v4};
 
@@ -116,11 +116,7 @@ fn the_status_page_shows_every_vip_and_backend_and_a_down_backend_after_its_next
         return;
     }
     browser::chromium().unwrap_or_else(|e| panic!("{e:#}"));
-    let bins = LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    };
+    let bins = lb_tests::lab_bins!();
     let mut lab = Lab::start(bins, BACKENDS, config(), &|m| eprintln!("[{TEST}] {m}")).unwrap_or_else(|e| panic!("starting the lab: {e:#}"));
     // Some traffic, so that the rates have something to show.
     let records = lab.client(Proto::Udp, std::net::SocketAddr::new(VIP_V4.into(), 53), 20, None, 2000).unwrap_or_else(|e| panic!("{e:#}"));

@@ -17,13 +17,12 @@
 //!   a tag lost.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use etherparse::PacketBuilder;
 use lb_tests::agent;
 use lb_tests::capture::{Captured, PacketSocket, in_namespace};
-use lb_tests::lab::{Lab, LabBins};
+use lb_tests::lab::Lab;
 use lb_tests::packets::{TPID_CTAG, TPID_STAG, ip_packet, l2_split, with_vlan_tags};
 use lb_tests::topology::{self, CLIENT, CLIENT_V4, IFACE, LB, LB_V4, SWITCH, Topology, VIP_V4};
 
@@ -35,11 +34,7 @@ const QUIET: Duration = Duration::from_millis(300);
 const CAPTURE_LIMIT: Duration = Duration::from_secs(3);
 
 fn start_lab() -> Lab {
-    let bins = LabBins {
-        agent: agent::agent_bin().unwrap_or_else(|e| panic!("{e:#}")),
-        testsrv: PathBuf::from(env!("CARGO_BIN_EXE_lb-testsrv")),
-        testclient: PathBuf::from(env!("CARGO_BIN_EXE_lb-testclient")),
-    };
+    let bins = lb_tests::lab_bins!();
     Lab::start(bins, BACKENDS, agent::e2e_config(BACKENDS), &|m| eprintln!("[vlan] {m}")).unwrap_or_else(|e| panic!("starting the lab: {e:#}"))
 }
 
