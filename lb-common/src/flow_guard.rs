@@ -23,7 +23,7 @@ pub const WINDOW_NS: u64 = 1_000_000_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowGuard {
-    /// `bpf_ktime_get_ns` when this CPU's current window began.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC) when this CPU's current window began.
     pub window_start_ns: u64,
     /// New flows this CPU recorded in the current window.
     pub recorded: u32,

@@ -56,56 +56,60 @@ reasons! {
         Forwarded = 0 => Tx, "forwarded";
         /// Not IPv4 or IPv6 (ARP, LLDP, ...): not ours.
         NotIp = 1 => Pass, "not_ip";
-        /// IP, but no VIP matches (address, port, protocol).
+        /// IP not addressed to a VIP address: the host's own traffic, read no further than its
+        /// destination address (so its fragments, malformed headers and other protocols count
+        /// here too).
         NoVip = 2 => Pass, "no_vip";
-        /// Neither TCP, UDP nor ICMP to a VIP address (GRE, ESP, ICMP to other addresses, ...).
+        /// Neither TCP, UDP nor ICMP, to a VIP address (GRE, ESP, ...).
         NotTcpUdp = 3 => Pass, "not_tcp_udp";
-        /// An IPv4 or IPv6 fragment not addressed to a VIP address: not ours, untouched.
-        Fragment = 4 => Pass, "fragment";
-        /// Ethernet, VLAN or IP header truncated or inconsistent; the host stack (which validates
-        /// again and drops) decides, since we cannot tell whether it was meant for a VIP.
-        MalformedL3 = 5 => Pass, "malformed_l3";
-        /// TCP/UDP header truncated: without ports there is no VIP lookup, so the stack judges it.
-        MalformedL4 = 6 => Pass, "malformed_l4";
+        /// Ethernet, VLAN or IP header truncated or inconsistent (too short to hold the
+        /// destination address, or to a VIP address); the host stack (which validates again
+        /// and drops) decides, since we cannot tell whether it was meant for a VIP.
+        MalformedL3 = 4 => Pass, "malformed_l3";
+        /// TCP/UDP header to a VIP address truncated: without ports there is no VIP lookup, so the
+        /// stack judges it.
+        MalformedL4 = 5 => Pass, "malformed_l4";
         /// The VIP's ring slot holds no backend (no backend configured or all removed).
-        NoBackend = 7 => Drop, "no_backend";
+        NoBackend = 6 => Drop, "no_backend";
         /// The ring names a backend id with no entry (should not happen: the agent writes
         /// backends before rings).
-        UnknownBackend = 8 => Drop, "unknown_backend";
+        UnknownBackend = 7 => Drop, "unknown_backend";
         /// No tunnel source address of the backend's family is configured.
-        NoTunnelSource = 9 => Drop, "no_tunnel_source";
+        NoTunnelSource = 8 => Drop, "no_tunnel_source";
         /// `bpf_xdp_adjust_head` refused to grow the packet, or the result was too short.
-        EncapFailed = 10 => Drop, "encap_failed";
+        EncapFailed = 9 => Drop, "encap_failed";
         /// An internal map lookup failed (counter or ring index out of range).
-        MapError = 11 => Drop, "map_error";
+        MapError = 10 => Drop, "map_error";
         /// ICMP / ICMPv6 echo request to a VIP address, answered by the LB itself (`lb.icmp_echo = "reply"`).
-        IcmpEchoReply = 12 => Tx, "icmp_echo_reply";
+        IcmpEchoReply = 11 => Tx, "icmp_echo_reply";
         /// ICMP error about a VIP flow (the quoted header, swapped, is a VIP flow): sent to that flow's backend.
-        IcmpErrorForwarded = 13 => Tx, "icmp_error_forwarded";
+        IcmpErrorForwarded = 12 => Tx, "icmp_error_forwarded";
         /// Other ICMP to a VIP address: echo with `icmp_echo = "pass"`, other types, errors quoting no
         /// VIP flow or too short to tell; the host stack judges it.
-        IcmpToVip = 14 => Pass, "icmp_to_vip";
+        IcmpToVip = 13 => Pass, "icmp_to_vip";
         /// Encapsulated it would exceed the interface MTU: answered with ICMP fragmentation-needed /
         /// ICMPv6 packet-too-big carrying the MTU left after the tunnel header (`lb.too_big = "icmp"`).
-        TooBigIcmp = 15 => Tx, "too_big_icmp";
+        TooBigIcmp = 14 => Tx, "too_big_icmp";
         /// Encapsulated it would exceed the interface MTU, and `lb.too_big = "drop"` (or it is an ICMP
         /// error or a fragment, which must not be answered with ICMP).
-        TooBigDropped = 16 => Drop, "too_big_dropped";
+        TooBigDropped = 15 => Drop, "too_big_dropped";
         /// A fragment to a VIP address whose VIPs do not forward fragments (`fragments = "drop"`, default).
-        FragmentDropped = 17 => Drop, "fragment_dropped";
+        FragmentDropped = 16 => Drop, "fragment_dropped";
         /// A fragment to a VIP address with `fragments = "forward"`: hashed on addresses only, so every
         /// fragment of a datagram reaches the same backend.
-        FragmentForwarded = 18 => Tx, "fragment_forwarded";
+        FragmentForwarded = 17 => Tx, "fragment_forwarded";
         /// TCP/UDP to a VIP address on a port no VIP configures, `lb.unknown_port = "pass"` (default).
-        UnknownPortPassed = 19 => Pass, "unknown_port_passed";
+        UnknownPortPassed = 18 => Pass, "unknown_port_passed";
         /// TCP/UDP to a VIP address on a port no VIP configures, `lb.unknown_port = "drop"`.
-        UnknownPortDropped = 20 => Drop, "unknown_port_dropped";
+        UnknownPortDropped = 19 => Drop, "unknown_port_dropped";
         /// TTL / hop limit 0 to a VIP address: no valid sender emits it.
-        TtlZero = 21 => Drop, "ttl_zero";
-        /// More IPv6 extension headers than we skip (`limits::MAX_IPV6_EXT_HEADERS`) before TCP/UDP.
-        TooManyExtHeaders = 22 => Pass, "too_many_ext_headers";
-        /// Destination MAC is multicast or broadcast: never balanced (its MAC cannot be the outer source).
-        L2Multicast = 23 => Pass, "l2_multicast";
+        TtlZero = 20 => Drop, "ttl_zero";
+        /// More IPv6 extension headers than we skip (`limits::MAX_IPV6_EXT_HEADERS`) before TCP/UDP,
+        /// to a VIP address.
+        TooManyExtHeaders = 21 => Pass, "too_many_ext_headers";
+        /// Destination MAC is multicast or broadcast, to a VIP address: never balanced (its MAC
+        /// cannot be the outer source).
+        L2Multicast = 22 => Pass, "l2_multicast";
     }
 }
 

@@ -1,4 +1,5 @@
-//! The balancer's per-packet dispatch: fragments, TCP/UDP flows and ICMP
+//! The balancer's per-packet dispatch: traffic to other addresses passes on
+//! its destination alone (`VIP_FILTER`); fragments, TCP/UDP flows and ICMP
 //! each go to their policy; a TCP/UDP packet to a VIP is placed by the flow
 //! table (or, TCP to a second-chance VIP, by the ring alone) and forwarded,
 //! in GUE with the slot's previous owner for a second-chance VIP.
@@ -14,9 +15,9 @@ use crate::{
     flows,
     forward::{forward_gue_to, forward_to, TooBig},
     fragment, icmp,
-    lookup::{address_entry, lookup_vip, may_be_vip_address, previous_owners},
+    lookup::{address_entry, filter_word, lookup_vip, previous_owners, FilterWord},
     maps::policy,
-    parse::{is_tcp_udp, parse_ip, parse_ports, Flow, Ip},
+    parse::{is_tcp_udp, parse_ip, parse_l2, parse_ports, peek_destination, Flow, Ip},
 };
 
 /// Decides what happens to one packet; the caller counts the reason and
@@ -30,28 +31,30 @@ pub fn balance(ctx: &XdpContext) -> Reason {
 
 #[inline(always)]
 fn try_balance(ctx: &XdpContext) -> Result<Reason, Reason> {
-    let ip = parse_ip(ctx)?;
+    let l2 = parse_l2(ctx)?;
+    // Host traffic, most of what a shared NIC sees, goes on its destination
+    // alone: nothing the balancer does applies to other addresses, and the
+    // stack validates what it gets anyway.
+    let filter = filter_word(peek_destination(ctx, l2)?).ok_or(Reason::NoVip)?;
+    let ip = parse_ip(ctx, l2)?;
     if ip.fragment {
         return fragment::handle(ctx, &ip);
     }
     if is_tcp_udp(ip.proto) {
-        return balance_flow(ctx, &ip);
+        return balance_flow(ctx, &ip, &filter);
     }
     if icmp::is_icmp(&ip) {
-        return icmp::handle(ctx, &ip);
+        return icmp::handle(ctx, &ip, &filter);
     }
     Err(Reason::NotTcpUdp)
 }
 
 #[inline(always)]
-fn balance_flow(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
+fn balance_flow(ctx: &XdpContext, ip: &Ip, filter: &FilterWord) -> Result<Reason, Reason> {
     let (src_port_be, dst_port_be) = parse_ports(ctx, ip.l4_offset, ip.l4_len, ip.proto)?;
     let flow = Flow::of(ip, src_port_be, dst_port_be);
-    if !may_be_vip_address(&flow.dst, flow.family) {
-        return Err(Reason::NoVip);
-    }
-    let Some(vip) = lookup_vip(&flow) else {
-        // Past the filter, so most likely a VIP address: one more lookup
+    let Some(vip) = lookup_vip(&flow, filter) else {
+        // Past the address filter, so most likely a VIP address: one lookup
         // tells an unconfigured port of a VIP address from a filter collision.
         if address_entry(ip).is_some() {
             return Err(if policy(POLICY_UNKNOWN_PORT_DROP) { Reason::UnknownPortDropped } else { Reason::UnknownPortPassed });

@@ -3,14 +3,14 @@
 //! like its flow. Policy per VIP address: drop (default, as Katran), or
 //! forward every fragment through one VIP's ring hashing the addresses and
 //! protocol only, so all fragments of a datagram reach the same backend,
-//! which reassembles. Fragments to other addresses pass untouched.
+//! which reassembles. Fragments to other addresses pass untouched (`no_vip`).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{packet_policy::fragment_row, second_chance::VIP_FLAG_GUE, Reason, VipMeta};
 
 use crate::{
     forward::{forward, TooBig},
-    lookup::{flow_hash, lookup_address},
+    lookup::{address_entry, flow_hash},
     parse::{Flow, Ip},
 };
 
@@ -19,7 +19,8 @@ const NO_PORT: u16 = 0;
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
-    let entry = lookup_address(ip).ok_or(Reason::Fragment)?;
+    // Past the balancer's address filter: not a VIP address only on a collision.
+    let entry = address_entry(ip).ok_or(Reason::NoVip)?;
     let row = fragment_row(&entry, ip.proto).ok_or(Reason::FragmentDropped)?;
     if ip.ttl == 0 {
         return Err(Reason::TtlZero);

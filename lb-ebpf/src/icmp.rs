@@ -26,7 +26,7 @@ use crate::{
         ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REQUEST, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, ICMP_DEST_UNREACH,
         ICMP_ECHO_REQUEST, ICMP_HEADER_LEN, ICMP_TIME_EXCEEDED, PROTO_ICMP, PROTO_ICMPV6,
     },
-    lookup::{flow_hash, is_vip_address, lookup_vip},
+    lookup::{flow_hash, is_vip_address, lookup_vip, FilterWord},
     maps::policy,
     packet::read,
     parse::{is_tcp_udp, Flow, Ip},
@@ -44,7 +44,7 @@ pub fn is_icmp(ip: &Ip) -> bool {
 }
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
+pub fn handle(ctx: &XdpContext, ip: &Ip, filter: &FilterWord) -> Result<Reason, Reason> {
     // Bounds check before the length check, which LLVM would otherwise use to drop it.
     let Some(header) = read::<[u8; ICMP_HEADER_LEN]>(ctx, ip.l4_offset) else { return Err(unclaimed(ip)) };
     if ip.l4_len < ICMP_HEADER_LEN {
@@ -61,7 +61,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     };
     if echo {
         if !is_vip_address(ip) {
-            return Err(Reason::NotTcpUdp);
+            return Err(Reason::NoVip);
         }
         if !policy(POLICY_ECHO_REPLY) {
             return Err(Reason::IcmpToVip);
@@ -80,7 +80,9 @@ pub fn handle(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
         return Err(unclaimed(ip));
     }
     let Some(flow) = quoted_flow(ctx, ip) else { return Err(unclaimed(ip)) };
-    let Some(vip) = lookup_vip(&flow) else { return Err(unclaimed(ip)) };
+    // The quoted source is the packet's destination (`quoted_flow`), so the
+    // destination's filter word holds the flow's VIP key bits.
+    let Some(vip) = lookup_vip(&flow, filter) else { return Err(unclaimed(ip)) };
     if ip.ttl == 0 {
         return Err(Reason::TtlZero);
     }
@@ -88,13 +90,14 @@ pub fn handle(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     Ok(Reason::IcmpErrorForwarded)
 }
 
-/// ICMP we do not act on: `icmp_to_vip` if addressed to a VIP address.
+/// ICMP we do not act on: `icmp_to_vip` if addressed to a VIP address
+/// (past the balancer's address filter, anything else is a collision).
 #[inline(always)]
 fn unclaimed(ip: &Ip) -> Reason {
     if is_vip_address(ip) {
         Reason::IcmpToVip
     } else {
-        Reason::NotTcpUdp
+        Reason::NoVip
     }
 }
 

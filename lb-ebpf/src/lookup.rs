@@ -5,28 +5,33 @@
 use lb_common::{
     hash::{flow_hash_v4, flow_hash_v6, ports_word, source_hash},
     packet_policy::address_key,
-    second_chance::{PreviousOwners, NO_PREVIOUS_OWNERS}, vip_filter, AddrWords, BackendEntry, Reason, VipKey, VipMeta, FAMILY_V4, NO_BACKEND, VIP_FLAG_SOURCE_HASH,
+    second_chance::{PreviousOwners, NO_PREVIOUS_OWNERS},
+    vip_filter::{word_and_mask, Place},
+    BackendEntry, Reason, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, NO_BACKEND, VIP_FLAG_SOURCE_HASH,
 };
 
 use crate::{
     maps::{hash_seed, ring_size, BACKENDS, PREVIOUS, RINGS, VIPS, VIP_FILTER},
-    parse::{Flow, Ip},
+    parse::{Destination, Flow, Ip},
 };
 
-/// Exact (address, port, protocol) first, then the VIP's all-ports entry
-/// (looked up only when `VIP_FILTER` has its all-ports bit: a port of a VIP
-/// address that no VIP configures then takes one lookup fewer).
+/// Exact (address, port, protocol) first, then the VIP's all-ports entry,
+/// each only when `filter` (the destination's word of `VIP_FILTER`) has
+/// the key's bit: a port no VIP of the address configures usually takes no
+/// lookup at all.
 #[inline(always)]
 #[expect(clippy::needless_borrows_for_generic_args, reason = "a key by value is copied once more: about 20 instructions per packet")]
-pub fn lookup_vip(flow: &Flow) -> Option<VipMeta> {
+pub fn lookup_vip(flow: &Flow, filter: &FilterWord) -> Option<VipMeta> {
     let mut key = VipKey { addr: flow.dst, port_be: flow.dst_port_be, proto: flow.proto, family: flow.family };
-    // SAFETY: the value is copied out at once, so a concurrent update by
-    // the agent can only yield the old or the new entry (as for every
-    // hash map lookup in BPF), never a dangling one.
-    if let Some(meta) = unsafe { VIPS.get(&key) } {
-        return Some(*meta);
+    if filter.has(filter.place.port_bit(flow.dst_port_be, flow.proto)) {
+        // SAFETY: the value is copied out at once, so a concurrent update by
+        // the agent can only yield the old or the new entry (as for every
+        // hash map lookup in BPF), never a dangling one.
+        if let Some(meta) = unsafe { VIPS.get(&key) } {
+            return Some(*meta);
+        }
     }
-    if !filter_has(vip_filter::all_ports_bit(&flow.dst, flow.family, flow.proto)) {
+    if !filter.has(filter.place.port_bit(0, flow.proto)) {
         return None;
     }
     key.port_be = 0;
@@ -34,16 +39,8 @@ pub fn lookup_vip(flow: &Flow) -> Option<VipMeta> {
     unsafe { VIPS.get(&key) }.copied()
 }
 
-/// The address entry of the packet's destination, if it is a VIP address.
-#[inline(always)]
-pub fn lookup_address(ip: &Ip) -> Option<VipMeta> {
-    if !may_be_vip_address(&ip.dst, ip.family) {
-        return None;
-    }
-    address_entry(ip)
-}
-
-/// [`lookup_address`] without the filter, for callers that checked it.
+/// The address entry of the packet's destination, if it is a VIP address
+/// (the balancer checked `VIP_FILTER` first, see [`filter_word`]).
 #[inline(always)]
 #[expect(clippy::needless_borrows_for_generic_args, reason = "a key by value is copied once more: about 20 instructions per packet")]
 pub fn address_entry(ip: &Ip) -> Option<VipMeta> {
@@ -51,23 +48,39 @@ pub fn address_entry(ip: &Ip) -> Option<VipMeta> {
     unsafe { VIPS.get(&address_key(ip.dst, ip.family)) }.copied()
 }
 
-/// False when `addr` is certainly no VIP address (its `VIP_FILTER` bit is
-/// clear): one array read, where the VIP table would take two lookups.
-#[inline(always)]
-pub fn may_be_vip_address(addr: &AddrWords, family: u8) -> bool {
-    filter_has(vip_filter::bit(addr, family))
+/// A destination's word of `VIP_FILTER`, read once per packet: it holds
+/// the address's bit and the bits of its VIP keys (`lb_common::vip_filter`).
+#[derive(Clone, Copy)]
+pub struct FilterWord {
+    place: Place,
+    bits: u64,
 }
 
-/// Whether `bit` of `VIP_FILTER` is set ("maybe"; an unreadable word counts as set).
+impl FilterWord {
+    /// Whether `bit` (of this word) is set: "maybe".
+    #[inline(always)]
+    fn has(&self, bit: u32) -> bool {
+        self.bits & word_and_mask(bit).1 != 0
+    }
+}
+
+/// The filter word of `dst`, or `None` when `dst` is certainly no VIP
+/// address (its bit is clear): one array read, where the VIP table would
+/// take two lookups. An unreadable word counts as all set.
 #[inline(always)]
-fn filter_has(bit: u32) -> bool {
-    let (word, mask) = vip_filter::word_and_mask(bit);
-    VIP_FILTER.get(word).is_none_or(|w| *w & mask != 0)
+pub fn filter_word(dst: Destination) -> Option<FilterWord> {
+    let place = match dst {
+        Destination::V4(addr) => Place::of_v4(addr),
+        Destination::V6(addr) => Place::of(&addr, FAMILY_V6),
+    };
+    let (word, _) = word_and_mask(place.address_bit);
+    let filter = FilterWord { place, bits: VIP_FILTER.get(word).copied().unwrap_or(u64::MAX) };
+    filter.has(place.address_bit).then_some(filter)
 }
 
 #[inline(always)]
 pub fn is_vip_address(ip: &Ip) -> bool {
-    lookup_address(ip).is_some()
+    address_entry(ip).is_some()
 }
 
 #[inline(always)]

@@ -48,7 +48,11 @@ mod second_chance;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
+// `inline(always)`: the macro wraps this function in the program's entry
+// point, and a body this large would otherwise stay a BPF-to-BPF call (a
+// call, a frame and callee-saved registers on every packet).
 #[xdp]
+#[inline(always)]
 pub fn xdp_balancer(ctx: XdpContext) -> u32 {
     let reason = balancer::balance(&ctx);
     let len = ctx.data_end() - ctx.data();
@@ -58,6 +62,7 @@ pub fn xdp_balancer(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
+#[inline(always)]
 pub fn xdp_decap(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
     let reason = decap::decap(&ctx);

@@ -115,15 +115,37 @@ pub fn parse_l2(ctx: &XdpContext) -> Result<L2, Reason> {
     Ok(L2 { len: EthHdr::LEN + VlanHdr::LEN, ether_type_be: unsafe { (*vlan).ether_type } })
 }
 
-/// Parses Ethernet and a consistent IPv4/IPv6 header. `Err` carries the
-/// reason the packet is not an IP packet we look at.
+/// The destination address of an IP packet.
+#[derive(Clone, Copy)]
+pub enum Destination {
+    /// The IPv4 address as one word (as in `AddrWords`).
+    V4(u32),
+    V6(AddrWords),
+}
+
+/// The destination address of the IP packet after `l2`, read before
+/// anything else of the header is checked: the balancer lets host traffic
+/// go on it alone. `Err`: not IP, or too short to hold a whole IP header.
 #[inline(always)]
-pub fn parse_ip(ctx: &XdpContext) -> Result<Ip, Reason> {
-    let l2 = parse_l2(ctx)?;
-    let is_v4 = l2.ether_type_be == EtherType::Ipv4 as u16;
-    if !is_v4 && l2.ether_type_be != EtherType::Ipv6 as u16 {
-        return Err(Reason::NotIp);
+pub fn peek_destination(ctx: &XdpContext, l2: L2) -> Result<Destination, Reason> {
+    if l2.ether_type_be == EtherType::Ipv4 as u16 {
+        let ip: *const [u16; Ipv4Hdr::LEN / 2] = ptr_at(ctx, l2.len).ok_or(Reason::MalformedL3)?;
+        // Destination at byte 16.
+        return Ok(Destination::V4(address_word(word(ip, 8), word(ip, 9))));
     }
+    if l2.ether_type_be == EtherType::Ipv6 as u16 {
+        let ip: *const [u16; Ipv6Hdr::LEN / 2] = ptr_at(ctx, l2.len).ok_or(Reason::MalformedL3)?;
+        return Ok(Destination::V6(ipv6_address(ip, 12)));
+    }
+    Err(Reason::NotIp)
+}
+
+/// Parses a consistent IPv4/IPv6 header after `l2`, an IP EtherType (see
+/// [`peek_destination`]). `Err` carries the reason the packet is not an IP
+/// packet we look at.
+#[inline(always)]
+pub fn parse_ip(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
+    let is_v4 = l2.ether_type_be == EtherType::Ipv4 as u16;
     // A group-addressed frame is never balanced: its destination MAC would
     // become the outer source MAC.
     let dst_mac = read::<[u8; 6]>(ctx, 0).ok_or(Reason::MalformedL3)?;

@@ -626,7 +626,7 @@ fn icmp_echo_to_a_vip_is_answered_and_other_echo_passes() {
     assert_eq!(&out[12..16], &vlan_echo[12..16], "vlan tag kept");
 
     let to_host = ip4_raw(CLIENT_V4, TUNNEL_V4, 64, ICMP, &icmp_message(8, 0, [0, 1, 0, 1], b"x"));
-    h.expect("icmp echo to a host address", &to_host, Reason::NotTcpUdp);
+    h.expect("icmp echo to a host address", &to_host, Reason::NoVip);
     let ttl0 = ip4_raw(CLIENT_V4, VIP4, 0, ICMP, &icmp_message(8, 0, [0, 1, 0, 1], b"x"));
     h.expect("icmp echo to a vip with ttl 0", &ttl0, Reason::TtlZero);
     let unreach_other = ip4_raw(CLIENT_V4, VIP4, 64, ICMP, &icmp_message(13, 0, [0; 4], &[0; 12]));
@@ -673,7 +673,7 @@ fn icmp_errors_about_vip_flows_reach_the_flows_backend() {
     let other_port = icmp4_error(router4, VIP4, 3, 4, [0; 4], &backend_reply4(VIP4, 8080, 41000, 10)[..28]);
     h.expect("icmp error about a non-vip port of a vip address", &other_port, Reason::IcmpToVip);
     let to_host = icmp4_error(router4, TUNNEL_V4, 3, 4, [0; 4], &backend_reply4(TUNNEL_V4, 80, 41000, 10)[..28]);
-    h.expect("icmp error about the host's own flow", &to_host, Reason::NotTcpUdp);
+    h.expect("icmp error about the host's own flow", &to_host, Reason::NoVip);
     let not_from_vip = icmp4_error(router4, VIP4, 3, 4, [0; 4], &backend_reply4(Ipv4Addr::new(198, 51, 100, 99), 80, 41000, 10)[..28]);
     h.expect("icmp error to a vip quoting another source", &not_from_vip, Reason::IcmpToVip);
     let short_quote = icmp4_error(router4, VIP4, 3, 4, [0; 4], &backend_reply4(VIP4, 80, 41000, 10)[..22]);
@@ -742,10 +742,10 @@ fn fragments_follow_the_vip_policy_and_other_fragments_pass() {
     let tcp_frag = fragment4(tcp4(FRAG_VIP4, 1, 53), 0x2000);
     h.expect("tcp fragment to an address forwarding udp fragments", &tcp_frag, Reason::FragmentDropped);
     h.expect("fragment to a vip with fragments = drop", &fragment4(udp4(VIP4, 5353, 53, &[0; 16]), 0x2000), Reason::FragmentDropped);
-    h.expect("fragment to a host address", &fragment4(udp4(TUNNEL_V4, 5353, 53, &[0; 16]), 0x2000), Reason::Fragment);
-    h.expect("later fragment to a host address", &fragment4(udp4(TUNNEL_V4, 5353, 53, &[0; 16]), 0x0020), Reason::Fragment);
+    h.expect("fragment to a host address", &fragment4(udp4(TUNNEL_V4, 5353, 53, &[0; 16]), 0x2000), Reason::NoVip);
+    h.expect("later fragment to a host address", &fragment4(udp4(TUNNEL_V4, 5353, 53, &[0; 16]), 0x0020), Reason::NoVip);
     h.expect("ipv6 fragment to a vip", &ip6_with_ext(VIP6, &[44], 1, 80), Reason::FragmentDropped);
-    h.expect("ipv6 fragment to a host", &ip6_with_ext(TUNNEL_V6, &[44], 1, 80), Reason::Fragment);
+    h.expect("ipv6 fragment to a host", &ip6_with_ext(TUNNEL_V6, &[44], 1, 80), Reason::NoVip);
 }
 
 #[test]

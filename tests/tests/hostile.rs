@@ -188,7 +188,7 @@ fn fragments(f: &mut Frames) -> (Vec<Vec<u8>>, BTreeMap<&'static str, u64>) {
     let v4_frags = [0x2000u16, 0x2000 | 10, 20];
     for _ in 0..10 {
         for frag in v4_frags {
-            for (dst, port, proto, reason) in [(VIP_V4, 80, 6, "fragment_dropped"), (VIP_V4, 53, 17, "fragment_dropped"), (FRAG_VIP, 5000, 17, "fragment_forwarded"), (OTHER_V4, 80, 6, "fragment")] {
+            for (dst, port, proto, reason) in [(VIP_V4, 80, 6, "fragment_dropped"), (VIP_V4, 53, 17, "fragment_dropped"), (FRAG_VIP, 5000, 17, "fragment_forwarded"), (OTHER_V4, 80, 6, "no_vip")] {
                 let mut p = if proto == 6 { f.tcp4(dst, port, 64, 24) } else { f.udp4(dst, port, 24) };
                 set_u16(&mut p, IP4 + 6, frag);
                 p[IP4 + 10..IP4 + 12].copy_from_slice(&[0, 0]);
@@ -199,7 +199,7 @@ fn fragments(f: &mut Frames) -> (Vec<Vec<u8>>, BTreeMap<&'static str, u64>) {
             }
         }
         // IPv6 fragment header: first (offset 0, M) and a later one.
-        for (offset_flags, dst, reason) in [(1u16, VIP_V6, "fragment_dropped"), (8 << 3, VIP_V6, "fragment_dropped"), (1, OTHER_V6, "fragment")] {
+        for (offset_flags, dst, reason) in [(1u16, VIP_V6, "fragment_dropped"), (8 << 3, VIP_V6, "fragment_dropped"), (1, OTHER_V6, "no_vip")] {
             let mut body = vec![6, 0];
             body.extend_from_slice(&offset_flags.to_be_bytes());
             body.extend_from_slice(&f.rng.bytes(4));
@@ -623,7 +623,13 @@ impl Probe<'_> {
         let answered = delta(&after, &before, &["icmp_echo_reply", "too_big_icmp"]);
         assert_eq!(vip_answers, answered, "{name}: the client got {vip_answers} answers from a VIP, the counters say {answered}; by reason: {by_reason:?}");
         for (reason, n) in expected {
-            assert_eq!(delta(&after, &before, &[reason]), *n, "{name}: {reason}; by reason: {by_reason:?}");
+            let got = delta(&after, &before, &[reason]);
+            if *reason == "no_vip" {
+                // The host's own frames (the stack saw `background` of them) count there too.
+                assert!((*n..=*n + background + unsure).contains(&got), "{name}: {reason}: {got}, expected {n} (+ up to {background} + {unsure} of the host's own); by reason: {by_reason:?}");
+            } else {
+                assert_eq!(got, *n, "{name}: {reason}; by reason: {by_reason:?}");
+            }
         }
 
         // The balancer still works.

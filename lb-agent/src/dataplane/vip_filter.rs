@@ -1,15 +1,15 @@
 //! The agent's side of `lb_common::vip_filter`: the filter words of a plan's
-//! VIP addresses (and all-ports VIPs), and writing them so that the filter never hides a VIP
+//! VIP addresses and VIP keys, and writing them so that the filter never hides a VIP
 //! (new bits before new VIPs, cleared bits only after removed VIPs).
 
 use anyhow::Result;
-use lb_common::vip_filter::{all_ports_bit, bit, word_and_mask, WORDS};
+use lb_common::vip_filter::{bit, port_bit, word_and_mask, WORDS};
 
 use super::store::MapStore;
 use crate::plan::Plan;
 
-/// The filter with the bit of every VIP address of `plan` set, and the
-/// all-ports bit of every all-ports (port 0) VIP.
+/// The filter with the bit of every VIP address of `plan` set, and the bit
+/// of every VIP's key (port 0 for an all-ports VIP) in its address's word.
 pub fn words(plan: &Plan) -> Vec<u64> {
     let mut out = vec![0u64; WORDS as usize];
     let mut set = |bit: u32| {
@@ -18,9 +18,7 @@ pub fn words(plan: &Plan) -> Vec<u64> {
     };
     for v in &plan.vips {
         set(bit(&v.key.addr, v.key.family));
-        if v.key.port_be == 0 {
-            set(all_ports_bit(&v.key.addr, v.key.family, v.key.proto));
-        }
+        set(port_bit(&v.key.addr, v.key.family, v.key.port_be, v.key.proto));
     }
     out
 }
@@ -82,14 +80,21 @@ mod tests {
         assert!(is_set(&words, "192.0.2.10") && is_set(&words, "2001:db8:f::10"));
         let (v6, family) = lb_common::addr_words("2001:db8:f::10".parse().unwrap());
         let (v4, _) = lb_common::addr_words("192.0.2.10".parse().unwrap());
-        let all_ports = |a, f, p| {
-            let (word, mask) = word_and_mask(all_ports_bit(a, f, p));
+        let key_set = |a, f, port: u16, p| {
+            let (word, mask) = word_and_mask(port_bit(a, f, port.to_be(), p));
             words[word as usize] & mask != 0
         };
-        assert!(all_ports(&v6, family, lb_common::PROTO_UDP), "the all-ports UDP VIP has its bit");
-        assert!(!all_ports(&v6, family, lb_common::PROTO_TCP) && !all_ports(&v4, lb_common::FAMILY_V4, lb_common::PROTO_TCP));
+        let (tcp, udp) = (lb_common::PROTO_TCP, lb_common::PROTO_UDP);
+        assert!(key_set(&v4, lb_common::FAMILY_V4, 80, tcp) && key_set(&v4, lb_common::FAMILY_V4, 443, tcp) && key_set(&v6, family, 80, tcp));
+        assert!(key_set(&v6, family, 0, udp), "the all-ports UDP VIP has its bit");
+        assert!(!key_set(&v6, family, 0, tcp) && !key_set(&v4, lb_common::FAMILY_V4, 0, tcp), "no all-ports TCP VIP");
+        // Only these keys' bits, every one in its address's word.
+        let (w4, w6) = (bit(&v4, lb_common::FAMILY_V4) / u64::BITS, bit(&v6, family) / u64::BITS);
+        assert!(words.iter().enumerate().all(|(i, w)| *w == 0 || i as u32 == w4 || i as u32 == w6));
         let set: u32 = words.iter().map(|w| w.count_ones()).sum();
-        assert_eq!(set, 3, "one bit per distinct address, one per all-ports VIP");
+        assert!((2..=6).contains(&set), "{set} bits: two addresses and four keys, some may share a bit");
+        let unconfigured = (1u16..1024).filter(|p| key_set(&v4, lb_common::FAMILY_V4, *p, tcp)).count();
+        assert!(unconfigured <= 1023 * 3 / 64 + 16, "{unconfigured} of 1,023 TCP ports of 192.0.2.10 look configured");
         // Neighbouring addresses spread over the filter instead of sharing bits.
         let neighbours = (0..=255).filter(|i| is_set(&words, &format!("198.51.100.{i}"))).count();
         assert!(neighbours <= 1, "{neighbours} of 256 host addresses look like VIPs");
