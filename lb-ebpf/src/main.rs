@@ -58,7 +58,8 @@ pub fn xdp_balancer(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
     counters::count_reason(reason, len);
     events::decision(&ctx, reason, len);
-    reason.action() as u32
+    // Every reason is in the table (its index is its counter index).
+    lb_common::Reason::ACTION_CODES.get(reason as usize).copied().unwrap_or(lb_common::Action::Pass as u32)
 }
 
 #[xdp]
@@ -67,7 +68,7 @@ pub fn xdp_decap(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
     let reason = decap::decap(&ctx);
     counters::count_decap(reason, len);
-    reason.action() as u32
+    lb_common::DecapReason::ACTION_CODES.get(reason as usize).copied().unwrap_or(lb_common::Action::Pass as u32)
 }
 
 /// Passes every packet untouched (see `lb_common::programs::PASS`).
