@@ -44,7 +44,7 @@ const FLOW_COUNTS: [u32; 2] = [1, 1024];
 /// Frames per measured test run.
 const REPEAT: u32 = 1_000_000;
 /// Runs of each case, interleaved; the table shows medians.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 9;
 /// Issue 14's target for known-flow ACKs, in multiples of the floor's packets per second.
 const TARGET: f64 = 0.6;
 const FLOOR: &str = "floor: parse + swap MACs + tx";
