@@ -340,9 +340,11 @@ const HELD_PORT_BASE: u16 = 20_000;
 const CHURN_PORT_BASE: u16 = 30_000;
 
 /// Runs the rest of this thread (and every process it starts) on CPU 0:
-/// XDP on veth runs on the sender's CPU and the flow table is per CPU, so a
-/// connection whose packets changed CPU would miss even in a big table.
-/// Real NICs keep a flow on one queue (RSS); this makes the lab do the same.
+/// XDP on veth runs on the sender's CPU, and each CPU records into and
+/// evicts from its own LRU list of the flow table (`BPF_F_NO_COMMON_LRU`,
+/// each list a share of the entries), so the table a churn meets depends on
+/// how its packets spread over CPUs. Real NICs keep a flow on one queue
+/// (RSS); this makes the lab do the same.
 fn pin_to_cpu0() {
     // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
     unsafe {

@@ -511,6 +511,13 @@ mod tests {
         let o = run_with_timeout(c, Duration::from_secs(5)).unwrap();
         assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
         assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+        // A process left behind holding the pipes does not hold the caller.
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo started; sleep 6 & exit 0"]);
+        let t = Instant::now();
+        let o = run_with_timeout(c, Duration::from_secs(5)).unwrap();
+        assert!(o.status.success() && String::from_utf8_lossy(&o.stdout) == "started\n");
+        assert!(t.elapsed() < Duration::from_secs(4), "waited {:?} for a pipe a grandchild held", t.elapsed());
     }
 }
 

@@ -217,7 +217,45 @@ pub(super) fn spawn_reader(
     });
 }
 
-/// Runs a command with a time limit, collecting its output; kills it at the limit.
+/// How long the output of a command that ended may still take to reach its
+/// end: a process it left behind (a daemon) can hold the pipe open for ever.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// A pipe's bytes, read on a thread of their own.
+struct PipeReader {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    ended: std::sync::mpsc::Receiver<()>,
+}
+
+impl PipeReader {
+    fn spawn(mut pipe: impl Read + Send + 'static) -> Self {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let (tx, ended) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&bytes);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+            let _ = tx.send(());
+        });
+        PipeReader { bytes, ended }
+    }
+
+    /// What was read, once the pipe ended or `until` passed (the thread
+    /// then reads on, detached, until whoever holds the pipe closes it).
+    fn take(self, until: Instant) -> Vec<u8> {
+        let _ = self.ended.recv_timeout(until.saturating_duration_since(Instant::now()));
+        std::mem::take(&mut *self.bytes.lock().unwrap())
+    }
+}
+
+/// Runs a command with a time limit, collecting its output; kills it at the
+/// limit. Every wait is bounded: the output is collected for at most
+/// `OUTPUT_GRACE` after the command ends.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
     let desc = format!("{cmd:?}");
     let mut child = cmd
@@ -226,18 +264,8 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {desc}"))?;
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = out.read_to_end(&mut b);
-        b
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = err.read_to_end(&mut b);
-        b
-    });
+    let out = PipeReader::spawn(child.stdout.take().unwrap());
+    let err = PipeReader::spawn(child.stderr.take().unwrap());
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(s) = child.try_wait()? {
@@ -246,7 +274,7 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            let stderr = t_err.join().unwrap_or_default();
+            let stderr = err.take(Instant::now() + OUTPUT_GRACE);
             bail!(
                 "{desc} did not finish within {timeout:?} (killed); stderr: {}",
                 String::from_utf8_lossy(&stderr)
@@ -254,11 +282,8 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Ok(Output {
-        status,
-        stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
-    })
+    let until = Instant::now() + OUTPUT_GRACE;
+    Ok(Output { status, stdout: out.take(until), stderr: err.take(until) })
 }
 
 /// Runs a command on the caller's side and fails with its stderr unless it succeeds.

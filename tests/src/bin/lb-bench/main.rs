@@ -495,10 +495,10 @@ fn ring_costs() -> Result<Value> {
 
 // ------------------------------------------------------------ main
 
-/// Runs `f` on one CPU: the flow table is per CPU, and BPF_PROG_TEST_RUN
-/// runs on the calling CPU, so a known flow is only known on the CPU it was
-/// recorded on. One CPU also makes the floors and our paths share caches
-/// alike. The previous affinity comes back after, so the agent the later
+/// Runs `f` on one CPU (BPF_PROG_TEST_RUN runs on the calling CPU): the
+/// floors and our paths share caches alike, and every flow the runs record
+/// goes to the same one of the flow table's per-CPU LRU lists (the entries
+/// are shared, each CPU evicts from its own list). The previous affinity comes back after, so the agent the later
 /// sections start may use every CPU, as it would on a real host.
 fn on_one_cpu<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     // SAFETY: cpu_set_t values for this thread: the current one read back, one with a single bit.
