@@ -266,7 +266,7 @@ const TX_FLOOR: &str = "floor: parse + swap MACs + tx";
 /// Interleaved rounds of the per-packet cases (see `packet_costs`).
 const ROUNDS: usize = 48;
 /// A round is quiet when both floors are within this factor of their fastest round.
-const QUIET_SLACK: f64 = 1.08;
+pub(crate) const QUIET_SLACK: f64 = 1.08;
 /// Fewer quiet rounds than this, and every round counts.
 const MIN_QUIET_ROUNDS: usize = 5;
 
@@ -520,6 +520,30 @@ fn on_one_cpu<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     }
 }
 
+/// How long `--profile` runs its case.
+const PROFILE_TIME: Duration = Duration::from_secs(10);
+
+/// `--profile PATH`: runs the first per-packet case whose name contains
+/// `pattern`, alone and checked, for `PROFILE_TIME` on CPU 0, for a sampling
+/// profiler to watch (`perf record -e cpu-clock -C 0`: the VM has no
+/// hardware counters, the timer samples the kernel and the JIT image).
+fn profile_case(pattern: &str) -> Result<()> {
+    let (ebpf, cases) = packet_cases()?;
+    let case = cases.iter().find(|c| c.name.contains(pattern)).with_context(|| {
+        format!("no per-packet case contains {pattern:?}; the cases: {}", cases.iter().map(|c| c.name).collect::<Vec<_>>().join(", "))
+    })?;
+    let until = Instant::now() + PROFILE_TIME;
+    let mut runs = 0usize;
+    let mut medians = Vec::new();
+    while Instant::now() < until {
+        medians.push(median_ns(&ebpf, case, 1000)?);
+        runs += 1000;
+    }
+    medians.sort_by(f64::total_cmp);
+    println!("{}: {runs} checked runs in {PROFILE_TIME:?}, median {:.0} ns", case.name, medians[medians.len() / 2]);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -530,10 +554,12 @@ fn main() -> Result<()> {
     let mut json_path = PathBuf::from("target/bench/latest.json");
     let mut only: Option<String> = None;
     let mut forward_seconds = 6.0f64;
+    let mut profile: Option<String> = None;
     const SECTIONS: [&str; 6] = ["per_packet", "live_frames", "rings", "agent", "health", "forwarding"];
     // --only runs one section (the JSON then holds only it); --forward-seconds
-    // is the forwarding bench's sending time per program (default 6).
-    const USAGE: &str = "usage: lb-bench [--runs N] [--json PATH] [--only per_packet|live_frames|rings|agent|health|forwarding] [--forward-seconds S]";
+    // is the forwarding bench's sending time per program (default 6);
+    // --profile runs one per-packet path for a profiler and nothing else.
+    const USAGE: &str = "usage: lb-bench [--runs N] [--json PATH] [--only per_packet|live_frames|rings|agent|health|forwarding] [--forward-seconds S] [--profile PATH]";
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
@@ -547,8 +573,12 @@ fn main() -> Result<()> {
                 forward_seconds = args.next().context("--forward-seconds S")?.parse()?;
                 ensure!((0.1..=60.0).contains(&forward_seconds), "--forward-seconds must be in 0.1..=60");
             }
+            "--profile" => profile = Some(args.next().context("--profile PATH")?),
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
+    }
+    if let Some(pattern) = profile {
+        return on_one_cpu(|| profile_case(&pattern));
     }
     let wanted = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let machine = json!({
