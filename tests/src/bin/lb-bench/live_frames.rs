@@ -105,6 +105,9 @@ pub fn measure() -> Result<Value> {
     Ok(json!({"repeat": REPEAT, "rounds": ROUNDS, "rows": out, "target_ratio": TARGET}))
 }
 
+/// One round's (path, flows, packets per second) of every case.
+type Round = Vec<(&'static str, u32, f64)>;
+
 /// Loads the bench object, attaches the counter to the peer, records the
 /// flows and runs every case; returns (path, flows, median packets per
 /// second, median ratio to the floor of the same round) over the quiet rounds.
@@ -127,8 +130,7 @@ fn measure_in_namespace() -> Result<Vec<(&'static str, u32, f64, f64)>> {
     let ack = tcp4(FIRST_SOURCE_PORT, false);
     ensure!(ack.len() == RESTORE_LEN, "the wrapper restores {RESTORE_LEN} bytes, the frame has {}", ack.len());
 
-    // Per round: (path, flows) -> packets per second.
-    let mut rounds: Vec<Vec<(&'static str, u32, f64)>> = Vec::new();
+    let mut rounds: Vec<Round> = Vec::new();
     for _ in 0..ROUNDS {
         let mut round = Vec::new();
         for &flows in &FLOW_COUNTS {
@@ -139,19 +141,19 @@ fn measure_in_namespace() -> Result<Vec<(&'static str, u32, f64, f64)>> {
         }
         rounds.push(round);
     }
-    let pps = |round: &[(&str, u32, f64)], name: &str, flows: u32| round.iter().find(|r| r.0 == name && r.1 == flows).map_or(f64::NAN, |r| r.2);
+    let pps = |round: &Round, name: &str, flows: u32| round.iter().find(|r| r.0 == name && r.1 == flows).map_or(f64::NAN, |r| r.2);
     let mut rows = Vec::new();
     for &flows in &FLOW_COUNTS {
         // As in the per-packet section: only rounds whose floor ran within
         // `QUIET_SLACK` of its fastest, so a slow stretch of the VM does not
         // decide the ratio.
         let fastest = rounds.iter().map(|r| pps(r, FLOOR, flows)).fold(0.0, f64::max);
-        let mut quiet: Vec<&Vec<_>> = rounds.iter().filter(|r| pps(r, FLOOR, flows) * crate::QUIET_SLACK >= fastest).collect();
+        let mut quiet: Vec<&Round> = rounds.iter().filter(|r| pps(r, FLOOR, flows) * crate::QUIET_SLACK >= fastest).collect();
         if quiet.len() < 3 {
             quiet = rounds.iter().collect();
         }
         for (name, _, _) in CASES {
-            let median = |f: &dyn Fn(&Vec<(&str, u32, f64)>) -> f64| {
+            let median = |f: &dyn Fn(&Round) -> f64| {
                 let mut v: Vec<f64> = quiet.iter().map(|r| f(r)).collect();
                 v.sort_by(f64::total_cmp);
                 v[v.len() / 2]
