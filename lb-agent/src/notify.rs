@@ -56,19 +56,21 @@ impl Watchdog {
     /// config's `liveness` if it sets one and a service manager listens
     /// (it replaces the unit's `WatchdogSec=`), else the unit's own.
     pub(crate) fn ready(status: &str, liveness: Option<Duration>) -> Watchdog {
-        send(&[NotifyState::Ready, NotifyState::Status(status)]);
         let mut watchdog = Watchdog { bound: None };
-        watchdog.set_bound(liveness);
+        watchdog.ready_with_bound(status, liveness);
         watchdog
     }
 
-    /// Tells systemd the bound (also after a reload widened it), so the
-    /// config, not the unit, owns it when it sets one.
-    fn set_bound(&mut self, liveness: Option<Duration>) {
+    /// READY=1 and the bound in one message (also after a reload widened
+    /// it), so the config, not the unit, owns the bound when it sets one,
+    /// and nobody sees the agent ready under the old bound.
+    fn ready_with_bound(&mut self, status: &str, liveness: Option<Duration>) {
         self.bound = liveness.filter(|_| managed()).or_else(sd_notify::watchdog_enabled);
+        let mut states = vec![NotifyState::Ready, NotifyState::Status(status)];
         if let Some(bound) = self.bound.filter(|_| managed()) {
-            send(&[NotifyState::WatchdogUsec(usec(bound)), NotifyState::Watchdog]);
+            states.extend([NotifyState::WatchdogUsec(usec(bound)), NotifyState::Watchdog]);
         }
+        send(&states);
     }
 
     /// How often the main loop sends [`Watchdog::keep_alive`] (None: no watchdog).
@@ -97,8 +99,7 @@ impl Watchdog {
     /// READY=1 after a reload (applied or refused), with the bound of the
     /// config that now runs.
     pub(crate) fn reloaded(&mut self, status: &str, liveness: Option<Duration>) {
-        send(&[NotifyState::Ready, NotifyState::Status(status)]);
-        self.set_bound(liveness);
+        self.ready_with_bound(status, liveness);
     }
 }
 
