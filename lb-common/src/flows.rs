@@ -104,7 +104,7 @@ impl FlowEvent {
 /// Version of [`LoadedState`]'s meaning; bump when the object's maps change
 /// in a way an older pinned object cannot serve (6: REASON_STATS lost
 /// `fragment`, later reasons moved down one).
-pub const LOADED_STATE_VERSION: u32 = 6;
+pub const LOADED_STATE_VERSION: u32 = 7;
 
 /// The one entry of `LOADED`: what the pinned object was loaded with. A
 /// restarting agent compares it with its config; any difference needs a new

@@ -15,9 +15,9 @@ use crate::{
     flows,
     forward::{forward_gue_to, forward_to, TooBig},
     fragment, icmp,
-    lookup::{address_entry, filter_word, lookup_vip, previous_owners, FilterWord},
+    lookup::{filter_word, lookup_vip, previous_owners, FilterWord},
     maps::policy,
-    parse::{is_tcp_udp, parse_ip, parse_l2, parse_ports, peek_destination, Flow, Ip},
+    parse::{check_unicast, is_tcp_udp, parse_ip, parse_ipv4_head, parse_l2, parse_ports, peek_destination, Destination, Flow, Ip},
 };
 
 /// Decides what happens to one packet; the caller counts the reason and
@@ -35,13 +35,36 @@ fn try_balance(ctx: &XdpContext) -> Result<Reason, Reason> {
     // Host traffic, most of what a shared NIC sees, goes on its destination
     // alone: nothing the balancer does applies to other addresses, and the
     // stack validates what it gets anyway.
-    let filter = filter_word(peek_destination(ctx, l2)?).ok_or(Reason::NoVip)?;
-    let ip = parse_ip(ctx, l2)?;
+    let destination = peek_destination(ctx, l2)?;
+    let filter = filter_word(destination).ok_or(Reason::NoVip)?;
+    let (ip, ports) = match destination {
+        Destination::V4(_) => {
+            // An IPv4 TCP/UDP packet's port is tested before the rest of
+            // its header is read: an unconfigured port of a VIP address
+            // passes without it.
+            check_unicast(ctx)?;
+            let head = parse_ipv4_head(ctx, l2)?;
+            let mut ports = None;
+            if !head.fragment && is_tcp_udp(head.proto) {
+                let (src_port_be, dst_port_be) = parse_ports(ctx, head.l4_offset(), head.l4_len(), head.proto)?;
+                if !filter.may_have_port(dst_port_be, head.proto) {
+                    return Err(unconfigured_port(&filter, destination));
+                }
+                ports = Some((src_port_be, dst_port_be));
+            }
+            (head.ip(ctx)?, ports)
+        }
+        Destination::V6(_) => (parse_ip(ctx, l2)?, None),
+    };
     if ip.fragment {
         return fragment::handle(ctx, &ip);
     }
     if is_tcp_udp(ip.proto) {
-        return balance_flow(ctx, &ip, &filter);
+        let ports = match ports {
+            Some(ports) => ports,
+            None => parse_ports(ctx, ip.l4_offset, ip.l4_len, ip.proto)?,
+        };
+        return balance_flow(ctx, &ip, ports, &filter, destination);
     }
     if icmp::is_icmp(&ip) {
         return icmp::handle(ctx, &ip, &filter);
@@ -49,18 +72,17 @@ fn try_balance(ctx: &XdpContext) -> Result<Reason, Reason> {
     Err(Reason::NotTcpUdp)
 }
 
+/// A TCP/UDP packet to `destination`, with `ports` (source, destination).
 #[inline(always)]
-fn balance_flow(ctx: &XdpContext, ip: &Ip, filter: &FilterWord) -> Result<Reason, Reason> {
-    let (src_port_be, dst_port_be) = parse_ports(ctx, ip.l4_offset, ip.l4_len, ip.proto)?;
+fn balance_flow(
+    ctx: &XdpContext,
+    ip: &Ip,
+    (src_port_be, dst_port_be): (u16, u16),
+    filter: &FilterWord,
+    destination: Destination,
+) -> Result<Reason, Reason> {
     let flow = Flow::of(ip, src_port_be, dst_port_be);
-    let Some(vip) = lookup_vip(&flow, filter) else {
-        // Past the address filter, so most likely a VIP address: one lookup
-        // tells an unconfigured port of a VIP address from a filter collision.
-        if address_entry(ip).is_some() {
-            return Err(if policy(POLICY_UNKNOWN_PORT_DROP) { Reason::UnknownPortDropped } else { Reason::UnknownPortPassed });
-        }
-        return Err(Reason::NoVip);
-    };
+    let Some(vip) = lookup_vip(&flow, filter) else { return Err(unconfigured_port(filter, destination)) };
     if ip.ttl == 0 {
         return Err(Reason::TtlZero);
     }
@@ -73,4 +95,19 @@ fn balance_flow(ctx: &XdpContext, ip: &Ip, filter: &FilterWord) -> Result<Reason
     }
     forward_to(ctx, &flow, &vip, hash, TooBig::Answer, backend_id, backend)?;
     Ok(Reason::Forwarded)
+}
+
+/// A packet past the address filter with no VIP for its port: most likely
+/// to a VIP address (the filter word tells, or the VIP table), else a
+/// filter collision, which is host traffic.
+#[inline(always)]
+fn unconfigured_port(filter: &FilterWord, destination: Destination) -> Reason {
+    if !filter.is_vip_address(destination) {
+        return Reason::NoVip;
+    }
+    if policy(POLICY_UNKNOWN_PORT_DROP) {
+        Reason::UnknownPortDropped
+    } else {
+        Reason::UnknownPortPassed
+    }
 }

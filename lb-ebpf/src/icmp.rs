@@ -26,10 +26,10 @@ use crate::{
         ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REQUEST, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, ICMP_DEST_UNREACH,
         ICMP_ECHO_REQUEST, ICMP_HEADER_LEN, ICMP_TIME_EXCEEDED, PROTO_ICMP, PROTO_ICMPV6,
     },
-    lookup::{flow_hash, is_vip_address, lookup_vip, FilterWord},
+    lookup::{flow_hash, lookup_vip, FilterWord},
     maps::policy,
     packet::read,
-    parse::{is_tcp_udp, Flow, Ip},
+    parse::{is_tcp_udp, Destination, Flow, Ip},
     reply,
 };
 
@@ -46,9 +46,9 @@ pub fn is_icmp(ip: &Ip) -> bool {
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, ip: &Ip, filter: &FilterWord) -> Result<Reason, Reason> {
     // Bounds check before the length check, which LLVM would otherwise use to drop it.
-    let Some(header) = read::<[u8; ICMP_HEADER_LEN]>(ctx, ip.l4_offset) else { return Err(unclaimed(ip)) };
+    let Some(header) = read::<[u8; ICMP_HEADER_LEN]>(ctx, ip.l4_offset) else { return Err(unclaimed(ip, filter)) };
     if ip.l4_len < ICMP_HEADER_LEN {
-        return Err(unclaimed(ip));
+        return Err(unclaimed(ip, filter));
     }
     let icmp_type = header[0];
     let (echo, error) = if ip.family == FAMILY_V4 {
@@ -60,7 +60,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, filter: &FilterWord) -> Result<Reason, 
         )
     };
     if echo {
-        if !is_vip_address(ip) {
+        if !filter.is_vip_address(Destination::of(ip)) {
             return Err(Reason::NoVip);
         }
         if !policy(POLICY_ECHO_REPLY) {
@@ -77,12 +77,12 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, filter: &FilterWord) -> Result<Reason, 
         return Ok(Reason::IcmpEchoReply);
     }
     if !error {
-        return Err(unclaimed(ip));
+        return Err(unclaimed(ip, filter));
     }
-    let Some(flow) = quoted_flow(ctx, ip) else { return Err(unclaimed(ip)) };
+    let Some(flow) = quoted_flow(ctx, ip) else { return Err(unclaimed(ip, filter)) };
     // The quoted source is the packet's destination (`quoted_flow`), so the
     // destination's filter word holds the flow's VIP key bits.
-    let Some(vip) = lookup_vip(&flow, filter) else { return Err(unclaimed(ip)) };
+    let Some(vip) = lookup_vip(&flow, filter) else { return Err(unclaimed(ip, filter)) };
     if ip.ttl == 0 {
         return Err(Reason::TtlZero);
     }
@@ -93,8 +93,8 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, filter: &FilterWord) -> Result<Reason, 
 /// ICMP we do not act on: `icmp_to_vip` if addressed to a VIP address
 /// (past the balancer's address filter, anything else is a collision).
 #[inline(always)]
-fn unclaimed(ip: &Ip) -> Reason {
-    if is_vip_address(ip) {
+fn unclaimed(ip: &Ip, filter: &FilterWord) -> Reason {
+    if filter.is_vip_address(Destination::of(ip)) {
         Reason::IcmpToVip
     } else {
         Reason::NoVip

@@ -6,8 +6,8 @@ use lb_common::{
     hash::{flow_hash_v4, flow_hash_v6, ports_word, source_hash},
     packet_policy::address_key,
     second_chance::{PreviousOwners, NO_PREVIOUS_OWNERS},
-    vip_filter::{word_and_mask, Place},
-    BackendEntry, Reason, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, NO_BACKEND, VIP_FLAG_SOURCE_HASH,
+    vip_filter::{word_and_mask, FilterEntry, Listed, Place},
+    AddrWords, BackendEntry, Reason, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, NO_BACKEND, VIP_FLAG_SOURCE_HASH,
 };
 
 use crate::{
@@ -42,25 +42,54 @@ pub fn lookup_vip(flow: &Flow, filter: &FilterWord) -> Option<VipMeta> {
 /// The address entry of the packet's destination, if it is a VIP address
 /// (the balancer checked `VIP_FILTER` first, see [`filter_word`]).
 #[inline(always)]
-#[expect(clippy::needless_borrows_for_generic_args, reason = "a key by value is copied once more: about 20 instructions per packet")]
 pub fn address_entry(ip: &Ip) -> Option<VipMeta> {
-    // SAFETY: as in `lookup_vip`.
-    unsafe { VIPS.get(&address_key(ip.dst, ip.family)) }.copied()
+    address_entry_of(ip.dst, ip.family)
 }
 
-/// A destination's word of `VIP_FILTER`, read once per packet: it holds
-/// the address's bit and the bits of its VIP keys (`lb_common::vip_filter`).
+#[inline(always)]
+#[expect(clippy::needless_borrows_for_generic_args, reason = "a key by value is copied once more: about 20 instructions per packet")]
+fn address_entry_of(addr: AddrWords, family: u8) -> Option<VipMeta> {
+    // SAFETY: as in `lookup_vip`.
+    unsafe { VIPS.get(&address_key(addr, family)) }.copied()
+}
+
+/// A destination's entry of `VIP_FILTER`, read once per packet: the
+/// address's bit and the bits of its VIP keys, and the word's IPv4 VIP
+/// addresses (`lb_common::vip_filter`).
 #[derive(Clone, Copy)]
 pub struct FilterWord {
     place: Place,
-    bits: u64,
+    entry: &'static FilterEntry,
 }
 
 impl FilterWord {
     /// Whether `bit` (of this word) is set: "maybe".
     #[inline(always)]
     fn has(&self, bit: u32) -> bool {
-        self.bits & word_and_mask(bit).1 != 0
+        self.entry.bits & word_and_mask(bit).1 != 0
+    }
+
+    /// Whether a VIP of the address may have destination port `port_be`
+    /// (its own key's bit or the all-ports key's): when not, the VIP table
+    /// has no entry for the packet.
+    #[inline(always)]
+    pub fn may_have_port(&self, port_be: u16, proto: u8) -> bool {
+        self.has(self.place.port_bit(port_be, proto)) || self.has(self.place.port_bit(0, proto))
+    }
+
+    /// Whether `dst`, which passed its bit test, is a VIP address: an IPv4
+    /// one by the word's listing, unless the word lists not all of them;
+    /// the rest by the VIP table's address entries.
+    #[inline(always)]
+    pub fn is_vip_address(&self, dst: Destination) -> bool {
+        match dst {
+            Destination::V4(addr) => match self.entry.lists_v4(addr) {
+                Listed::Yes => true,
+                Listed::No => false,
+                Listed::Unknown => address_entry_of([addr, 0, 0, 0], FAMILY_V4).is_some(),
+            },
+            Destination::V6(addr) => address_entry_of(addr, FAMILY_V6).is_some(),
+        }
     }
 }
 
@@ -74,13 +103,8 @@ pub fn filter_word(dst: Destination) -> Option<FilterWord> {
         Destination::V6(addr) => Place::of(&addr, FAMILY_V6),
     };
     let (word, _) = word_and_mask(place.address_bit);
-    let filter = FilterWord { place, bits: VIP_FILTER.get(word).copied().unwrap_or(u64::MAX) };
+    let filter = FilterWord { place, entry: VIP_FILTER.get(word).unwrap_or(&FilterEntry::ALL) };
     filter.has(place.address_bit).then_some(filter)
-}
-
-#[inline(always)]
-pub fn is_vip_address(ip: &Ip) -> bool {
-    address_entry(ip).is_some()
 }
 
 #[inline(always)]

@@ -61,7 +61,7 @@ pub static FLOW_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Flow
 
 /// See `lb_common::vip_filter`; fixed size, written by the agent.
 #[map]
-pub static VIP_FILTER: Array<u64> = Array::with_max_entries(lb_common::vip_filter::WORDS, 0);
+pub static VIP_FILTER: Array<lb_common::vip_filter::FilterEntry> = Array::with_max_entries(lb_common::vip_filter::WORDS, 0);
 
 /// The previous owners of each ring slot of a second-chance VIP, shaped like
 /// `RINGS` (the agent sizes it the same); written by the agent only (see

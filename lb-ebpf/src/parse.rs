@@ -123,6 +123,18 @@ pub enum Destination {
     V6(AddrWords),
 }
 
+impl Destination {
+    /// The destination of a parsed packet.
+    #[inline(always)]
+    pub fn of(ip: &Ip) -> Self {
+        if ip.family == FAMILY_V4 {
+            Destination::V4(ip.dst[0])
+        } else {
+            Destination::V6(ip.dst)
+        }
+    }
+}
+
 /// The destination address of the IP packet after `l2`, read before
 /// anything else of the header is checked: the balancer lets host traffic
 /// go on it alone. `Err`: not IP, or too short to hold a whole IP header.
@@ -145,18 +157,25 @@ pub fn peek_destination(ctx: &XdpContext, l2: L2) -> Result<Destination, Reason>
 /// packet we look at.
 #[inline(always)]
 pub fn parse_ip(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
-    let is_v4 = l2.ether_type_be == EtherType::Ipv4 as u16;
-    // A group-addressed frame is never balanced: its destination MAC would
-    // become the outer source MAC.
+    check_unicast(ctx)?;
+    if l2.ether_type_be == EtherType::Ipv4 as u16 {
+        parse_ipv4_head(ctx, l2)?.ip(ctx)
+    } else {
+        parse_ipv6(ctx, l2)
+    }
+}
+
+/// A group-addressed frame is never balanced: its destination MAC would
+/// become the outer source MAC. (The first test of [`parse_ip`].)
+#[inline(always)]
+pub fn check_unicast(ctx: &XdpContext) -> Result<(), Reason> {
+    // The whole address checked, the first octet loaded: a one-byte check
+    // compiles to a test the verifier takes for an empty range.
     let dst_mac = read::<[u8; 6]>(ctx, 0).ok_or(Reason::MalformedL3)?;
     if dst_mac[0] & MAC_GROUP_BIT != 0 {
         return Err(Reason::L2Multicast);
     }
-    if is_v4 {
-        parse_ipv4(ctx, l2)
-    } else {
-        parse_ipv6(ctx, l2)
-    }
+    Ok(())
 }
 
 /// Word `i` (16 bits, as the packet holds it, read natively) of the `N`
@@ -181,11 +200,26 @@ fn address_word(first: u16, second: u16) -> u32 {
     }
 }
 
+/// What decides an IPv4 packet's way, from a consistent header: the rest
+/// ([`Ipv4Head::ip`]) is read only for the packets that go on, so the
+/// balancer passes an unconfigured port of a VIP address without it.
+#[derive(Clone, Copy)]
+pub struct Ipv4Head {
+    l2: L2,
+    header_len: usize,
+    ip_len: usize,
+    pub proto: u8,
+    /// See [`Ip::fragment`].
+    pub fragment: bool,
+}
+
+/// The IPv4 header after `l2` (an IPv4 EtherType), checked for consistency
+/// (version, header and total lengths against each other and the frame).
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
+pub fn parse_ipv4_head(ctx: &XdpContext, l2: L2) -> Result<Ipv4Head, Reason> {
     let ip: *const [u16; Ipv4Hdr::LEN / 2] = ptr_at(ctx, l2.len).ok_or(Reason::MalformedL3)?;
-    let [vihl, tos] = word(ip, 0).to_ne_bytes();
-    let [ttl, proto] = word(ip, 4).to_ne_bytes();
+    let vihl = word(ip, 0).to_ne_bytes()[0];
+    let proto = word(ip, 4).to_ne_bytes()[1];
     let header_len = ((vihl & 0x0f) as usize) * 4;
     let ip_len = u16::from_be(word(ip, 1)) as usize;
     let available = ctx.data_end() - ctx.data() - l2.len;
@@ -193,19 +227,44 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
         return Err(Reason::MalformedL3);
     }
     let fragment = u16::from_be(word(ip, 3)) & IPV4_MF_AND_OFFSET != 0;
-    Ok(Ip {
-        l2,
-        family: FAMILY_V4,
-        src: [address_word(word(ip, 6), word(ip, 7)), 0, 0, 0],
-        dst: [address_word(word(ip, 8), word(ip, 9)), 0, 0, 0],
-        proto,
-        tos,
-        ttl,
-        ip_len,
-        l4_offset: l2.len + header_len,
-        l4_len: ip_len - header_len,
-        fragment,
-    })
+    Ok(Ipv4Head { l2, header_len, ip_len, proto, fragment })
+}
+
+impl Ipv4Head {
+    /// Offset of the upper-layer header in the frame.
+    #[inline(always)]
+    pub fn l4_offset(&self) -> usize {
+        self.l2.len + self.header_len
+    }
+
+    /// Bytes from [`Self::l4_offset`] to the end of the IP packet.
+    #[inline(always)]
+    pub fn l4_len(&self) -> usize {
+        self.ip_len - self.header_len
+    }
+
+    /// The whole header's facts.
+    #[inline(always)]
+    pub fn ip(&self, ctx: &XdpContext) -> Result<Ip, Reason> {
+        // Checked again for the verifier, which keeps no bounds across the
+        // caller's other work; `parse_ipv4_head` saw it hold.
+        let ip: *const [u16; Ipv4Hdr::LEN / 2] = ptr_at(ctx, self.l2.len).ok_or(Reason::MalformedL3)?;
+        let tos = word(ip, 0).to_ne_bytes()[1];
+        let ttl = word(ip, 4).to_ne_bytes()[0];
+        Ok(Ip {
+            l2: self.l2,
+            family: FAMILY_V4,
+            src: [address_word(word(ip, 6), word(ip, 7)), 0, 0, 0],
+            dst: [address_word(word(ip, 8), word(ip, 9)), 0, 0, 0],
+            proto: self.proto,
+            tos,
+            ttl,
+            ip_len: self.ip_len,
+            l4_offset: self.l4_offset(),
+            l4_len: self.l4_len(),
+            fragment: self.fragment,
+        })
+    }
 }
 
 /// The address at word `at` of an IPv6 header.

@@ -356,10 +356,10 @@ fn packets_not_for_a_vip_pass_untouched_with_a_reason() {
 /// table says it is no VIP; a VIP on the same bit is still forwarded.
 #[test]
 fn vip_filter_holds_the_vip_bits_and_collisions_still_pass() {
-    use lb_common::vip_filter::{bit, word_and_mask};
+    use lb_common::vip_filter::{bit, word_and_mask, FilterEntry};
     let Some(mut h) = Harness::new() else { return };
-    let filter: aya::maps::Array<_, u64> = aya::maps::Array::try_from(h.ebpf.map(lb_common::maps::VIP_FILTER).unwrap()).unwrap();
-    let kernel: Vec<u64> = (0..filter.len()).map(|i| filter.get(&i, 0).unwrap()).collect();
+    let filter: aya::maps::Array<_, FilterEntry> = aya::maps::Array::try_from(h.ebpf.map(lb_common::maps::VIP_FILTER).unwrap()).unwrap();
+    let kernel: Vec<FilterEntry> = (0..filter.len()).map(|i| filter.get(&i, 0).unwrap()).collect();
     assert_eq!(kernel, lb_agent::dataplane::vip_filter::words(&h.plan), "the kernel's filter is the plan's");
 
     let vip: Ipv6Addr = "2001:db8:f::10".parse().unwrap();
@@ -370,7 +370,7 @@ fn vip_filter_holds_the_vip_bits_and_collisions_still_pass() {
         .find(|a| bit(&lb_common::v6_words(*a), lb_common::FAMILY_V6) == vip_bit)
         .expect("a colliding address within 2^24 candidates");
     let (word, mask) = word_and_mask(vip_bit);
-    assert_ne!(kernel[word as usize] & mask, 0, "the VIP's bit is set");
+    assert_ne!(kernel[word as usize].bits & mask, 0, "the VIP's bit is set");
 
     let input = tcp6(collision, 40000, 80, b"x");
     let before = h.reason_packets(Reason::NoVip);
@@ -380,6 +380,59 @@ fn vip_filter_holds_the_vip_bits_and_collisions_still_pass() {
     assert_eq!(h.reason_packets(Reason::NoVip), before + 1);
     let (action, _) = h.balance(&tcp6(vip, 40000, 80, b"x"));
     assert_eq!(action, Action::Tx as u32, "the VIP itself is forwarded");
+}
+
+/// An IPv4 VIP address is listed in its filter word, so a packet to a port
+/// no VIP configures is told from a collision by the listing; a word with
+/// more IPv4 VIP addresses than it lists leaves that to the VIP table, with
+/// the same outcomes.
+#[test]
+fn vip_filter_lists_ipv4_vip_addresses_and_collisions_still_pass() {
+    use lb_common::vip_filter::{bit, word_and_mask, FilterEntry, Listed, LISTED_V4};
+    let Some(mut h) = Harness::new() else { return };
+    let words = |a: Ipv4Addr| lb_common::v4_words(a);
+    let vip_bit = bit(&words(VIP4), lb_common::FAMILY_V4);
+    // Any IPv4 address with the VIP's bit (a fixture packet never leaves the kernel).
+    let collision = (0u32..u32::MAX)
+        .map(|i| Ipv4Addr::from(i.wrapping_mul(0x9E37_79B9)))
+        .find(|a| *a != VIP4 && bit(&words(*a), lb_common::FAMILY_V4) == vip_bit)
+        .expect("a colliding IPv4 address");
+    let (word, _) = word_and_mask(vip_bit);
+    let filter: aya::maps::Array<_, FilterEntry> = aya::maps::Array::try_from(h.ebpf.map(lb_common::maps::VIP_FILTER).unwrap()).unwrap();
+    let listed = filter.get(&word, 0).unwrap();
+    assert_eq!(listed.lists_v4(words(VIP4)[0]), Listed::Yes, "{VIP4} is listed in its word");
+    assert_eq!(listed.lists_v4(words(collision)[0]), Listed::No, "{collision} is not");
+
+    let check = |h: &mut Harness, how: &str| {
+        for (what, input, reason) in [
+            (format!("{collision}, a VIP port"), tcp4(collision, 40000, 80), Reason::NoVip),
+            (format!("{collision}, another port"), tcp4(collision, 40000, 443), Reason::NoVip),
+            (format!("{VIP4}, another port"), tcp4(VIP4, 40000, 443), Reason::UnknownPortPassed),
+        ] {
+            let before = h.reason_packets(reason);
+            let (action, out) = h.balance(&input);
+            assert_eq!((action, &out), (Action::Pass as u32, &input), "{what} ({how}): passed untouched");
+            assert_eq!(h.reason_packets(reason), before + 1, "{what} ({how}): counted {}", reason.label());
+        }
+        let (action, _) = h.balance(&tcp4(VIP4, 40000, 80));
+        assert_eq!(action, Action::Tx as u32, "the VIP itself is forwarded ({how})");
+    };
+    check(&mut h, "listed");
+    // A word with unlisted addresses: the VIP table's address entries decide.
+    let mut full = listed;
+    full.v4_count = LISTED_V4 as u32 + 1;
+    let mut filter: aya::maps::Array<_, FilterEntry> = aya::maps::Array::try_from(h.ebpf.map_mut(lb_common::maps::VIP_FILTER).unwrap()).unwrap();
+    filter.set(word, full, 0).unwrap();
+    check(&mut h, "the word overflows");
+    // The listing, not the table, answers for a word that lists all: one
+    // that (wrongly) lists the collision makes it a VIP address.
+    let mut lying = listed;
+    lying.add_v4(words(collision)[0]);
+    let mut filter: aya::maps::Array<_, FilterEntry> = aya::maps::Array::try_from(h.ebpf.map_mut(lb_common::maps::VIP_FILTER).unwrap()).unwrap();
+    filter.set(word, lying, 0).unwrap();
+    let before = h.reason_packets(Reason::UnknownPortPassed);
+    assert_eq!(h.balance(&tcp4(collision, 40000, 443)).0, Action::Pass as u32);
+    assert_eq!(h.reason_packets(Reason::UnknownPortPassed), before + 1, "the kernel read the listing");
 }
 
 /// Every truncation of every VIP packet gets a defined action, is never

@@ -87,7 +87,7 @@ pub struct LiveMaps {
     members: Array<MapData, u32>,
     health: BpfHashMap<MapData, HealthKey, HealthEntry>,
     loaded: Array<MapData, LoadedState>,
-    vip_filter: Array<MapData, u64>,
+    vip_filter: Array<MapData, lb_common::vip_filter::FilterEntry>,
     /// `RINGS`, mapped a row at a time when written (`MappedRings::row`).
     rings: MapData,
     /// `PREVIOUS`, the same way (see [`OPTIONAL`]).
@@ -289,11 +289,11 @@ impl MapStore for LiveMaps {
         self.health.remove(key).with_context(|| format!("removing health of {key:?}"))
     }
 
-    fn filter_words(&self) -> Result<Vec<u64>> {
+    fn filter_words(&self) -> Result<Vec<lb_common::vip_filter::FilterEntry>> {
         self.vip_filter.iter().map(|w| w.context("reading the VIP filter")).collect()
     }
 
-    fn set_filter_word(&mut self, index: u32, word: u64) -> Result<()> {
+    fn set_filter_word(&mut self, index: u32, word: lb_common::vip_filter::FilterEntry) -> Result<()> {
         self.vip_filter.set(index, word, 0).with_context(|| format!("writing word {index} of the VIP filter"))
     }
 

@@ -11,7 +11,7 @@ use lb_common::{
     flows::MEMBER_UNUSABLE,
     health::{HealthEntry, HealthKey},
     second_chance::PreviousOwners,
-    vip_filter::WORDS,
+    vip_filter::{FilterEntry, WORDS},
     BackendEntry, VipKey, VipMeta, NO_BACKEND,
 };
 
@@ -28,7 +28,7 @@ pub enum Write {
     Previous(u32, Vec<PreviousOwners>),
     Member(HealthKey, u32),
     Health(HealthKey, Option<HealthEntry>),
-    FilterWord(u32, u64),
+    FilterWord(u32, FilterEntry),
     /// The new-flow guard's limit (`None`: off).
     FlowGuard(Option<u32>),
 }
@@ -46,7 +46,7 @@ pub struct Maps {
     /// Entries ever written; others are `MEMBER_UNUSABLE`.
     pub members: BTreeMap<HealthKey, u32>,
     pub health: BTreeMap<HealthKey, HealthEntry>,
-    pub filter: Vec<u64>,
+    pub filter: Vec<FilterEntry>,
     /// The new-flow guard's limit; a fresh object's is off.
     pub flow_guard: Option<u32>,
 }
@@ -60,7 +60,7 @@ impl Default for Maps {
             previous: BTreeMap::new(),
             members: BTreeMap::new(),
             health: BTreeMap::new(),
-            filter: vec![0; WORDS as usize],
+            filter: vec![FilterEntry::default(); WORDS as usize],
             flow_guard: None,
         }
     }
@@ -265,11 +265,11 @@ impl MapStore for MemoryStore {
         self.write(Write::Health(*key, None))
     }
 
-    fn filter_words(&self) -> Result<Vec<u64>> {
+    fn filter_words(&self) -> Result<Vec<FilterEntry>> {
         Ok(self.shared().maps.filter.clone())
     }
 
-    fn set_filter_word(&mut self, index: u32, word: u64) -> Result<()> {
+    fn set_filter_word(&mut self, index: u32, word: FilterEntry) -> Result<()> {
         self.write(Write::FilterWord(index, word))
     }
 

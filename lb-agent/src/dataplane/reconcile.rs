@@ -261,9 +261,13 @@ mod tests {
             .collect()
     }
 
+    /// Whether the filter lets the kernel see `key`'s address as maybe a VIP
+    /// address: its bit set and, for IPv4, listed (or its word overflowing).
     fn filter_has(maps: &Maps, key: &VipKey) -> bool {
-        let (word, mask) = lb_common::vip_filter::word_and_mask(lb_common::vip_filter::bit(&key.addr, key.family));
-        maps.filter[word as usize] & mask != 0
+        use lb_common::vip_filter::{bit, word_and_mask, Listed};
+        let (word, mask) = word_and_mask(bit(&key.addr, key.family));
+        let entry = &maps.filter[word as usize];
+        entry.bits & mask != 0 && (key.family != lb_common::FAMILY_V4 || entry.lists_v4(key.addr[0]) != Listed::No)
     }
 
     fn vip_entries(maps: &Maps) -> impl Iterator<Item = &(VipKey, VipMeta)> {
@@ -421,7 +425,7 @@ mod tests {
         let row_cleared = at(&|w| matches!(w, Write::Ring(row, ring) if *row == dns.row && ring.iter().all(|id| *id == NO_BACKEND)));
         let backend_erased = at(&|w| matches!(w, Write::Backend(id, e) if *id == gone && e.family == 0));
         let (word, mask) = lb_common::vip_filter::word_and_mask(lb_common::vip_filter::bit(&dns.key.addr, dns.key.family));
-        let bit_cleared = at(&|w| matches!(w, Write::FilterWord(i, v) if *i == word && v & mask == 0));
+        let bit_cleared = at(&|w| matches!(w, Write::FilterWord(i, v) if *i == word && v.bits & mask == 0));
         assert!(vip_removed < row_cleared && row_cleared < backend_erased, "VIP, then its ring, then its backend");
         assert!(vip_removed < bit_cleared, "the filter bit goes after the VIP");
         assert!(!filter_has(&end, &dns.key));

@@ -142,8 +142,8 @@ pub trait MapStore {
     fn remove_health(&mut self, key: &HealthKey) -> Result<()>;
 
     /// The words of `VIP_FILTER`.
-    fn filter_words(&self) -> Result<Vec<u64>>;
-    fn set_filter_word(&mut self, index: u32, word: u64) -> Result<()>;
+    fn filter_words(&self) -> Result<Vec<lb_common::vip_filter::FilterEntry>>;
+    fn set_filter_word(&mut self, index: u32, word: lb_common::vip_filter::FilterEntry) -> Result<()>;
 
     /// The VIP entries (address entries left out), by identity.
     fn vip_entries(&self) -> Result<VipEntries> {
