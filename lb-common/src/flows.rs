@@ -103,7 +103,8 @@ impl FlowEvent {
 
 /// Version of [`LoadedState`]'s meaning; bump when the object's maps change
 /// in a way an older pinned object cannot serve (6: REASON_STATS lost
-/// `fragment`, later reasons moved down one).
+/// `fragment`, later reasons moved down one; 7: `VIP_FILTER` entries list
+/// IPv4 VIP addresses).
 pub const LOADED_STATE_VERSION: u32 = 7;
 
 /// The one entry of `LOADED`: what the pinned object was loaded with. A
