@@ -17,7 +17,7 @@ use crate::{
     fragment, icmp,
     lookup::{filter_word, lookup_vip, previous_owners, FilterWord},
     maps::policy,
-    parse::{check_unicast, is_tcp_udp, parse_ip, parse_ipv4_head, parse_l2, parse_ports, peek_destination, Destination, Flow, Ip},
+    parse::{is_tcp_udp, parse_head, parse_l2, parse_ports, peek_destination, Destination, Flow, Ip},
 };
 
 /// Decides what happens to one packet; the caller counts the reason and
@@ -37,35 +37,20 @@ fn try_balance(ctx: &XdpContext) -> Result<Reason, Reason> {
     // stack validates what it gets anyway.
     let destination = peek_destination(ctx, l2)?;
     let filter = filter_word(destination).ok_or(Reason::NoVip)?;
-    let (ip, ports) = match destination {
-        Destination::V4(_) => {
-            // An IPv4 TCP/UDP packet's port is tested before the rest of
-            // its header is read: an unconfigured port of a VIP address
-            // passes without it.
-            check_unicast(ctx)?;
-            let head = parse_ipv4_head(ctx, l2)?;
-            let mut ports = None;
-            if !head.fragment && is_tcp_udp(head.proto) {
-                let (src_port_be, dst_port_be) = parse_ports(ctx, head.l4_offset(), head.l4_len(), head.proto)?;
-                if !filter.may_have_port(dst_port_be, head.proto) {
-                    return Err(unconfigured_port(&filter, destination));
-                }
-                ports = Some((src_port_be, dst_port_be));
-            }
-            (head.ip(ctx)?, ports)
+    let head = parse_head(ctx, l2)?;
+    if head.fragment {
+        return fragment::handle(ctx, &head.ip(ctx)?);
+    }
+    if is_tcp_udp(head.proto) {
+        let (src_port_be, dst_port_be) = parse_ports(ctx, head.l4_offset, head.l4_len, head.proto)?;
+        // The port is tested before the rest of the header is read: an
+        // unconfigured port of a VIP address passes without it.
+        if !filter.may_have_port(dst_port_be, head.proto) {
+            return Err(unconfigured_port(&filter, destination));
         }
-        Destination::V6(_) => (parse_ip(ctx, l2)?, None),
-    };
-    if ip.fragment {
-        return fragment::handle(ctx, &ip);
+        return balance_flow(ctx, &head.ip(ctx)?, (src_port_be, dst_port_be), &filter, destination);
     }
-    if is_tcp_udp(ip.proto) {
-        let ports = match ports {
-            Some(ports) => ports,
-            None => parse_ports(ctx, ip.l4_offset, ip.l4_len, ip.proto)?,
-        };
-        return balance_flow(ctx, &ip, ports, &filter, destination);
-    }
+    let ip = head.ip(ctx)?;
     if icmp::is_icmp(&ip) {
         return icmp::handle(ctx, &ip, &filter);
     }

@@ -59,8 +59,6 @@ pub struct Ip {
     pub l4_offset: usize,
     /// Bytes from `l4_offset` to the end of the IP packet.
     pub l4_len: usize,
-    /// Any fragment (first or later, IPv4 or IPv6): its ports cannot be trusted.
-    pub fragment: bool,
 }
 
 /// What the balancer needs to know about a packet it may forward: the outer
@@ -152,23 +150,79 @@ pub fn peek_destination(ctx: &XdpContext, l2: L2) -> Result<Destination, Reason>
     Err(Reason::NotIp)
 }
 
-/// Parses a consistent IPv4/IPv6 header after `l2`, an IP EtherType (see
-/// [`peek_destination`]). `Err` carries the reason the packet is not an IP
-/// packet we look at.
+/// What decides an IP packet's way, from a consistent header: the rest
+/// ([`Head::ip`]: addresses, TOS, TTL) is read only for the packets that go
+/// on, so the balancer passes an unconfigured port of a VIP address
+/// without it.
+#[derive(Clone, Copy)]
+pub struct Head {
+    l2: L2,
+    family: u8,
+    /// See [`Ip::proto`].
+    pub proto: u8,
+    /// Any fragment (first or later, IPv4 or IPv6): its ports cannot be trusted.
+    pub fragment: bool,
+    ip_len: usize,
+    /// Offset of the upper-layer header in the frame.
+    pub l4_offset: usize,
+    /// Bytes from `l4_offset` to the end of the IP packet.
+    pub l4_len: usize,
+}
+
+/// The header after `l2`, an IP EtherType (see [`peek_destination`]),
+/// checked for consistency (`Err`: the reason it is not an IP packet we
+/// look at): a
+/// unicast frame, version, lengths against each other and the frame, IPv6
+/// extension headers walked.
 #[inline(always)]
-pub fn parse_ip(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
+pub fn parse_head(ctx: &XdpContext, l2: L2) -> Result<Head, Reason> {
     check_unicast(ctx)?;
     if l2.ether_type_be == EtherType::Ipv4 as u16 {
-        parse_ipv4_head(ctx, l2)?.ip(ctx)
+        parse_ipv4_head(ctx, l2)
     } else {
-        parse_ipv6(ctx, l2)
+        parse_ipv6_head(ctx, l2)
+    }
+}
+
+impl Head {
+    /// The whole header's facts.
+    #[inline(always)]
+    pub fn ip(&self, ctx: &XdpContext) -> Result<Ip, Reason> {
+        // The header's bounds are checked again for the verifier, which
+        // keeps none across the caller's work since `parse_head`.
+        let (src, dst, tos, ttl) = if self.family == FAMILY_V4 {
+            let ip: *const [u16; Ipv4Hdr::LEN / 2] = ptr_at(ctx, self.l2.len).ok_or(Reason::MalformedL3)?;
+            (
+                [address_word(word(ip, 6), word(ip, 7)), 0, 0, 0],
+                [address_word(word(ip, 8), word(ip, 9)), 0, 0, 0],
+                word(ip, 0).to_ne_bytes()[1],
+                word(ip, 4).to_ne_bytes()[0],
+            )
+        } else {
+            let ip: *const [u16; Ipv6Hdr::LEN / 2] = ptr_at(ctx, self.l2.len).ok_or(Reason::MalformedL3)?;
+            let vcf = word(ip, 0).to_ne_bytes();
+            // Source at byte 8, destination at byte 24.
+            (ipv6_address(ip, 4), ipv6_address(ip, 12), (vcf[0] << 4) | (vcf[1] >> 4), word(ip, 3).to_ne_bytes()[1])
+        };
+        Ok(Ip {
+            l2: self.l2,
+            family: self.family,
+            src,
+            dst,
+            proto: self.proto,
+            tos,
+            ttl,
+            ip_len: self.ip_len,
+            l4_offset: self.l4_offset,
+            l4_len: self.l4_len,
+        })
     }
 }
 
 /// A group-addressed frame is never balanced: its destination MAC would
-/// become the outer source MAC. (The first test of [`parse_ip`].)
+/// become the outer source MAC. (The first test of [`parse_head`].)
 #[inline(always)]
-pub fn check_unicast(ctx: &XdpContext) -> Result<(), Reason> {
+fn check_unicast(ctx: &XdpContext) -> Result<(), Reason> {
     // The whole address checked, the first octet loaded: a one-byte check
     // compiles to a test the verifier takes for an empty range.
     let dst_mac = read::<[u8; 6]>(ctx, 0).ok_or(Reason::MalformedL3)?;
@@ -200,23 +254,8 @@ fn address_word(first: u16, second: u16) -> u32 {
     }
 }
 
-/// What decides an IPv4 packet's way, from a consistent header: the rest
-/// ([`Ipv4Head::ip`]) is read only for the packets that go on, so the
-/// balancer passes an unconfigured port of a VIP address without it.
-#[derive(Clone, Copy)]
-pub struct Ipv4Head {
-    l2: L2,
-    header_len: usize,
-    ip_len: usize,
-    pub proto: u8,
-    /// See [`Ip::fragment`].
-    pub fragment: bool,
-}
-
-/// The IPv4 header after `l2` (an IPv4 EtherType), checked for consistency
-/// (version, header and total lengths against each other and the frame).
 #[inline(always)]
-pub fn parse_ipv4_head(ctx: &XdpContext, l2: L2) -> Result<Ipv4Head, Reason> {
+fn parse_ipv4_head(ctx: &XdpContext, l2: L2) -> Result<Head, Reason> {
     let ip: *const [u16; Ipv4Hdr::LEN / 2] = ptr_at(ctx, l2.len).ok_or(Reason::MalformedL3)?;
     let vihl = word(ip, 0).to_ne_bytes()[0];
     let proto = word(ip, 4).to_ne_bytes()[1];
@@ -227,44 +266,7 @@ pub fn parse_ipv4_head(ctx: &XdpContext, l2: L2) -> Result<Ipv4Head, Reason> {
         return Err(Reason::MalformedL3);
     }
     let fragment = u16::from_be(word(ip, 3)) & IPV4_MF_AND_OFFSET != 0;
-    Ok(Ipv4Head { l2, header_len, ip_len, proto, fragment })
-}
-
-impl Ipv4Head {
-    /// Offset of the upper-layer header in the frame.
-    #[inline(always)]
-    pub fn l4_offset(&self) -> usize {
-        self.l2.len + self.header_len
-    }
-
-    /// Bytes from [`Self::l4_offset`] to the end of the IP packet.
-    #[inline(always)]
-    pub fn l4_len(&self) -> usize {
-        self.ip_len - self.header_len
-    }
-
-    /// The whole header's facts.
-    #[inline(always)]
-    pub fn ip(&self, ctx: &XdpContext) -> Result<Ip, Reason> {
-        // Checked again for the verifier, which keeps no bounds across the
-        // caller's other work; `parse_ipv4_head` saw it hold.
-        let ip: *const [u16; Ipv4Hdr::LEN / 2] = ptr_at(ctx, self.l2.len).ok_or(Reason::MalformedL3)?;
-        let tos = word(ip, 0).to_ne_bytes()[1];
-        let ttl = word(ip, 4).to_ne_bytes()[0];
-        Ok(Ip {
-            l2: self.l2,
-            family: FAMILY_V4,
-            src: [address_word(word(ip, 6), word(ip, 7)), 0, 0, 0],
-            dst: [address_word(word(ip, 8), word(ip, 9)), 0, 0, 0],
-            proto: self.proto,
-            tos,
-            ttl,
-            ip_len: self.ip_len,
-            l4_offset: self.l4_offset(),
-            l4_len: self.l4_len(),
-            fragment: self.fragment,
-        })
-    }
+    Ok(Head { l2, family: FAMILY_V4, proto, fragment, ip_len, l4_offset: l2.len + header_len, l4_len: ip_len - header_len })
 }
 
 /// The address at word `at` of an IPv6 header.
@@ -279,32 +281,18 @@ fn ipv6_address(ip: *const [u16; Ipv6Hdr::LEN / 2], at: usize) -> AddrWords {
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Ip, Reason> {
+fn parse_ipv6_head(ctx: &XdpContext, l2: L2) -> Result<Head, Reason> {
     let ip: *const [u16; Ipv6Hdr::LEN / 2] = ptr_at(ctx, l2.len).ok_or(Reason::MalformedL3)?;
-    let vcf = word(ip, 0).to_ne_bytes();
+    let version = word(ip, 0).to_ne_bytes()[0] >> 4;
     let payload_len = u16::from_be(word(ip, 2)) as usize;
-    let [next_hdr, hop_limit] = word(ip, 3).to_ne_bytes();
+    let next_hdr = word(ip, 3).to_ne_bytes()[0];
     let available = ctx.data_end() - ctx.data() - l2.len;
-    if vcf[0] >> 4 != 6 || Ipv6Hdr::LEN + payload_len > available {
+    if version != 6 || Ipv6Hdr::LEN + payload_len > available {
         return Err(Reason::MalformedL3);
     }
-    // Source at byte 8, destination at byte 24.
-    let (src, dst) = (ipv6_address(ip, 4), ipv6_address(ip, 12));
     let ip_end = l2.len + Ipv6Hdr::LEN + payload_len;
     let (proto, l4_offset, fragment) = skip_ipv6_ext_headers(ctx, next_hdr, l2.len + Ipv6Hdr::LEN, ip_end)?;
-    Ok(Ip {
-        l2,
-        family: FAMILY_V6,
-        src,
-        dst,
-        proto,
-        tos: (vcf[0] << 4) | (vcf[1] >> 4),
-        ttl: hop_limit,
-        ip_len: Ipv6Hdr::LEN + payload_len,
-        l4_offset,
-        l4_len: ip_end - l4_offset,
-        fragment,
-    })
+    Ok(Head { l2, family: FAMILY_V6, proto, fragment, ip_len: Ipv6Hdr::LEN + payload_len, l4_offset, l4_len: ip_end - l4_offset })
 }
 
 /// Skips up to `MAX_IPV6_EXT_HEADERS` hop-by-hop, routing and destination
